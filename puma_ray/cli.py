@@ -1,0 +1,106 @@
+"""The `puma-ray` command: one subcommand per stage, all built the same way.
+
+Each subcommand gets `--config FILE.yaml`, one `--flag` per config field (help =
+the field's docstring) and trailing `key=value` overrides. It calls the stage's
+plain function (the same one `jobs/<stage>.py` calls), logs progress to stderr
+and ends by printing exactly one JSON line on stdout. Exit status: 0 on success,
+2 on a configuration error, 1 on any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import sys
+import traceback
+import typing
+from typing import Any, Callable, Optional
+
+from puma_ray.config import DataConfig, DemoConfig, ModelsConfig, field_docs, load_config
+from puma_ray.errors import ConfigError, PumaError
+from puma_ray.runs import setup_logging
+
+# name -> (config class, "module:function", one-line description)
+COMMANDS: dict[str, tuple[type, str, str]] = {
+    "data": (DataConfig, "puma_ray.stages.data:run_data",
+             "raw interactions (synthetic, movielens, amazon, mind, yelp) -> canonical dataset directory"),
+    "models": (ModelsConfig, "puma_ray.stages.models:run_models",
+               "build a tiny offline Hugging Face model of a real family, with a tokenizer trained on the data"),
+    "demo": (DemoConfig, "puma_ray.stages.demo:run_demo",
+             "run every available stage end to end on the offline default"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that fails with one line and the JSON summary instead of a usage dump."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        _fail(self.prog, f"{message} (see {self.prog} --help)", 2)
+
+
+def _fail(prog: str, message: str, code: int) -> typing.NoReturn:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    print(json.dumps({"command": prog, "ok": False, "error": message}), flush=True)
+    sys.exit(code)
+
+
+def _add_field_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{docs.get(f.name, '')} (default: {f.default!r})"
+        tp = hints[f.name]
+        if tp is bool:
+            parser.add_argument(flag, dest=f.name, action="store_const", const=True, default=argparse.SUPPRESS,
+                                help=help_text + "; key=false turns it off")
+        elif typing.get_origin(tp) is list:
+            parser.add_argument(flag, dest=f.name, action="append", default=argparse.SUPPRESS,
+                                metavar="VALUE", help=help_text + "; repeat for several")
+        else:
+            parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar="VALUE", help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="puma-ray", description="Migrate per-user LLM soft prompts to a new model (PUMA) on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+    for name, (cls, _, description) in COMMANDS.items():
+        p = sub.add_parser(name, help=description, description=description)
+        p.add_argument("--config", dest="_config", metavar="FILE.yaml", help="YAML file with this stage's keys")
+        _add_field_flags(p, cls)
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied last")
+    return parser
+
+
+def resolve(name: str) -> Callable[[Any], dict]:
+    """The stage function behind subcommand `name` (imported lazily: --help stays fast)."""
+    module, func = COMMANDS[name][1].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    name = args.pop("command")
+    prog = f"puma-ray {name}"
+    config_path, overrides = args.pop("_config", None), tuple(args.pop("overrides", ()))
+    setup_logging()
+    try:
+        cfg = load_config(COMMANDS[name][0], config_path, args, overrides)
+        summary = resolve(name)(cfg)
+    except ConfigError as exc:
+        _fail(prog, str(exc), 2)
+    except PumaError as exc:
+        _fail(prog, str(exc), 1)
+    except KeyboardInterrupt:
+        _fail(prog, "interrupted", 130)
+    except Exception as exc:  # a bug, not a user error: keep the traceback for the report
+        traceback.print_exc()
+        _fail(prog, f"{type(exc).__name__}: {exc}", 1)
+    print(json.dumps({"command": prog, "ok": True, **summary}, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

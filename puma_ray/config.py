@@ -1,0 +1,340 @@
+"""Typed stage configuration: dataclasses loaded from YAML, flags and `key=value` overrides.
+
+Every stage has one dataclass here. Each field carries a one-line docstring (the
+string literal right under it) that doubles as the CLI help. Values are coerced
+to the annotated type when the dataclass is built, so a YAML file, a flag and a
+`key=value` override all go through the same checks, and every error names the
+offending key and says what is allowed.
+
+Precedence, lowest first: dataclass defaults < `--config FILE.yaml` < flags <
+trailing `key=value` overrides.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import inspect
+import textwrap
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from puma_ray.errors import ConfigError
+
+FAMILIES = ("llama", "qwen2", "gemma3", "phi3", "stablelm")
+SOURCES = ("synthetic", "movielens", "amazon", "mind", "yelp")
+
+
+# --------------------------------------------------------------------------- machinery
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass, read from its source (field -> one-line text)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                    and isinstance(nxt.value.value, str)):
+                docs[node.target.id] = nxt.value.value.strip()
+    return docs
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert `value` (from YAML or the command line) to type `tp`, or raise naming `key`."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"{key}: got {value!r}, expected {_type_name(tp)}")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
+            if type(None) in args:
+                return None
+            raise bad
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise bad
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise bad
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise bad
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def check(ok: bool, key: str, message: str) -> None:
+    """Raise a ConfigError naming `key` unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclasses.dataclass
+class StageConfig:
+    """Base of every stage config: coerces field types, then runs the stage's `validate`."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, coerce(getattr(self, f.name), hints[f.name], f.name))
+        self.validate()
+
+    def validate(self) -> None:
+        """Range and cross-field checks; override in each stage."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` -> (key, YAML-parsed value); `a.b=1` is not supported (configs are flat)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip().replace("-", "_")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a flat YAML mapping; a missing or malformed file is a ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of key: value")
+    return data
+
+
+def build_config(cls: type, *layers: dict[str, Any]):
+    """Merge dict layers (later wins) into `cls`, rejecting keys the dataclass does not have."""
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            key = key.replace("-", "_")
+            if key not in allowed:
+                raise ConfigError(f"unknown key {key!r} for {cls.__name__}; allowed: {', '.join(sorted(allowed))}")
+            merged[key] = value
+    return cls(**merged)
+
+
+def load_config(cls: type, path: Optional[str] = None, flags: Optional[dict] = None,
+                overrides: tuple[str, ...] = ()):
+    """YAML file, then flags, then `key=value` overrides, into a validated `cls`."""
+    layers = [read_yaml(path) if path else {}, dict(flags or {}), dict(parse_override(o) for o in overrides)]
+    return build_config(cls, *layers)
+
+
+def _required(value: Any, key: str, flag: str) -> None:
+    check(value not in (None, ""), key, f"is required (give {flag} or {key}=...)")
+
+
+# --------------------------------------------------------------------------- stage configs
+
+
+@dataclasses.dataclass
+class ModelsConfig(StageConfig):
+    """`puma-ray models`: a tiny Hugging Face causal LM of a real family plus its tokenizer."""
+
+    family: Literal["llama", "qwen2", "gemma3", "phi3", "stablelm"] = "llama"
+    """Model family whose config class is used (llama, qwen2, gemma3, phi3, stablelm)."""
+    out: Optional[str] = None
+    """Directory the Hugging Face model (config, safetensors, tokenizer) is written to."""
+    data: Optional[str] = None
+    """Canonical dataset directory whose item texts train the tokenizer."""
+    text: Optional[str] = None
+    """Plain text file (one or more lines) that trains the tokenizer, alone or with --data."""
+    hidden: Optional[int] = None
+    """Hidden size; null picks the family's default (llama 64, qwen2 48, gemma3 96, phi3 80, stablelm 64)."""
+    layers: int = 2
+    """Number of transformer layers."""
+    heads: int = 4
+    """Attention heads; must divide the hidden size."""
+    kv_heads: Optional[int] = None
+    """Key/value heads for grouped-query attention; null = same as heads."""
+    intermediate: Optional[int] = None
+    """MLP width; null = 4 x hidden."""
+    vocab_size: int = 2048
+    """Target vocabulary size of the byte-level BPE tokenizer."""
+    max_positions: int = 512
+    """Maximum sequence length the model supports."""
+    seed: int = 0
+    """Seed for the random weights and tokenizer training order."""
+    overwrite: bool = False
+    """Replace an existing model in --out built from different inputs."""
+
+    def validate(self) -> None:
+        _required(self.out, "out", "--out DIR")
+        check(self.data is not None or self.text is not None, "data",
+              "give --data DIR (a canonical dataset) or --text FILE to train the tokenizer on")
+        check(self.hidden is None or 16 <= self.hidden <= 8192, "hidden", "must be between 16 and 8192")
+        check(1 <= self.layers <= 64, "layers", "must be between 1 and 64")
+        check(self.heads >= 1, "heads", "must be >= 1")
+        check(self.kv_heads is None or (self.kv_heads >= 1 and self.heads % self.kv_heads == 0), "kv_heads",
+              "must be >= 1 and divide heads")
+        check(self.intermediate is None or self.intermediate >= 1, "intermediate", "must be >= 1")
+        check(300 <= self.vocab_size <= 200_000, "vocab_size", "must be between 300 and 200000")
+        check(self.max_positions >= 64, "max_positions", "must be >= 64")
+
+
+@dataclasses.dataclass
+class DataConfig(StageConfig):
+    """`puma-ray data`: raw interactions -> canonical interaction table + user/item index."""
+
+    source: Literal["synthetic", "movielens", "amazon", "mind", "yelp"] = "synthetic"
+    """Source format (a plug-in of the data source registry)."""
+    out: Optional[str] = None
+    """Dataset directory to write (parquet shards, manifest.json, users/items index)."""
+    input: Optional[str] = None
+    """Raw input: a directory or file in the source's original format (not used by synthetic)."""
+    seed: int = 0
+    """Seed for every random choice (synthetic generation, MIND history sampling)."""
+    task: Optional[Literal["rating", "click"]] = None
+    """Task of the synthetic source; null = rating. Real sources fix their own task."""
+    users: int = 2000
+    """Synthetic: number of users."""
+    items: int = 400
+    """Synthetic: number of items in the catalogue."""
+    genres: int = 8
+    """Synthetic: number of latent genres (item titles carry their genre's words)."""
+    latent_dim: int = 8
+    """Synthetic: dimension of user and item latent preference vectors."""
+    mean_interactions: float = 40.0
+    """Synthetic: mean interactions per user (heavy-tailed, never below min_user_interactions)."""
+    users_per_shard: int = 20000
+    """Synthetic: users generated by one parallel task (one output shard)."""
+    min_item_interactions: Optional[int] = None
+    """Drop items with fewer interactions; null = the paper's 10 for rating data, 0 for click data."""
+    min_user_interactions: Optional[int] = None
+    """Drop users with fewer interactions; null = the paper's 20 for rating data, 0 for click data."""
+    max_user_interactions: int = 85
+    """Keep only each user's most recent N interactions (0 = no cap)."""
+    valid_fraction: float = 0.2
+    """Last fraction of each user's interactions (chronologically) that becomes the valid split."""
+    test_fraction: float = 0.0
+    """Last fraction of each user's interactions that becomes the test split (taken after valid)."""
+    dedup: bool = True
+    """Drop repeated (user, item, ts) rows, keeping the first."""
+    history_len: int = 5
+    """MIND: history titles sampled per impression (seeded)."""
+    missing_title: Literal["id", "drop"] = "id"
+    """Items without a title: use the item id as text ('id') or drop their rows ('drop')."""
+    rows_per_shard: int = 500000
+    """Target rows per output shard for real sources (bounds each worker's memory)."""
+
+    def validate(self) -> None:
+        _required(self.out, "out", "--out DIR")
+        check(self.source == "synthetic" or self.input is not None, "input",
+              f"source {self.source!r} reads raw files: give --input PATH")
+        check(self.task is None or self.source == "synthetic", "task",
+              "only the synthetic source takes a task; real sources fix theirs")
+        check(self.users >= 1, "users", "must be >= 1")
+        check(self.items >= 2, "items", "must be >= 2")
+        check(1 <= self.genres <= self.items, "genres", "must be between 1 and items")
+        check(self.latent_dim >= 1, "latent_dim", "must be >= 1")
+        check(self.mean_interactions >= 1, "mean_interactions", "must be >= 1")
+        check(self.users_per_shard >= 1, "users_per_shard", "must be >= 1")
+        for key in ("min_item_interactions", "min_user_interactions"):
+            check(getattr(self, key) is None or getattr(self, key) >= 0, key, "must be >= 0 or null")
+        check(self.max_user_interactions >= 0, "max_user_interactions", "must be >= 0 (0 = no cap)")
+        check(0 <= self.valid_fraction < 1, "valid_fraction", "must be in [0, 1)")
+        check(0 <= self.test_fraction < 1 and self.valid_fraction + self.test_fraction < 1, "test_fraction",
+              "must be in [0, 1) with valid_fraction + test_fraction < 1")
+        check(self.history_len >= 0, "history_len", "must be >= 0")
+        check(self.rows_per_shard >= 1000, "rows_per_shard", "must be >= 1000")
+
+
+@dataclasses.dataclass
+class DemoConfig(StageConfig):
+    """`puma-ray demo`: every stage that exists, end to end, on an offline default."""
+
+    out: str = "runs/demo"
+    """Directory all demo outputs go under (one sub-directory per stage)."""
+    size: Literal["tiny", "default", "large"] = "default"
+    """Scale of the synthetic data and models."""
+    seed: int = 0
+    """Seed passed to every stage."""
+    source_family: Literal["llama", "qwen2", "gemma3", "phi3", "stablelm"] = "llama"
+    """Family of the source (old) model."""
+    target_family: Literal["llama", "qwen2", "gemma3", "phi3", "stablelm"] = "qwen2"
+    """Family of the target (new) model."""
+    movielens: Optional[str] = "../shared/data/ml-100k"
+    """MovieLens 100k directory, also prepared when it exists; null skips it."""
+
+    def validate(self) -> None:
+        check(self.out != "", "out", "must not be empty")
+        check(self.source_family != self.target_family, "target_family",
+              "must differ from source_family (the demo migrates across families)")

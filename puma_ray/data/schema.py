@@ -1,0 +1,80 @@
+"""The canonical dataset directory (DESIGN.md "Data contracts"): schema, layout, readers.
+
+    DIR/manifest.json                   written last; a directory without it is incomplete
+    DIR/interactions/part-NNNNN.parquet one row per interaction, INTERACTIONS schema;
+                                        every user's rows live in exactly one shard
+    DIR/users.parquet                   user_id -> dense user_idx (shard order, then user_id)
+    DIR/items.parquet                   item_id -> dense item_idx, item_text, interactions
+    DIR/latents/                        synthetic only: ground-truth latents for diagnostics
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from puma_ray.errors import PumaError
+
+INTERACTIONS = pa.schema([
+    ("user_id", pa.string()),
+    ("item_id", pa.string()),
+    ("item_text", pa.string()),
+    ("history_text", pa.list_(pa.string())),
+    ("label", pa.float32()),
+    ("ts", pa.int64()),
+    ("split", pa.string()),
+])
+USERS = pa.schema([("user_id", pa.string()), ("user_idx", pa.int64()), ("n_train", pa.int64()),
+                   ("n_valid", pa.int64()), ("n_test", pa.int64())])
+ITEMS = pa.schema([("item_id", pa.string()), ("item_idx", pa.int64()), ("item_text", pa.string()),
+                   ("interactions", pa.int64())])
+SPLITS = ("train", "valid", "test")
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write to a temporary name and rename, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table.replace_schema_metadata(None), tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(data_dir: str | Path) -> dict:
+    """The manifest of a complete dataset directory, or a PumaError saying what is wrong."""
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        raise PumaError(f"{data_dir} is not a complete puma-ray dataset (no {MANIFEST}); "
+                        "create one with `puma-ray data --out DIR`")
+    return json.loads(path.read_text())
+
+
+def shard_paths(data_dir: str | Path) -> list[Path]:
+    manifest = read_manifest(data_dir)
+    return [Path(data_dir) / "interactions" / s["name"] for s in manifest["shards"]]
+
+
+def iter_item_texts(data_dir: str | Path, batch_size: int = 65536) -> Iterator[str]:
+    """Item texts of a dataset, streamed from items.parquet in item_idx order."""
+    read_manifest(data_dir)
+    pf = pq.ParquetFile(Path(data_dir) / "items.parquet")
+    for batch in pf.iter_batches(batch_size=batch_size, columns=["item_text"]):
+        yield from (t for t in batch.column(0).to_pylist() if t)

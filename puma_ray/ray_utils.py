@@ -1,0 +1,26 @@
+"""Connecting to Ray the same way from a laptop, a `ray job submit` job and a test."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster named by RAY_ADDRESS (as `ray job submit` sets it), else start a local one.
+
+    The dashboard stays on (bound to 127.0.0.1): without it Train V2 logs a warning every second.
+    """
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", logging_level=logging.WARNING,
+                 log_to_driver=True)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = True

@@ -1,0 +1,146 @@
+"""Run directories and cost records, shared by every stage.
+
+A stage calls `open_run(out, stage, cfg)` to create its output directory and
+write `config.yaml` (the fully resolved config), then wraps its work in
+`CostMeter`, which appends one JSON line to `<out>/costs.jsonl` (DESIGN.md
+"Cost record"). `bench` and `sweep` read these records; nothing estimates cost
+from guesses.
+
+device_seconds = wall_s x workers x devices-per-worker: the time the stage held
+its devices (GPUs, or CPU worker slots on a CPU run), which is what a cluster bill
+counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+COSTS_FILE = "costs.jsonl"
+CONFIG_FILE = "config.yaml"
+
+log = logging.getLogger("puma_ray")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Progress goes to stderr so that stdout ends with exactly one JSON summary line."""
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[puma-ray %(asctime)s] %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
+
+
+def config_hash(cfg: Any) -> str:
+    """16-hex digest of the resolved config (dataclass or dict), stable across runs."""
+    data = cfg if isinstance(cfg, dict) else asdict(cfg)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def open_run(out: str | Path, stage: str, cfg: Any) -> Path:
+    """Create `out`, write the resolved config next to the outputs, return the path."""
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    data = cfg if isinstance(cfg, dict) else asdict(cfg)
+    header = f"# resolved config of `puma-ray {stage}`; rerun with: puma-ray {stage} --config {path / CONFIG_FILE}\n"
+    (path / CONFIG_FILE).write_text(header + yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process and its finished children (Linux ru_maxrss is KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return int(max(own, kids) * 1024)
+
+
+def device_kind() -> str:
+    """'cuda:<name>' when a GPU is visible to this process, else 'cpu'."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:{torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return "cpu"
+
+
+@dataclass
+class CostRecord:
+    """One stage run's measured cost (one JSON line in costs.jsonl)."""
+
+    stage: str
+    wall_s: float
+    workers: int
+    device_kind: str
+    device_seconds: float
+    samples: int
+    tokens: int
+    flops: float
+    peak_memory_bytes: int
+    config_hash: str
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class CostMeter:
+    """Measures a stage: `with CostMeter(out, stage, cfg) as m: ...; m.samples = n`."""
+
+    out: Path
+    stage: str
+    cfg: Any
+    workers: int = 1
+    devices_per_worker: float = 1.0
+    samples: int = 0
+    tokens: int = 0
+    flops: float = 0.0
+    worker_peak_memory_bytes: int = 0
+    extra: dict = field(default_factory=dict)
+    record: Optional[CostRecord] = None
+    _t0: float = 0.0
+
+    def __enter__(self) -> "CostMeter":
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            return  # a failed run has no cost worth comparing; the error propagates
+        wall = time.perf_counter() - self._t0
+        self.record = CostRecord(
+            stage=self.stage, wall_s=round(wall, 3), workers=self.workers, device_kind=device_kind(),
+            device_seconds=round(wall * self.workers * self.devices_per_worker, 3), samples=int(self.samples),
+            tokens=int(self.tokens), flops=float(self.flops),
+            peak_memory_bytes=max(peak_rss_bytes(), self.worker_peak_memory_bytes),
+            config_hash=config_hash(self.cfg), extra=self.extra)
+        append_cost(self.out, self.record)
+
+
+def append_cost(out: str | Path, record: CostRecord) -> None:
+    """Append one record; O_APPEND keeps concurrent writers' lines whole."""
+    line = json.dumps(asdict(record), sort_keys=True) + "\n"
+    fd = os.open(Path(out) / COSTS_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def read_costs(out: str | Path) -> list[dict]:
+    """All cost records under `out` (its own costs.jsonl and those of sub-directories)."""
+    records = []
+    for path in sorted(Path(out).rglob(COSTS_FILE)):
+        records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return records

@@ -1,0 +1,211 @@
+"""`puma-ray data`: a raw source -> canonical interaction table, user/item index, manifest.
+
+config -> source -> Ray Data passes (pipeline.py) -> index -> manifest -> report.
+The manifest is written last: a directory without it is incomplete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from puma_ray import __version__
+from puma_ray.config import DataConfig
+from puma_ray.data import pipeline as pl
+from puma_ray.data.prep import Preprocessing
+from puma_ray.data.schema import FORMAT_VERSION, ITEMS, MANIFEST, SPLITS, USERS, file_sha256, write_parquet_atomic
+from puma_ray.data.sources import make_source
+from puma_ray.data.synthetic import make_catalogue
+from puma_ray.errors import PumaError
+from puma_ray.ray_utils import init_ray
+from puma_ray.runs import CostMeter, log, open_run
+
+# Paper defaults: rating datasets drop items < 10 and users < 20; click data is not filtered.
+_PAPER_MIN = {"rating": (10, 20), "click": (0, 0)}
+
+
+def resolve_preprocessing(cfg: DataConfig, task: str) -> Preprocessing:
+    min_item, min_user = _PAPER_MIN[task]
+    return Preprocessing(
+        min_item_interactions=min_item if cfg.min_item_interactions is None else cfg.min_item_interactions,
+        min_user_interactions=min_user if cfg.min_user_interactions is None else cfg.min_user_interactions,
+        max_user_interactions=cfg.max_user_interactions, valid_fraction=cfg.valid_fraction,
+        test_fraction=cfg.test_fraction, dedup=cfg.dedup)
+
+
+def _clean(out: Path) -> None:
+    """Remove a previous run's outputs; the manifest first, so a crash leaves it incomplete."""
+    (out / MANIFEST).unlink(missing_ok=True)
+    for sub in ("interactions", "latents", ".tmp"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+
+
+def _collect(ds) -> list[dict]:
+    return [json.loads(r["stats"]) for r in ds.iter_rows()]
+
+
+def _real_source(cfg: DataConfig, prep: Preprocessing, out: Path) -> dict:
+    source = make_source(cfg.source, cfg.history_len)
+    input_path = Path(cfg.input)
+    if not input_path.exists():
+        raise PumaError(f"--input {input_path}: no such file or directory")
+    files = source.files(input_path)
+    titles, text_note = source.titles(input_path)
+    log.info("data: %s from %s (%d file(s)); %d item titles (%s)", cfg.source, input_path, len(files),
+             len(titles), text_note)
+    tmp = out / ".tmp"
+    titles_ref = ray.put(titles)
+    lines = ray.data.read_text([str(p) for p in files], encoding=source.encoding, drop_empty_lines=True)
+    lines.map_batches(pl.parse_batch, batch_format="pandas", batch_size=4096,
+                      fn_kwargs={"source": source, "titles_ref": titles_ref, "seed": cfg.seed}) \
+        .write_parquet(str(tmp / "parsed"))
+    parsed = ray.data.read_parquet(str(tmp / "parsed"))
+    n_parsed = parsed.count()
+    n_buckets = pl.n_buckets_for(n_parsed, cfg.rows_per_shard)
+    log.info("data: parsed %d rows (incl. dropped lines); de-duplicating in %d bucket(s)", n_parsed, n_buckets)
+    (tmp / "buckets").mkdir(parents=True, exist_ok=True)
+    partials = parsed.map_batches(lambda b: b.assign(bucket=pl.bucket_of(b["user_id"], n_buckets)),
+                                  batch_format="pandas") \
+        .groupby("bucket").map_groups(pl.bucket_and_dedup, batch_format="pandas",
+                                      fn_kwargs={"tmp_dir": str(tmp / "buckets"), "do_dedup": prep.dedup})
+    table = pl.ItemTable()
+    for part in partials.iter_batches(batch_format="pandas"):
+        table.add(part)
+    kept, reasons, fallback = table.decide(prep.min_item_interactions, cfg.missing_title)
+    log.info("data: %d items seen, %d kept; finalizing buckets", len(table.count), len(kept))
+    stats = _collect(ray.data.from_items([{"bucket": b} for b in range(n_buckets)]).map(
+        pl.finalize_bucket, fn_kwargs={"tmp_dir": str(tmp / "buckets"), "out_dir": str(out / "interactions"),
+                                       "item_text_ref": ray.put(kept), "item_reason_ref": ray.put(reasons),
+                                       "prep": pl.prep_dict(prep)}))
+    shutil.rmtree(tmp, ignore_errors=True)
+    without_title = [i for i in table.count if table.text.get(i) is None]
+    return {"task": source.task, "stats": stats, "parse_drops": table.drops, "kept": kept,
+            "rows_read": sum(table.count.values()) + table.drops.get("duplicate_user_item_ts", 0),
+            "users_read": table.users, "items_read": len(table.count),
+            "lines_dropped": sum(n for r, n in table.drops.items() if r != "duplicate_user_item_ts"),
+            "notes": {"item_text_source": text_note, "items_without_title": len(without_title),
+                      "rows_of_items_without_title": sum(table.count[i] for i in without_title),
+                      "kept_items_with_id_as_text": fallback}}
+
+
+def _synthetic_source(cfg: DataConfig, prep: Preprocessing, out: Path) -> dict:
+    task = cfg.task or "rating"
+    cat = make_catalogue(cfg.seed, cfg.items, cfg.genres, cfg.latent_dim)
+    n_shards = -(-cfg.users // cfg.users_per_shard)
+    bounds = [min(s * cfg.users_per_shard, cfg.users) for s in range(n_shards + 1)]
+    gen = {"seed": cfg.seed, "shard_users": bounds, "cat_ref": ray.put(cat), "task": task,
+           "floor": max(prep.min_user_interactions, 1), "mean": cfg.mean_interactions,
+           "history_len": cfg.history_len}
+    shards = ray.data.from_items([{"id": s} for s in range(n_shards)], override_num_blocks=n_shards)
+    log.info("data: synthetic %s, %d users in %d shard(s), %d items; counting items", task, cfg.users, n_shards,
+             cfg.items)
+    count: Counter = Counter()
+    rows_read = 0
+    for r in shards.map(pl.synthetic_counts, fn_kwargs=gen).iter_rows():
+        count.update(json.loads(r["counts"]))
+        rows_read += r["rows"]
+    table = pl.ItemTable()
+    table.count = count
+    kept, reasons, _ = table.decide(prep.min_item_interactions, "id", dict(zip(cat.item_ids, cat.titles)))
+    (out / "latents").mkdir(parents=True, exist_ok=True)
+    log.info("data: generated %d rows; writing shards", rows_read)
+    stats = _collect(shards.map(pl.synthetic_finalize, fn_kwargs={
+        **gen, "out_dir": str(out / "interactions"), "item_text_ref": ray.put(kept),
+        "item_reason_ref": ray.put(reasons), "prep": pl.prep_dict(prep)}))
+    write_parquet_atomic(pa.table({"item_id": cat.item_ids, "genre": cat.genre, "title": cat.titles,
+                                   "latent": list(cat.latent), "log_popularity": cat.log_pop}),
+                         out / "latents" / "items.parquet")
+    return {"task": task, "stats": stats, "parse_drops": Counter(), "kept": kept, "rows_read": rows_read,
+            "users_read": cfg.users, "items_read": len(count),
+            "lines_dropped": 0, "notes": {"item_text_source": "generated genre titles",
+                                          "latents": "latents/ (users-*.parquet, items.parquet)"}}
+
+
+def write_index(out: Path, kept_text: dict[str, str]) -> dict:
+    """users.parquet and items.parquet from the final shards (one shard in memory at a time)."""
+    shards = sorted((out / "interactions").glob("part-*.parquet"))
+    user_tables, offset = [], 0
+    items: Counter = Counter()
+    per_split = {s: {"rows": 0, "users": 0, "items": set()} for s in SPLITS}
+    for path in shards:
+        df = pq.read_table(path, columns=["user_id", "item_id", "split"]).to_pandas()
+        counts = pd.crosstab(df["user_id"], df["split"]).reindex(columns=list(SPLITS), fill_value=0)
+        user_tables.append(pd.DataFrame({"user_id": counts.index.to_numpy(),
+                                         "user_idx": np.arange(offset, offset + len(counts), dtype=np.int64),
+                                         **{f"n_{s}": counts[s].to_numpy(np.int64) for s in SPLITS}}))
+        offset += len(counts)
+        items.update(df["item_id"].value_counts().to_dict())
+        for s in SPLITS:
+            part = df[df["split"] == s]
+            per_split[s]["rows"] += len(part)
+            per_split[s]["users"] += int((counts[s] > 0).sum())
+            per_split[s]["items"].update(part["item_id"].unique())
+    users = pd.concat(user_tables) if user_tables else pd.DataFrame({c: [] for c in USERS.names})
+    write_parquet_atomic(pa.Table.from_pandas(users, schema=USERS, preserve_index=False), out / "users.parquet")
+    ids = sorted(items)
+    write_parquet_atomic(pa.table({"item_id": ids, "item_idx": np.arange(len(ids), dtype=np.int64),
+                                   "item_text": [kept_text[i] for i in ids], "interactions": [items[i] for i in ids]},
+                                  schema=ITEMS), out / "items.parquet")
+    shard_info = [{"name": p.name, "rows": pq.ParquetFile(p).metadata.num_rows, "sha256": file_sha256(p)}
+                  for p in shards]
+    return {"users": offset, "items": len(ids), "shards": shard_info,
+            "splits": {s: {"rows": v["rows"], "users": v["users"], "items": len(v["items"])}
+                       for s, v in per_split.items()}}
+
+
+def fingerprint(out: Path, shards: list[dict]) -> str:
+    h = hashlib.sha256()
+    for s in shards:
+        h.update(s["sha256"].encode())
+    for name in ("users.parquet", "items.parquet"):
+        h.update(file_sha256(out / name).encode())
+    return h.hexdigest()
+
+
+def run_data(cfg: DataConfig) -> dict:
+    """Build the dataset directory `cfg.out`; returns the JSON summary."""
+    out = open_run(cfg.out, "data", cfg)
+    _clean(out)
+    (out / "interactions").mkdir(parents=True)
+    init_ray()
+    synthetic = cfg.source == "synthetic"
+    task = (cfg.task or "rating") if synthetic else make_source(cfg.source, cfg.history_len).task
+    prep = resolve_preprocessing(cfg, task)
+    with CostMeter(out, "data", cfg) as meter:
+        res = _synthetic_source(cfg, prep, out) if synthetic else _real_source(cfg, prep, out)
+        dropped = Counter(res["parse_drops"])
+        for s in res["stats"]:
+            dropped.update(s["dropped"])
+        index = write_index(out, res["kept"])
+        rows = sum(s["rows"] for s in index["shards"])
+        if rows == 0:
+            raise PumaError(f"empty result after filtering {res['rows_read']} rows: dropped {dict(dropped)}; relax "
+                            f"min_user_interactions / min_item_interactions (now {prep.min_user_interactions} / "
+                            f"{prep.min_item_interactions})")
+        meter.samples = rows
+    manifest = {
+        "format_version": FORMAT_VERSION, "created_by": f"puma-ray {__version__}", "source": cfg.source,
+        "input": cfg.input, "task": res["task"], "seed": cfg.seed, "preprocessing": pl.prep_dict(prep),
+        "rows_read": res["rows_read"], "users_read": res["users_read"], "items_read": res["items_read"],
+        "lines_dropped": res["lines_dropped"],
+        "rows_dropped": dict(sorted(dropped.items())), "rows": rows, "users": index["users"],
+        "items": index["items"], "splits": index["splits"], "notes": res["notes"], "shards": index["shards"],
+        "fingerprint": fingerprint(out, index["shards"]),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    log.info("data: %d rows, %d users, %d items -> %s", rows, index["users"], index["items"], out)
+    return {"out": str(out), "source": cfg.source, "task": res["task"], "rows": rows, "users": index["users"],
+            "items": index["items"], "rows_read": res["rows_read"], "users_read": res["users_read"],
+            "items_read": res["items_read"], "rows_dropped": manifest["rows_dropped"],
+            "splits": {s: v["rows"] for s, v in index["splits"].items()}, "fingerprint": manifest["fingerprint"],
+            "wall_s": meter.record.wall_s}
+
