@@ -18,6 +18,9 @@ _VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "dtype", "torc
 
 
 def _friendly_load(fn, name: str, what: str):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     try:
         return fn(name)
     except (OSError, ValueError, KeyError) as exc:

@@ -139,8 +139,12 @@ def append_cost(out: str | Path, record: CostRecord) -> None:
 
 
 def read_costs(out: str | Path) -> list[dict]:
-    """All cost records under `out` (its own costs.jsonl and those of sub-directories)."""
+    """All cost records under `out` (its own costs.jsonl and those of sub-directories).
+
+    Each record gains `run`: its directory relative to `out` ("." for `out` itself).
+    """
     records = []
     for path in sorted(Path(out).rglob(COSTS_FILE)):
-        records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        run = str(path.parent.relative_to(out))
+        records += [{**json.loads(line), "run": run} for line in path.read_text().splitlines() if line.strip()]
     return records

@@ -63,15 +63,19 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, add_bos: bool, bos_is
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=SPECIAL_TOKENS["eos_token"],
                                    pad_token=SPECIAL_TOKENS["pad_token"], unk_token=SPECIAL_TOKENS["unk_token"],
                                    padding_side=padding_side)
-    check_answers_single_token(fast)
     return fast
 
 
-def check_answers_single_token(tokenizer) -> None:
-    """Every answer, bare and after a space, must encode to exactly one token."""
+def check_answers_single_token(tokenizer) -> bool:
+    """Every bare answer must be one token; returns whether the leading-space forms are too.
+
+    A family's own tokenizer class may re-split what BPE merged (transformers maps
+    model_type qwen2 to a tokenizer that splits digits, so " 4" -> ["Ġ", "4"]): the
+    templates' answer position is resolved per tokenizer downstream, not assumed.
+    """
     for answer in ANSWERS:
-        for text in (answer, " " + answer):
-            ids = tokenizer.encode(text, add_special_tokens=False)
-            if len(ids) != 1:
-                raise PumaError(f"tokenizer {type(tokenizer).__name__}: answer {text!r} is {len(ids)} tokens "
-                                f"{tokenizer.convert_ids_to_tokens(ids)}; raise vocab_size")
+        ids = tokenizer.encode(answer, add_special_tokens=False)
+        if len(ids) != 1:
+            raise PumaError(f"tokenizer {type(tokenizer).__name__}: answer {answer!r} is {len(ids)} tokens "
+                            f"{tokenizer.convert_ids_to_tokens(ids)}; raise vocab_size")
+    return all(len(tokenizer.encode(" " + a, add_special_tokens=False)) == 1 for a in ANSWERS)

@@ -67,7 +67,11 @@ def item_partials(df: pd.DataFrame) -> pd.DataFrame:
     return part.reset_index().rename(columns={"item_id": "key"}).assign(kind="item")
 
 
-def bucket_and_dedup(group: pd.DataFrame, tmp_dir: str, do_dedup: bool) -> pd.DataFrame:
+PARTIALS = pa.schema([("kind", pa.string()), ("key", pa.string()), ("n", pa.int64()), ("ts", pa.int64()),
+                      ("text", pa.string())])
+
+
+def bucket_and_dedup(group: pd.DataFrame, tmp_dir: str, do_dedup: bool) -> pa.Table:
     """Ray Data map_groups over one bucket: write its good rows de-duplicated; return partials."""
     bucket = int(group["bucket"].iloc[0])
     bad = group["drop_reason"].notna()
@@ -82,9 +86,8 @@ def bucket_and_dedup(group: pd.DataFrame, tmp_dir: str, do_dedup: bool) -> pd.Da
     reasons = pd.DataFrame({"key": list(drops), "n": list(drops.values()), "kind": "drop", "ts": -1, "text": None})
     # users never span buckets, so per-bucket distinct counts add up to the global count
     users = pd.DataFrame({"key": [""], "n": [good["user_id"].nunique()], "kind": "users", "ts": -1, "text": None})
-    parts = [p for p in (item_partials(good), reasons, users) if len(p)]
-    cols = ["kind", "key", "n", "ts", "text"]
-    return pd.concat(parts)[cols] if parts else pd.DataFrame({c: [] for c in cols})
+    parts = pd.concat([p for p in (item_partials(good), reasons, users) if len(p)])
+    return pa.Table.from_pandas(parts[PARTIALS.names], schema=PARTIALS, preserve_index=False)
 
 
 class ItemTable:

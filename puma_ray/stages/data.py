@@ -75,7 +75,7 @@ def _real_source(cfg: DataConfig, prep: Preprocessing, out: Path) -> dict:
     (tmp / "buckets").mkdir(parents=True, exist_ok=True)
     partials = parsed.map_batches(lambda b: b.assign(bucket=pl.bucket_of(b["user_id"], n_buckets)),
                                   batch_format="pandas") \
-        .groupby("bucket").map_groups(pl.bucket_and_dedup, batch_format="pandas",
+        .groupby("bucket", num_partitions=n_buckets).map_groups(pl.bucket_and_dedup, batch_format="pandas",
                                       fn_kwargs={"tmp_dir": str(tmp / "buckets"), "do_dedup": prep.dedup})
     table = pl.ItemTable()
     for part in partials.iter_batches(batch_format="pandas"):
@@ -180,7 +180,8 @@ def run_data(cfg: DataConfig) -> dict:
     synthetic = cfg.source == "synthetic"
     task = (cfg.task or "rating") if synthetic else make_source(cfg.source, cfg.history_len).task
     prep = resolve_preprocessing(cfg, task)
-    with CostMeter(out, "data", cfg) as meter:
+    # Ray Data spreads the passes over every CPU of the cluster: that is the device time used.
+    with CostMeter(out, "data", cfg, workers=int(ray.cluster_resources().get("CPU", 1))) as meter:
         res = _synthetic_source(cfg, prep, out) if synthetic else _real_source(cfg, prep, out)
         dropped = Counter(res["parse_drops"])
         for s in res["stats"]:

@@ -19,7 +19,7 @@ from puma_ray.errors import PumaError
 from puma_ray.hf import load_causal_lm, load_tokenizer, model_fingerprint
 from puma_ray.runs import CostMeter, log, open_run
 from puma_ray.tiny_models import FAMILIES, build_config, build_model
-from puma_ray.tokenizer import train_tokenizer
+from puma_ray.tokenizer import check_answers_single_token, train_tokenizer
 
 MARKER = "puma_model.json"
 
@@ -76,11 +76,14 @@ def run_models(cfg: ModelsConfig) -> dict:
                  cfg.layers, n_params, out)
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        # Fingerprint what a user of the directory will load, not the in-memory objects.
-        fingerprint = model_fingerprint(load_causal_lm(str(out)), load_tokenizer(str(out)))
+        # Check and fingerprint what a user of the directory will load, not the in-memory objects.
+        reloaded = load_tokenizer(str(out))
+        space_answers = check_answers_single_token(reloaded)
+        fingerprint = model_fingerprint(load_causal_lm(str(out)), reloaded)
         meter.samples = 1
     summary = {"path": str(out), "family": cfg.family, "model_type": model_cfg.model_type,
                "hidden_size": model_cfg.hidden_size, "layers": cfg.layers, "vocab_size": len(tokenizer),
-               "parameters": n_params, "fingerprint": fingerprint, "content_key": key, "cached": False}
+               "parameters": n_params, "tokenizer_class": type(reloaded).__name__,
+               "space_answers_single_token": space_answers, "fingerprint": fingerprint, "content_key": key, "cached": False}
     marker.write_text(json.dumps(summary, indent=2) + "\n")
     return summary

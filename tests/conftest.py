@@ -1,0 +1,50 @@
+"""Shared fixtures: one local Ray instance per test session, paths to the shared real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("PUMA_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared(name: str) -> Path:
+    """A folder of ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real data sample {path} is absent (set PUMA_SHARED_DATA to its folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray (2 CPUs, like CI), or the cluster in RAY_ADDRESS; shut down after the session."""
+    import ray
+
+    from puma_ray.ray_utils import init_ray
+
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(ray_local, tmp_path_factory) -> Path:
+    """A small synthetic rating dataset (made once per session)."""
+    from puma_ray.config import DataConfig
+    from puma_ray.stages.data import run_data
+
+    out = tmp_path_factory.mktemp("synthetic")
+    run_data(DataConfig(source="synthetic", out=str(out), users=120, items=80, users_per_shard=50, seed=3))
+    return out
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory) -> Path:
+    """Plain text that trains a tokenizer without a dataset."""
+    path = tmp_path_factory.mktemp("text") / "titles.txt"
+    path.write_text("\n".join(f"The Crimson Harbor {i}\nA Night at the Opera ({1900 + i})" for i in range(60)))
+    return path

@@ -1,0 +1,53 @@
+"""The CLI frame: help, one-line errors with non-zero exit, a final JSON summary line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "puma_ray.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_only_working_commands():
+    res = run_cli("--help")
+    assert res.returncode == 0
+    for name in ("data", "models", "demo"):
+        assert name in res.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["models", "--out", "o", "--text", "t", "colour=blue"], "unknown key 'colour'"),
+    (["models", "--out", "o", "--text", "t", "--layers", "two"], "layers: got 'two'"),
+    (["models", "--family", "mistral", "--out", "o", "--text", "t"], "family: got 'mistral'"),
+    (["data", "--source", "movielens", "--out", "o"], "input"),
+    (["data", "--bogus-flag", "1"], "unrecognized arguments"),
+    (["models", "--config", "/nonexistent.yaml"], "does not exist"),
+])
+def test_bad_input_is_one_line_exit_2_no_traceback(args, needle):
+    res = run_cli(*args)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and needle in errors[0]
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["ok"] is False and needle in summary["error"]
+
+
+def test_runtime_failure_exits_1_with_json(tmp_path):
+    res = run_cli("models", "--out", str(tmp_path / "m"), "--text", str(tmp_path / "missing.txt"))
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    assert "no such file" in json.loads(res.stdout.strip().splitlines()[-1])["error"]
+
+
+def test_models_cli_ends_with_json_summary(tmp_path, text_file):
+    res = run_cli("models", "--family", "qwen2", "--text", str(text_file), "--out", str(tmp_path / "m"), "hidden=32")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["ok"] and summary["hidden_size"] == 32 and summary["family"] == "qwen2"
+    assert (tmp_path / "m" / "costs.jsonl").is_file() and (tmp_path / "m" / "config.yaml").is_file()

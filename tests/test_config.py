@@ -1,0 +1,127 @@
+"""Typed configs: coercion, validation messages, YAML/flag/override layering, shipped files."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal, Optional
+
+import pytest
+import yaml
+
+from puma_ray.cli import COMMANDS
+from puma_ray.config import (DataConfig, ModelsConfig, StageConfig, build_config, coerce, field_docs,
+                             load_config, parse_override)
+from puma_ray.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG_CLASSES = [cls for cls, _, _ in COMMANDS.values()]
+
+
+@pytest.mark.parametrize("cls", CONFIG_CLASSES, ids=lambda c: c.__name__)
+def test_every_field_has_a_one_line_docstring(cls):
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        assert docs.get(f.name), f"{cls.__name__}.{f.name} has no docstring"
+        assert "\n" not in docs[f.name]
+
+
+@pytest.mark.parametrize("value,tp,expected", [
+    ("true", bool, True), ("off", bool, False), (False, bool, False),
+    ("12", int, 12), ("1_000_000", int, 1_000_000), (3.0, int, 3),
+    ("0.5", float, 0.5), (2, float, 2.0),
+    ("null", Optional[int], None), ("None", Optional[int], None), (None, Optional[str], None), ("7", Optional[int], 7),
+    ("a,b", list[str], ["a", "b"]), ([1, "2"], list[int], [1, 2]), ("x", list[str], ["x"]),
+    ("llama", Literal["llama", "qwen2"], "llama"), (5, str, "5"),
+])
+def test_coerce_accepts(value, tp, expected):
+    assert coerce(value, tp, "k") == expected
+
+
+@pytest.mark.parametrize("value,tp", [
+    ("maybe", bool, ), ("1.5", int), (True, int), ("abc", float), ("mistral", Literal["llama", "qwen2"]),
+    (None, int), ([1], str), ("x", list[int]),
+])
+def test_coerce_rejects_naming_the_key(value, tp):
+    with pytest.raises(ConfigError, match=r"^the_key"):
+        coerce(value, tp, "the_key")
+
+
+def test_override_parsing_handles_yaml_scalars_and_lists():
+    assert parse_override("users=1000") == ("users", 1000)
+    assert parse_override("dedup=false") == ("dedup", False)
+    assert parse_override("task=null") == ("task", None)
+    assert parse_override("min-user-interactions=5") == ("min_user_interactions", 5)
+    assert parse_override("out=a=b") == ("out", "a=b")
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("users")
+
+
+def test_layers_yaml_then_flags_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("source: synthetic\nout: from_yaml\nusers: 10\nseed: 1\n")
+    cfg = load_config(DataConfig, str(path), {"users": "20", "out": "from_flag"}, ("users=30",))
+    assert (cfg.out, cfg.users, cfg.seed) == ("from_flag", 30, 1)
+
+
+def test_unknown_key_names_it_and_lists_allowed():
+    with pytest.raises(ConfigError, match=r"unknown key 'userz'.*allowed: .*users"):
+        build_config(DataConfig, {"out": "x"}, {"userz": 3})
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"valid_fraction": 1.5}, "valid_fraction"),
+    ({"users": 0}, "users"),
+    ({"source": "movielens"}, "input"),
+    ({"source": "mind", "input": "x", "task": "rating"}, "task"),
+    ({"out": None}, "out"),
+])
+def test_data_validation_names_the_key(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        build_config(DataConfig, {"out": "x"}, overrides)
+
+
+def test_models_validation():
+    with pytest.raises(ConfigError, match="family"):
+        ModelsConfig(family="mistral", out="x", text="t")
+    with pytest.raises(ConfigError, match="data"):
+        ModelsConfig(out="x")
+    with pytest.raises(ConfigError, match="kv_heads"):
+        ModelsConfig(out="x", text="t", heads=4, kv_heads=3)
+
+
+def test_bad_yaml_file_is_a_config_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("users: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(DataConfig, str(bad))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(DataConfig, str(tmp_path / "missing.yaml"))
+
+
+def _shipped_yaml():
+    return sorted(p for p in REPO.rglob("*.yaml") if ".venv" not in p.parts and "cluster" not in p.parts
+                  and "tune_spaces" not in p.parts)
+
+
+@pytest.mark.parametrize("path", _shipped_yaml(), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_config_loads(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# puma-ray "), f"{path} must start with the command that runs it"
+    stage = first.split()[2]
+    cfg = load_config(COMMANDS[stage][0], str(path))
+    assert isinstance(cfg, StageConfig)
+    assert "ray job submit" in path.read_text().splitlines()[1]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "cluster").glob("*.yaml")), ids=lambda p: p.name)
+def test_cluster_definitions_parse(path):
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert docs and all(isinstance(d, dict) for d in docs)
+
+
+def test_every_job_entrypoint_starts_with_its_submit_command():
+    for name in COMMANDS:
+        job = REPO / "jobs" / f"{name}.py"
+        assert job.is_file(), f"no jobs/{name}.py"
+        assert job.read_text().startswith(f"# ray job submit ") and f"jobs/{name}.py" in job.read_text().splitlines()[0]

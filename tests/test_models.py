@@ -1,0 +1,120 @@
+"""Tiny models of five real families: build, reload with Auto*, forward from inputs_embeds."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from puma_ray.config import ModelsConfig
+from puma_ray.errors import PumaError
+from puma_ray.stages.models import run_models
+from puma_ray.tiny_models import FAMILIES
+from puma_ray.tokenizer import ANSWERS
+
+PACKAGE = Path(__file__).resolve().parent.parent / "puma_ray"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, text_file):
+    """family -> (summary, directory), built once for the module."""
+    root = tmp_path_factory.mktemp("models")
+    return {f: (run_models(ModelsConfig(family=f, text=str(text_file), out=str(root / f))), root / f)
+            for f in FAMILIES}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family_loads_with_auto_classes_and_runs_from_inputs_embeds(built, family):
+    summary, path = built[family]
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    assert model.config.hidden_size == FAMILIES[family].hidden == summary["hidden_size"]
+    ids = tok(["#Answer: 4", "The Crimson Harbor 3 Yes"], return_tensors="pt", padding=True)
+    embeds = model.get_input_embeddings()(ids.input_ids)  # [2, T, d] float32
+    with torch.no_grad():
+        from_embeds = model(inputs_embeds=embeds, attention_mask=ids.attention_mask).logits
+        from_ids = model(input_ids=ids.input_ids, attention_mask=ids.attention_mask).logits
+    assert from_embeds.shape == (2, ids.input_ids.shape[1], len(tok))
+    torch.testing.assert_close(from_embeds, from_ids, rtol=0, atol=1e-5)
+    for answer in ANSWERS:
+        assert len(tok.encode(answer, add_special_tokens=False)) == 1
+    assert tok.pad_token and tok.bos_token and tok.eos_token and tok.unk_token
+
+
+def test_families_have_distinct_hidden_sizes(built):
+    sizes = [s["hidden_size"] for s, _ in built.values()]
+    assert len(set(sizes)) == len(sizes)
+
+
+def test_tokenizer_conventions_differ_like_real_families(built):
+    """bos prepended or not, and bos == eos, come from the tokenizer, as downstream code must read them."""
+    adds_bos = {}
+    for family, (_, path) in built.items():
+        tok = AutoTokenizer.from_pretrained(path)
+        adds_bos[family] = tok("x").input_ids[0] == tok.bos_token_id
+        assert (tok.bos_token == tok.eos_token) == FAMILIES[family].bos_is_eos
+    assert adds_bos == {f: s.add_bos for f, s in FAMILIES.items()}
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_deterministic_from_seed_and_cached_by_content(built, text_file, tmp_path):
+    summary, path = built["llama"]
+    again = run_models(ModelsConfig(family="llama", text=str(text_file), out=str(tmp_path / "again")))
+    assert again["fingerprint"] == summary["fingerprint"]
+    assert _digest(tmp_path / "again") == _digest(path)
+    reused = run_models(ModelsConfig(family="llama", text=str(text_file), out=str(tmp_path / "again")))
+    assert reused["cached"] is True
+    other = run_models(ModelsConfig(family="llama", text=str(text_file), out=str(tmp_path / "seed1"), seed=1))
+    assert other["fingerprint"] != summary["fingerprint"]
+
+
+def test_other_inputs_in_same_dir_need_overwrite(built, text_file, tmp_path):
+    out = str(tmp_path / "m")
+    run_models(ModelsConfig(family="qwen2", text=str(text_file), out=out))
+    with pytest.raises(PumaError, match="overwrite=true"):
+        run_models(ModelsConfig(family="qwen2", text=str(text_file), out=out, layers=1))
+    assert run_models(ModelsConfig(family="qwen2", text=str(text_file), out=out, layers=1, overwrite=True))["layers"] == 1
+
+
+def test_bad_shapes_fail_clearly(text_file, tmp_path):
+    with pytest.raises(PumaError, match="not divisible"):
+        run_models(ModelsConfig(family="llama", text=str(text_file), out=str(tmp_path / "a"), hidden=50, heads=4))
+    with pytest.raises(PumaError, match="rotary"):
+        run_models(ModelsConfig(family="stablelm", text=str(text_file), out=str(tmp_path / "b"), hidden=48, heads=4))
+
+
+def test_tokenizer_trained_on_a_dataset(synthetic_dataset, tmp_path):
+    from puma_ray.data.schema import iter_item_texts
+
+    summary = run_models(ModelsConfig(family="gemma3", data=str(synthetic_dataset), out=str(tmp_path / "g")))
+    tok = AutoTokenizer.from_pretrained(tmp_path / "g")
+    title = next(iter_item_texts(synthetic_dataset))
+    assert tok.unk_token_id not in tok.encode(title)
+    assert summary["vocab_size"] == len(tok)
+
+
+def _string_constants_in_comparisons(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            for side in [node.left, *node.comparators]:
+                for sub in ast.walk(side):
+                    if isinstance(sub, ast.Constant) and isinstance(sub.value, str):
+                        yield sub.value.lower()
+
+
+def test_no_model_name_checks_in_code():
+    """Facts come from tokenizer and config; no code path compares against a family or model name."""
+    names = {*FAMILIES, *(s.model_type for s in FAMILIES.values()), "mistral", "gemma", "phi", "qwen"}
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        for value in _string_constants_in_comparisons(ast.parse(path.read_text())):
+            if any(n in value for n in names):
+                offenders.append(f"{path.name}: {value!r}")
+    assert not offenders, offenders
