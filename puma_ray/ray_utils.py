@@ -6,6 +6,7 @@ import logging
 import os
 
 import ray
+import ray.data
 
 
 def init_ray(num_cpus: int | None = None) -> None:
@@ -20,7 +21,10 @@ def init_ray(num_cpus: int | None = None) -> None:
     else:
         ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", logging_level=logging.WARNING,
                  log_to_driver=True)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Ray Data logs every dataset's plan at INFO on the console; keep that in its log file only.
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = True

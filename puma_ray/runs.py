@@ -42,6 +42,22 @@ def setup_logging(level: int = logging.INFO) -> None:
     log.propagate = False
 
 
+class Progress:
+    """Logs `done/total what` at most every `every_s` seconds, and always at the end."""
+
+    def __init__(self, what: str, total: int, every_s: float = 10.0) -> None:
+        self.what, self.total, self.every_s = what, total, every_s
+        self.done, self._t0, self._last = 0, time.perf_counter(), 0.0
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter() - self._t0
+        if self.done >= self.total or now - self._last >= self.every_s:
+            self._last = now
+            eta = now / self.done * (self.total - self.done) if self.done else 0.0
+            log.info("%s: %d/%d (%.0f s elapsed, ~%.0f s left)", self.what, self.done, self.total, now, eta)
+
+
 def config_hash(cfg: Any) -> str:
     """16-hex digest of the resolved config (dataclass or dict), stable across runs."""
     data = cfg if isinstance(cfg, dict) else asdict(cfg)

@@ -114,8 +114,9 @@ def test_every_shipped_config_loads(path):
     assert "ray job submit" in path.read_text().splitlines()[1]
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "cluster").glob("*.yaml")), ids=lambda p: p.name)
-def test_cluster_definitions_parse(path):
+@pytest.mark.parametrize("path", sorted([*(REPO / "cluster").glob("*.yaml"), *(REPO / "tune_spaces").glob("*.yaml")]),
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_cluster_definitions_and_tune_spaces_parse(path):
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     assert docs and all(isinstance(d, dict) for d in docs)
 

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -67,6 +67,11 @@ class LineSource:
     name: str = ""
     task: str = "rating"
     encoding: str = "utf-8"
+
+    @classmethod
+    def from_config(cls, cfg) -> "LineSource":
+        """The source configured from a DataConfig (most sources take no options)."""
+        return cls()
 
     def files(self, input_path: Path) -> list[Path]:
         """The files whose lines are interactions."""
@@ -245,6 +250,10 @@ class Mind(LineSource):
         super().__init__(name="mind", task="click")
         self.history_len = history_len
 
+    @classmethod
+    def from_config(cls, cfg) -> "Mind":
+        return cls(history_len=cfg.history_len)
+
     def files(self, input_path: Path) -> list[Path]:
         return [_need(input_path / "behaviors.tsv", "mind behaviors.tsv")]
 
@@ -280,7 +289,7 @@ class Mind(LineSource):
         return rows
 
 
-SOURCES: dict[str, Callable[..., LineSource]] = {
+SOURCES: dict[str, type[LineSource]] = {
     "movielens": MovieLens,
     "amazon": Amazon,
     "yelp": Yelp,
@@ -288,9 +297,9 @@ SOURCES: dict[str, Callable[..., LineSource]] = {
 }
 
 
-def make_source(name: str, history_len: int) -> LineSource:
-    """The registered line source `name` (synthetic is generated, see synthetic.py)."""
-    if name not in SOURCES:
-        raise PumaError(f"unknown source {name!r}; registered: {', '.join(sorted(SOURCES))}, synthetic")
-    return SOURCES[name](history_len) if name == "mind" else SOURCES[name]()
+def make_source(cfg) -> LineSource:
+    """The registered line source named by `cfg.source` (synthetic is generated, see synthetic.py)."""
+    if cfg.source not in SOURCES:
+        raise PumaError(f"unknown source {cfg.source!r}; registered: {', '.join(sorted(SOURCES))}, synthetic")
+    return SOURCES[cfg.source].from_config(cfg)
 

@@ -27,7 +27,7 @@ from puma_ray.data.sources import make_source
 from puma_ray.data.synthetic import make_catalogue
 from puma_ray.errors import PumaError
 from puma_ray.ray_utils import init_ray
-from puma_ray.runs import CostMeter, log, open_run
+from puma_ray.runs import CostMeter, Progress, log, open_run
 
 # Paper defaults: rating datasets drop items < 10 and users < 20; click data is not filtered.
 _PAPER_MIN = {"rating": (10, 20), "click": (0, 0)}
@@ -49,12 +49,16 @@ def _clean(out: Path) -> None:
         shutil.rmtree(out / sub, ignore_errors=True)
 
 
-def _collect(ds) -> list[dict]:
-    return [json.loads(r["stats"]) for r in ds.iter_rows()]
+def _collect(ds, what: str, total: int) -> list[dict]:
+    progress, stats = Progress(what, total), []
+    for row in ds.iter_rows():
+        stats.append(json.loads(row["stats"]))
+        progress.step()
+    return stats
 
 
 def _real_source(cfg: DataConfig, prep: Preprocessing, out: Path) -> dict:
-    source = make_source(cfg.source, cfg.history_len)
+    source = make_source(cfg)
     input_path = Path(cfg.input)
     if not input_path.exists():
         raise PumaError(f"--input {input_path}: no such file or directory")
@@ -85,7 +89,7 @@ def _real_source(cfg: DataConfig, prep: Preprocessing, out: Path) -> dict:
     stats = _collect(ray.data.from_items([{"bucket": b} for b in range(n_buckets)]).map(
         pl.finalize_bucket, fn_kwargs={"tmp_dir": str(tmp / "buckets"), "out_dir": str(out / "interactions"),
                                        "item_text_ref": ray.put(kept), "item_reason_ref": ray.put(reasons),
-                                       "prep": pl.prep_dict(prep)}))
+                                       "prep": pl.prep_dict(prep)}), "data: finalized buckets", n_buckets)
     shutil.rmtree(tmp, ignore_errors=True)
     without_title = [i for i in table.count if table.text.get(i) is None]
     return {"task": source.task, "stats": stats, "parse_drops": table.drops, "kept": kept,
@@ -110,9 +114,11 @@ def _synthetic_source(cfg: DataConfig, prep: Preprocessing, out: Path) -> dict:
              cfg.items)
     count: Counter = Counter()
     rows_read = 0
+    progress = Progress("data: counted shards", n_shards)
     for r in shards.map(pl.synthetic_counts, fn_kwargs=gen).iter_rows():
         count.update(json.loads(r["counts"]))
         rows_read += r["rows"]
+        progress.step()
     table = pl.ItemTable()
     table.count = count
     kept, reasons, _ = table.decide(prep.min_item_interactions, "id", dict(zip(cat.item_ids, cat.titles)))
@@ -120,7 +126,7 @@ def _synthetic_source(cfg: DataConfig, prep: Preprocessing, out: Path) -> dict:
     log.info("data: generated %d rows; writing shards", rows_read)
     stats = _collect(shards.map(pl.synthetic_finalize, fn_kwargs={
         **gen, "out_dir": str(out / "interactions"), "item_text_ref": ray.put(kept),
-        "item_reason_ref": ray.put(reasons), "prep": pl.prep_dict(prep)}))
+        "item_reason_ref": ray.put(reasons), "prep": pl.prep_dict(prep)}), "data: wrote shards", n_shards)
     write_parquet_atomic(pa.table({"item_id": cat.item_ids, "genre": cat.genre, "title": cat.titles,
                                    "latent": list(cat.latent), "log_popularity": cat.log_pop}),
                          out / "latents" / "items.parquet")
@@ -178,7 +184,7 @@ def run_data(cfg: DataConfig) -> dict:
     (out / "interactions").mkdir(parents=True)
     init_ray()
     synthetic = cfg.source == "synthetic"
-    task = (cfg.task or "rating") if synthetic else make_source(cfg.source, cfg.history_len).task
+    task = (cfg.task or "rating") if synthetic else make_source(cfg).task
     prep = resolve_preprocessing(cfg, task)
     # Ray Data spreads the passes over every CPU of the cluster: that is the device time used.
     with CostMeter(out, "data", cfg, workers=int(ray.cluster_resources().get("CPU", 1))) as meter:
