@@ -39,6 +39,33 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
+def _delimited_titles(path: Path, sep: str, title_col: int, encoding: str = "utf-8") -> dict[str, str]:
+    """id (first column) -> title (column `title_col`) of a delimited text file."""
+    titles = {}
+    with open(path, encoding=encoding) as fh:
+        for line in fh:
+            parts = line.rstrip("\n").split(sep)
+            if len(parts) > title_col and parts[title_col]:
+                titles[parts[0]] = parts[title_col]
+    return titles
+
+
+def _json_titles(paths: list[Path], id_keys: tuple[str, ...], title_key: str) -> dict[str, str]:
+    """id -> title from json-lines files; the first of `id_keys` present is the id."""
+    titles: dict[str, str] = {}
+    for path in paths:
+        with open_text(path) as fh:
+            for line in fh:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                item = next((rec[k] for k in id_keys if rec.get(k)), None) if isinstance(rec, dict) else None
+                if item and rec.get(title_key):
+                    titles[str(item)] = str(rec[title_key])
+    return titles
+
+
 def _rating(value: Any) -> float | str:
     """A 1..5 rating, or the drop reason for a value that is not one."""
     try:
@@ -110,13 +137,7 @@ class MovieLens(LineSource):
         if self._latest(input_path):
             with open(_need(input_path / "movies.csv", "movielens movies.csv"), encoding="utf-8") as fh:
                 return {r["movieId"]: r["title"] for r in csv.DictReader(fh) if r.get("title")}, "movies.csv title"
-        titles = {}
-        with open(_need(input_path / "u.item", "movielens u.item"), encoding="latin-1") as fh:
-            for line in fh:
-                parts = line.rstrip("\n").split("|")
-                if len(parts) >= 2 and parts[1]:
-                    titles[parts[0]] = parts[1]
-        return titles, "u.item title"
+        return _delimited_titles(_need(input_path / "u.item", "movielens u.item"), "|", 1, "latin-1"), "u.item title"
 
     def parse(self, line: str, titles: dict[str, str], seed: int) -> list[Row | str]:
         if line.startswith("userId,") or not line.strip():
@@ -157,18 +178,7 @@ class Amazon(LineSource):
         return self._split(input_path)[0]
 
     def titles(self, input_path: Path) -> tuple[dict[str, str], str]:
-        meta = self._split(input_path)[1]
-        titles: dict[str, str] = {}
-        for path in meta:
-            with open_text(path) as fh:
-                for line in fh:
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    item = rec.get("parent_asin") or rec.get("asin")
-                    if item and rec.get("title"):
-                        titles[str(item)] = str(rec["title"])
+        titles = _json_titles(self._split(input_path)[1], ("parent_asin", "asin"), "title")
         if titles:
             return titles, "meta title"
         return {}, "review summary/title (no meta file: item titles unavailable), else item id"
@@ -213,16 +223,7 @@ class Yelp(LineSource):
         return [self._find(input_path, "review")]
 
     def titles(self, input_path: Path) -> tuple[dict[str, str], str]:
-        titles = {}
-        with open_text(self._find(input_path, "business")) as fh:
-            for line in fh:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if rec.get("business_id") and rec.get("name"):
-                    titles[rec["business_id"]] = rec["name"]
-        return titles, "business name"
+        return _json_titles([self._find(input_path, "business")], ("business_id",), "name"), "business name"
 
     def parse(self, line: str, titles: dict[str, str], seed: int) -> list[Row | str]:
         if not line.strip():
@@ -258,13 +259,7 @@ class Mind(LineSource):
         return [_need(input_path / "behaviors.tsv", "mind behaviors.tsv")]
 
     def titles(self, input_path: Path) -> tuple[dict[str, str], str]:
-        titles = {}
-        with open(_need(input_path / "news.tsv", "mind news.tsv"), encoding="utf-8") as fh:
-            for line in fh:
-                parts = line.rstrip("\n").split("\t")
-                if len(parts) >= 4 and parts[3]:
-                    titles[parts[0]] = parts[3]
-        return titles, "news.tsv title"
+        return _delimited_titles(_need(input_path / "news.tsv", "mind news.tsv"), "\t", 3), "news.tsv title"
 
     def parse(self, line: str, titles: dict[str, str], seed: int) -> list[Row | str]:
         parts = line.rstrip("\n").split("\t")
