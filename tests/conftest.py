@@ -48,3 +48,15 @@ def text_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("text") / "titles.txt"
     path.write_text("\n".join(f"The Crimson Harbor {i}\nA Night at the Opera ({1900 + i})" for i in range(60)))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, text_file) -> dict:
+    """family -> (models summary, directory): one tiny model of each family, built once."""
+    from puma_ray.config import ModelsConfig
+    from puma_ray.stages.models import run_models
+    from puma_ray.tiny_models import FAMILIES
+
+    root = tmp_path_factory.mktemp("models")
+    return {f: (run_models(ModelsConfig(family=f, text=str(text_file), out=str(root / f))), root / f)
+            for f in FAMILIES}

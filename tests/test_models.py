@@ -20,11 +20,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "puma_ray"
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, text_file):
-    """family -> (summary, directory), built once for the module."""
-    root = tmp_path_factory.mktemp("models")
-    return {f: (run_models(ModelsConfig(family=f, text=str(text_file), out=str(root / f))), root / f)
-            for f in FAMILIES}
+def built(tiny_models):
+    return tiny_models
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

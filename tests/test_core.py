@@ -1,0 +1,238 @@
+"""Model core: spliced templates, the fast answer path vs the reference path, heads, adapter, metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from puma_ray.errors import PumaError
+from puma_ray.llm import FrozenLM
+from puma_ray.metrics import ClickScores, RatingSums, auc, uauc
+from puma_ray.modules import (AdapterConfig, ClickHead, MigrationAdapter, RatingHead, SoftPromptTable,
+                              adapter_param_count)
+from puma_ray.templates import (CLICK_ANSWERS, HISTORY, RATING_ANSWERS, SampleEncoder, encode_template,
+                                load_template_text, split_template)
+from puma_ray.tiny_models import FAMILIES
+
+TEMPLATES = [("rating_amazon", RATING_ANSWERS), ("rating_yelp", RATING_ANSWERS), ("click_mind", CLICK_ANSWERS)]
+# Different lengths on purpose; the long title pushes past gemma3's 64-token sliding window.
+TITLES = ["Toy Story (1995)", "X", "The Crimson Harbor of the Long Night, Part " + "Two " * 25]
+HISTORIES = [["Heat (1995)", "Up"], [], [f"Old headline {k}" for k in range(5)]]
+# fp32 on CPU: the paths differ only in summation order.
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_models):
+    return {f: (AutoModelForCausalLM.from_pretrained(p), AutoTokenizer.from_pretrained(p))
+            for f, (_, p) in tiny_models.items()}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("template,answers", TEMPLATES, ids=[t for t, _ in TEMPLATES])
+@pytest.mark.parametrize("prompt_len", [1, 2])
+@pytest.mark.parametrize("prefix_cache", [True, False], ids=["cache", "nocache"])
+def test_fast_path_equals_full_forward(loaded, family, template, answers, prompt_len, prefix_cache):
+    model, tok = loaded[family]
+    lm = FrozenLM(model, tok, load_template_text(template), answers, prompt_len=prompt_len, prefix_cache=prefix_cache)
+    batch = lm.encode(TITLES, HISTORIES)
+    assert len(set(batch.lengths.tolist())) == 3  # mixed lengths
+    soft = torch.empty(3, prompt_len, model.config.hidden_size).uniform_(-0.1, 0.1, generator=torch.Generator().manual_seed(0))
+    fast = lm.answer_logits(soft, batch)
+    assert fast.shape == (3, len(answers)) and fast.dtype == torch.float32
+    with torch.no_grad():
+        ref = lm.reference_logits(soft, batch, append_answer=True)
+        plain = lm.reference_logits(soft, batch, append_answer=False)
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=ATOL)
+    torch.testing.assert_close(plain, ref, rtol=1e-4, atol=ATOL)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_gradients_reach_only_the_soft_prompts(loaded, family):
+    model, tok = loaded[family]
+    lm = FrozenLM(model, tok, load_template_text("rating_amazon"), RATING_ANSWERS)
+    soft = torch.zeros(2, 1, model.config.hidden_size, requires_grad=True)
+    lm.answer_logits(soft, lm.encode(TITLES[:2])).sum().backward()
+    assert soft.grad is not None and soft.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in model.parameters())
+
+
+def test_answers_follow_each_tokenizers_spelling(loaded):
+    """Qwen2's tokenizer class splits the space off digits; the others merge " 4"."""
+    spelled = {}
+    for family, (model, tok) in loaded.items():
+        t = encode_template(tok, load_template_text("rating_amazon"), RATING_ANSWERS, 512)
+        spelled[family] = tok.convert_ids_to_tokens(t.answer_ids[3])
+        assert len(set(t.answer_ids)) == 5
+    assert spelled["qwen2"] == "4" and spelled["llama"] == "Ġ4"
+
+
+def test_bos_comes_from_the_tokenizer(loaded):
+    for family, (model, tok) in loaded.items():
+        t = encode_template(tok, load_template_text("rating_amazon"), RATING_ANSWERS, 512)
+        assert (t.prefix_ids[0] == tok.bos_token_id) == FAMILIES[family].add_bos
+
+
+def test_multi_token_answer_fails_naming_tokenizer_and_answer(loaded):
+    _, tok = loaded["llama"]
+    with pytest.raises(PumaError, match=r"not a single token.*Crimsonharborish"):
+        encode_template(tok, load_template_text("rating_amazon"), ("Crimsonharborish", "No"), 512)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("no user here <ItemTitle>", "<UserID>"), ("<UserID> <ItemTitle> <ItemTitle>", "<ItemTitle>"),
+    ("<UserID> <ItemTitle> <ItemTitleList> <ItemTitleList>", "<ItemTitleList>"),
+])
+def test_template_validation(text, match):
+    with pytest.raises(PumaError, match=match):
+        split_template(text)
+
+
+def test_unknown_template_lists_shipped_ones():
+    with pytest.raises(PumaError, match="rating_amazon"):
+        load_template_text("nonexistent_template")
+
+
+def test_truncation_drops_history_then_title_never_the_prompt(loaded):
+    _, tok = loaded["llama"]
+    text = load_template_text("click_mind")
+    full = encode_template(tok, text, CLICK_ANSWERS, 10_000)
+    fixed = SampleEncoder(tok, full, 3).fixed
+    t = encode_template(tok, text, CLICK_ANSWERS, fixed + 12)
+    enc = SampleEncoder(tok, t, 3)
+    title = "Alpha Beta Gamma Delta Epsilon Zeta Eta Theta Iota Kappa Lambda Mu Nu Xi"
+    ids = enc(title, ["Old one", "Older two", "Newest three"])
+    assert ids.count(-1) == 3  # the soft prompt survives whole
+    assert len(ids) + len(t.prefix_ids) <= t.max_length
+    assert HISTORY in t.segments
+    short = enc("Up", ["Old one", "Newest three"])  # fits: history kept
+    assert tok.decode([i for i in short if i >= 0]).count("Newest three") == 1
+    with pytest.raises(PumaError, match="positions"):
+        SampleEncoder(tok, encode_template(tok, text, CLICK_ANSWERS, fixed - 1), 3)
+
+
+# --------------------------------------------------------------------------- heads and tables
+
+
+def test_rating_head_loss_is_the_papers_mix():
+    torch.manual_seed(0)
+    head = RatingHead(lam=0.2)
+    logits, labels = torch.randn(8, 5), torch.tensor([1., 2, 3, 4, 5, 5, 3, 1])
+    loss, pred = head.loss(logits, labels)
+    expect = 0.8 * ((pred - labels) ** 2).mean() + 0.2 * torch.nn.functional.cross_entropy(logits, labels.long() - 1)
+    torch.testing.assert_close(loss, expect)
+    assert [m.out_features for m in head.mlp if isinstance(m, torch.nn.Linear)] == [32, 12, 1]
+
+
+def test_click_head_yes_or_yes_minus_no():
+    logits, labels = torch.tensor([[2.0, 1.0], [-1.0, 0.5]]), torch.tensor([1.0, 0.0])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    torch.testing.assert_close(ClickHead().loss(logits, labels)[0], bce(logits[:, 0], labels))
+    torch.testing.assert_close(ClickHead(yes_minus_no=True).loss(logits, labels)[0],
+                               bce(logits[:, 0] - logits[:, 1], labels))
+
+
+def test_soft_prompt_table_init_and_shape():
+    t1 = SoftPromptTable(100, 2, 16, generator=torch.Generator().manual_seed(1))
+    t2 = SoftPromptTable(100, 2, 16, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(t1.weight, t2.weight)
+    assert t1.weight.abs().max() <= 0.1 and t1.weight.std() > 0.05
+    assert t1(torch.tensor([3, 7])).shape == (2, 2, 16)
+
+
+def test_paper_adapter_has_88_1m_parameters():
+    cfg = AdapterConfig(source_dim=2048, target_dim=3072, width=4096)
+    n = sum(p.numel() for p in MigrationAdapter(cfg).parameters())
+    assert n == adapter_param_count(cfg) == 88_128_512
+    assert round(n / 1e6, 1) == 88.1
+
+
+@pytest.mark.parametrize("rank", [8, 64])
+def test_low_rank_adapter_matches_its_formula(rank):
+    cfg = AdapterConfig(source_dim=96, target_dim=160, width=256, rank=rank)
+    ds, dt, w, r = 96, 160, 256, rank
+    lin = lambda a, b: a * r + r * b + b  # noqa: E731
+    formula = (lin(ds, w) + lin(w, ds) + lin(ds, w) + lin(w, dt) + 2 * (lin(dt, w) + lin(w, dt))
+               + 4 * ds + 4 * dt)
+    assert sum(p.numel() for p in MigrationAdapter(cfg).parameters()) == adapter_param_count(cfg) == formula
+    assert formula < adapter_param_count(AdapterConfig(96, 160, 256))
+
+
+def test_adapter_maps_per_token_and_takes_concatenated_sources():
+    adapter = MigrationAdapter(AdapterConfig(source_dim=64 + 48, target_dim=96, width=32)).eval()
+    a, b = torch.randn(4, 2, 64), torch.randn(4, 2, 48)
+    out = adapter(torch.cat([a, b], -1))
+    assert out.shape == (4, 2, 96)
+    torch.testing.assert_close(out[:, 1], adapter(torch.cat([a, b], -1)[:, 1]))
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_rating_sums_are_exact_over_batches():
+    rng = np.random.default_rng(0)
+    pred, label = rng.uniform(0, 6, 1000), rng.integers(1, 6, 1000).astype(float)
+    sums = RatingSums()
+    for lo in range(0, 1000, 37):  # uneven batches: a mean of batch RMSEs would be wrong
+        sums.update(torch.tensor(pred[lo:lo + 37]), torch.tensor(label[lo:lo + 37]))
+    m = sums.compute()
+    assert m["rmse"] == pytest.approx(np.sqrt(((pred - label) ** 2).mean()))
+    assert m["mae"] == pytest.approx(np.abs(pred - label).mean())
+    assert m["accuracy"] == pytest.approx((np.clip(np.round(pred), 1, 5) == label).mean())
+
+
+def test_auc_and_uauc_match_sklearn_with_ties():
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 20, 2000) / 20.0  # many ties
+    labels = rng.random(2000) < 0.3
+    users = rng.integers(0, 150, 2000)
+    assert auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+    per_user = [roc_auc_score(labels[users == u], scores[users == u]) for u in np.unique(users)
+                if 0 < labels[users == u].sum() < (users == u).sum()]
+    value, used, skipped = uauc(users, scores, labels)
+    assert value == pytest.approx(np.mean(per_user)) and used == len(per_user)
+    assert used + skipped == len(np.unique(users))
+
+
+def _distributed_worker(rank: int, world: int, port: int, queue) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    rng = np.random.default_rng(2)
+    pred, label = rng.uniform(0, 6, 300), rng.integers(1, 6, 300).astype(float)
+    users, scores, clicks = rng.integers(0, 20, 300), rng.random(300), (rng.random(300) < 0.4).astype(float)
+    part = slice(rank * 170, None if rank else 170)  # uneven shards
+    sums = RatingSums()
+    sums.update(torch.tensor(pred[part]), torch.tensor(label[part]))
+    click = ClickScores()
+    click.update(users[part], torch.tensor(scores[part]), torch.tensor(clicks[part]))
+    queue.put((rank, sums.all_reduce().compute(), click.compute()))
+    dist.destroy_process_group()
+
+
+def test_metrics_all_reduce_across_real_workers():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_distributed_worker, args=(r, 2, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    rng = np.random.default_rng(2)
+    pred, label = rng.uniform(0, 6, 300), rng.integers(1, 6, 300).astype(float)
+    users, scores, clicks = rng.integers(0, 20, 300), rng.random(300), (rng.random(300) < 0.4).astype(float)
+    for _, rating, click in results:
+        assert rating["n"] == 300 and rating["rmse"] == pytest.approx(np.sqrt(((pred - label) ** 2).mean()))
+        assert click["auc"] == pytest.approx(roc_auc_score(clicks, scores))
+        assert click["uauc"] == pytest.approx(uauc(users, scores, clicks)[0])
