@@ -231,8 +231,16 @@ class ModelsConfig(StageConfig):
     """Target vocabulary size of the byte-level BPE tokenizer."""
     max_positions: int = 512
     """Maximum sequence length the model supports."""
+    pretrain_steps: Optional[int] = None
+    """Catalogue pretraining steps (needs --data); null = 800 with --data, 0 without."""
+    pretrain_batch: int = 32
+    """Sentences per pretraining step."""
+    pretrain_lr: float = 1e-3
+    """AdamW learning rate of the pretraining."""
+    template: Optional[str] = None
+    """Template of the pretraining sentences; null = rating_amazon or click_mind by the dataset's task."""
     seed: int = 0
-    """Seed for the random weights and tokenizer training order."""
+    """Seed for the random weights, tokenizer training order and pretraining samples."""
     overwrite: bool = False
     """Replace an existing model in --out built from different inputs."""
 
@@ -248,6 +256,18 @@ class ModelsConfig(StageConfig):
         check(self.intermediate is None or self.intermediate >= 1, "intermediate", "must be >= 1")
         check(300 <= self.vocab_size <= 200_000, "vocab_size", "must be between 300 and 200000")
         check(self.max_positions >= 64, "max_positions", "must be >= 64")
+        check(self.pretrain_steps is None or self.pretrain_steps >= 0, "pretrain_steps", "must be >= 0 or null")
+        check(not self.pretrain_steps or self.data is not None, "pretrain_steps",
+              "pretraining reads the training split of --data DIR; give --data or pretrain_steps=0")
+        check(self.pretrain_batch >= 1, "pretrain_batch", "must be >= 1")
+        check(self.pretrain_lr > 0, "pretrain_lr", "must be > 0")
+
+    @property
+    def resolved_pretrain_steps(self) -> int:
+        """Pretraining steps after applying the default (800 with a dataset, else 0)."""
+        if self.pretrain_steps is not None:
+            return self.pretrain_steps
+        return 800 if self.data is not None else 0
 
 
 @dataclasses.dataclass
@@ -333,8 +353,11 @@ class DemoConfig(StageConfig):
     """Family of the target (new) model."""
     movielens: Optional[str] = "../shared/data/ml-100k"
     """MovieLens 100k directory, also prepared when it exists; null skips it."""
+    pretrain_steps: Optional[int] = None
+    """Catalogue pretraining steps of each tiny model; null = 100 for size tiny, else 800."""
 
     def validate(self) -> None:
         check(self.out != "", "out", "must not be empty")
         check(self.source_family != self.target_family, "target_family",
               "must differ from source_family (the demo migrates across families)")
+        check(self.pretrain_steps is None or self.pretrain_steps >= 0, "pretrain_steps", "must be >= 0 or null")

@@ -90,7 +90,8 @@ def test_bad_shapes_fail_clearly(text_file, tmp_path):
 def test_tokenizer_trained_on_a_dataset(synthetic_dataset, tmp_path):
     from puma_ray.data.schema import iter_item_texts
 
-    summary = run_models(ModelsConfig(family="gemma3", data=str(synthetic_dataset), out=str(tmp_path / "g")))
+    summary = run_models(ModelsConfig(family="gemma3", data=str(synthetic_dataset), out=str(tmp_path / "g"),
+                                      pretrain_steps=0))
     tok = AutoTokenizer.from_pretrained(tmp_path / "g")
     title = next(iter_item_texts(synthetic_dataset))
     assert tok.unk_token_id not in tok.encode(title)
@@ -115,3 +116,20 @@ def test_no_model_name_checks_in_code():
             if any(n in value for n in names):
                 offenders.append(f"{path.name}: {value!r}")
     assert not offenders, offenders
+
+
+def test_pretraining_teaches_catalogue_answers(synthetic_dataset, tmp_path):
+    """Loss falls, and the sentences were built with the tokenizer class that loads the model back."""
+    summary = run_models(ModelsConfig(family="qwen2", data=str(synthetic_dataset), out=str(tmp_path / "q"),
+                                      pretrain_steps=80))
+    assert summary["pretrain_steps"] == 80
+    assert summary["pretrain"]["loss_last"] < 0.6 * summary["pretrain"]["loss_first"]
+    assert summary["tokenizer_class"] == type(AutoTokenizer.from_pretrained(tmp_path / "q")).__name__
+
+
+def test_pretraining_needs_a_dataset(text_file, tmp_path):
+    from puma_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pretrain_steps"):
+        ModelsConfig(family="llama", text=str(text_file), out=str(tmp_path / "x"), pretrain_steps=10)
+    assert ModelsConfig(family="llama", text=str(text_file), out=str(tmp_path / "x")).resolved_pretrain_steps == 0

@@ -60,10 +60,13 @@ def write_report(out: Path, data: dict[str, dict], models: dict[str, dict], cost
         lines.append(f"| {name} | {s['rows']} | {s['users']} | {s['items']} | {s['splits']['train']} | "
                      f"{s['splits']['valid']} | {dropped} |")
     lines += ["", "![dataset statistics](dataset_stats.png)", "", "## Models", "",
-              "| model | family | hidden | parameters | vocab | fingerprint |", "|---|---|---:|---:|---:|---|"]
+              "| model | family | hidden | parameters | vocab | pretraining steps | LM loss first -> last | fingerprint |",
+              "|---|---|---:|---:|---:|---:|---|---|"]
     for name, s in models.items():
+        p = s.get("pretrain") or {}
+        loss = f"{p['loss_first']:.2f} -> {p['loss_last']:.2f}" if p else "-"
         lines.append(f"| {name} | {s['family']} | {s['hidden_size']} | {s['parameters']} | {s['vocab_size']} | "
-                     f"{s['fingerprint'][:12]} |")
+                     f"{s['pretrain_steps']} | {loss} | {s['fingerprint'][:12]} |")
     lines += ["", "## Measured cost of each stage run", "",
               "| stage | run | wall s | workers | device | samples | peak memory MB |",
               "|---|---|---:|---:|---|---:|---:|"]
@@ -79,6 +82,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     """Run the available chain under `cfg.out`; returns the JSON summary."""
     out = open_run(cfg.out, "demo", cfg)
     data, models, data_dirs = {}, {}, {}
+    steps = cfg.pretrain_steps if cfg.pretrain_steps is not None else (100 if cfg.size == "tiny" else 800)
     with CostMeter(out, "demo", cfg) as meter:
         for name, dcfg in _datasets(cfg, out).items():
             log.info("demo: preparing dataset %s", name)
@@ -88,6 +92,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                 key = f"{name}/{role}-{family}"
                 log.info("demo: building %s model %s", role, key)
                 models[key] = run_models(ModelsConfig(family=family, data=dcfg.out, seed=cfg.seed,
+                                                      pretrain_steps=steps,
                                                       out=str(out / "models" / name / f"{role}-{family}")))
         plot_datasets(data_dirs, out / "dataset_stats.png")
         meter.samples = sum(s["rows"] for s in data.values())

@@ -12,11 +12,14 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
+import torch
+
 from puma_ray import __version__
 from puma_ray.config import ModelsConfig
 from puma_ray.data.schema import iter_item_texts
 from puma_ray.errors import PumaError
 from puma_ray.hf import load_causal_lm, load_tokenizer, model_fingerprint
+from puma_ray.pretrain import pretrain
 from puma_ray.runs import CostMeter, log, open_run
 from puma_ray.tiny_models import FAMILIES, build_config, build_model
 from puma_ray.tokenizer import check_answers_single_token, train_tokenizer
@@ -70,20 +73,33 @@ def run_models(cfg: ModelsConfig) -> dict:
         model_cfg = build_config(cfg.family, hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads,
                                  kv_heads=cfg.kv_heads, intermediate=cfg.intermediate,
                                  vocab_size=len(tokenizer), max_positions=cfg.max_positions, tokenizer=tokenizer)
+        # Everything below uses the tokenizer as a user of the directory will load it: the
+        # family's own tokenizer class may split text differently from the trained object.
+        # AutoTokenizer picks that class from config.json, so the config is written first.
+        model_cfg.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        reloaded = load_tokenizer(str(out))
+        space_answers = check_answers_single_token(reloaded)
         model = build_model(model_cfg, cfg.seed)
         n_params = sum(p.numel() for p in model.parameters())
+        steps = cfg.resolved_pretrain_steps
+        pretrained = {}
+        if steps:
+            log.info("models: pretraining %d steps on catalogue sentences from %s", steps, cfg.data)
+            torch.manual_seed(cfg.seed)
+            pretrained = pretrain(model, reloaded, cfg.data, steps, cfg.pretrain_batch, cfg.pretrain_lr, cfg.seed,
+                                  cfg.template)
+            log.info("models: pretraining loss %.3f -> %.3f", pretrained["loss_first"], pretrained["loss_last"])
+            meter.samples, meter.tokens = steps * cfg.pretrain_batch, pretrained["tokens"]
+            meter.flops = 6.0 * n_params * pretrained["tokens"]
         log.info("models: %s hidden=%d layers=%d params=%d; saving to %s", cfg.family, model_cfg.hidden_size,
                  cfg.layers, n_params, out)
         model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        # Check and fingerprint what a user of the directory will load, not the in-memory objects.
-        reloaded = load_tokenizer(str(out))
-        space_answers = check_answers_single_token(reloaded)
         fingerprint = model_fingerprint(load_causal_lm(str(out)), reloaded)
-        meter.samples = 1
     summary = {"path": str(out), "family": cfg.family, "model_type": model_cfg.model_type,
                "hidden_size": model_cfg.hidden_size, "layers": cfg.layers, "vocab_size": len(tokenizer),
                "parameters": n_params, "tokenizer_class": type(reloaded).__name__,
-               "space_answers_single_token": space_answers, "fingerprint": fingerprint, "content_key": key, "cached": False}
+               "space_answers_single_token": space_answers, "pretrain_steps": steps,
+               "pretrain": pretrained, "fingerprint": fingerprint, "content_key": key, "cached": False}
     marker.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
