@@ -1,0 +1,134 @@
+"""The prompt store (DESIGN.md "Data contracts"): per-user soft prompts for one model.
+
+    STORE/manifest.json        written last: format, task, l, d, dtype, num_users, model
+                               {name, family, hidden_size, fingerprint}, lineage, dataset
+                               fingerprint, shards [{name, rows, sha256}], quarantine count
+    STORE/part-NNNNN.parquet   user_id string, prompt fixed_size_list<float32>[l*d]
+    STORE/quarantine.parquet   users whose prompt was not finite (never written to a shard)
+
+Shards are written under a temporary name and renamed, so an interrupted writer leaves
+no half shard; a store without a manifest is incomplete. Prompts are read in batches,
+never all at once. Loading prompts for a model whose fingerprint differs is refused
+unless the caller is migrating them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from puma_ray import __version__
+from puma_ray.data.schema import file_sha256, shard_name, write_parquet_atomic
+from puma_ray.errors import PumaError
+
+MANIFEST = "manifest.json"
+QUARANTINE = "quarantine.parquet"
+FORMAT_VERSION = 1
+
+
+def prompt_schema(width: int) -> pa.Schema:
+    return pa.schema([("user_id", pa.string()), ("prompt", pa.list_(pa.float32(), width))])
+
+
+def split_finite(user_ids: list[str], prompts: np.ndarray) -> tuple[list[str], np.ndarray, list[str]]:
+    """(finite users, their prompts, users with a NaN/inf anywhere in their prompt)."""
+    ok = np.isfinite(prompts.reshape(len(prompts), -1)).all(axis=1)
+    users = np.asarray(user_ids, dtype=object)
+    return users[ok].tolist(), prompts[ok], users[~ok].tolist()
+
+
+def write_shard(store: str | Path, index: int, user_ids: list[str], prompts: np.ndarray) -> tuple[dict, list[str]]:
+    """Write shard `index` atomically; returns ({name, rows, sha256}, quarantined user ids).
+
+    prompts: [n, l, d] or [n, l*d] float (stored as float32).
+    """
+    store = Path(store)
+    store.mkdir(parents=True, exist_ok=True)
+    flat = np.ascontiguousarray(prompts, dtype=np.float32).reshape(len(user_ids), -1)
+    users, flat, bad = split_finite(list(user_ids), flat)
+    width = flat.shape[1]
+    values = pa.array(flat.reshape(-1), type=pa.float32())
+    table = pa.table({"user_id": pa.array(users, pa.string()),
+                      "prompt": pa.FixedSizeListArray.from_arrays(values, width)}, schema=prompt_schema(width))
+    path = store / shard_name(index)
+    write_parquet_atomic(table, path)
+    return {"name": path.name, "rows": len(users), "sha256": file_sha256(path)}, bad
+
+
+def finalize(store: str | Path, *, task: str, prompt_len: int, dim: int, model: dict, lineage: list[dict],
+             dataset_fingerprint: str | None, shards: list[dict], quarantined: list[str]) -> dict:
+    """Write quarantine.parquet and then the manifest (last: it marks the store complete)."""
+    store = Path(store)
+    shards = sorted(shards, key=lambda s: s["name"])
+    write_parquet_atomic(pa.table({"user_id": pa.array(sorted(quarantined), pa.string())}), store / QUARANTINE)
+    manifest = {"format_version": FORMAT_VERSION, "created_by": f"puma-ray {__version__}", "task": task,
+                "prompt_len": prompt_len, "dim": dim, "dtype": "float32",
+                "num_users": sum(s["rows"] for s in shards), "quarantined": len(quarantined), "model": model,
+                "lineage": lineage, "dataset_fingerprint": dataset_fingerprint, "shards": shards}
+    tmp = store / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(store / MANIFEST)
+    return manifest
+
+
+def read_manifest(store: str | Path) -> dict:
+    path = Path(store) / MANIFEST
+    if not path.is_file():
+        raise PumaError(f"{store} is not a complete prompt store (no {MANIFEST}); it was never finished or is "
+                        "not a store")
+    return json.loads(path.read_text())
+
+
+def verify(store: str | Path) -> dict:
+    """Check every shard's row count and checksum against the manifest; returns the manifest."""
+    manifest = read_manifest(store)
+    for s in manifest["shards"]:
+        path = Path(store) / s["name"]
+        if not path.is_file() or file_sha256(path) != s["sha256"]:
+            raise PumaError(f"prompt store {store}: shard {s['name']} is missing or does not match its checksum")
+    return manifest
+
+
+def check_model(manifest: dict, fingerprint: str, store: str | Path) -> None:
+    """Refuse prompts trained for another model: they only mean something through an adapter."""
+    if manifest["model"]["fingerprint"] != fingerprint:
+        raise PumaError(f"prompt store {store} belongs to model {manifest['model']['name']} "
+                        f"(fingerprint {manifest['model']['fingerprint'][:12]}), not to this model "
+                        f"({fingerprint[:12]}): migrate it with an adapter first")
+
+
+def iter_prompts(store: str | Path, batch_rows: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Stream (user ids, prompts [n, l, d] float32) shard by shard, batch by batch."""
+    manifest = read_manifest(store)
+    l, d = manifest["prompt_len"], manifest["dim"]
+    for s in manifest["shards"]:
+        for batch in pq.ParquetFile(Path(store) / s["name"]).iter_batches(batch_size=batch_rows):
+            users = batch.column("user_id").to_pylist()
+            flat = batch.column("prompt").values.to_numpy(zero_copy_only=False)
+            yield users, flat.reshape(len(users), l, d)
+
+
+def load_prompts(store: str | Path, user_ids: list[str]) -> np.ndarray:
+    """Prompts [len(user_ids), l, d] of the given users (streamed; only those rows are kept).
+
+    A user missing from the store is an error that gives the count and a few ids.
+    """
+    want = {u: i for i, u in enumerate(user_ids)}
+    manifest = read_manifest(store)
+    out = np.full((len(user_ids), manifest["prompt_len"], manifest["dim"]), np.nan, dtype=np.float32)
+    found = np.zeros(len(user_ids), dtype=bool)
+    for users, prompts in iter_prompts(store):
+        for k, u in enumerate(users):
+            i = want.get(u)
+            if i is not None:
+                out[i], found[i] = prompts[k], True
+    if not found.all():
+        missing = [u for u, f in zip(user_ids, found) if not f]
+        raise PumaError(f"prompt store {store} lacks {len(missing)} of the {len(user_ids)} requested users "
+                        f"(e.g. {missing[:3]})")
+    return out
