@@ -18,7 +18,7 @@ import traceback
 import typing
 from typing import Any, Callable, Optional
 
-from puma_ray.config import DataConfig, DemoConfig, ModelsConfig, field_docs, load_config
+from puma_ray.config import DataConfig, DemoConfig, ModelsConfig, PromptsConfig, field_docs, load_config
 from puma_ray.errors import ConfigError, PumaError
 from puma_ray.runs import setup_logging
 
@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
              "raw interactions (synthetic, movielens, amazon, mind, yelp) -> canonical dataset directory"),
     "models": (ModelsConfig, "puma_ray.stages.models:run_models",
                "build a tiny offline Hugging Face model of a real family, with a tokenizer trained on the data"),
+    "prompts": (PromptsConfig, "puma_ray.stages.prompts:run_prompts",
+                "train every user's soft prompt on a frozen model (source prompts, full retraining, floor)"),
     "demo": (DemoConfig, "puma_ray.stages.demo:run_demo",
              "run every available stage end to end on the offline default"),
 }

@@ -338,6 +338,71 @@ class DataConfig(StageConfig):
 
 
 @dataclasses.dataclass
+class PromptsConfig(StageConfig):
+    """`puma-ray prompts`: per-user soft prompts (+ head) on a frozen model, with Ray Train + DeepSpeed."""
+
+    data: Optional[str] = None
+    """Canonical dataset directory (its train split trains, its valid split selects the best epoch)."""
+    model: Optional[str] = None
+    """Hugging Face model directory or hub id the prompts are trained for (kept frozen)."""
+    out: Optional[str] = None
+    """Prompt store directory to write (manifest, shards, head weights, costs)."""
+    workers: int = 1
+    """Ray Train workers; each owns the prompt rows of its users (crc32(user) % workers)."""
+    use_gpu: bool = False
+    """One GPU per worker (bf16 on GPU, fp32 on CPU)."""
+    cpus_per_worker: float = 0.5
+    """CPUs reserved per worker; below 1 leaves room for Ray Data's readers on small machines."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage (0-3) of the shared trainable parts (the rating MLP)."""
+    zero3_persistence_threshold: int = 100000
+    """ZeRO-3 keeps parameters smaller than this unpartitioned (0 partitions everything)."""
+    epochs: int = 15
+    """Passes over the training split (best epoch on valid is kept)."""
+    lr: float = 5e-4
+    """AdamW learning rate for prompts and head."""
+    batch_size: int = 32
+    """Interactions per worker per step."""
+    prompt_len: int = 1
+    """Soft-prompt vectors per user (l)."""
+    template: Optional[str] = None
+    """Shipped template name or file; null = rating_amazon for rating data, click_mind for click data."""
+    lam: float = 0.2
+    """Weight of the answer-token cross-entropy in the rating loss."""
+    yes_minus_no: bool = False
+    """Click task: BCE on the Yes-minus-No logit instead of the Yes logit."""
+    freeze_prompts: bool = False
+    """Keep the fresh random prompts fixed and train only the head (the paper's random-init floor)."""
+    init_from: Optional[str] = None
+    """Warm-start from this prompt store (same model fingerprint), e.g. migrated prompts."""
+    prefix_cache: bool = True
+    """Reuse the key/values of the template's constant prefix."""
+    seed: int = 0
+    """Seed of prompt initialisation and batch order."""
+    max_failures: int = 0
+    """Worker failures Ray Train recovers from (restarting from the last checkpoint)."""
+    run_name: Optional[str] = None
+    """Ray Train run name; re-running with the same name resumes it. null = derived from --out."""
+    storage_path: Optional[str] = None
+    """Where Ray Train keeps checkpoints; null = <out>/_train. Use shared storage on a cluster."""
+
+    def validate(self) -> None:
+        _required(self.data, "data", "--data DIR")
+        _required(self.model, "model", "--model MODEL")
+        _required(self.out, "out", "--out STORE")
+        check(self.workers >= 1, "workers", "must be >= 1")
+        check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+        check(self.zero_stage in (0, 1, 2, 3), "zero_stage", "must be 0, 1, 2 or 3")
+        check(self.zero3_persistence_threshold >= 0, "zero3_persistence_threshold", "must be >= 0")
+        check(self.epochs >= 1, "epochs", "must be >= 1")
+        check(self.lr > 0, "lr", "must be > 0")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.prompt_len >= 1, "prompt_len", "must be >= 1")
+        check(0 <= self.lam <= 1, "lam", "must be in [0, 1]")
+        check(self.max_failures >= 0, "max_failures", "must be >= 0")
+
+
+@dataclasses.dataclass
 class DemoConfig(StageConfig):
     """`puma-ray demo`: every stage that exists, end to end, on an offline default."""
 

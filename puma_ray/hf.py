@@ -70,4 +70,4 @@ def describe_model(name: str) -> dict:
     model = load_causal_lm(name)
     return {"name": str(Path(name).resolve()) if Path(name).exists() else name,
             "family": model.config.model_type, "hidden_size": model.config.hidden_size,
-            "fingerprint": model_fingerprint(model, tokenizer)}
+            "parameters": sum(p.numel() for p in model.parameters()), "fingerprint": model_fingerprint(model, tokenizer)}

@@ -21,10 +21,17 @@ def init_ray(num_cpus: int | None = None) -> None:
     else:
         ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", logging_level=logging.WARNING,
                  log_to_driver=True)
-    # Ray Data logs every dataset's plan at INFO on the console; keep that in its log file only.
-    for handler in logging.getLogger("ray.data").handlers:
-        if not isinstance(handler, logging.FileHandler):
-            handler.setLevel(logging.WARNING)
+    quiet_ray_data_console()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = True
+
+
+def quiet_ray_data_console() -> None:
+    """Ray Data logs every dataset's plan at INFO on the console; keep that in its log file only.
+
+    Call it in each process that runs datasets (the driver, Ray Train workers)."""
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False

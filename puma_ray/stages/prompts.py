@@ -1,0 +1,145 @@
+"""`puma-ray prompts`: train every user's soft prompt on a frozen model (Ray Train + DeepSpeed).
+
+Creates the SOURCE prompts, and on the target model it is the FULL RETRAINING baseline
+(with --freeze-prompts: the random-initialisation floor). config -> datasets per rank
+-> TorchTrainer.fit -> prompt store from the best epoch's checkpoint -> report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import ray
+from safetensors.torch import load_file
+
+from puma_ray.config import PromptsConfig
+from puma_ray.data.schema import read_manifest as read_data_manifest
+from puma_ray.data.schema import shard_paths
+from puma_ray.errors import PumaError
+from puma_ray.hf import describe_model
+from puma_ray.prompt_store import check_model, finalize, write_shard
+from puma_ray.prompt_store import read_manifest as read_store_manifest
+from puma_ray.ray_utils import init_ray
+from puma_ray.runs import CostMeter, log, open_run
+from puma_ray.train_prompts import deepspeed_config, prompts_loop
+from puma_ray.training import TASKS, owner, rows_per_rank, steps_for
+
+_COLUMNS = ["user_id", "item_text", "history_text", "label", "split"]
+
+
+def _rank_rows(batch: pd.DataFrame, split: str, rank: int, world: int) -> pd.DataFrame:
+    keep = (batch["split"] == split) & batch["user_id"].map(lambda u: owner(u, world) == rank)
+    return batch.loc[keep, ["user_id", "item_text", "history_text", "label"]]
+
+
+def rank_datasets(data_dir: str, world: int) -> dict:
+    """`train_r{k}` / `valid_r{k}`: the rows of the users rank k owns (Ray Data, streamed)."""
+    base = ray.data.read_parquet([str(p) for p in shard_paths(data_dir)], columns=_COLUMNS)
+    return {f"{split}_r{r}": base.map_batches(_rank_rows, batch_format="pandas",
+                                              fn_kwargs={"split": split, "rank": r, "world": world})
+            for split in ("train", "valid") for r in range(world)}
+
+
+def run_name(cfg: PromptsConfig) -> str:
+    """Stable per output: the same --out resumes the same Ray Train run."""
+    out = str(Path(cfg.out).resolve())
+    return f"prompts-{re.sub(r'[^A-Za-z0-9_.-]', '_', Path(out).name)}-{hashlib.sha256(out.encode()).hexdigest()[:8]}"
+
+
+def best_checkpoint(result, metric: str, mode: str):
+    """The reported checkpoint with the best validation metric (ties: the earliest epoch)."""
+    scored = [(m, c) for c, m in result.best_checkpoints if m.get(metric) == m.get(metric)]  # drop NaN
+    if not scored:
+        raise PumaError(f"no checkpoint with a finite {metric}: is the valid split empty?")
+    sign = 1 if mode == "min" else -1
+    metrics, ckpt = min(scored, key=lambda mc: (sign * mc[0][metric], mc[0]["epoch"]))
+    return ckpt, metrics
+
+
+def write_store(ckpt, out: Path, world: int, manifest_fields: dict) -> dict:
+    """Prompt store from a checkpoint: one shard per rank (streamed rank by rank) + head weights."""
+    shards, quarantined = [], []
+    with ckpt.as_directory() as d:
+        for r in range(world):
+            users = pq.read_table(f"{d}/users-r{r:05d}.parquet").column(0).to_pylist()
+            if not users:
+                continue
+            weight = load_file(f"{d}/table-r{r:05d}.safetensors")["weight"].numpy()
+            info, bad = write_shard(out, r, users, weight)
+            shards.append(info)
+            quarantined += bad
+        shutil.copy(f"{d}/head.safetensors", out / "head.safetensors")
+    return finalize(out, shards=shards, quarantined=quarantined, **manifest_fields)
+
+
+def run_prompts(cfg: PromptsConfig) -> dict:
+    """Train prompts for every user of `cfg.data` on `cfg.model`; returns the JSON summary."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    data = read_data_manifest(cfg.data)
+    task = TASKS[data["task"]]
+    out = open_run(cfg.out, "prompts", cfg)
+    (out / "manifest.json").unlink(missing_ok=True)  # the store is incomplete until this run finishes
+    init_ray()
+    model = describe_model(cfg.model)
+    lineage = [{"step": "trained", "model": model["fingerprint"], "freeze_prompts": cfg.freeze_prompts}]
+    if cfg.init_from:
+        source = read_store_manifest(cfg.init_from)
+        check_model(source, model["fingerprint"], cfg.init_from)
+        lineage = source["lineage"] + [{**lineage[0], "init_from": str(Path(cfg.init_from).resolve())}]
+    users = pq.read_table(Path(cfg.data) / "users.parquet", columns=["user_id", "n_train", "n_valid"]).to_pandas()
+    W = cfg.workers
+    train_steps = steps_for(rows_per_rank(users, "n_train", W), cfg.batch_size)
+    valid_rows = rows_per_rank(users, "n_valid", W)
+    valid_steps = steps_for(valid_rows, cfg.batch_size) if sum(valid_rows) else 0
+    template = cfg.template or task.template
+    metric = f"valid_{task.metric}"
+    loop_config = {
+        "task": task.name, "model": cfg.model, "template": template, "prompt_len": cfg.prompt_len,
+        "users_path": str(Path(cfg.data) / "users.parquet"), "seed": cfg.seed, "lr": cfg.lr,
+        "batch_size": cfg.batch_size, "epochs": cfg.epochs, "lam": cfg.lam, "yes_minus_no": cfg.yes_minus_no,
+        "freeze_prompts": cfg.freeze_prompts, "init_from": cfg.init_from, "prefix_cache": cfg.prefix_cache,
+        "use_gpu": cfg.use_gpu, "train_steps": train_steps, "valid_steps": valid_steps,
+        "ds_config": deepspeed_config(cfg.batch_size, cfg.zero_stage, cfg.use_gpu, cfg.zero3_persistence_threshold),
+    }
+    name = cfg.run_name or run_name(cfg)
+    storage = cfg.storage_path or str((out / "_train").resolve())
+    log.info("prompts: %d users, %d workers x %d steps/epoch, %d epochs, ZeRO-%d, run %s", len(users), W,
+             train_steps, cfg.epochs, cfg.zero_stage, name)
+    trainer = TorchTrainer(
+        prompts_loop, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=W, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"GPU": 1} if cfg.use_gpu else {"CPU": cfg.cpus_per_worker}),
+        run_config=RunConfig(name=name, storage_path=storage, failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
+                                                                checkpoint_score_order=task.mode)),
+        datasets=rank_datasets(cfg.data, W), dataset_config=DataConfig(datasets_to_split=[]))
+    with CostMeter(out, "prompts", cfg, workers=W) as meter:
+        result = trainer.fit()
+        if result.error:
+            raise PumaError(f"prompt training failed: {result.error}")
+        ckpt, best = best_checkpoint(result, metric, task.mode)
+        history = result.metrics_dataframe
+        lineage[-1]["best_epoch"] = int(best["epoch"])
+        manifest = write_store(ckpt, out, W, {
+            "task": task.name, "prompt_len": cfg.prompt_len, "dim": model["hidden_size"], "model": model,
+            "lineage": lineage, "dataset_fingerprint": data["fingerprint"]})
+        (out / "head.json").write_text(json.dumps({"task": task.name, "lam": cfg.lam, "template": template,
+                                                  "yes_minus_no": cfg.yes_minus_no}, indent=2) + "\n")
+        meter.samples = int(history["train_samples"].sum()) if "train_samples" in history else 0
+        meter.tokens = int(history["train_tokens"].sum()) if "train_tokens" in history else 0
+        # frozen LLM: forward (2N) + activation gradients (2N) per token
+        meter.flops = 4.0 * model["parameters"] * meter.tokens
+        meter.extra = {"best_epoch": int(best["epoch"]), metric: best[metric]}
+    log.info("prompts: best epoch %d, %s %.4f -> store %s", best["epoch"], metric, best[metric], out)
+    curve = [{k: row[k] for k in ("epoch", "train_loss", metric) if k in row} for row in history.to_dict("records")]
+    return {"out": str(out), "users": manifest["num_users"], "quarantined": manifest["quarantined"],
+            "best_epoch": int(best["epoch"]), metric: best[metric], "curve": curve, "run_name": name,
+            "wall_s": meter.record.wall_s}

@@ -1,0 +1,214 @@
+"""Ray Train worker loop for per-user soft prompts (source prompts and full retraining).
+
+Each worker owns the prompt rows of its users (training.owner) and reads only their
+interactions from its own Ray Data dataset (`train_r{rank}`, `valid_r{rank}`), so
+prompt gradients stay local; the rating MLP is a DeepSpeed engine whose ZeRO stage
+comes from the config. Every epoch: train a fixed number of steps (equal on every
+rank), validate with exact all-reduced metrics, and report a checkpoint from every
+rank (its table rows + user list; rank 0 adds the head). Resume comes from
+ray.train.get_checkpoint().
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_file, save_file
+
+from puma_ray.hf import load_causal_lm, load_tokenizer
+from puma_ray.llm import FrozenLM
+from puma_ray.modules import SoftPromptTable
+from puma_ray.prompt_store import load_prompts
+from puma_ray.ray_utils import quiet_ray_data_console
+from puma_ray.templates import load_template_text
+from puma_ray.training import TASKS, cycled, owner
+
+
+def deepspeed_config(batch_size: int, zero_stage: int, use_gpu: bool, persistence: int) -> dict:
+    """DeepSpeed config dict: ZeRO stage by flag, bf16 on GPU, fp32 on CPU, a torch optimizer."""
+    cfg = {"train_micro_batch_size_per_gpu": batch_size, "gradient_accumulation_steps": 1,
+           "zero_optimization": {"stage": zero_stage}, "zero_allow_untested_optimizer": True,
+           "bf16": {"enabled": bool(use_gpu)}, "steps_per_print": 10**9, "wall_clock_breakdown": False}
+    if zero_stage == 3:
+        cfg["zero_optimization"]["stage3_param_persistence_threshold"] = persistence
+    return cfg
+
+
+class PlainEngine:
+    """Stands in for a DeepSpeed engine when the shared part has no parameters (the click head)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        pass
+
+    def train(self) -> None:
+        self.module.train()
+
+    def eval(self) -> None:
+        self.module.eval()
+
+
+def init_deepspeed(module: torch.nn.Module, lr: float, ds_cfg: dict):
+    """deepspeed.initialize on the process group Ray Train set up (gloo on CPU)."""
+    if not any(p.requires_grad for p in module.parameters()):
+        return PlainEngine(module)
+    # The first initialize JIT-builds a shared-memory collective op (~50 s on CPU); gloo needs none.
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    import deepspeed
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    engine, optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_cfg)
+    return engine
+
+
+def gathered_state(engine) -> dict[str, torch.Tensor]:
+    """Full head weights on every rank (a collective under ZeRO-3: all ranks must call it)."""
+    import deepspeed
+
+    module = engine.module
+    if isinstance(engine, PlainEngine):
+        return {k: v.detach().clone().cpu() for k, v in module.state_dict().items()}
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+        return {k: v.detach().clone().cpu() for k, v in module.state_dict().items()}
+
+
+def owned_users(users_path: str, rank: int, world: int) -> list[str]:
+    """This rank's users in user_idx order: its local table rows."""
+    ids = pq.read_table(users_path, columns=["user_id"]).column(0).to_pylist()
+    return [u for u in ids if owner(u, world) == rank]
+
+
+def _to_tensors(batch, index: dict[str, int]):
+    if batch is None:  # padding step of a rank without rows: one row 0 with zero weight in the loss
+        return torch.zeros(1, dtype=torch.long), [""], [[]], None
+    rows = torch.tensor([index[u] for u in batch["user_id"]])
+    labels = torch.tensor(np.asarray(batch["label"], dtype=np.float32))
+    return rows, list(batch["item_text"]), [list(h) for h in batch["history_text"]], labels
+
+
+def prompts_loop(config: dict) -> None:
+    """train_loop_per_worker of `puma-ray prompts`."""
+    import ray.train
+    import torch.distributed as dist
+
+    quiet_ray_data_console()
+    # DeepSpeed calls torch.distributed names torch has deprecated, once per collective
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    task = TASKS[config["task"]]
+    torch.manual_seed(config["seed"])
+    device = torch.device("cuda" if config["use_gpu"] and torch.cuda.is_available() else "cpu")
+    model = load_causal_lm(config["model"], dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    lm = FrozenLM(model.to(device), load_tokenizer(config["model"]), load_template_text(config["template"]),
+                  task.answers, prompt_len=config["prompt_len"], prefix_cache=config["prefix_cache"])
+    users = owned_users(config["users_path"], rank, world)
+    index = {u: i for i, u in enumerate(users)}
+    table = SoftPromptTable(len(users), config["prompt_len"], lm.hidden,
+                            generator=torch.Generator().manual_seed(config["seed"] * 1000 + rank)).to(device)
+    if config["init_from"]:
+        table.weight.data.copy_(torch.from_numpy(load_prompts(config["init_from"], users)).reshape(len(users), -1))
+    table.weight.requires_grad_(not config["freeze_prompts"])
+    head = task.head(config["lam"], config["yes_minus_no"]).to(device)
+    engine = init_deepspeed(head, config["lr"], config["ds_config"])
+    head_dtype = next(engine.module.parameters(), torch.zeros(())).dtype
+    table_opt = torch.optim.AdamW([table.weight], lr=config["lr"], weight_decay=0.0) \
+        if table.weight.requires_grad else None
+
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            table.weight.data.copy_(load_file(f"{d}/table-r{rank:05d}.safetensors")["weight"])
+            head_state = load_file(f"{d}/head.safetensors")
+            if head_state:
+                import deepspeed
+
+                with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=0):
+                    engine.module.load_state_dict(head_state)
+            if table_opt is not None:
+                table_opt.load_state_dict(torch.load(f"{d}/table-opt-r{rank:05d}.pt", weights_only=True))
+            start_epoch = json.loads(Path(f"{d}/state.json").read_text())["epoch"] + 1
+
+    train_shard = ray.train.get_dataset_shard(f"train_r{rank}")
+    valid_shard = ray.train.get_dataset_shard(f"valid_r{rank}")
+    B = config["batch_size"]
+    for epoch in range(start_epoch, config["epochs"]):
+        engine.train()
+        loss_sum, seen, tokens = 0.0, 0, 0
+        batches = cycled(lambda: train_shard.iter_batches(batch_size=B, batch_format="numpy",
+                                                         local_shuffle_buffer_size=4 * B,
+                                                         local_shuffle_seed=config["seed"] + epoch),
+                         config["train_steps"])
+        for batch, _ in batches:
+            rows, titles, hist, labels = _to_tensors(batch, index)
+            if not len(users):  # no prompt rows at all: still join the head's collectives
+                rows = None
+            enc = lm.encode(titles, hist)
+            soft = table(rows.to(device)) if rows is not None else torch.zeros(1, config["prompt_len"], lm.hidden)
+            logits = lm.answer_logits(soft, enc).to(head_dtype)
+            if labels is None:
+                loss = engine.module.loss(logits, torch.ones(1, device=device, dtype=head_dtype))[0] * 0.0
+                labels = torch.zeros(0)
+            else:
+                loss, _ = engine.module.loss(logits, labels.to(device, head_dtype))
+            engine.backward(loss)
+            engine.step()
+            if table_opt is not None:
+                table_opt.step()
+                table_opt.zero_grad(set_to_none=True)
+            loss_sum += float(loss.detach()) * len(labels)
+            seen += len(labels)
+            tokens += int(enc.lengths.sum()) + len(lm.template.prefix_ids) * len(labels)
+        metrics = evaluate(lm, table, engine, valid_shard, index, task, config["valid_steps"], B, device)
+        totals = torch.tensor([loss_sum, seen, tokens], dtype=torch.float64)
+        if dist.is_initialized():
+            dist.all_reduce(totals)
+        metrics.update({"epoch": epoch, "train_loss": float(totals[0] / max(totals[1], 1)),
+                        "train_samples": int(totals[1]), "train_tokens": int(totals[2])})
+        head_state = gathered_state(engine)
+        with tempfile.TemporaryDirectory() as d:
+            save_file({"weight": table.weight.detach().cpu().contiguous()}, f"{d}/table-r{rank:05d}.safetensors")
+            pq.write_table(pa.table({"user_id": pa.array(users, pa.string())}), f"{d}/users-r{rank:05d}.parquet")
+            if table_opt is not None:
+                torch.save(table_opt.state_dict(), f"{d}/table-opt-r{rank:05d}.pt")
+            if rank == 0:
+                save_file(head_state, f"{d}/head.safetensors")
+                Path(f"{d}/state.json").write_text(json.dumps({"epoch": epoch, "world": world, **metrics}))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+@torch.no_grad()
+def evaluate(lm, table, engine, shard, index, task, steps, batch_size, device) -> dict:
+    """Exact validation metrics over this rank's rows, all-reduced / gathered across ranks."""
+    engine.eval()
+    sums = task.sums()
+    batches = cycled(lambda: shard.iter_batches(batch_size=batch_size, batch_format="numpy"), steps) \
+        if steps else iter(())
+    head_dtype = next(engine.module.parameters(), torch.zeros(())).dtype
+    for batch, first_pass in batches:
+        rows, titles, hist, labels = _to_tensors(batch, index)
+        soft = table(rows.to(device)) if len(index) else torch.zeros(1, table.prompt_len, table.dim)
+        logits = lm.answer_logits(soft, lm.encode(titles, hist)).to(head_dtype)
+        pred = engine.module.predict(logits).float()  # same number of head forwards on every rank (ZeRO-3)
+        if first_pass and labels is not None:
+            if task.name == "rating":
+                sums.update(pred, labels)
+            else:
+                sums.update(batch["user_id"], pred, labels)
+    result = sums.all_reduce().compute() if task.name == "rating" else sums.compute()
+    return {f"valid_{k}": v for k, v in result.items()}
