@@ -377,6 +377,8 @@ class PromptsConfig(StageConfig):
     """Warm-start from this prompt store (same model fingerprint), e.g. migrated prompts."""
     prefix_cache: bool = True
     """Reuse the key/values of the template's constant prefix."""
+    cache_data: bool = True
+    """Read each rank's rows once into Ray's object store (spills to disk) instead of every epoch."""
     seed: int = 0
     """Seed of prompt initialisation and batch order."""
     max_failures: int = 0

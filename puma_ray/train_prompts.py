@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -148,6 +149,7 @@ def prompts_loop(config: dict) -> None:
     valid_shard = ray.train.get_dataset_shard(f"valid_r{rank}")
     B = config["batch_size"]
     for epoch in range(start_epoch, config["epochs"]):
+        maybe_inject_failure(config.get("kill_after"), config["fault_marker"], rank, epoch)
         engine.train()
         loss_sum, seen, tokens = 0.0, 0, 0
         batches = cycled(lambda: train_shard.iter_batches(batch_size=B, batch_format="numpy",
@@ -190,6 +192,16 @@ def prompts_loop(config: dict) -> None:
                 save_file(head_state, f"{d}/head.safetensors")
                 Path(f"{d}/state.json").write_text(json.dumps({"epoch": epoch, "world": world, **metrics}))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def maybe_inject_failure(spec: str | None, marker: str, rank: int, epoch: int) -> None:
+    """Chaos testing: spec "rank:epoch" (the driver's PUMA_KILL_RANK_AFTER_EPOCH) kills that worker
+    once, when it starts the epoch after `epoch` (whose checkpoint is then complete); the
+    marker file keeps the restarted run alive. FailureConfig must bring the run back."""
+    if spec == f"{rank}:{epoch - 1}" and not os.path.exists(marker):
+        Path(marker).parent.mkdir(parents=True, exist_ok=True)
+        Path(marker).write_text(spec)
+        os._exit(17)
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -38,12 +39,17 @@ def _rank_rows(batch: pd.DataFrame, split: str, rank: int, world: int) -> pd.Dat
     return batch.loc[keep, ["user_id", "item_text", "history_text", "label"]]
 
 
-def rank_datasets(data_dir: str, world: int) -> dict:
-    """`train_r{k}` / `valid_r{k}`: the rows of the users rank k owns (Ray Data, streamed)."""
+def rank_datasets(data_dir: str, world: int, cache: bool) -> dict:
+    """`train_r{k}` / `valid_r{k}`: the rows of the users rank k owns (Ray Data, streamed).
+
+    With `cache`, each is materialized once (object store, spilling to disk) so that epochs
+    iterate blocks instead of re-reading and re-filtering every shard.
+    """
     base = ray.data.read_parquet([str(p) for p in shard_paths(data_dir)], columns=_COLUMNS)
-    return {f"{split}_r{r}": base.map_batches(_rank_rows, batch_format="pandas",
+    sets = {f"{split}_r{r}": base.map_batches(_rank_rows, batch_format="pandas",
                                               fn_kwargs={"split": split, "rank": r, "world": world})
             for split in ("train", "valid") for r in range(world)}
+    return {k: v.materialize() for k, v in sets.items()} if cache else sets
 
 
 def run_name(cfg: PromptsConfig) -> str:
@@ -107,10 +113,12 @@ def run_prompts(cfg: PromptsConfig) -> dict:
         "batch_size": cfg.batch_size, "epochs": cfg.epochs, "lam": cfg.lam, "yes_minus_no": cfg.yes_minus_no,
         "freeze_prompts": cfg.freeze_prompts, "init_from": cfg.init_from, "prefix_cache": cfg.prefix_cache,
         "use_gpu": cfg.use_gpu, "train_steps": train_steps, "valid_steps": valid_steps,
+        "kill_after": os.environ.get("PUMA_KILL_RANK_AFTER_EPOCH"),
         "ds_config": deepspeed_config(cfg.batch_size, cfg.zero_stage, cfg.use_gpu, cfg.zero3_persistence_threshold),
     }
     name = cfg.run_name or run_name(cfg)
     storage = cfg.storage_path or str((out / "_train").resolve())
+    loop_config["fault_marker"] = str(Path(storage) / name / "fault-injected")
     log.info("prompts: %d users, %d workers x %d steps/epoch, %d epochs, ZeRO-%d, run %s", len(users), W,
              train_steps, cfg.epochs, cfg.zero_stage, name)
     trainer = TorchTrainer(
@@ -120,7 +128,7 @@ def run_prompts(cfg: PromptsConfig) -> dict:
         run_config=RunConfig(name=name, storage_path=storage, failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
                                                                 checkpoint_score_order=task.mode)),
-        datasets=rank_datasets(cfg.data, W), dataset_config=DataConfig(datasets_to_split=[]))
+        datasets=rank_datasets(cfg.data, W, cfg.cache_data), dataset_config=DataConfig(datasets_to_split=[]))
     with CostMeter(out, "prompts", cfg, workers=W) as meter:
         result = trainer.fit()
         if result.error:

@@ -1,0 +1,103 @@
+"""`puma-ray prompts` on Ray Train + DeepSpeed with 2 CPU workers: learning, ZeRO-2 = ZeRO-3,
+the floor, resume by run name, recovery from a killed worker, refusing foreign stores."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from puma_ray import prompt_store as ps
+from puma_ray.config import DataConfig, ModelsConfig, PromptsConfig
+from puma_ray.errors import PumaError
+from puma_ray.stages.data import run_data
+from puma_ray.stages.models import run_models
+from puma_ray.stages.prompts import run_prompts
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def setup(ray_local, tmp_path_factory):
+    root = tmp_path_factory.mktemp("prompts")
+    run_data(DataConfig(source="synthetic", out=str(root / "data"), users=120, items=60, seed=5))
+    model = run_models(ModelsConfig(family="llama", data=str(root / "data"), out=str(root / "llama"),
+                                    pretrain_steps=100))
+    return root, model
+
+
+def cfg(root, out, **kw):
+    base = dict(data=str(root / "data"), model=str(root / "llama"), out=str(root / out), workers=2, epochs=2,
+                lr=0.01, batch_size=32)
+    return PromptsConfig(**{**base, **kw})
+
+
+def global_mean_rmse(data_dir) -> float:
+    df = pd.read_parquet(data_dir / "interactions")
+    mean = df.loc[df["split"] == "train", "label"].mean()
+    valid = df.loc[df["split"] == "valid", "label"]
+    return float(np.sqrt(((valid - mean) ** 2).mean()))
+
+
+@pytest.fixture(scope="module")
+def zero2(setup):
+    root, _ = setup
+    return run_prompts(cfg(root, "zero2", epochs=4))
+
+
+def test_two_workers_learn_and_write_a_complete_store(setup, zero2):
+    root, model = setup
+    losses = [c["train_loss"] for c in zero2["curve"]]
+    assert losses[-1] < losses[0]
+    assert zero2["valid_rmse"] < global_mean_rmse(root / "data")
+    manifest = ps.verify(root / "zero2")
+    assert manifest["num_users"] == 120 and manifest["quarantined"] == 0
+    assert manifest["model"]["fingerprint"] == model["fingerprint"] and manifest["dim"] == 64
+    assert manifest["lineage"][0]["step"] == "trained" and manifest["lineage"][0]["best_epoch"] == zero2["best_epoch"]
+    assert len(manifest["shards"]) == 2  # one per worker: each owns its users' rows
+    assert (root / "zero2" / "head.safetensors").is_file()
+    cost = json.loads((root / "zero2" / "costs.jsonl").read_text().splitlines()[-1])
+    assert cost["stage"] == "prompts" and cost["workers"] == 2 and cost["samples"] > 0 and cost["tokens"] > 0
+
+
+def test_zero3_fully_partitioned_matches_zero2(setup, zero2):
+    root, _ = setup
+    z3 = run_prompts(cfg(root, "zero3", epochs=4, zero_stage=3, zero3_persistence_threshold=0))
+    assert z3["valid_rmse"] == pytest.approx(zero2["valid_rmse"], rel=1e-5)
+
+
+def test_rerunning_a_finished_run_resumes_instead_of_training_again(setup, zero2):
+    root, _ = setup
+    checkpoints = sorted(p.name for p in (root / "zero2" / "_train").rglob("checkpoint_*"))
+    again = run_prompts(cfg(root, "zero2", epochs=4))
+    assert again["run_name"] == zero2["run_name"]
+    assert again["valid_rmse"] == pytest.approx(zero2["valid_rmse"])
+    # resumed after the last epoch: nothing new was trained or checkpointed
+    assert sorted(p.name for p in (root / "zero2" / "_train").rglob("checkpoint_*")) == checkpoints
+
+
+def test_killed_worker_resumes_from_its_checkpoint(setup, monkeypatch):
+    root, _ = setup
+    monkeypatch.setenv("PUMA_KILL_RANK_AFTER_EPOCH", "1:0")
+    res = run_prompts(cfg(root, "killed", epochs=2, max_failures=1))
+    assert list((root / "killed" / "_train").rglob("fault-injected")), "the worker was never killed"
+    assert res["users"] == 120 and [c["epoch"] for c in res["curve"]][-1] == 1
+
+
+def test_freeze_prompts_is_the_floor(setup):
+    root, _ = setup
+    res = run_prompts(cfg(root, "floor", freeze_prompts=True, epochs=1))
+    prompts = np.concatenate([p for _, p in ps.iter_prompts(root / "floor")])
+    assert np.abs(prompts).max() <= 0.1  # still the uniform(-0.1, 0.1) initialisation
+    assert ps.read_manifest(root / "floor")["lineage"][0]["freeze_prompts"] is True
+    assert res["users"] == 120
+
+
+def test_store_of_another_model_is_refused(setup, zero2, tmp_path):
+    root, _ = setup
+    other = run_models(ModelsConfig(family="qwen2", data=str(root / "data"), out=str(tmp_path / "q"),
+                                    pretrain_steps=0))
+    with pytest.raises(PumaError, match="migrate it with an adapter"):
+        run_prompts(cfg(root, "warm", model=other["path"], init_from=str(root / "zero2")))
