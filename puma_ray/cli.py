@@ -18,7 +18,7 @@ import traceback
 import typing
 from typing import Any, Callable, Optional
 
-from puma_ray.config import DataConfig, DemoConfig, ModelsConfig, PromptsConfig, field_docs, load_config
+from puma_ray.config import AdapterStageConfig, DataConfig, DemoConfig, ModelsConfig, PromptsConfig, field_docs, load_config
 from puma_ray.errors import ConfigError, PumaError
 from puma_ray.runs import setup_logging
 
@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
                "build a tiny offline Hugging Face model of a real family, with a tokenizer trained on the data"),
     "prompts": (PromptsConfig, "puma_ray.stages.prompts:run_prompts",
                 "train every user's soft prompt on a frozen model (source prompts, full retraining, floor)"),
+    "adapter": (AdapterStageConfig, "puma_ray.stages.adapter:run_adapter",
+                "train the migration adapter through the frozen target model on selected users"),
     "demo": (DemoConfig, "puma_ray.stages.demo:run_demo",
              "run every available stage end to end on the offline default"),
 }

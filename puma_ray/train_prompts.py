@@ -70,10 +70,13 @@ def init_deepspeed(module: torch.nn.Module, lr: float, ds_cfg: dict):
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     import deepspeed
 
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    engine, optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_cfg)
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=make_optimizer(module, lr), config=ds_cfg)
     return engine
+
+
+def make_optimizer(module: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters only (frozen model weights never reach it)."""
+    return torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
 
 
 def gathered_state(engine) -> dict[str, torch.Tensor]:
@@ -130,7 +133,7 @@ def prompts_loop(config: dict) -> None:
     table_opt = torch.optim.AdamW([table.weight], lr=config["lr"], weight_decay=0.0) \
         if table.weight.requires_grad else None
 
-    start_epoch = 0
+    start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
@@ -143,7 +146,8 @@ def prompts_loop(config: dict) -> None:
                     engine.module.load_state_dict(head_state)
             if table_opt is not None:
                 table_opt.load_state_dict(torch.load(f"{d}/table-opt-r{rank:05d}.pt", weights_only=True))
-            start_epoch = json.loads(Path(f"{d}/state.json").read_text())["epoch"] + 1
+            saved = json.loads(Path(f"{d}/state.json").read_text())
+            start_epoch, history = saved["epoch"] + 1, saved["history"]
 
     train_shard = ray.train.get_dataset_shard(f"train_r{rank}")
     valid_shard = ray.train.get_dataset_shard(f"valid_r{rank}")
@@ -176,12 +180,15 @@ def prompts_loop(config: dict) -> None:
             loss_sum += float(loss.detach()) * len(labels)
             seen += len(labels)
             tokens += int(enc.lengths.sum()) + len(lm.template.prefix_ids) * len(labels)
-        metrics = evaluate(lm, table, engine, valid_shard, index, task, config["valid_steps"], B, device)
+        empty = torch.zeros(1, config["prompt_len"], lm.hidden, device=device)
+        metrics = evaluate(lm, table if len(users) else (lambda rows: empty), engine, valid_shard, index, task,
+                           config["valid_steps"], B, device)
         totals = torch.tensor([loss_sum, seen, tokens], dtype=torch.float64)
         if dist.is_initialized():
             dist.all_reduce(totals)
         metrics.update({"epoch": epoch, "train_loss": float(totals[0] / max(totals[1], 1)),
                         "train_samples": int(totals[1]), "train_tokens": int(totals[2])})
+        history.append(metrics)
         head_state = gathered_state(engine)
         with tempfile.TemporaryDirectory() as d:
             save_file({"weight": table.weight.detach().cpu().contiguous()}, f"{d}/table-r{rank:05d}.safetensors")
@@ -190,7 +197,8 @@ def prompts_loop(config: dict) -> None:
                 torch.save(table_opt.state_dict(), f"{d}/table-opt-r{rank:05d}.pt")
             if rank == 0:
                 save_file(head_state, f"{d}/head.safetensors")
-                Path(f"{d}/state.json").write_text(json.dumps({"epoch": epoch, "world": world, **metrics}))
+                Path(f"{d}/state.json").write_text(json.dumps({"epoch": epoch, "world": world, "history": history,
+                                                               **metrics}))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
@@ -205,8 +213,11 @@ def maybe_inject_failure(spec: str | None, marker: str, rank: int, epoch: int) -
 
 
 @torch.no_grad()
-def evaluate(lm, table, engine, shard, index, task, steps, batch_size, device) -> dict:
-    """Exact validation metrics over this rank's rows, all-reduced / gathered across ranks."""
+def evaluate(lm, soft_fn, engine, shard, index, task, steps, batch_size, device) -> dict:
+    """Exact validation metrics over this rank's rows, all-reduced / gathered across ranks.
+
+    soft_fn: [B] int64 row indices -> [B, l, d] soft prompts (a table lookup, or adapter(source)).
+    """
     engine.eval()
     sums = task.sums()
     batches = cycled(lambda: shard.iter_batches(batch_size=batch_size, batch_format="numpy"), steps) \
@@ -214,8 +225,7 @@ def evaluate(lm, table, engine, shard, index, task, steps, batch_size, device) -
     head_dtype = next(engine.module.parameters(), torch.zeros(())).dtype
     for batch, first_pass in batches:
         rows, titles, hist, labels = _to_tensors(batch, index)
-        soft = table(rows.to(device)) if len(index) else torch.zeros(1, table.prompt_len, table.dim)
-        logits = lm.answer_logits(soft, lm.encode(titles, hist)).to(head_dtype)
+        logits = lm.answer_logits(soft_fn(rows.to(device)), lm.encode(titles, hist)).to(head_dtype)
         pred = engine.module.predict(logits).float()  # same number of head forwards on every rank (ZeRO-3)
         if first_pass and labels is not None:
             if task.name == "rating":

@@ -84,3 +84,9 @@ def rows_per_rank(users: pd.DataFrame, column: str, world: int) -> list[int]:
     """Rows each rank will see, from users.parquet counts (no pass over the interactions)."""
     ranks = np.fromiter((owner(u, world) for u in users["user_id"]), dtype=np.int64, count=len(users))
     return np.bincount(ranks, weights=users[column].to_numpy(), minlength=world).astype(int).tolist()
+
+
+def rank_rows(batch: pd.DataFrame, split: str, rank: int, world: int) -> pd.DataFrame:
+    """Ray Data map_batches: the rows of `split` whose user rank `rank` owns."""
+    keep = (batch["split"] == split) & batch["user_id"].map(lambda u: owner(u, world) == rank)
+    return batch.loc[keep, ["user_id", "item_text", "history_text", "label"]]

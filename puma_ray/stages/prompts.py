@@ -14,7 +14,6 @@ import re
 import shutil
 from pathlib import Path
 
-import pandas as pd
 import pyarrow.parquet as pq
 import ray
 from safetensors.torch import load_file
@@ -29,14 +28,9 @@ from puma_ray.prompt_store import read_manifest as read_store_manifest
 from puma_ray.ray_utils import init_ray
 from puma_ray.runs import CostMeter, log, open_run
 from puma_ray.train_prompts import deepspeed_config, prompts_loop
-from puma_ray.training import TASKS, owner, rows_per_rank, steps_for
+from puma_ray.training import TASKS, rank_rows, rows_per_rank, steps_for
 
 _COLUMNS = ["user_id", "item_text", "history_text", "label", "split"]
-
-
-def _rank_rows(batch: pd.DataFrame, split: str, rank: int, world: int) -> pd.DataFrame:
-    keep = (batch["split"] == split) & batch["user_id"].map(lambda u: owner(u, world) == rank)
-    return batch.loc[keep, ["user_id", "item_text", "history_text", "label"]]
 
 
 def rank_datasets(data_dir: str, world: int, cache: bool) -> dict:
@@ -46,7 +40,7 @@ def rank_datasets(data_dir: str, world: int, cache: bool) -> dict:
     iterate blocks instead of re-reading and re-filtering every shard.
     """
     base = ray.data.read_parquet([str(p) for p in shard_paths(data_dir)], columns=_COLUMNS)
-    sets = {f"{split}_r{r}": base.map_batches(_rank_rows, batch_format="pandas",
+    sets = {f"{split}_r{r}": base.map_batches(rank_rows, batch_format="pandas",
                                               fn_kwargs={"split": split, "rank": r, "world": world})
             for split in ("train", "valid") for r in range(world)}
     return {k: v.materialize() for k, v in sets.items()} if cache else sets
@@ -66,6 +60,12 @@ def best_checkpoint(result, metric: str, mode: str):
     sign = 1 if mode == "min" else -1
     metrics, ckpt = min(scored, key=lambda mc: (sign * mc[0][metric], mc[0]["epoch"]))
     return ckpt, metrics
+
+
+def run_history(result) -> list[dict]:
+    """Every epoch's metrics (the latest checkpoint carries the whole history, across resumes)."""
+    with result.checkpoint.as_directory() as d:
+        return json.loads((Path(d) / "state.json").read_text())["history"]
 
 
 def write_store(ckpt, out: Path, world: int, manifest_fields: dict) -> dict:
@@ -134,20 +134,20 @@ def run_prompts(cfg: PromptsConfig) -> dict:
         if result.error:
             raise PumaError(f"prompt training failed: {result.error}")
         ckpt, best = best_checkpoint(result, metric, task.mode)
-        history = result.metrics_dataframe
+        history = run_history(result)
         lineage[-1]["best_epoch"] = int(best["epoch"])
         manifest = write_store(ckpt, out, W, {
             "task": task.name, "prompt_len": cfg.prompt_len, "dim": model["hidden_size"], "model": model,
             "lineage": lineage, "dataset_fingerprint": data["fingerprint"]})
         (out / "head.json").write_text(json.dumps({"task": task.name, "lam": cfg.lam, "template": template,
                                                   "yes_minus_no": cfg.yes_minus_no}, indent=2) + "\n")
-        meter.samples = int(history["train_samples"].sum()) if "train_samples" in history else 0
-        meter.tokens = int(history["train_tokens"].sum()) if "train_tokens" in history else 0
+        meter.samples = sum(h["train_samples"] for h in history)
+        meter.tokens = sum(h["train_tokens"] for h in history)
         # frozen LLM: forward (2N) + activation gradients (2N) per token
         meter.flops = 4.0 * model["parameters"] * meter.tokens
         meter.extra = {"best_epoch": int(best["epoch"]), metric: best[metric]}
     log.info("prompts: best epoch %d, %s %.4f -> store %s", best["epoch"], metric, best[metric], out)
-    curve = [{k: row[k] for k in ("epoch", "train_loss", metric) if k in row} for row in history.to_dict("records")]
+    curve = [{k: row[k] for k in ("epoch", "train_loss", metric)} for row in history]
     return {"out": str(out), "users": manifest["num_users"], "quarantined": manifest["quarantined"],
             "best_epoch": int(best["epoch"]), metric: best[metric], "curve": curve, "run_name": name,
             "wall_s": meter.record.wall_s}

@@ -1,0 +1,149 @@
+"""`puma-ray adapter`: train PUMA's migration adapter through the frozen target model.
+
+config -> selected users and their source prompts (checked on the driver) -> Ray Data rows
+-> TorchTrainer.fit -> best epoch's adapter + head + adapter.json -> report.
+
+A selection directory holds `selected.parquet` with a `user_id` column (what
+`puma-ray select` writes); `--users all` takes every user of the dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import ray
+
+from puma_ray.config import AdapterStageConfig
+from puma_ray.data.schema import file_sha256, shard_paths
+from puma_ray.data.schema import read_manifest as read_data_manifest
+from puma_ray.errors import PumaError
+from puma_ray.hf import describe_model
+from puma_ray.modules import AdapterConfig, adapter_param_count
+from puma_ray.prompt_store import iter_prompts
+from puma_ray.prompt_store import read_manifest as read_store_manifest
+from puma_ray.ray_utils import init_ray
+from puma_ray.runs import CostMeter, log, open_run
+from puma_ray.stages.prompts import best_checkpoint, run_history
+from puma_ray.train_adapter import adapter_loop
+from puma_ray.train_prompts import deepspeed_config
+from puma_ray.training import TASKS, rank_rows, steps_for
+
+
+def selected_users(users_arg: str, data_dir: str) -> list[str]:
+    """User ids of a selection directory, or every user of the dataset for 'all'."""
+    if users_arg == "all":
+        return pq.read_table(Path(data_dir) / "users.parquet", columns=["user_id"]).column(0).to_pylist()
+    path = Path(users_arg) / "selected.parquet"
+    if not path.is_file():
+        raise PumaError(f"--users {users_arg}: no selected.parquet there (give a `puma-ray select` output or 'all')")
+    return pq.read_table(path, columns=["user_id"]).column(0).to_pylist()
+
+
+def check_sources(stores: list[str], users: list[str], task: str) -> list[dict]:
+    """Manifests of the source stores, after checking task, prompt length and user coverage."""
+    manifests = [read_store_manifest(s) for s in stores]
+    if {m["prompt_len"] for m in manifests} != {manifests[0]["prompt_len"]}:
+        raise PumaError("source stores differ in prompt length; aggregated migration needs one l")
+    for store, m in zip(stores, manifests):
+        if m["task"] != task:
+            raise PumaError(f"source store {store} was trained for task {m['task']!r}, the dataset is {task!r}")
+        want = set(users)
+        for ids, _ in iter_prompts(store):
+            want.difference_update(ids)
+        if want:
+            raise PumaError(f"{len(want)} of the {len(users)} selected users have no prompt in source store {store} "
+                            f"(e.g. {sorted(want)[:3]})")
+    return manifests
+
+
+def _select_rows(batch: pd.DataFrame, users_ref) -> pd.DataFrame:
+    keep = ray.get(users_ref)
+    return batch[batch["user_id"].isin(keep)]
+
+
+def run_adapter(cfg: AdapterStageConfig) -> dict:
+    """Train the adapter; returns the JSON summary."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    data = read_data_manifest(cfg.data)
+    task = TASKS[data["task"]]
+    out = open_run(cfg.out, "adapter", cfg)
+    init_ray()
+    users = selected_users(cfg.users, cfg.data)
+    sources = check_sources(cfg.source, users, task.name)
+    target = describe_model(cfg.target_model)
+    head_cfg = Path(cfg.source[0]) / "head.json"
+    template = cfg.template or (json.loads(head_cfg.read_text())["template"] if head_cfg.is_file() else task.template)
+    prompt_len = sources[0]["prompt_len"]
+    adapter_cfg = {"source_dim": sum(m["dim"] for m in sources), "target_dim": target["hidden_size"],
+                   "width": cfg.width, "rank": cfg.rank, "dropout": cfg.dropout}
+    counts = pq.read_table(Path(cfg.data) / "users.parquet", columns=["user_id", "n_train", "n_valid"]).to_pandas()
+    counts = counts[counts["user_id"].isin(set(users))]
+    W = cfg.workers
+    train_steps = steps_for([-(-int(counts["n_train"].sum()) // W)], cfg.batch_size)
+    valid_rows = int(counts["n_valid"].sum())
+    valid_steps = steps_for([valid_rows], cfg.batch_size) if valid_rows else 0  # upper bound for every rank
+    base = ray.data.read_parquet([str(p) for p in shard_paths(cfg.data)],
+                                 columns=["user_id", "item_text", "history_text", "label", "split"])
+    base = base.map_batches(_select_rows, batch_format="pandas", fn_kwargs={"users_ref": ray.put(set(users))})
+    datasets = {"train": base.filter(expr="split == 'train'").drop_columns(["split"])}
+    datasets.update({f"valid_r{r}": base.map_batches(rank_rows, batch_format="pandas",
+                                                     fn_kwargs={"split": "valid", "rank": r, "world": W})
+                     for r in range(W)})
+    if cfg.cache_data:
+        datasets = {k: v.materialize() for k, v in datasets.items()}
+    metric = f"valid_{task.metric}"
+    name = cfg.run_name or "adapter-" + re.sub(r"[^A-Za-z0-9_.-]", "_", out.resolve().name) + "-" + \
+        hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:8]
+    storage = cfg.storage_path or str((out / "_train").resolve())
+    loop_config = {
+        "task": task.name, "target_model": cfg.target_model, "template": template, "prompt_len": prompt_len,
+        "users": users, "sources": [str(Path(s).resolve()) for s in cfg.source], "adapter": adapter_cfg,
+        "seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "lam": cfg.lam,
+        "yes_minus_no": cfg.yes_minus_no, "prefix_cache": cfg.prefix_cache, "use_gpu": cfg.use_gpu,
+        "train_steps": train_steps, "valid_steps": valid_steps,
+        "ds_config": deepspeed_config(cfg.batch_size, cfg.zero_stage, cfg.use_gpu, cfg.zero3_persistence_threshold),
+    }
+    log.info("adapter: %d users from %d source store(s) -> %s (d %d -> %d, w %d, rank %d), %d workers x %d steps",
+             len(users), len(cfg.source), target["family"], adapter_cfg["source_dim"], adapter_cfg["target_dim"],
+             cfg.width, cfg.rank, W, train_steps)
+    trainer = TorchTrainer(
+        adapter_loop, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=W, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"GPU": 1} if cfg.use_gpu else {"CPU": cfg.cpus_per_worker}),
+        run_config=RunConfig(name=name, storage_path=storage, failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
+                                                                checkpoint_score_order=task.mode)),
+        datasets=datasets, dataset_config=DataConfig(datasets_to_split=["train"]))
+    with CostMeter(out, "adapter", cfg, workers=W) as meter:
+        result = trainer.fit()
+        if result.error:
+            raise PumaError(f"adapter training failed: {result.error}")
+        ckpt, best = best_checkpoint(result, metric, task.mode)
+        with ckpt.as_directory() as d:
+            for f in ("adapter.safetensors", "head.safetensors"):
+                shutil.copy(Path(d) / f, out / f)
+        history = run_history(result)
+        meter.samples = sum(h["train_samples"] for h in history)
+        meter.tokens = sum(h["train_tokens"] for h in history)
+        meter.flops = 4.0 * target["parameters"] * meter.tokens
+        meter.extra = {"best_epoch": int(best["epoch"]), metric: best[metric], "users": len(users)}
+    meta = {"adapter": adapter_cfg, "task": task.name, "template": template, "prompt_len": prompt_len,
+            "lam": cfg.lam, "yes_minus_no": cfg.yes_minus_no, "target": target,
+            "sources": [{"path": str(Path(s).resolve()), "model": m["model"], "dim": m["dim"],
+                         "lineage": m["lineage"]} for s, m in zip(cfg.source, sources)],
+            "users": len(users), "best_epoch": int(best["epoch"]), metric: best[metric],
+            "dataset_fingerprint": data["fingerprint"], "sha256": file_sha256(out / "adapter.safetensors")}
+    (out / "adapter.json").write_text(json.dumps(meta, indent=2) + "\n")
+    log.info("adapter: best epoch %d, %s %.4f -> %s", best["epoch"], metric, best[metric], out)
+    curve = [{k: row[k] for k in ("epoch", "train_loss", metric)} for row in history]
+    return {"out": str(out), "users": len(users), "best_epoch": int(best["epoch"]), metric: best[metric],
+            "curve": curve, "adapter_params": adapter_param_count(AdapterConfig(**adapter_cfg)), "run_name": name,
+            "wall_s": meter.record.wall_s}

@@ -1,0 +1,131 @@
+"""Ray Train worker loop for the PUMA migration adapter.
+
+Every worker holds the frozen target model, the selected users' frozen source prompts
+([n, l, sum of source dims], concatenated per user for aggregated migration) and a
+DeepSpeed engine over adapter + task head, the only trainable parameters. Rows reach
+workers through Ray Data's split of `train` (equal row counts; every rank takes the same
+number of steps). Each epoch is validated with exact metrics and checkpointed (rank 0
+writes the gathered adapter and head, so the weights are whole even under ZeRO-3).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from puma_ray.hf import load_causal_lm, load_tokenizer
+from puma_ray.llm import FrozenLM
+from puma_ray.modules import AdapterConfig, MigrationAdapter
+from puma_ray.prompt_store import load_prompts
+from puma_ray.ray_utils import quiet_ray_data_console
+from puma_ray.templates import load_template_text
+from puma_ray.train_prompts import _to_tensors, evaluate, gathered_state, init_deepspeed
+from puma_ray.training import TASKS, cycled
+
+
+class AdapterWithHead(nn.Module):
+    """The trainable part of migration: adapter (source prompt -> target prompt) + task head."""
+
+    def __init__(self, adapter_cfg: AdapterConfig, head: nn.Module) -> None:
+        super().__init__()
+        self.adapter, self.head = MigrationAdapter(adapter_cfg), head
+
+    def forward(self, source: torch.Tensor) -> torch.Tensor:
+        """[B, l, d_s] -> [B, l, d_t]."""
+        return self.adapter(source)
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.head.predict(logits)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor):
+        return self.head.loss(logits, labels)
+
+
+def source_prompts(stores: list[str], users: list[str]) -> np.ndarray:
+    """[n, l, sum d_s] float32: each user's prompts from every store, concatenated on the last axis."""
+    return np.concatenate([load_prompts(s, users) for s in stores], axis=-1)
+
+
+def adapter_loop(config: dict) -> None:
+    """train_loop_per_worker of `puma-ray adapter`."""
+    import ray.train
+    import torch.distributed as dist
+
+    quiet_ray_data_console()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    rank = ray.train.get_context().get_world_rank()
+    task = TASKS[config["task"]]
+    torch.manual_seed(config["seed"])
+    device = torch.device("cuda" if config["use_gpu"] and torch.cuda.is_available() else "cpu")
+    model = load_causal_lm(config["target_model"], dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    lm = FrozenLM(model.to(device), load_tokenizer(config["target_model"]), load_template_text(config["template"]),
+                  task.answers, prompt_len=config["prompt_len"], prefix_cache=config["prefix_cache"])
+    users = config["users"]
+    index = {u: i for i, u in enumerate(users)}
+    source = torch.from_numpy(source_prompts(config["sources"], users)).to(device)  # frozen, [n, l, d_s]
+    module = AdapterWithHead(AdapterConfig(**config["adapter"]), task.head(config["lam"], config["yes_minus_no"]))
+    engine = init_deepspeed(module.to(device), config["lr"], config["ds_config"])
+    dtype = next(engine.module.parameters()).dtype
+
+    start_epoch, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = {**{f"adapter.{k}": v for k, v in load_file(f"{d}/adapter.safetensors").items()},
+                     **{f"head.{k}": v for k, v in load_file(f"{d}/head.safetensors").items()}}
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=0):
+                engine.module.load_state_dict(state)
+            saved = json.loads(Path(f"{d}/state.json").read_text())
+            start_epoch, history = saved["epoch"] + 1, saved["history"]
+
+    def soft(rows: torch.Tensor) -> torch.Tensor:
+        return engine.module(source[rows].to(dtype))
+
+    train_shard = ray.train.get_dataset_shard("train")
+    valid_shard = ray.train.get_dataset_shard(f"valid_r{rank}")
+    B = config["batch_size"]
+    for epoch in range(start_epoch, config["epochs"]):
+        engine.train()
+        loss_sum, seen, tokens = 0.0, 0, 0
+        for batch, _ in cycled(lambda: train_shard.iter_batches(batch_size=B, batch_format="numpy",
+                                                                local_shuffle_buffer_size=4 * B,
+                                                                local_shuffle_seed=config["seed"] + epoch),
+                               config["train_steps"]):
+            rows, titles, hist, labels = _to_tensors(batch, index)
+            enc = lm.encode(titles, hist)
+            logits = lm.answer_logits(soft(rows.to(device)), enc).to(dtype)
+            if labels is None:  # padding step: join the collectives, learn nothing
+                loss = engine.module.loss(logits, torch.ones(1, device=device, dtype=dtype))[0] * 0.0
+                labels = torch.zeros(0)
+            else:
+                loss, _ = engine.module.loss(logits, labels.to(device, dtype))
+            engine.backward(loss)
+            engine.step()
+            loss_sum += float(loss.detach()) * len(labels)
+            seen += len(labels)
+            tokens += int(enc.lengths.sum()) + len(lm.template.prefix_ids) * len(labels)
+        metrics = evaluate(lm, soft, engine, valid_shard, index, task, config["valid_steps"], B, device)
+        totals = torch.tensor([loss_sum, seen, tokens], dtype=torch.float64)
+        if dist.is_initialized():
+            dist.all_reduce(totals)
+        metrics.update({"epoch": epoch, "train_loss": float(totals[0] / max(totals[1], 1)),
+                        "train_samples": int(totals[1]), "train_tokens": int(totals[2])})
+        history.append(metrics)
+        state = gathered_state(engine)
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = None
+            if rank == 0:
+                save_file({k[8:]: v for k, v in state.items() if k.startswith("adapter.")}, f"{d}/adapter.safetensors")
+                save_file({k[5:]: v for k, v in state.items() if k.startswith("head.")}, f"{d}/head.safetensors")
+                Path(f"{d}/state.json").write_text(json.dumps({"epoch": epoch, "history": history, **metrics}))
+                ckpt = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=ckpt)

@@ -1,0 +1,95 @@
+"""`puma-ray adapter`: only adapter + head train, 2-worker ZeRO-2 and ZeRO-3 runs with consolidated
+weights, aggregated sources, and clear errors for users missing from a source store."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from puma_ray.config import AdapterStageConfig, DataConfig, ModelsConfig, PromptsConfig
+from puma_ray.errors import PumaError
+from puma_ray.llm import FrozenLM
+from puma_ray.modules import AdapterConfig, MigrationAdapter, RatingHead, adapter_param_count
+from puma_ray.stages.adapter import run_adapter
+from puma_ray.stages.data import run_data
+from puma_ray.stages.models import run_models
+from puma_ray.stages.prompts import run_prompts
+from puma_ray.templates import RATING_ANSWERS, load_template_text
+from puma_ray.train_adapter import AdapterWithHead
+from puma_ray.train_prompts import make_optimizer
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def setup(ray_local, tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapter")
+    run_data(DataConfig(source="synthetic", out=str(root / "data"), users=100, items=60, seed=7))
+    for fam in ("llama", "qwen2"):
+        run_models(ModelsConfig(family=fam, data=str(root / "data"), out=str(root / fam), pretrain_steps=100))
+    run_prompts(PromptsConfig(data=str(root / "data"), model=str(root / "llama"), out=str(root / "src"), workers=2,
+                              epochs=2, lr=0.01))
+    return root
+
+
+def acfg(root, out, **kw):
+    base = dict(data=str(root / "data"), source=[str(root / "src")], target_model=str(root / "qwen2"),
+                out=str(root / out), workers=2, epochs=2, width=64, lr=3e-3)
+    return AdapterStageConfig(**{**base, **kw})
+
+
+def test_optimizer_holds_only_adapter_and_head(setup):
+    model = AutoModelForCausalLM.from_pretrained(setup / "qwen2")
+    lm = FrozenLM(model, AutoTokenizer.from_pretrained(setup / "qwen2"), load_template_text("rating_amazon"),
+                  RATING_ANSWERS)
+    module = AdapterWithHead(AdapterConfig(64, 48, width=64), RatingHead())
+    opt = make_optimizer(module, 1e-3)
+    in_opt = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert in_opt == adapter_param_count(AdapterConfig(64, 48, width=64)) + sum(p.numel() for p in module.head.parameters())
+    assert not any(p.requires_grad for p in lm.parameters())
+    lm_ids = {id(p) for p in lm.parameters()}
+    assert not any(id(p) in lm_ids for g in opt.param_groups for p in g["params"])
+
+
+def test_two_workers_zero2_train_an_adapter(setup):
+    res = run_adapter(acfg(setup, "a2"))
+    meta = json.loads((setup / "a2" / "adapter.json").read_text())
+    assert meta["adapter"]["source_dim"] == 64 and meta["adapter"]["target_dim"] == 48
+    assert meta["target"]["family"] == "qwen2" and meta["sources"][0]["model"]["family"] == "llama"
+    adapter = MigrationAdapter(AdapterConfig(**meta["adapter"]))
+    adapter.load_state_dict(load_file(setup / "a2" / "adapter.safetensors"))
+    assert res["adapter_params"] == sum(p.numel() for p in adapter.parameters())
+    assert res["curve"][-1]["train_loss"] < res["curve"][0]["train_loss"]
+    df = pd.read_parquet(setup / "data" / "interactions")
+    mean = df.loc[df["split"] == "train", "label"].mean()
+    valid = df.loc[df["split"] == "valid", "label"]
+    assert res["valid_rmse"] < float(np.sqrt(((valid - mean) ** 2).mean()))
+
+
+def test_zero3_saves_consolidated_weights(setup):
+    run_adapter(acfg(setup, "a3", zero_stage=3, zero3_persistence_threshold=0, epochs=1))
+    weights = load_file(setup / "a3" / "adapter.safetensors")
+    assert all(t.numel() > 0 for t in weights.values())
+    meta = json.loads((setup / "a3" / "adapter.json").read_text())
+    MigrationAdapter(AdapterConfig(**meta["adapter"])).load_state_dict(weights)
+
+
+def test_aggregated_sources_concatenate(setup):
+    res = run_adapter(acfg(setup, "agg", source=[str(setup / "src"), str(setup / "src")], workers=1, epochs=1))
+    meta = json.loads((setup / "agg" / "adapter.json").read_text())
+    assert meta["adapter"]["source_dim"] == 128 and len(meta["sources"]) == 2 and res["users"] == 100
+
+
+def test_users_missing_from_a_source_are_counted(setup, tmp_path):
+    sel = tmp_path / "sel"
+    sel.mkdir()
+    pq.write_table(pa.table({"user_id": ["u00000000", "nobody-1", "nobody-2"]}), sel / "selected.parquet")
+    with pytest.raises(PumaError, match="2 of the 3 selected users have no prompt"):
+        run_adapter(acfg(setup, "bad", users=str(sel)))
