@@ -494,10 +494,21 @@ class DemoConfig(StageConfig):
     movielens: Optional[str] = "../shared/data/ml-100k"
     """MovieLens 100k directory, also prepared when it exists; null skips it."""
     pretrain_steps: Optional[int] = None
-    """Catalogue pretraining steps of each tiny model; null = 100 for size tiny, else 800."""
+    """Catalogue pretraining steps of each tiny model; null = by size (tiny 100, default 400, large 800)."""
+    workers: int = 2
+    """Ray Train workers of every training stage."""
+    prompt_lr: float = 5e-3
+    """Learning rate of prompt training (above the paper's 5e-4: tiny models, few epochs)."""
+    adapter_lr: float = 1e-3
+    """Learning rate of adapter training."""
+    adapter_width: int = 256
+    """Adapter FFN width (the paper's 4096 is sized for 2048-d models)."""
 
     def validate(self) -> None:
         check(self.out != "", "out", "must not be empty")
         check(self.source_family != self.target_family, "target_family",
               "must differ from source_family (the demo migrates across families)")
         check(self.pretrain_steps is None or self.pretrain_steps >= 0, "pretrain_steps", "must be >= 0 or null")
+        check(self.workers >= 1, "workers", "must be >= 1")
+        check(self.prompt_lr > 0 and self.adapter_lr > 0, "prompt_lr", "learning rates must be > 0")
+        check(self.adapter_width >= 1, "adapter_width", "must be >= 1")

@@ -13,7 +13,10 @@ def test_demo_tiny_runs_every_available_stage(ray_local, tmp_path):
     out = tmp_path / "demo"
     report = (out / "report.md").read_text()
     assert "| synthetic |" in report and "source-llama" in report and "target-qwen2" in report
-    assert (out / "dataset_stats.png").stat().st_size > 10_000
-    assert set(summary["models"]) == {"synthetic/source-llama", "synthetic/target-qwen2"}
+    for method in ("source model", "random init (floor)", "full retraining", "PUMA adapter (all users)"):
+        assert f"| {method} |" in report
+    assert (out / "dataset_stats.png").stat().st_size > 10_000 and (out / "methods.png").stat().st_size > 10_000
+    assert set(summary["models"]) == {"source-llama", "target-qwen2"}
+    assert summary["methods"]["full retraining"]["closure"] == 1.0
     stages = [json.loads(line)["stage"] for p in out.rglob("costs.jsonl") for line in p.read_text().splitlines()]
-    assert sorted(stages) == ["data", "demo", "models", "models"]
+    assert sorted(stages) == ["adapter", "data", "demo", "models", "models", "prompts", "prompts", "prompts"]

@@ -1,31 +1,48 @@
 """`puma-ray demo`: every stage that exists so far, end to end, offline, on this machine.
 
-Today: synthetic data (and MovieLens 100k when its directory is present) -> a tiny
-source model and a tiny target model of different families, each with a tokenizer
-trained on that dataset -> report.md + dataset_stats.png with the measured costs.
-Later stages (prompts, select, adapter, migrate, evaluate, bench) join this chain
-as they land.
+Synthetic data (MovieLens 100k is prepared too when its directory is present) -> a tiny
+source and a tiny target model of different families, pretrained on the catalogue ->
+source prompts on the source model -> full retraining and the random-init floor on the
+target -> the PUMA adapter from source prompts to the target -> report.md with each
+method's validation RMSE, gap closure and measured cost, plus PNG charts.
+Selection (`select`) and bulk migration/evaluation (`migrate`, `evaluate`) join the chain
+as they land; until then the adapter trains on all users and its best-epoch validation
+RMSE is that of every user's migrated prompt.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 
-from puma_ray.config import DataConfig, DemoConfig, ModelsConfig
+from puma_ray.config import AdapterStageConfig, DataConfig, DemoConfig, ModelsConfig, PromptsConfig
 from puma_ray.runs import CostMeter, log, open_run, read_costs
+from puma_ray.stages.adapter import run_adapter
 from puma_ray.stages.data import run_data
 from puma_ray.stages.models import run_models
+from puma_ray.stages.prompts import run_prompts
 
-SIZES = {"tiny": 300, "default": 2000, "large": 20000}
+
+@dataclass(frozen=True)
+class Size:
+    """How big each demo size is."""
+
+    users: int
+    pretrain_steps: int
+    prompt_epochs: int
+    adapter_epochs: int
+
+
+SIZES = {"tiny": Size(150, 100, 2, 2), "default": Size(600, 400, 8, 4), "large": Size(5000, 800, 15, 4)}
 
 
 def _datasets(cfg: DemoConfig, out: Path) -> dict[str, DataConfig]:
     sets = {"synthetic": DataConfig(source="synthetic", out=str(out / "data" / "synthetic"), seed=cfg.seed,
-                                    users=SIZES[cfg.size])}
+                                    users=SIZES[cfg.size].users)}
     if cfg.movielens and (Path(cfg.movielens) / "u.data").is_file():
         sets["ml-100k"] = DataConfig(source="movielens", input=cfg.movielens, out=str(out / "data" / "ml-100k"),
                                      seed=cfg.seed)
@@ -52,9 +69,51 @@ def plot_datasets(data_dirs: dict[str, Path], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def write_report(out: Path, data: dict[str, dict], models: dict[str, dict], costs: list[dict]) -> Path:
-    lines = ["# puma-ray demo", "", "## Datasets", "",
-             "| dataset | rows | users | items | train | valid | dropped rows |", "|---|---:|---:|---:|---:|---:|---|"]
+def closure(floor: float, retrained: float, migrated: float) -> float:
+    """Gap closure for an error metric: 1.0 matches full retraining (DESIGN.md)."""
+    return (floor - migrated) / (floor - retrained) if floor != retrained else float("nan")
+
+
+def plot_methods(rows: list[dict], path: Path) -> None:
+    """Validation RMSE and measured device-seconds of each method, side by side."""
+    fig = Figure(figsize=(11, 4.2))
+    ax_m, ax_c = fig.subplots(1, 2)
+    names = [r["method"] for r in rows]
+    colors = ["#8c8c8c", "#c44e52", "#4c72b0", "#55a868"][: len(rows)]
+    ax_m.bar(names, [r["rmse"] for r in rows], color=colors)
+    lo = min(r["rmse"] for r in rows)
+    ax_m.set_ylim(lo * 0.95, max(r["rmse"] for r in rows) * 1.02)
+    ax_m.set(title="validation RMSE on the target (lower is better)", ylabel="RMSE")
+    for k, r in enumerate(rows):
+        ax_m.annotate(f"{r['rmse']:.4f}", (k, r["rmse"]), ha="center", va="bottom", fontsize=8)
+    costed = [r for r in rows if r.get("device_s") is not None]
+    ax_c.bar([r["method"] for r in costed], [r["device_s"] for r in costed], color=colors[: len(costed)])
+    ax_c.set(title="measured cost on the target side", ylabel="device-seconds")
+    for ax in (ax_m, ax_c):
+        ax.tick_params(axis="x", labelrotation=15, labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def write_report(out: Path, cfg: DemoConfig, data: dict[str, dict], models: dict[str, dict], methods: list[dict],
+                 costs: list[dict]) -> Path:
+    lines = ["# puma-ray demo", "",
+             f"Size `{cfg.size}`, seed {cfg.seed}: prompts migrate from a tiny {cfg.source_family} to a tiny "
+             f"{cfg.target_family}. Metric: validation RMSE of every user on the target model "
+             "(the source row is on the source model).", "", "## Migration", "",
+             "| method | valid RMSE | gap closure | wall s | device-s | cost vs full retraining |",
+             "|---|---:|---:|---:|---:|---:|"]
+    base = next(m for m in methods if m["method"] == "full retraining")["device_s"]
+    for m in methods:
+        ratio = f"{m['device_s'] / base:.2f}x ({100 * (1 - m['device_s'] / base):.0f}% less)" \
+            if m.get("device_s") is not None and m["method"] not in ("full retraining", "source model") else "-"
+        close = f"{m['closure']:.2f}" if m.get("closure") is not None else "-"
+        lines.append(f"| {m['method']} | {m['rmse']:.4f} | {close} | {m['wall_s']:.1f} | {m['device_s']:.1f} | "
+                     f"{ratio} |")
+    lines += ["", "Gap closure = (floor - method) / (floor - full retraining); 1.0 matches full retraining. "
+              "PUMA's adapter trains on all users here (user selection is not in the engine yet), so its cost "
+              "is not yet the paper's ~2%.", "", "![methods](methods.png)", "", "## Datasets", "",
+              "| dataset | rows | users | items | train | valid | dropped rows |", "|---|---:|---:|---:|---:|---:|---|"]
     for name, s in data.items():
         dropped = ", ".join(f"{k} {v}" for k, v in s["rows_dropped"].items() if v) or "none"
         lines.append(f"| {name} | {s['rows']} | {s['users']} | {s['items']} | {s['splits']['train']} | "
@@ -68,35 +127,67 @@ def write_report(out: Path, data: dict[str, dict], models: dict[str, dict], cost
         lines.append(f"| {name} | {s['family']} | {s['hidden_size']} | {s['parameters']} | {s['vocab_size']} | "
                      f"{s['pretrain_steps']} | {loss} | {s['fingerprint'][:12]} |")
     lines += ["", "## Measured cost of each stage run", "",
-              "| stage | run | wall s | workers | device | samples | peak memory MB |",
-              "|---|---|---:|---:|---|---:|---:|"]
+              "| stage | run | wall s | workers | device | samples | tokens | peak memory MB |",
+              "|---|---|---:|---:|---|---:|---:|---:|"]
     for c in costs:
-        lines.append(f"| {c['stage']} | {c['run']} | {c['wall_s']:.1f} | {c['workers']} | {c['device_kind']} | {c['samples']} | "
-                     f"{c['peak_memory_bytes'] / 2**20:.0f} |")
+        lines.append(f"| {c['stage']} | {c['run']} | {c['wall_s']:.1f} | {c['workers']} | {c['device_kind']} | "
+                     f"{c['samples']} | {c['tokens']} | {c['peak_memory_bytes'] / 2**20:.0f} |")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
+def _device_s(run_dir: Path) -> float:
+    return read_costs(run_dir)[-1]["device_seconds"]
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the available chain under `cfg.out`; returns the JSON summary."""
     out = open_run(cfg.out, "demo", cfg)
+    size = SIZES[cfg.size]
+    steps = cfg.pretrain_steps if cfg.pretrain_steps is not None else size.pretrain_steps
     data, models, data_dirs = {}, {}, {}
-    steps = cfg.pretrain_steps if cfg.pretrain_steps is not None else (100 if cfg.size == "tiny" else 800)
     with CostMeter(out, "demo", cfg) as meter:
         for name, dcfg in _datasets(cfg, out).items():
             log.info("demo: preparing dataset %s", name)
             data[name] = run_data(dcfg)
             data_dirs[name] = Path(dcfg.out)
-            for role, family in (("source", cfg.source_family), ("target", cfg.target_family)):
-                key = f"{name}/{role}-{family}"
-                log.info("demo: building %s model %s", role, key)
-                models[key] = run_models(ModelsConfig(family=family, data=dcfg.out, seed=cfg.seed,
-                                                      pretrain_steps=steps,
-                                                      out=str(out / "models" / name / f"{role}-{family}")))
         plot_datasets(data_dirs, out / "dataset_stats.png")
+        syn = str(data_dirs["synthetic"])
+        paths = {}
+        for role, family in (("source", cfg.source_family), ("target", cfg.target_family)):
+            paths[role] = str(out / "models" / f"{role}-{family}")
+            log.info("demo: building the %s model (%s)", role, family)
+            models[f"{role}-{family}"] = run_models(ModelsConfig(family=family, data=syn, seed=cfg.seed,
+                                                                 pretrain_steps=steps, out=paths[role]))
+        common = dict(data=syn, workers=cfg.workers, epochs=size.prompt_epochs, lr=cfg.prompt_lr, seed=cfg.seed)
+        runs = {}
+        for key, model, extra in (("source", paths["source"], {}), ("retrained", paths["target"], {}),
+                                  ("floor", paths["target"], {"freeze_prompts": True})):
+            log.info("demo: training prompts: %s", key)
+            runs[key] = run_prompts(PromptsConfig(model=model, out=str(out / "prompts" / key), **common, **extra))
+        log.info("demo: training the PUMA adapter (all users)")
+        runs["adapter"] = run_adapter(AdapterStageConfig(
+            data=syn, source=[str(out / "prompts" / "source")], target_model=paths["target"],
+            out=str(out / "adapter"), workers=cfg.workers, epochs=size.adapter_epochs, lr=cfg.adapter_lr,
+            width=cfg.adapter_width, seed=cfg.seed))
+        floor, full = runs["floor"]["valid_rmse"], runs["retrained"]["valid_rmse"]
+        methods = [
+            {"method": "source model", "rmse": runs["source"]["valid_rmse"], "wall_s": runs["source"]["wall_s"],
+             "device_s": _device_s(out / "prompts" / "source")},
+            {"method": "random init (floor)", "rmse": floor, "closure": 0.0, "wall_s": runs["floor"]["wall_s"],
+             "device_s": _device_s(out / "prompts" / "floor")},
+            {"method": "full retraining", "rmse": full, "closure": 1.0, "wall_s": runs["retrained"]["wall_s"],
+             "device_s": _device_s(out / "prompts" / "retrained")},
+            {"method": "PUMA adapter (all users)", "rmse": runs["adapter"]["valid_rmse"],
+             "closure": closure(floor, full, runs["adapter"]["valid_rmse"]), "wall_s": runs["adapter"]["wall_s"],
+             "device_s": _device_s(out / "adapter")},
+        ]
+        plot_methods(methods, out / "methods.png")
         meter.samples = sum(s["rows"] for s in data.values())
-    report = write_report(out, data, models, read_costs(out))
+    report = write_report(out, cfg, data, models, methods, read_costs(out))
     log.info("demo: report at %s", report)
     return {"out": str(out), "report": str(report), "datasets": {k: v["rows"] for k, v in data.items()},
+            "methods": {m["method"]: {"rmse": m["rmse"], "closure": m.get("closure"), "device_s": m["device_s"]}
+                        for m in methods},
             "models": {k: v["path"] for k, v in models.items()}, "wall_s": meter.record.wall_s}
