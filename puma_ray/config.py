@@ -440,6 +440,10 @@ class AdapterStageConfig(StageConfig):
     """0 = full-rank adapter; r > 0 factorises every linear through rank r."""
     dropout: float = 0.1
     """Adapter dropout."""
+    lora_rank: int = 0
+    """LoRA co-adaptation of the target model (PEFT, all linear layers) with this rank; 0 = off."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (alpha / rank scales the update)."""
     template: Optional[str] = None
     """Template; null = the one the first source store's head was trained with, else by task."""
     lam: float = 0.2
@@ -473,6 +477,9 @@ class AdapterStageConfig(StageConfig):
         check(self.width >= 1, "width", "must be >= 1")
         check(self.rank >= 0, "rank", "must be >= 0 (0 = full rank)")
         check(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
+        check(self.lora_rank >= 0, "lora_rank", "must be >= 0 (0 = off)")
+        check(not (self.lora_rank and self.zero_stage == 3), "lora_rank",
+              "LoRA co-adaptation runs with zero_stage 0-2 (the answer head reads target weights directly)")
         check(0 <= self.lam <= 1, "lam", "must be in [0, 1]")
         check(self.max_failures >= 0, "max_failures", "must be >= 0")
 

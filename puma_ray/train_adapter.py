@@ -31,11 +31,13 @@ from puma_ray.training import TASKS, cycled
 
 
 class AdapterWithHead(nn.Module):
-    """The trainable part of migration: adapter (source prompt -> target prompt) + task head."""
+    """The trainable part of migration: adapter (source prompt -> target prompt) + task head,
+    and with LoRA co-adaptation the PEFT-wrapped target (only its lora_ weights train)."""
 
-    def __init__(self, adapter_cfg: AdapterConfig, head: nn.Module) -> None:
+    def __init__(self, adapter_cfg: AdapterConfig, head: nn.Module, lora: nn.Module | None = None) -> None:
         super().__init__()
         self.adapter, self.head = MigrationAdapter(adapter_cfg), head
+        self.lora = lora
 
     def forward(self, source: torch.Tensor) -> torch.Tensor:
         """[B, l, d_s] -> [B, l, d_t]."""
@@ -65,12 +67,22 @@ def adapter_loop(config: dict) -> None:
     torch.manual_seed(config["seed"])
     device = torch.device("cuda" if config["use_gpu"] and torch.cuda.is_available() else "cpu")
     model = load_causal_lm(config["target_model"], dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    lora = config.get("lora")
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(**lora))
+    # a co-adapted target changes under training: its prefix key/values cannot be cached
     lm = FrozenLM(model.to(device), load_tokenizer(config["target_model"]), load_template_text(config["template"]),
-                  task.answers, prompt_len=config["prompt_len"], prefix_cache=config["prefix_cache"])
+                  task.answers, prompt_len=config["prompt_len"], prefix_cache=config["prefix_cache"] and not lora)
+    if lora:
+        for name, p in model.named_parameters():
+            p.requires_grad_("lora_" in name)
     users = config["users"]
     index = {u: i for i, u in enumerate(users)}
     source = torch.from_numpy(source_prompts(config["sources"], users)).to(device)  # frozen, [n, l, d_s]
-    module = AdapterWithHead(AdapterConfig(**config["adapter"]), task.head(config["lam"], config["yes_minus_no"]))
+    module = AdapterWithHead(AdapterConfig(**config["adapter"]), task.head(config["lam"], config["yes_minus_no"]),
+                             lora=model if lora else None)
     engine = init_deepspeed(module.to(device), config["lr"], config["ds_config"])
     dtype = next(engine.module.parameters()).dtype
 
@@ -80,10 +92,12 @@ def adapter_loop(config: dict) -> None:
         with checkpoint.as_directory() as d:
             state = {**{f"adapter.{k}": v for k, v in load_file(f"{d}/adapter.safetensors").items()},
                      **{f"head.{k}": v for k, v in load_file(f"{d}/head.safetensors").items()}}
+            if lora:
+                state.update({f"lora.{k}": v for k, v in load_file(f"{d}/lora.safetensors").items()})
             import deepspeed
 
             with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=0):
-                engine.module.load_state_dict(state)
+                engine.module.load_state_dict(state, strict=not lora)
             saved = json.loads(Path(f"{d}/state.json").read_text())
             start_epoch, history = saved["epoch"] + 1, saved["history"]
 
@@ -126,6 +140,9 @@ def adapter_loop(config: dict) -> None:
             if rank == 0:
                 save_file({k[8:]: v for k, v in state.items() if k.startswith("adapter.")}, f"{d}/adapter.safetensors")
                 save_file({k[5:]: v for k, v in state.items() if k.startswith("head.")}, f"{d}/head.safetensors")
+                if lora:
+                    save_file({k[5:]: v for k, v in state.items() if k.startswith("lora.") and "lora_" in k},
+                              f"{d}/lora.safetensors")
                 Path(f"{d}/state.json").write_text(json.dumps({"epoch": epoch, "history": history, **metrics}))
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=ckpt)

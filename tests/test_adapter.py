@@ -93,3 +93,21 @@ def test_users_missing_from_a_source_are_counted(setup, tmp_path):
     pq.write_table(pa.table({"user_id": ["u00000000", "nobody-1", "nobody-2"]}), sel / "selected.parquet")
     with pytest.raises(PumaError, match="2 of the 3 selected users have no prompt"):
         run_adapter(acfg(setup, "bad", users=str(sel)))
+
+
+def test_lora_co_adaptation_saves_in_peft_format(setup):
+    from peft import PeftModel
+
+    run_adapter(acfg(setup, "lora", workers=1, epochs=1, lora_rank=4))
+    meta = json.loads((setup / "lora" / "adapter.json").read_text())
+    assert meta["lora"]["r"] == 4
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(setup / "qwen2"), setup / "lora" / "lora")
+    lora_b = [p for n, p in peft_model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: non-zero means it trained
+
+
+def test_lora_refuses_zero3():
+    from puma_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lora_rank"):
+        AdapterStageConfig(data="d", source=["s"], target_model="m", out="o", lora_rank=4, zero_stage=3)

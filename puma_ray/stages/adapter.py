@@ -18,12 +18,13 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import ray
+from safetensors.torch import load_file
 
 from puma_ray.config import AdapterStageConfig
 from puma_ray.data.schema import file_sha256, shard_paths
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.errors import PumaError
-from puma_ray.hf import describe_model
+from puma_ray.hf import describe_model, load_causal_lm
 from puma_ray.modules import AdapterConfig, adapter_param_count
 from puma_ray.prompt_store import iter_prompts
 from puma_ray.prompt_store import read_manifest as read_store_manifest
@@ -60,6 +61,18 @@ def check_sources(stores: list[str], users: list[str], task: str) -> list[dict]:
             raise PumaError(f"{len(want)} of the {len(users)} selected users have no prompt in source store {store} "
                             f"(e.g. {sorted(want)[:3]})")
     return manifests
+
+
+def save_lora(target_model: str, lora_cfg: dict, weights: dict, path: Path) -> None:
+    """The co-adapted LoRA weights in PEFT's own format (PeftModel.from_pretrained reads it)."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(load_causal_lm(target_model), LoraConfig(**lora_cfg))
+    missing = set(weights) - set(peft_model.state_dict())
+    if missing:
+        raise PumaError(f"LoRA checkpoint has weights the target model lacks: {sorted(missing)[:3]}")
+    peft_model.load_state_dict(weights, strict=False)
+    peft_model.save_pretrained(path)
 
 
 def _select_rows(batch: pd.DataFrame, users_ref) -> pd.DataFrame:
@@ -109,6 +122,8 @@ def run_adapter(cfg: AdapterStageConfig) -> dict:
         "seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "lam": cfg.lam,
         "yes_minus_no": cfg.yes_minus_no, "prefix_cache": cfg.prefix_cache, "use_gpu": cfg.use_gpu,
         "train_steps": train_steps, "valid_steps": valid_steps,
+        "lora": {"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "target_modules": "all-linear",
+                 "lora_dropout": 0.0} if cfg.lora_rank else None,
         "ds_config": deepspeed_config(cfg.batch_size, cfg.zero_stage, cfg.use_gpu, cfg.zero3_persistence_threshold),
     }
     log.info("adapter: %d users from %d source store(s) -> %s (d %d -> %d, w %d, rank %d), %d workers x %d steps",
@@ -130,12 +145,15 @@ def run_adapter(cfg: AdapterStageConfig) -> dict:
         with ckpt.as_directory() as d:
             for f in ("adapter.safetensors", "head.safetensors"):
                 shutil.copy(Path(d) / f, out / f)
+            if cfg.lora_rank:
+                save_lora(cfg.target_model, loop_config["lora"], load_file(Path(d) / "lora.safetensors"), out / "lora")
         history = run_history(result)
         meter.samples = sum(h["train_samples"] for h in history)
         meter.tokens = sum(h["train_tokens"] for h in history)
         meter.flops = 4.0 * target["parameters"] * meter.tokens
         meter.extra = {"best_epoch": int(best["epoch"]), metric: best[metric], "users": len(users)}
-    meta = {"adapter": adapter_cfg, "task": task.name, "template": template, "prompt_len": prompt_len,
+    meta = {"adapter": adapter_cfg, "lora": {**loop_config["lora"], "path": "lora"} if cfg.lora_rank else None,
+            "task": task.name, "template": template, "prompt_len": prompt_len,
             "lam": cfg.lam, "yes_minus_no": cfg.yes_minus_no, "target": target,
             "sources": [{"path": str(Path(s).resolve()), "model": m["model"], "dim": m["dim"],
                          "lineage": m["lineage"]} for s, m in zip(cfg.source, sources)],
