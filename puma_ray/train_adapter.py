@@ -26,7 +26,7 @@ from puma_ray.modules import AdapterConfig, MigrationAdapter
 from puma_ray.prompt_store import load_prompts
 from puma_ray.ray_utils import quiet_ray_data_console
 from puma_ray.templates import load_template_text
-from puma_ray.train_prompts import _to_tensors, evaluate, gathered_state, init_deepspeed
+from puma_ray.train_prompts import _to_tensors, evaluate, gathered_state, init_deepspeed, train_totals
 from puma_ray.training import TASKS, cycled
 
 
@@ -58,7 +58,6 @@ def source_prompts(stores: list[str], users: list[str]) -> np.ndarray:
 def adapter_loop(config: dict) -> None:
     """train_loop_per_worker of `puma-ray adapter`."""
     import ray.train
-    import torch.distributed as dist
 
     quiet_ray_data_console()
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
@@ -128,11 +127,7 @@ def adapter_loop(config: dict) -> None:
             seen += len(labels)
             tokens += int(enc.lengths.sum()) + len(lm.template.prefix_ids) * len(labels)
         metrics = evaluate(lm, soft, engine, valid_shard, index, task, config["valid_steps"], B, device)
-        totals = torch.tensor([loss_sum, seen, tokens], dtype=torch.float64)
-        if dist.is_initialized():
-            dist.all_reduce(totals)
-        metrics.update({"epoch": epoch, "train_loss": float(totals[0] / max(totals[1], 1)),
-                        "train_samples": int(totals[1]), "train_tokens": int(totals[2])})
+        metrics.update(train_totals(epoch, loss_sum, seen, tokens))
         history.append(metrics)
         state = gathered_state(engine)
         with tempfile.TemporaryDirectory() as d:

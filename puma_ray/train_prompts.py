@@ -90,6 +90,17 @@ def gathered_state(engine) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone().cpu() for k, v in module.state_dict().items()}
 
 
+def train_totals(epoch: int, loss_sum: float, seen: int, tokens: int) -> dict:
+    """Epoch's mean training loss, samples and tokens summed over every rank."""
+    import torch.distributed as dist
+
+    totals = torch.tensor([loss_sum, seen, tokens], dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(totals)
+    return {"epoch": epoch, "train_loss": float(totals[0] / max(totals[1], 1)), "train_samples": int(totals[1]),
+            "train_tokens": int(totals[2])}
+
+
 def owned_users(users_path: str, rank: int, world: int) -> list[str]:
     """This rank's users in user_idx order: its local table rows."""
     ids = pq.read_table(users_path, columns=["user_id"]).column(0).to_pylist()
@@ -107,7 +118,6 @@ def _to_tensors(batch, index: dict[str, int]):
 def prompts_loop(config: dict) -> None:
     """train_loop_per_worker of `puma-ray prompts`."""
     import ray.train
-    import torch.distributed as dist
 
     quiet_ray_data_console()
     # DeepSpeed calls torch.distributed names torch has deprecated, once per collective
@@ -183,11 +193,7 @@ def prompts_loop(config: dict) -> None:
         empty = torch.zeros(1, config["prompt_len"], lm.hidden, device=device)
         metrics = evaluate(lm, table if len(users) else (lambda rows: empty), engine, valid_shard, index, task,
                            config["valid_steps"], B, device)
-        totals = torch.tensor([loss_sum, seen, tokens], dtype=torch.float64)
-        if dist.is_initialized():
-            dist.all_reduce(totals)
-        metrics.update({"epoch": epoch, "train_loss": float(totals[0] / max(totals[1], 1)),
-                        "train_samples": int(totals[1]), "train_tokens": int(totals[2])})
+        metrics.update(train_totals(epoch, loss_sum, seen, tokens))
         history.append(metrics)
         head_state = gathered_state(engine)
         with tempfile.TemporaryDirectory() as d:

@@ -125,4 +125,4 @@ def test_every_job_entrypoint_starts_with_its_submit_command():
     for name in COMMANDS:
         job = REPO / "jobs" / f"{name}.py"
         assert job.is_file(), f"no jobs/{name}.py"
-        assert job.read_text().startswith(f"# ray job submit ") and f"jobs/{name}.py" in job.read_text().splitlines()[0]
+        assert job.read_text().startswith("# ray job submit ") and f"jobs/{name}.py" in job.read_text().splitlines()[0]

@@ -9,9 +9,7 @@ A selection directory holds `selected.parquet` with a `user_id` column (what
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -30,7 +28,7 @@ from puma_ray.prompt_store import iter_prompts
 from puma_ray.prompt_store import read_manifest as read_store_manifest
 from puma_ray.ray_utils import init_ray
 from puma_ray.runs import CostMeter, log, open_run
-from puma_ray.stages.prompts import best_checkpoint, run_history
+from puma_ray.stages.prompts import best_checkpoint, build_trainer, run_history, run_name
 from puma_ray.train_adapter import adapter_loop
 from puma_ray.train_prompts import deepspeed_config
 from puma_ray.training import TASKS, rank_rows, steps_for
@@ -82,9 +80,6 @@ def _select_rows(batch: pd.DataFrame, users_ref) -> pd.DataFrame:
 
 def run_adapter(cfg: AdapterStageConfig) -> dict:
     """Train the adapter; returns the JSON summary."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     data = read_data_manifest(cfg.data)
     task = TASKS[data["task"]]
     out = open_run(cfg.out, "adapter", cfg)
@@ -113,8 +108,7 @@ def run_adapter(cfg: AdapterStageConfig) -> dict:
     if cfg.cache_data:
         datasets = {k: v.materialize() for k, v in datasets.items()}
     metric = f"valid_{task.metric}"
-    name = cfg.run_name or "adapter-" + re.sub(r"[^A-Za-z0-9_.-]", "_", out.resolve().name) + "-" + \
-        hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:8]
+    name = cfg.run_name or run_name("adapter", out)
     storage = cfg.storage_path or str((out / "_train").resolve())
     loop_config = {
         "task": task.name, "target_model": cfg.target_model, "template": template, "prompt_len": prompt_len,
@@ -129,14 +123,8 @@ def run_adapter(cfg: AdapterStageConfig) -> dict:
     log.info("adapter: %d users from %d source store(s) -> %s (d %d -> %d, w %d, rank %d), %d workers x %d steps",
              len(users), len(cfg.source), target["family"], adapter_cfg["source_dim"], adapter_cfg["target_dim"],
              cfg.width, cfg.rank, W, train_steps)
-    trainer = TorchTrainer(
-        adapter_loop, train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=W, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"GPU": 1} if cfg.use_gpu else {"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=storage, failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
-                                                                checkpoint_score_order=task.mode)),
-        datasets=datasets, dataset_config=DataConfig(datasets_to_split=["train"]))
+    trainer = build_trainer(adapter_loop, loop_config, cfg, name, storage, metric, task.mode, datasets,
+                            split=["train"])
     with CostMeter(out, "adapter", cfg, workers=W) as meter:
         result = trainer.fit()
         if result.error:

@@ -46,10 +46,26 @@ def rank_datasets(data_dir: str, world: int, cache: bool) -> dict:
     return {k: v.materialize() for k, v in sets.items()} if cache else sets
 
 
-def run_name(cfg: PromptsConfig) -> str:
-    """Stable per output: the same --out resumes the same Ray Train run."""
-    out = str(Path(cfg.out).resolve())
-    return f"prompts-{re.sub(r'[^A-Za-z0-9_.-]', '_', Path(out).name)}-{hashlib.sha256(out.encode()).hexdigest()[:8]}"
+def run_name(stage: str, out: str | Path) -> str:
+    """Stable per output directory: the same --out resumes the same Ray Train run."""
+    out = str(Path(out).resolve())
+    return f"{stage}-{re.sub(r'[^A-Za-z0-9_.-]', '_', Path(out).name)}-{hashlib.sha256(out.encode()).hexdigest()[:8]}"
+
+
+def build_trainer(loop, loop_config: dict, cfg, name: str, storage: str, metric: str, mode: str, datasets: dict,
+                  split: list[str]):
+    """TorchTrainer with the shared scaling, failure and best-checkpoint settings of a training stage."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    resources = {"GPU": 1} if cfg.use_gpu else {"CPU": cfg.cpus_per_worker}
+    return TorchTrainer(
+        loop, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(name=name, storage_path=storage, failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
+                                                                checkpoint_score_order=mode)),
+        datasets=datasets, dataset_config=DataConfig(datasets_to_split=split))
 
 
 def best_checkpoint(result, metric: str, mode: str):
@@ -86,9 +102,6 @@ def write_store(ckpt, out: Path, world: int, manifest_fields: dict) -> dict:
 
 def run_prompts(cfg: PromptsConfig) -> dict:
     """Train prompts for every user of `cfg.data` on `cfg.model`; returns the JSON summary."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     data = read_data_manifest(cfg.data)
     task = TASKS[data["task"]]
     out = open_run(cfg.out, "prompts", cfg)
@@ -116,19 +129,13 @@ def run_prompts(cfg: PromptsConfig) -> dict:
         "kill_after": os.environ.get("PUMA_KILL_RANK_AFTER_EPOCH"),
         "ds_config": deepspeed_config(cfg.batch_size, cfg.zero_stage, cfg.use_gpu, cfg.zero3_persistence_threshold),
     }
-    name = cfg.run_name or run_name(cfg)
+    name = cfg.run_name or run_name("prompts", out)
     storage = cfg.storage_path or str((out / "_train").resolve())
     loop_config["fault_marker"] = str(Path(storage) / name / "fault-injected")
     log.info("prompts: %d users, %d workers x %d steps/epoch, %d epochs, ZeRO-%d, run %s", len(users), W,
              train_steps, cfg.epochs, cfg.zero_stage, name)
-    trainer = TorchTrainer(
-        prompts_loop, train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=W, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"GPU": 1} if cfg.use_gpu else {"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=storage, failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
-                                                                checkpoint_score_order=task.mode)),
-        datasets=rank_datasets(cfg.data, W, cfg.cache_data), dataset_config=DataConfig(datasets_to_split=[]))
+    trainer = build_trainer(prompts_loop, loop_config, cfg, name, storage, metric, task.mode,
+                            rank_datasets(cfg.data, W, cfg.cache_data), split=[])
     with CostMeter(out, "prompts", cfg, workers=W) as meter:
         result = trainer.fit()
         if result.error:
