@@ -28,6 +28,11 @@ def _friendly_load(fn, name: str, what: str):
                         "(give a Hugging Face model directory, e.g. one made by `puma-ray models`, or a hub id)") from None
 
 
+def model_ref(name: str) -> str:
+    """A local model directory as an absolute path (Ray workers run elsewhere), a hub id unchanged."""
+    return str(Path(name).resolve()) if Path(name).exists() else name
+
+
 def load_tokenizer(name: str):
     """AutoTokenizer for a model directory or hub id; a clear PumaError when it is not one."""
     from transformers import AutoTokenizer

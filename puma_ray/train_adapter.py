@@ -25,7 +25,6 @@ from puma_ray.llm import FrozenLM
 from puma_ray.modules import AdapterConfig, MigrationAdapter
 from puma_ray.prompt_store import load_prompts
 from puma_ray.ray_utils import quiet_ray_data_console
-from puma_ray.templates import load_template_text
 from puma_ray.train_prompts import _to_tensors, evaluate, gathered_state, init_deepspeed, train_totals
 from puma_ray.training import TASKS, cycled
 
@@ -72,7 +71,7 @@ def adapter_loop(config: dict) -> None:
 
         model = get_peft_model(model, LoraConfig(**lora))
     # a co-adapted target changes under training: its prefix key/values cannot be cached
-    lm = FrozenLM(model.to(device), load_tokenizer(config["target_model"]), load_template_text(config["template"]),
+    lm = FrozenLM(model.to(device), load_tokenizer(config["target_model"]), config["template_text"],
                   task.answers, prompt_len=config["prompt_len"], prefix_cache=config["prefix_cache"] and not lora)
     if lora:
         for name, p in model.named_parameters():

@@ -29,7 +29,6 @@ from puma_ray.llm import FrozenLM
 from puma_ray.modules import SoftPromptTable
 from puma_ray.prompt_store import load_prompts
 from puma_ray.ray_utils import quiet_ray_data_console
-from puma_ray.templates import load_template_text
 from puma_ray.training import TASKS, cycled, owner
 
 
@@ -128,7 +127,7 @@ def prompts_loop(config: dict) -> None:
     torch.manual_seed(config["seed"])
     device = torch.device("cuda" if config["use_gpu"] and torch.cuda.is_available() else "cpu")
     model = load_causal_lm(config["model"], dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
-    lm = FrozenLM(model.to(device), load_tokenizer(config["model"]), load_template_text(config["template"]),
+    lm = FrozenLM(model.to(device), load_tokenizer(config["model"]), config["template_text"],
                   task.answers, prompt_len=config["prompt_len"], prefix_cache=config["prefix_cache"])
     users = owned_users(config["users_path"], rank, world)
     index = {u: i for i, u in enumerate(users)}

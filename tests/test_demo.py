@@ -8,8 +8,9 @@ from puma_ray.config import DemoConfig
 from puma_ray.stages.demo import run_demo
 
 
-def test_demo_tiny_runs_every_available_stage(ray_local, tmp_path):
-    summary = run_demo(DemoConfig(out=str(tmp_path / "demo"), size="tiny", movielens=None))
+def test_demo_tiny_runs_every_available_stage(ray_local, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths, as the README's command gives them, must reach Ray workers
+    summary = run_demo(DemoConfig(out="demo", size="tiny", movielens=None))
     out = tmp_path / "demo"
     report = (out / "report.md").read_text()
     assert "| synthetic |" in report and "source-llama" in report and "target-qwen2" in report

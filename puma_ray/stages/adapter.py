@@ -22,7 +22,7 @@ from puma_ray.config import AdapterStageConfig
 from puma_ray.data.schema import file_sha256, shard_paths
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.errors import PumaError
-from puma_ray.hf import describe_model, load_causal_lm
+from puma_ray.hf import describe_model, load_causal_lm, model_ref
 from puma_ray.modules import AdapterConfig, adapter_param_count
 from puma_ray.prompt_store import iter_prompts
 from puma_ray.prompt_store import read_manifest as read_store_manifest
@@ -31,6 +31,7 @@ from puma_ray.runs import CostMeter, log, open_run
 from puma_ray.stages.prompts import best_checkpoint, build_trainer, run_history, run_name
 from puma_ray.train_adapter import adapter_loop
 from puma_ray.train_prompts import deepspeed_config
+from puma_ray.templates import load_template_text
 from puma_ray.training import TASKS, rank_rows, steps_for
 
 
@@ -98,7 +99,7 @@ def run_adapter(cfg: AdapterStageConfig) -> dict:
     train_steps = steps_for([-(-int(counts["n_train"].sum()) // W)], cfg.batch_size)
     valid_rows = int(counts["n_valid"].sum())
     valid_steps = steps_for([valid_rows], cfg.batch_size) if valid_rows else 0  # upper bound for every rank
-    base = ray.data.read_parquet([str(p) for p in shard_paths(cfg.data)],
+    base = ray.data.read_parquet([str(p.resolve()) for p in shard_paths(cfg.data)],
                                  columns=["user_id", "item_text", "history_text", "label", "split"])
     base = base.map_batches(_select_rows, batch_format="pandas", fn_kwargs={"users_ref": ray.put(set(users))})
     datasets = {"train": base.filter(expr="split == 'train'").drop_columns(["split"])}
@@ -111,7 +112,7 @@ def run_adapter(cfg: AdapterStageConfig) -> dict:
     name = cfg.run_name or run_name("adapter", out)
     storage = cfg.storage_path or str((out / "_train").resolve())
     loop_config = {
-        "task": task.name, "target_model": cfg.target_model, "template": template, "prompt_len": prompt_len,
+        "task": task.name, "target_model": model_ref(cfg.target_model), "template_text": load_template_text(template), "prompt_len": prompt_len,
         "users": users, "sources": [str(Path(s).resolve()) for s in cfg.source], "adapter": adapter_cfg,
         "seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "lam": cfg.lam,
         "yes_minus_no": cfg.yes_minus_no, "prefix_cache": cfg.prefix_cache, "use_gpu": cfg.use_gpu,

@@ -59,7 +59,7 @@ def _collect(ds, what: str, total: int) -> list[dict]:
 
 def _real_source(cfg: DataConfig, prep: Preprocessing, out: Path) -> dict:
     source = make_source(cfg)
-    input_path = Path(cfg.input)
+    input_path = Path(cfg.input).resolve()
     if not input_path.exists():
         raise PumaError(f"--input {input_path}: no such file or directory")
     files = source.files(input_path)
@@ -179,7 +179,7 @@ def fingerprint(out: Path, shards: list[dict]) -> str:
 
 def run_data(cfg: DataConfig) -> dict:
     """Build the dataset directory `cfg.out`; returns the JSON summary."""
-    out = open_run(cfg.out, "data", cfg)
+    out = open_run(cfg.out, "data", cfg).resolve()  # Ray tasks write here from their own working directory
     _clean(out)
     (out / "interactions").mkdir(parents=True)
     init_ray()

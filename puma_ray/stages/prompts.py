@@ -22,12 +22,13 @@ from puma_ray.config import PromptsConfig
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import shard_paths
 from puma_ray.errors import PumaError
-from puma_ray.hf import describe_model
+from puma_ray.hf import describe_model, model_ref
 from puma_ray.prompt_store import check_model, finalize, write_shard
 from puma_ray.prompt_store import read_manifest as read_store_manifest
 from puma_ray.ray_utils import init_ray
 from puma_ray.runs import CostMeter, log, open_run
 from puma_ray.train_prompts import deepspeed_config, prompts_loop
+from puma_ray.templates import load_template_text
 from puma_ray.training import TASKS, rank_rows, rows_per_rank, steps_for
 
 _COLUMNS = ["user_id", "item_text", "history_text", "label", "split"]
@@ -39,7 +40,7 @@ def rank_datasets(data_dir: str, world: int, cache: bool) -> dict:
     With `cache`, each is materialized once (object store, spilling to disk) so that epochs
     iterate blocks instead of re-reading and re-filtering every shard.
     """
-    base = ray.data.read_parquet([str(p) for p in shard_paths(data_dir)], columns=_COLUMNS)
+    base = ray.data.read_parquet([str(p.resolve()) for p in shard_paths(data_dir)], columns=_COLUMNS)
     sets = {f"{split}_r{r}": base.map_batches(rank_rows, batch_format="pandas",
                                               fn_kwargs={"split": split, "rank": r, "world": world})
             for split in ("train", "valid") for r in range(world)}
@@ -121,10 +122,11 @@ def run_prompts(cfg: PromptsConfig) -> dict:
     template = cfg.template or task.template
     metric = f"valid_{task.metric}"
     loop_config = {
-        "task": task.name, "model": cfg.model, "template": template, "prompt_len": cfg.prompt_len,
-        "users_path": str(Path(cfg.data) / "users.parquet"), "seed": cfg.seed, "lr": cfg.lr,
+        "task": task.name, "model": model_ref(cfg.model), "template_text": load_template_text(template), "prompt_len": cfg.prompt_len,
+        "users_path": str((Path(cfg.data) / "users.parquet").resolve()), "seed": cfg.seed, "lr": cfg.lr,
         "batch_size": cfg.batch_size, "epochs": cfg.epochs, "lam": cfg.lam, "yes_minus_no": cfg.yes_minus_no,
-        "freeze_prompts": cfg.freeze_prompts, "init_from": cfg.init_from, "prefix_cache": cfg.prefix_cache,
+        "freeze_prompts": cfg.freeze_prompts,
+        "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from else None, "prefix_cache": cfg.prefix_cache,
         "use_gpu": cfg.use_gpu, "train_steps": train_steps, "valid_steps": valid_steps,
         "kill_after": os.environ.get("PUMA_KILL_RANK_AFTER_EPOCH"),
         "ds_config": deepspeed_config(cfg.batch_size, cfg.zero_stage, cfg.use_gpu, cfg.zero3_persistence_threshold),
