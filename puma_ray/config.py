@@ -338,49 +338,37 @@ class DataConfig(StageConfig):
 
 
 @dataclasses.dataclass
-class PromptsConfig(StageConfig):
-    """`puma-ray prompts`: per-user soft prompts (+ head) on a frozen model, with Ray Train + DeepSpeed."""
+class TrainingConfig(StageConfig):
+    """What every Ray Train + DeepSpeed stage (prompts, adapter) shares."""
 
     data: Optional[str] = None
-    """Canonical dataset directory (its train split trains, its valid split selects the best epoch)."""
-    model: Optional[str] = None
-    """Hugging Face model directory or hub id the prompts are trained for (kept frozen)."""
+    """Canonical dataset directory (its train split trains, its valid split picks the best epoch)."""
     out: Optional[str] = None
-    """Prompt store directory to write (manifest, shards, head weights, costs)."""
+    """Output directory (prompt store or adapter), with config, costs and Ray Train checkpoints."""
     workers: int = 1
-    """Ray Train workers; each owns the prompt rows of its users (crc32(user) % workers)."""
+    """Ray Train workers."""
     use_gpu: bool = False
     """One GPU per worker (bf16 on GPU, fp32 on CPU)."""
     cpus_per_worker: float = 0.5
     """CPUs reserved per worker; below 1 leaves room for Ray Data's readers on small machines."""
     zero_stage: int = 2
-    """DeepSpeed ZeRO stage (0-3) of the shared trainable parts (the rating MLP)."""
+    """DeepSpeed ZeRO stage (0-3) of the trainable shared parts (head; adapter)."""
     zero3_persistence_threshold: int = 100000
     """ZeRO-3 keeps parameters smaller than this unpartitioned (0 partitions everything)."""
-    epochs: int = 15
-    """Passes over the training split (best epoch on valid is kept)."""
-    lr: float = 5e-4
-    """AdamW learning rate for prompts and head."""
     batch_size: int = 32
-    """Interactions per worker per step."""
-    prompt_len: int = 1
-    """Soft-prompt vectors per user (l)."""
+    """Interactions per worker per step (paper: 32)."""
     template: Optional[str] = None
-    """Shipped template name or file; null = rating_amazon for rating data, click_mind for click data."""
+    """Shipped template name or file; null = what the stage derives (task default or the source's)."""
     lam: float = 0.2
     """Weight of the answer-token cross-entropy in the rating loss."""
     yes_minus_no: bool = False
     """Click task: BCE on the Yes-minus-No logit instead of the Yes logit."""
-    freeze_prompts: bool = False
-    """Keep the fresh random prompts fixed and train only the head (the paper's random-init floor)."""
-    init_from: Optional[str] = None
-    """Warm-start from this prompt store (same model fingerprint), e.g. migrated prompts."""
     prefix_cache: bool = True
     """Reuse the key/values of the template's constant prefix."""
     cache_data: bool = True
-    """Read each rank's rows once into Ray's object store (spills to disk) instead of every epoch."""
+    """Read each worker's rows once into Ray's object store (spills to disk) instead of every epoch."""
     seed: int = 0
-    """Seed of prompt initialisation and batch order."""
+    """Seed of initialisation and batch order."""
     max_failures: int = 0
     """Worker failures Ray Train recovers from (restarting from the last checkpoint)."""
     run_name: Optional[str] = None
@@ -390,50 +378,59 @@ class PromptsConfig(StageConfig):
 
     def validate(self) -> None:
         _required(self.data, "data", "--data DIR")
-        _required(self.model, "model", "--model MODEL")
-        _required(self.out, "out", "--out STORE")
+        _required(self.out, "out", "--out DIR")
         check(self.workers >= 1, "workers", "must be >= 1")
         check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
         check(self.zero_stage in (0, 1, 2, 3), "zero_stage", "must be 0, 1, 2 or 3")
         check(self.zero3_persistence_threshold >= 0, "zero3_persistence_threshold", "must be >= 0")
-        check(self.epochs >= 1, "epochs", "must be >= 1")
-        check(self.lr > 0, "lr", "must be > 0")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
-        check(self.prompt_len >= 1, "prompt_len", "must be >= 1")
         check(0 <= self.lam <= 1, "lam", "must be in [0, 1]")
         check(self.max_failures >= 0, "max_failures", "must be >= 0")
 
 
 @dataclasses.dataclass
-class AdapterStageConfig(StageConfig):
-    """`puma-ray adapter`: train the migration adapter (+ head) through the frozen target model."""
+class PromptsConfig(TrainingConfig):
+    """`puma-ray prompts`: per-user soft prompts (+ head) on a frozen model, with Ray Train + DeepSpeed.
 
-    data: Optional[str] = None
-    """Canonical dataset directory (train split trains, valid split picks the best epoch)."""
+    Each worker owns the prompt rows of its users (crc32(user) % workers)."""
+
+    model: Optional[str] = None
+    """Hugging Face model directory or hub id the prompts are trained for (kept frozen)."""
+    epochs: int = 15
+    """Passes over the training split (best epoch on valid is kept)."""
+    lr: float = 5e-4
+    """AdamW learning rate for prompts and head."""
+    prompt_len: int = 1
+    """Soft-prompt vectors per user (l)."""
+    freeze_prompts: bool = False
+    """Keep the fresh random prompts fixed and train only the head (the paper's random-init floor)."""
+    init_from: Optional[str] = None
+    """Warm-start from this prompt store (same model fingerprint), e.g. migrated prompts."""
+
+    def validate(self) -> None:
+        super().validate()
+        _required(self.model, "model", "--model MODEL")
+        check(self.epochs >= 1, "epochs", "must be >= 1")
+        check(self.lr > 0, "lr", "must be > 0")
+        check(self.prompt_len >= 1, "prompt_len", "must be >= 1")
+
+
+@dataclasses.dataclass
+class AdapterStageConfig(TrainingConfig):
+    """`puma-ray adapter`: train the migration adapter (+ head) through the frozen target model.
+
+    Data parallel: every worker holds the whole adapter."""
+
     source: list[str] = dataclasses.field(default_factory=list)
     """Source prompt store(s); several = aggregated migration (prompts concatenated per user)."""
     target_model: Optional[str] = None
     """Hugging Face model directory or hub id of the new model (kept frozen)."""
     users: str = "all"
     """A selection directory (its selected.parquet lists user_id) or 'all'."""
-    out: Optional[str] = None
-    """Directory for adapter.safetensors, adapter.json, head.safetensors and costs."""
-    workers: int = 1
-    """Ray Train workers (data parallel; every worker holds the whole adapter)."""
-    use_gpu: bool = False
-    """One GPU per worker (bf16 on GPU, fp32 on CPU)."""
-    cpus_per_worker: float = 0.5
-    """CPUs reserved per worker; below 1 leaves room for Ray Data's readers on small machines."""
-    zero_stage: int = 2
-    """DeepSpeed ZeRO stage (0-3) of adapter + head."""
-    zero3_persistence_threshold: int = 100000
-    """ZeRO-3 keeps parameters smaller than this unpartitioned (0 partitions everything)."""
     epochs: int = 4
     """Passes over the selected users' training rows (paper: 4); the best epoch is kept."""
     lr: float = 1e-4
     """AdamW learning rate (paper: 1e-4)."""
-    batch_size: int = 32
-    """Interactions per worker per step (paper: 32)."""
     width: int = 4096
     """Adapter FFN width w (paper: 4096)."""
     rank: int = 0
@@ -444,44 +441,19 @@ class AdapterStageConfig(StageConfig):
     """LoRA co-adaptation of the target model (PEFT, all linear layers) with this rank; 0 = off."""
     lora_alpha: int = 16
     """LoRA scaling numerator (alpha / rank scales the update)."""
-    template: Optional[str] = None
-    """Template; null = the one the first source store's head was trained with, else by task."""
-    lam: float = 0.2
-    """Weight of the answer-token cross-entropy in the rating loss."""
-    yes_minus_no: bool = False
-    """Click task: BCE on the Yes-minus-No logit instead of the Yes logit."""
-    prefix_cache: bool = True
-    """Reuse the key/values of the template's constant prefix."""
-    cache_data: bool = True
-    """Read the selected users' rows once into Ray's object store instead of every epoch."""
-    seed: int = 0
-    """Seed of adapter initialisation and batch order."""
-    max_failures: int = 0
-    """Worker failures Ray Train recovers from."""
-    run_name: Optional[str] = None
-    """Ray Train run name (same name resumes); null = derived from --out."""
-    storage_path: Optional[str] = None
-    """Where Ray Train keeps checkpoints; null = <out>/_train."""
 
     def validate(self) -> None:
-        _required(self.data, "data", "--data DIR")
+        super().validate()
         check(len(self.source) >= 1, "source", "give at least one --source STORE")
         _required(self.target_model, "target_model", "--target-model MODEL")
-        _required(self.out, "out", "--out DIR")
-        check(self.workers >= 1, "workers", "must be >= 1")
-        check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
-        check(self.zero_stage in (0, 1, 2, 3), "zero_stage", "must be 0, 1, 2 or 3")
         check(self.epochs >= 1, "epochs", "must be >= 1")
         check(self.lr > 0, "lr", "must be > 0")
-        check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.width >= 1, "width", "must be >= 1")
         check(self.rank >= 0, "rank", "must be >= 0 (0 = full rank)")
         check(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
         check(self.lora_rank >= 0, "lora_rank", "must be >= 0 (0 = off)")
         check(not (self.lora_rank and self.zero_stage == 3), "lora_rank",
               "LoRA co-adaptation runs with zero_stage 0-2 (the answer head reads target weights directly)")
-        check(0 <= self.lam <= 1, "lam", "must be in [0, 1]")
-        check(self.max_failures >= 0, "max_failures", "must be >= 0")
 
 
 @dataclasses.dataclass
