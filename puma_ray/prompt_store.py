@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from puma_ray import __version__
-from puma_ray.data.schema import file_sha256, shard_name, write_parquet_atomic
+from puma_ray.data.schema import file_sha256, read_required_json, shard_name, write_parquet_atomic
 from puma_ray.errors import PumaError
 
 MANIFEST = "manifest.json"
@@ -77,11 +77,8 @@ def finalize(store: str | Path, *, task: str, prompt_len: int, dim: int, model: 
 
 
 def read_manifest(store: str | Path) -> dict:
-    path = Path(store) / MANIFEST
-    if not path.is_file():
-        raise PumaError(f"{store} is not a complete prompt store (no {MANIFEST}); it was never finished or is "
-                        "not a store")
-    return json.loads(path.read_text())
+    return read_required_json(Path(store) / MANIFEST, f"{store} is not a complete prompt store (no {MANIFEST}); "
+                              "it was never finished or is not a store")
 
 
 def verify(store: str | Path) -> dict:

@@ -25,8 +25,8 @@ from puma_ray.llm import FrozenLM
 from puma_ray.modules import AdapterConfig, MigrationAdapter
 from puma_ray.prompt_store import load_prompts
 from puma_ray.ray_utils import quiet_ray_data_console
-from puma_ray.train_prompts import _to_tensors, evaluate, gathered_state, init_deepspeed, train_totals
-from puma_ray.training import TASKS, cycled
+from puma_ray.train_prompts import evaluate, gathered_state, init_deepspeed, train_epoch
+from puma_ray.training import TASKS
 
 
 class AdapterWithHead(nn.Module):
@@ -106,27 +106,9 @@ def adapter_loop(config: dict) -> None:
     valid_shard = ray.train.get_dataset_shard(f"valid_r{rank}")
     B = config["batch_size"]
     for epoch in range(start_epoch, config["epochs"]):
-        engine.train()
-        loss_sum, seen, tokens = 0.0, 0, 0
-        for batch, _ in cycled(lambda: train_shard.iter_batches(batch_size=B, batch_format="numpy",
-                                                                local_shuffle_buffer_size=4 * B,
-                                                                local_shuffle_seed=config["seed"] + epoch),
-                               config["train_steps"]):
-            rows, titles, hist, labels = _to_tensors(batch, index)
-            enc = lm.encode(titles, hist)
-            logits = lm.answer_logits(soft(rows.to(device)), enc).to(dtype)
-            if labels is None:  # padding step: join the collectives, learn nothing
-                loss = engine.module.loss(logits, torch.ones(1, device=device, dtype=dtype))[0] * 0.0
-                labels = torch.zeros(0)
-            else:
-                loss, _ = engine.module.loss(logits, labels.to(device, dtype))
-            engine.backward(loss)
-            engine.step()
-            loss_sum += float(loss.detach()) * len(labels)
-            seen += len(labels)
-            tokens += int(enc.lengths.sum()) + len(lm.template.prefix_ids) * len(labels)
+        totals = train_epoch(lm, engine, soft, train_shard, index, config, epoch, device)
         metrics = evaluate(lm, soft, engine, valid_shard, index, task, config["valid_steps"], B, device)
-        metrics.update(train_totals(epoch, loss_sum, seen, tokens))
+        metrics.update(totals)
         history.append(metrics)
         state = gathered_state(engine)
         with tempfile.TemporaryDirectory() as d:

@@ -100,6 +100,38 @@ def train_totals(epoch: int, loss_sum: float, seen: int, tokens: int) -> dict:
             "train_tokens": int(totals[2])}
 
 
+def train_epoch(lm, engine, soft_fn, shard, index, config: dict, epoch: int, device, after_step=None) -> dict:
+    """One epoch of exactly config["train_steps"] steps (equal on every rank); returns train_totals.
+
+    soft_fn: [B] int64 rows -> [B, l, d] soft prompts (table lookup, or adapter(source prompts)).
+    A padding step of a rank without rows joins the collectives with a zero loss.
+    """
+    engine.train()
+    dtype = next(engine.module.parameters(), torch.zeros(())).dtype
+    B = config["batch_size"]
+    loss_sum, seen, tokens = 0.0, 0, 0
+    for batch, _ in cycled(lambda: shard.iter_batches(batch_size=B, batch_format="numpy",
+                                                      local_shuffle_buffer_size=4 * B,
+                                                      local_shuffle_seed=config["seed"] + epoch),
+                           config["train_steps"]):
+        rows, titles, hist, labels = _to_tensors(batch, index)
+        enc = lm.encode(titles, hist)
+        logits = lm.answer_logits(soft_fn(rows.to(device)), enc).to(dtype)
+        if labels is None:
+            loss = engine.module.loss(logits, torch.ones(1, device=device, dtype=dtype))[0] * 0.0
+            labels = torch.zeros(0)
+        else:
+            loss, _ = engine.module.loss(logits, labels.to(device, dtype))
+        engine.backward(loss)
+        engine.step()
+        if after_step is not None:
+            after_step()
+        loss_sum += float(loss.detach()) * len(labels)
+        seen += len(labels)
+        tokens += int(enc.lengths.sum()) + len(lm.template.prefix_ids) * len(labels)
+    return train_totals(epoch, loss_sum, seen, tokens)
+
+
 def owned_users(users_path: str, rank: int, world: int) -> list[str]:
     """This rank's users in user_idx order: its local table rows."""
     ids = pq.read_table(users_path, columns=["user_id"]).column(0).to_pylist()
@@ -138,7 +170,6 @@ def prompts_loop(config: dict) -> None:
     table.weight.requires_grad_(not config["freeze_prompts"])
     head = task.head(config["lam"], config["yes_minus_no"]).to(device)
     engine = init_deepspeed(head, config["lr"], config["ds_config"])
-    head_dtype = next(engine.module.parameters(), torch.zeros(())).dtype
     table_opt = torch.optim.AdamW([table.weight], lr=config["lr"], weight_decay=0.0) \
         if table.weight.requires_grad else None
 
@@ -161,38 +192,19 @@ def prompts_loop(config: dict) -> None:
     train_shard = ray.train.get_dataset_shard(f"train_r{rank}")
     valid_shard = ray.train.get_dataset_shard(f"valid_r{rank}")
     B = config["batch_size"]
+
+    def table_step() -> None:
+        if table_opt is not None:
+            table_opt.step()
+            table_opt.zero_grad(set_to_none=True)
+
     for epoch in range(start_epoch, config["epochs"]):
         maybe_inject_failure(config.get("kill_after"), config["fault_marker"], rank, epoch)
-        engine.train()
-        loss_sum, seen, tokens = 0.0, 0, 0
-        batches = cycled(lambda: train_shard.iter_batches(batch_size=B, batch_format="numpy",
-                                                         local_shuffle_buffer_size=4 * B,
-                                                         local_shuffle_seed=config["seed"] + epoch),
-                         config["train_steps"])
-        for batch, _ in batches:
-            rows, titles, hist, labels = _to_tensors(batch, index)
-            if not len(users):  # no prompt rows at all: still join the head's collectives
-                rows = None
-            enc = lm.encode(titles, hist)
-            soft = table(rows.to(device)) if rows is not None else torch.zeros(1, config["prompt_len"], lm.hidden)
-            logits = lm.answer_logits(soft, enc).to(head_dtype)
-            if labels is None:
-                loss = engine.module.loss(logits, torch.ones(1, device=device, dtype=head_dtype))[0] * 0.0
-                labels = torch.zeros(0)
-            else:
-                loss, _ = engine.module.loss(logits, labels.to(device, head_dtype))
-            engine.backward(loss)
-            engine.step()
-            if table_opt is not None:
-                table_opt.step()
-                table_opt.zero_grad(set_to_none=True)
-            loss_sum += float(loss.detach()) * len(labels)
-            seen += len(labels)
-            tokens += int(enc.lengths.sum()) + len(lm.template.prefix_ids) * len(labels)
         empty = torch.zeros(1, config["prompt_len"], lm.hidden, device=device)
-        metrics = evaluate(lm, table if len(users) else (lambda rows: empty), engine, valid_shard, index, task,
-                           config["valid_steps"], B, device)
-        metrics.update(train_totals(epoch, loss_sum, seen, tokens))
+        soft = table if len(users) else (lambda rows: empty)  # a rank without users still joins collectives
+        totals = train_epoch(lm, engine, soft, train_shard, index, config, epoch, device, after_step=table_step)
+        metrics = evaluate(lm, soft, engine, valid_shard, index, task, config["valid_steps"], B, device)
+        metrics.update(totals)
         history.append(metrics)
         head_state = gathered_state(engine)
         with tempfile.TemporaryDirectory() as d:

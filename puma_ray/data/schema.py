@@ -58,13 +58,17 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def read_required_json(path: Path, missing: str) -> dict:
+    """A manifest that marks its directory complete; `missing` is the error when it is absent."""
+    if not path.is_file():
+        raise PumaError(missing)
+    return json.loads(path.read_text())
+
+
 def read_manifest(data_dir: str | Path) -> dict:
     """The manifest of a complete dataset directory, or a PumaError saying what is wrong."""
-    path = Path(data_dir) / MANIFEST
-    if not path.is_file():
-        raise PumaError(f"{data_dir} is not a complete puma-ray dataset (no {MANIFEST}); "
-                        "create one with `puma-ray data --out DIR`")
-    return json.loads(path.read_text())
+    return read_required_json(Path(data_dir) / MANIFEST, f"{data_dir} is not a complete puma-ray dataset (no "
+                              f"{MANIFEST}); create one with `puma-ray data --out DIR`")
 
 
 def shard_paths(data_dir: str | Path) -> list[Path]:
