@@ -18,7 +18,8 @@ import traceback
 import typing
 from typing import Any, Callable, Optional
 
-from puma_ray.config import AdapterStageConfig, DataConfig, DemoConfig, ModelsConfig, PromptsConfig, field_docs, load_config
+from puma_ray.config import (AdapterStageConfig, DataConfig, DemoConfig, EvaluateConfig, MigrateConfig, ModelsConfig, PromptsConfig,
+                             SelectConfig, field_docs, load_config)
 from puma_ray.errors import ConfigError, PumaError
 from puma_ray.runs import setup_logging
 
@@ -30,8 +31,14 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
                "build a tiny offline Hugging Face model of a real family, with a tokenizer trained on the data"),
     "prompts": (PromptsConfig, "puma_ray.stages.prompts:run_prompts",
                 "train every user's soft prompt on a frozen model (source prompts, full retraining, floor)"),
+    "select": (SelectConfig, "puma_ray.stages.select:run_select",
+               "choose the adapter's training users: PUMA (K-means + variance strata) or a Table 4 baseline"),
     "adapter": (AdapterStageConfig, "puma_ray.stages.adapter:run_adapter",
                 "train the migration adapter through the frozen target model on selected users"),
+    "migrate": (MigrateConfig, "puma_ray.stages.migrate:run_migrate",
+                "apply a trained adapter to every user of the source store(s) -> target prompt store (resumable)"),
+    "evaluate": (EvaluateConfig, "puma_ray.stages.evaluate:run_evaluate",
+                 "score a prompt store with its model over a split: metrics, per-user metrics, report"),
     "demo": (DemoConfig, "puma_ray.stages.demo:run_demo",
              "run every available stage end to end on the offline default"),
 }

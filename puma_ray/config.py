@@ -457,6 +457,124 @@ class AdapterStageConfig(TrainingConfig):
 
 
 @dataclasses.dataclass
+class MigrateConfig(StageConfig):
+    """`puma-ray migrate`: apply a trained adapter to every user of the source store(s)."""
+
+    adapter: Optional[str] = None
+    """Adapter directory written by `puma-ray adapter` (adapter.safetensors + adapter.json)."""
+    source: list[str] = dataclasses.field(default_factory=list)
+    """Source prompt store(s), in the adapter's order (several = aggregated migration)."""
+    out: Optional[str] = None
+    """Target prompt store; re-running with the same out finishes an interrupted migration."""
+    workers: int = 1
+    """Ray Data actors holding the adapter (each migrates one source shard at a time)."""
+    cpus_per_worker: float = 1.0
+    """CPUs per actor (also its torch threads)."""
+    use_gpu: bool = False
+    """One GPU per actor."""
+    batch_size: int = 1024
+    """Prompts per adapter forward (bounds memory with the shard's row-group size)."""
+
+    def validate(self) -> None:
+        _required(self.adapter, "adapter", "--adapter DIR")
+        check(len(self.source) >= 1, "source", "give at least one --source STORE")
+        _required(self.out, "out", "--out STORE")
+        check(self.workers >= 1, "workers", "must be >= 1")
+        check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+
+
+@dataclasses.dataclass
+class EvaluateConfig(StageConfig):
+    """`puma-ray evaluate`: score a prompt store with its model over one split of a dataset."""
+
+    data: Optional[str] = None
+    """Canonical dataset directory."""
+    model: Optional[str] = None
+    """Hugging Face model directory or hub id the store belongs to (fingerprints must match)."""
+    prompts: Optional[str] = None
+    """Prompt store to score (its head.safetensors/head.json give the task head)."""
+    split: Literal["train", "valid", "test"] = "valid"
+    """Interactions scored."""
+    out: Optional[str] = None
+    """Output directory: metrics.json, per_user.parquet, rows.parquet, report.md."""
+    workers: int = 1
+    """Ray Data actors holding the model."""
+    batch_size: int = 64
+    """Rows per model forward."""
+    use_gpu: bool = False
+    """One GPU per actor (bf16)."""
+    prefix_cache: bool = True
+    """Reuse the key/values of the template's constant prefix."""
+
+    def validate(self) -> None:
+        _required(self.data, "data", "--data DIR")
+        _required(self.model, "model", "--model MODEL")
+        _required(self.prompts, "prompts", "--prompts STORE")
+        _required(self.out, "out", "--out DIR")
+        check(self.workers >= 1, "workers", "must be >= 1")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+
+
+@dataclasses.dataclass
+class SelectConfig(StageConfig):
+    """`puma-ray select`: choose the users the adapter trains on (PUMA or a Table 4 baseline)."""
+
+    data: Optional[str] = None
+    """Canonical dataset directory (training labels give each user's variance)."""
+    prompts: Optional[str] = None
+    """Source prompt store (K-means runs on these prompts)."""
+    out: Optional[str] = None
+    """Selection directory: selected.parquet, assignments.parquet, report.md/json, selection.png."""
+    strategy: Literal["puma", "random", "variance", "loss", "kmeans", "kmeans-pca", "kmeans-fps", "kmeans-loss",
+                      "ffn"] = "puma"
+    """Selection strategy (puma = K-means on prompts + variance strata with Gaussian weights)."""
+    budget: int = 2000
+    """Users to select (paper: 2,000 for Amazon/Yelp, 1,500 for MIND)."""
+    seed: int = 0
+    """Seed of K-means initialisation and of every draw."""
+    clusters: int = 10
+    """K-means clusters k."""
+    bins: int = 5
+    """Strata per cluster (or over all users for variance/loss)."""
+    weights: Literal["normal", "linear", "uniform"] = "normal"
+    """Stratum weights of variance/loss/kmeans-loss/ffn (puma always uses normal: exp(-x^2/2)+0.1)."""
+    min_per_cluster: int = 10
+    """puma/ffn: users every cluster gets first (all of a smaller cluster)."""
+    pca_dim: int = 32
+    """kmeans-pca: dimension after incremental PCA; kmeans-fps: space farthest points are measured in."""
+    kmeans_passes: int = 2
+    """Mini-batch K-means passes over the prompts (each streams the store once)."""
+    batch_rows: int = 8192
+    """Prompts per streamed batch (bounds memory: batch_rows x l x d floats)."""
+    ffn_layers: int = 3
+    """ffn: last decoder layers whose FFN outputs (mean over the prompt's positions) are clustered."""
+    ffn_strata: Literal["variance", "loss"] = "variance"
+    """ffn: what users are stratified by inside each cluster."""
+    losses: Optional[str] = None
+    """loss strategies: an `evaluate --split train` output (per_user.parquet); null = computed here."""
+    workers: int = 1
+    """Ray Data actors that run the source model (loss, ffn)."""
+    batch_size: int = 64
+    """Rows per model forward (loss, ffn)."""
+
+    def validate(self) -> None:
+        _required(self.data, "data", "--data DIR")
+        _required(self.prompts, "prompts", "--prompts STORE")
+        _required(self.out, "out", "--out DIR")
+        check(self.budget >= 1, "budget", "must be >= 1")
+        check(self.clusters >= 1, "clusters", "must be >= 1")
+        check(self.bins >= 1, "bins", "must be >= 1")
+        check(self.min_per_cluster >= 0, "min_per_cluster", "must be >= 0")
+        check(self.pca_dim >= 2, "pca_dim", "must be >= 2")
+        check(self.kmeans_passes >= 1, "kmeans_passes", "must be >= 1")
+        check(self.batch_rows >= 1, "batch_rows", "must be >= 1")
+        check(self.ffn_layers >= 1, "ffn_layers", "must be >= 1")
+        check(self.workers >= 1, "workers", "must be >= 1")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+
+
+@dataclasses.dataclass
 class DemoConfig(StageConfig):
     """`puma-ray demo`: every stage that exists, end to end, on an offline default."""
 

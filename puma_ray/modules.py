@@ -49,12 +49,17 @@ class RatingHead(nn.Module):
         """[B, 5] -> [B] predicted ratings."""
         return self.mlp(logits).squeeze(-1)
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """([B, 5], [B] ratings 1..5) -> (scalar loss, [B] predictions)."""
+    def row_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, 5], [B] ratings 1..5) -> ([B] per-row loss, [B] predictions)."""
         pred = self.predict(logits)
         target = labels.round().clamp(1, 5).long() - 1
-        loss = (1 - self.lam) * F.mse_loss(pred, labels) + self.lam * F.cross_entropy(logits, target)
-        return loss, pred
+        ce = F.cross_entropy(logits, target, reduction="none")
+        return (1 - self.lam) * (pred - labels) ** 2 + self.lam * ce, pred
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, 5], [B] ratings 1..5) -> (scalar loss, [B] predictions)."""
+        rows, pred = self.row_loss(logits, labels)
+        return rows.mean(), pred
 
 
 class ClickHead(nn.Module):
@@ -71,10 +76,15 @@ class ClickHead(nn.Module):
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.score(logits))
 
+    def row_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, 2], [B] 0/1) -> ([B] per-row BCE, [B] click probabilities)."""
+        s = self.score(logits)
+        return F.binary_cross_entropy_with_logits(s, labels.float(), reduction="none"), torch.sigmoid(s)
+
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """([B, 2], [B] 0/1) -> (scalar loss, [B] click probabilities)."""
-        s = self.score(logits)
-        return F.binary_cross_entropy_with_logits(s, labels.float()), torch.sigmoid(s)
+        rows, prob = self.row_loss(logits, labels)
+        return rows.mean(), prob
 
 
 # --------------------------------------------------------------------------- adapter

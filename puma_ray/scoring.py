@@ -1,0 +1,107 @@
+"""Ray Data callables that run a frozen model over prompts; plain classes (Ray builds one per actor).
+
+PromptScorer: interaction rows joined with their user's prompt -> per-row prediction and loss
+  (evaluate; the loss-based selection strategies).
+FFNFeatures:  prompt rows -> the source model's FFN outputs of its last layers (the `ffn` strategy).
+
+Batches arrive as pyarrow Tables; prompts are `fixed_size_list<float32>[l*d]`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+from safetensors.torch import load_file
+
+from puma_ray.errors import PumaError
+from puma_ray.hf import load_causal_lm, load_tokenizer
+from puma_ray.llm import FrozenLM
+from puma_ray.training import TASKS
+
+
+def prompt_matrix(column: pa.ChunkedArray | pa.Array, width: int) -> np.ndarray:
+    """fixed_size_list<float>[width] column -> [n, width] float32 (nulls become NaN)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    out = np.full((len(column), width), np.nan, dtype=np.float32)
+    valid = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    if valid.any():
+        values = column.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False)
+        out[valid] = values.reshape(-1, width)
+    return out
+
+
+def _device(use_gpu: bool) -> torch.device:
+    return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+
+
+class PromptScorer:
+    """Per-row scores of a prompt store on a model: label, pred, loss, finite (False = not scored)."""
+
+    def __init__(self, model: str, template_text: str, task: str, head_path: str, lam: float, yes_minus_no: bool,
+                 prompt_len: int, dim: int, prefix_cache: bool = True, use_gpu: bool = False) -> None:
+        self.device = _device(use_gpu)
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.task = TASKS[task]
+        self.lm = FrozenLM(load_causal_lm(model, dtype=dtype).to(self.device), load_tokenizer(model), template_text,
+                           self.task.answers, prompt_len=prompt_len, prefix_cache=prefix_cache)
+        self.head = self.task.head(lam, yes_minus_no)
+        self.head.load_state_dict(load_file(head_path))
+        self.head.to(self.device).eval()
+        self.l, self.d = prompt_len, dim
+
+    @torch.no_grad()
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        prompts = prompt_matrix(batch.column("prompt"), self.l * self.d)
+        finite = np.isfinite(prompts).all(axis=1)
+        labels = batch.column("label").to_numpy().astype(np.float32)
+        pred = np.full(len(labels), np.nan, dtype=np.float32)
+        loss = np.full(len(labels), np.nan, dtype=np.float32)
+        keep = np.flatnonzero(finite)
+        if len(keep):
+            titles = batch.column("item_text").take(keep).to_pylist()
+            hist = [h or [] for h in batch.column("history_text").take(keep).to_pylist()]
+            soft = torch.from_numpy(prompts[keep]).view(-1, self.l, self.d).to(self.device)
+            logits = self.lm.answer_logits(soft, self.lm.encode(titles, hist)).float()
+            rows, p = self.head.row_loss(logits, torch.from_numpy(labels[keep]).to(self.device))
+            pred[keep], loss[keep] = p.float().cpu().numpy(), rows.float().cpu().numpy()
+        return pa.table({"user_id": batch.column("user_id").cast(pa.string()), "label": labels, "pred": pred,
+                         "loss": loss, "finite": finite})
+
+
+def ffn_modules(model, layers: int) -> list[torch.nn.Module]:
+    """The FFN (`mlp`) module of each of the last `layers` decoder layers; a clear error when absent."""
+    blocks = getattr(model.get_decoder(), "layers", None)
+    if blocks is None or not len(blocks):
+        raise PumaError(f"{type(model).__name__}: no decoder `layers` list, so the ffn strategy cannot find "
+                        "its FFN activations; use another strategy")
+    if layers > len(blocks):
+        raise PumaError(f"--ffn-layers {layers} exceeds the model's {len(blocks)} decoder layers")
+    mlps = [getattr(b, "mlp", None) for b in blocks[-layers:]]
+    if any(m is None for m in mlps):
+        raise PumaError(f"{type(model).__name__}: a decoder layer has no `mlp` module; use another strategy")
+    return mlps
+
+
+class FFNFeatures:
+    """[n] prompts -> [n, layers * d] float32: each last layer's FFN output, averaged over the l prompt
+    positions, when the prompt alone is fed to the source model."""
+
+    def __init__(self, model: str, prompt_len: int, dim: int, layers: int, use_gpu: bool = False) -> None:
+        self.device = _device(use_gpu)
+        self.model = load_causal_lm(model).to(self.device)
+        self.l, self.d = prompt_len, dim
+        self._outputs: list[torch.Tensor] = []
+        for m in ffn_modules(self.model, layers):
+            m.register_forward_hook(lambda _m, _i, out: self._outputs.append(out.float().mean(dim=1)))
+
+    @torch.no_grad()
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        prompts = torch.from_numpy(prompt_matrix(batch.column("prompt"), self.l * self.d))
+        self._outputs.clear()
+        self.model(inputs_embeds=prompts.view(-1, self.l, self.d).to(self.device), use_cache=False)
+        feats = torch.cat(self._outputs, dim=-1).cpu().numpy().astype(np.float32)
+        values = pa.array(feats.reshape(-1), type=pa.float32())
+        return pa.table({"user_id": batch.column("user_id").cast(pa.string()),
+                         "prompt": pa.FixedSizeListArray.from_arrays(values, feats.shape[1])})

@@ -1,0 +1,157 @@
+"""`puma-ray migrate`: every user's prompt of the source store(s) through the adapter into a target store.
+
+config -> checks (adapter checksum; each source store verified and matching the
+adapter's source model, dim, l, task) -> pending source shards -> Ray Data
+map_batches(ShardMigrator) over them (one shard per call, `workers` actors) ->
+manifest (written last) with the target model, lineage and shard checksums -> report.
+
+Rows out = rows in: each source shard becomes the target shard of the same index, and
+every source user ends in a target shard or in the quarantine list (non-finite input
+or output, plus users the sources had already quarantined). Interrupted runs resume:
+shards already done (progress record + checksum) are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import ray
+
+from puma_ray.config import MigrateConfig
+from puma_ray.errors import PumaError
+from puma_ray.migration import PROGRESS_DIR, ShardMigrator, done_shard
+from puma_ray.modules import AdapterConfig, adapter_param_count
+from puma_ray.prompt_store import MANIFEST, finalize, verify
+from puma_ray.prompt_store import read_manifest as read_store_manifest
+from puma_ray.ray_utils import init_ray
+from puma_ray.runs import CostMeter, Progress, log, open_run
+from puma_ray.stages.evaluate import quarantined_users
+
+
+def check_stores(sources: list[str], meta: dict) -> list[dict]:
+    """Verified manifests of the source stores, each matching what the adapter was trained on."""
+    if len(sources) != len(meta["sources"]):
+        raise PumaError(f"the adapter was trained on {len(meta['sources'])} source store(s), {len(sources)} given")
+    manifests = []
+    for store, want in zip(sources, meta["sources"]):
+        m = verify(store)
+        if m["model"]["fingerprint"] != want["model"]["fingerprint"]:
+            raise PumaError(f"source store {store} belongs to model {m['model']['name']}, but the adapter maps prompts "
+                            f"of {want['model']['name']} (fingerprints differ)")
+        if m["dim"] != want["dim"] or m["prompt_len"] != meta["prompt_len"]:
+            raise PumaError(f"source store {store} holds l={m['prompt_len']} x d={m['dim']} prompts; the adapter "
+                            f"expects l={meta['prompt_len']} x d={want['dim']}")
+        if m["task"] != meta["task"]:
+            raise PumaError(f"source store {store} is for task {m['task']!r}, the adapter for {meta['task']!r}")
+        manifests.append(m)
+    return manifests
+
+
+def lineage_of(sources: list[str], manifests: list[dict], adapter_dir: str, meta: dict) -> list[dict]:
+    """The first source's lineage + this step (every source and the adapter checksum), so chains show."""
+    step = {"step": "migrated", "from": [{"store": str(Path(s).resolve()), "model": m["model"]["fingerprint"]}
+                                         for s, m in zip(sources, manifests)],
+            "adapter": str(Path(adapter_dir).resolve()), "adapter_sha256": meta["sha256"],
+            "model": meta["target"]["fingerprint"]}
+    if len(sources) > 1:
+        step["aggregated_lineages"] = [m["lineage"] for m in manifests[1:]]
+    return manifests[0]["lineage"] + [step]
+
+
+def claim_output(out: Path, identity: dict) -> dict | None:
+    """The finished manifest when `out` already holds this very migration; an error when it holds another."""
+    marker = out / PROGRESS_DIR / "identity.json"
+    if (out / MANIFEST).is_file():
+        m = read_store_manifest(out)
+        if m["lineage"] and m["lineage"][-1].get("adapter_sha256") == identity["adapter_sha256"] and \
+                [f["store"] for f in m["lineage"][-1]["from"]] == identity["sources"]:
+            return m
+        raise PumaError(f"--out {out} is already a complete prompt store of another run; choose a new --out")
+    if marker.is_file() and json.loads(marker.read_text()) != identity:
+        raise PumaError(f"--out {out} holds a partial migration with another adapter or sources; "
+                        "delete it or choose a new --out")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(identity))
+    return None
+
+
+def maybe_kill_driver(done: int) -> None:
+    """Fault injection for the resume test: PUMA_KILL_MIGRATE_AFTER_SHARDS=n kills this driver (SIGKILL)
+    once n shard records have come back."""
+    limit = os.environ.get("PUMA_KILL_MIGRATE_AFTER_SHARDS")
+    if limit and done >= int(limit):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_migrate(cfg: MigrateConfig) -> dict:
+    """Migrate every user of cfg.source into the store cfg.out; returns the JSON summary."""
+    adapter_dir = Path(cfg.adapter)
+    if not (adapter_dir / "adapter.json").is_file():
+        raise PumaError(f"--adapter {cfg.adapter}: no adapter.json there (give a `puma-ray adapter` output)")
+    meta = json.loads((adapter_dir / "adapter.json").read_text())
+    manifests = check_stores(cfg.source, meta)
+    sources = [str(Path(s).resolve()) for s in cfg.source]
+    out = Path(cfg.out)
+    identity = {"adapter_sha256": meta["sha256"], "sources": sources}
+    out.mkdir(parents=True, exist_ok=True)
+    finished = claim_output(out, identity)
+    if finished:
+        log.info("migrate: %s is already complete (%d users)", out, finished["num_users"])
+        return {"out": str(out), "users": finished["num_users"], "quarantined": finished["quarantined"],
+                "already_complete": True}
+    open_run(out, "migrate", cfg)
+    init_ray()
+    shards = manifests[0]["shards"]
+    done = {i: done_shard(out, i) for i in range(len(shards))}
+    pending = [{"index": i, "path": str(Path(sources[0]) / s["name"]), "sha256": s["sha256"]}
+               for i, s in enumerate(shards) if done[i] is None]
+    total_rows = sum(s["rows"] for s in shards)
+    log.info("migrate: %d users in %d shards (%d already done) -> %s, %d actor(s)", total_rows, len(shards),
+             len(shards) - len(pending), out, cfg.workers)
+    with CostMeter(out, "migrate", cfg, workers=cfg.workers) as meter:
+        if pending:
+            ds = ray.data.from_items(pending).map_batches(
+                ShardMigrator, batch_size=1, concurrency=cfg.workers, num_cpus=cfg.cpus_per_worker,
+                num_gpus=1 if cfg.use_gpu else None,
+                fn_constructor_kwargs={"adapter_dir": str(adapter_dir.resolve()), "sources": sources, "out": str(out.resolve()),
+                                       "prompt_len": meta["prompt_len"], "dims": [m["dim"] for m in manifests],
+                                       "batch_size": cfg.batch_size, "threads": int(cfg.cpus_per_worker),
+                                       "use_gpu": cfg.use_gpu})
+            progress = Progress("migrate: users", sum(s["rows"] for i, s in enumerate(shards) if done[i] is None))
+            for n, row in enumerate(ds.iter_rows(), start=1):
+                record = json.loads(row["record"])
+                progress.step(record["source_rows"])
+                maybe_kill_driver(n)
+        records = [done_shard(out, i) for i in range(len(shards))]
+        if any(r is None for r in records):
+            raise PumaError("migrate: some target shards are missing after the run; re-run to finish them")
+        migrated = sum(r["source_rows"] for r in records)
+        if migrated != total_rows:
+            raise PumaError(f"migrate: {migrated} users came out of {total_rows} in the source; refusing to finish")
+        quarantined = sorted({u for r in records for u in r["quarantined"]} |
+                             {u for s in cfg.source for u in quarantined_users(s)})
+        target = meta["target"]
+        manifest = finalize(out, task=meta["task"], prompt_len=meta["prompt_len"], dim=target["hidden_size"],
+                            model={k: target[k] for k in ("name", "family", "hidden_size", "fingerprint")},
+                            lineage=lineage_of(cfg.source, manifests, cfg.adapter, meta),
+                            dataset_fingerprint=manifests[0]["dataset_fingerprint"],
+                            shards=[{k: r[k] for k in ("name", "rows", "sha256")} for r in records],
+                            quarantined=quarantined)
+        shutil.copy(adapter_dir / "head.safetensors", out / "head.safetensors")
+        (out / "head.json").write_text(json.dumps({"task": meta["task"], "lam": meta["lam"],
+                                                  "template": meta["template"],
+                                                  "yes_minus_no": meta["yes_minus_no"]}, indent=2) + "\n")
+        shutil.rmtree(out / PROGRESS_DIR, ignore_errors=True)
+        params = adapter_param_count(AdapterConfig(**meta["adapter"]))
+        meter.samples = total_rows
+        meter.flops = 2.0 * params * total_rows * meta["prompt_len"]
+        meter.extra = {"shards": len(shards), "resumed_shards": len(shards) - len(pending),
+                       "quarantined": len(quarantined), "adapter_params": params}
+    log.info("migrate: %d users -> %s (%d quarantined, %.1f s)", manifest["num_users"], out, len(quarantined),
+             meter.record.wall_s)
+    return {"out": str(out), "users": manifest["num_users"], "quarantined": len(quarantined),
+            "shards": len(shards), "resumed_shards": len(shards) - len(pending), "wall_s": meter.record.wall_s}

@@ -1,0 +1,365 @@
+"""`puma-ray select`: choose the users the adapter trains on.
+
+config -> eligible users (finite source prompt and >= 1 training row) -> lazy inputs
+(Ray Data aggregation of label variance, streamed mini-batch K-means / incremental
+PCA over the store, source-model losses via `evaluate`, FFN features via Ray Data)
+-> strategy -> selection directory -> report.
+
+No process holds all prompts: K-means and PCA see `batch_rows` prompts at a time;
+what is kept per user is a few numbers (cluster, stratum, value, 2-D coordinates).
+
+Output (DIR):
+    selected.parquet     user_id, cluster, stratum, value   (the B chosen users)
+    assignments.parquet  user_id, cluster, stratum, value, selected   (every eligible user)
+    report.json / .md    budget, cluster sizes and quotas, per-stratum counts, timings
+    selection.png        2-D PCA of all vs selected users; selected users per stratum
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from puma_ray.config import EvaluateConfig, SelectConfig
+from puma_ray.data.schema import read_manifest as read_data_manifest
+from puma_ray.data.schema import shard_paths, write_parquet_atomic
+from puma_ray.errors import PumaError
+from puma_ray.prompt_store import read_manifest as read_store_manifest
+from puma_ray.ray_utils import init_ray
+from puma_ray.runs import CostMeter, Progress, log, open_run
+from puma_ray.scoring import FFNFeatures, prompt_matrix
+from puma_ray.selection import stratum_weights
+from puma_ray.strategies import select_users
+
+PLOT_SAMPLE = 20000
+
+
+def label_moments(batch: pd.DataFrame) -> pd.DataFrame:
+    """Per-user partial sums (n, sum, sum of squares) of one batch's training labels."""
+    label = batch["label"].astype(np.float64)
+    g = pd.DataFrame({"user_id": batch["user_id"], "n": 1, "s": label, "ss": label * label}).groupby("user_id")
+    return g.sum().reset_index()
+
+
+def label_variance(data_dir: str) -> pd.Series:
+    """Population variance of each user's training labels (Ray Data partials, summed on the driver)."""
+    ds = ray.data.read_parquet([str(p.resolve()) for p in shard_paths(data_dir)], columns=["user_id", "label", "split"])
+    ds = ds.filter(expr="split == 'train'").map_batches(label_moments, batch_format="pandas")
+    parts = [b for b in ds.iter_batches(batch_size=None, batch_format="pandas")]
+    total = pd.concat(parts).groupby("user_id").sum() if parts else pd.DataFrame(columns=["n", "s", "ss"])
+    mean = total["s"] / total["n"]
+    return (total["ss"] / total["n"] - mean * mean).clip(lower=0.0)
+
+
+class VectorFiles:
+    """Parquet files with `user_id` + a fixed-size float vector column, streamed in batches of eligible rows."""
+
+    def __init__(self, paths: list[str], column: str, width: int, index: pd.Index, batch_rows: int) -> None:
+        self.paths, self.column, self.width, self.index, self.batch_rows = paths, column, width, index, batch_rows
+
+    def batches(self, what: str):
+        """Yield (positions [n] int64, vectors [n, width] float32) through Ray Data, in a fixed order."""
+        ds = ray.data.read_parquet(self.paths, columns=["user_id", self.column])
+        progress = Progress(what, len(self.index))
+        for batch in ds.iter_batches(batch_size=self.batch_rows, batch_format="pyarrow"):
+            pos = self.index.get_indexer(batch.column("user_id").to_pylist())
+            keep = pos >= 0
+            if keep.any():
+                x = prompt_matrix(batch.column(self.column), self.width)[keep]
+                progress.step(int(keep.sum()))
+                yield pos[keep].astype(np.int64), x
+
+
+def fit_kmeans(vectors: VectorFiles, k: int, passes: int, seed: int, transform=None):
+    """Mini-batch K-means over streamed vectors (scikit-learn partial_fit) -> ([N] clusters, fitted model)."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    km = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=vectors.batch_rows)
+    buffer = []  # k-means++ needs at least k points in its first batch
+    for p in range(passes):
+        for _, x in vectors.batches(f"k-means pass {p + 1}/{passes}"):
+            x = transform(x) if transform else x
+            buffer.append(x)
+            if sum(len(b) for b in buffer) >= 3 * k:
+                km.partial_fit(np.concatenate(buffer))
+                buffer = []
+    if buffer:
+        km.partial_fit(np.concatenate(buffer))
+    labels = np.full(len(vectors.index), -1, dtype=np.int64)
+    for pos, x in vectors.batches("k-means assignment"):
+        labels[pos] = km.predict(transform(x) if transform else x)
+    return labels, km
+
+
+def fit_pca(vectors: VectorFiles, dim: int):
+    """Incremental PCA (scikit-learn partial_fit) over streamed vectors."""
+    from sklearn.decomposition import IncrementalPCA
+
+    dim = min(dim, vectors.width)
+    pca, buffer = IncrementalPCA(n_components=dim), []
+    for _, x in vectors.batches("incremental PCA"):
+        buffer.append(x)
+        if sum(len(b) for b in buffer) >= max(dim, vectors.batch_rows):
+            pca.partial_fit(np.concatenate(buffer))
+            buffer = []
+    rest = sum(len(b) for b in buffer)
+    if rest >= dim:
+        pca.partial_fit(np.concatenate(buffer))
+    elif not getattr(pca, "n_samples_seen_", 0):
+        raise PumaError(f"--pca-dim {dim} needs at least {dim} eligible users, there are {rest}")
+    # else: a last chunk smaller than dim cannot be a partial_fit batch; the estimate comes from the rest
+    return pca
+
+
+class SelectionInputs:
+    """The lazy per-user facts strategies ask for (see strategies.py), computed once each."""
+
+    def __init__(self, cfg: SelectConfig, store: dict, users: pd.Index, out: Path) -> None:
+        self.cfg, self.store, self.users, self.out = cfg, store, users, out
+        self.n = len(users)
+        self.timings: dict[str, float] = {}
+        self._clusters: dict[str, np.ndarray] = {}
+        paths = [str((Path(cfg.prompts) / s["name"]).resolve()) for s in store["shards"]]
+        self.prompts = VectorFiles(paths, "prompt", store["prompt_len"] * store["dim"], users, cfg.batch_rows)
+
+    def _timed(self, what: str, fn):
+        t0 = time.perf_counter()
+        value = fn()
+        self.timings[what] = round(time.perf_counter() - t0, 3)
+        return value
+
+    @cached_property
+    def _variance(self) -> np.ndarray:
+        var = self._timed("variance", lambda: label_variance(self.cfg.data))
+        return var.reindex(self.users).fillna(0.0).to_numpy(np.float64)
+
+    def variance(self) -> np.ndarray:
+        return self._variance
+
+    @cached_property
+    def _loss(self) -> np.ndarray:
+        return self._timed("loss", lambda: source_losses(self.cfg, self.store, self.out)).reindex(self.users).to_numpy(np.float64)
+
+    def loss(self) -> np.ndarray:
+        if np.isnan(self._loss).any():
+            missing = self.users[np.isnan(self._loss)]
+            raise PumaError(f"--losses has no loss for {len(missing)} eligible users (e.g. {list(missing[:3])}); "
+                            "give an `evaluate --split train` output of this store")
+        return self._loss
+
+    @cached_property
+    def pca(self):
+        return self._timed("pca", lambda: fit_pca(self.prompts, self.cfg.pca_dim))
+
+    def reduced(self) -> np.ndarray:
+        out = np.zeros((self.n, self.pca.n_components_), dtype=np.float32)
+        for pos, x in self.prompts.batches("PCA projection"):
+            out[pos] = self.pca.transform(x)
+        return out
+
+    def clusters(self, space: str) -> np.ndarray:
+        if space not in self._clusters:
+            k, passes, seed = self.cfg.clusters, self.cfg.kmeans_passes, self.cfg.seed
+            if k > self.n:
+                raise PumaError(f"--clusters {k} exceeds the {self.n} eligible users")
+            if space == "prompts":
+                labels, _ = self._timed("kmeans", lambda: fit_kmeans(self.prompts, k, passes, seed))
+            elif space == "pca":
+                labels, _ = self._timed("kmeans", lambda: fit_kmeans(self.prompts, k, passes, seed,
+                                                                     transform=self.pca.transform))
+            else:
+                feats = self._timed("ffn_features", lambda: ffn_features(self.cfg, self.store, self.users, self.out))
+                labels, _ = self._timed("kmeans", lambda: fit_kmeans(feats, k, passes, seed))
+            self._clusters[space] = labels
+        return self._clusters[space]
+
+
+def source_losses(cfg: SelectConfig, store: dict, out: Path) -> pd.Series:
+    """Mean source-model training loss per user: from --losses, or by running `evaluate --split train`."""
+    from puma_ray.stages.evaluate import run_evaluate
+
+    where = cfg.losses
+    if where is None:
+        where = str(out / "source_loss")
+        run_evaluate(EvaluateConfig(data=cfg.data, model=store["model"]["name"], prompts=cfg.prompts, split="train",
+                                    out=where, workers=cfg.workers, batch_size=cfg.batch_size))
+    path = Path(where) / "per_user.parquet"
+    if not path.is_file():
+        raise PumaError(f"--losses {where}: no per_user.parquet there (give a `puma-ray evaluate` output)")
+    table = pq.read_table(path, columns=["user_id", "loss"]).to_pandas()
+    return table.set_index("user_id")["loss"]
+
+
+def ffn_features(cfg: SelectConfig, store: dict, users: pd.Index, out: Path) -> VectorFiles:
+    """The source model's FFN outputs for every prompt, written by Ray Data to DIR/_ffn (streamed back)."""
+    from transformers import AutoConfig
+
+    layers = AutoConfig.from_pretrained(store["model"]["name"]).num_hidden_layers
+    if cfg.ffn_layers > layers:
+        raise PumaError(f"--ffn-layers {cfg.ffn_layers} exceeds the {layers} decoder layers of the source model "
+                        f"{store['model']['name']}; use --ffn-layers {layers} or fewer")
+    l, d = store["prompt_len"], store["dim"]
+    paths = [str((Path(cfg.prompts) / s["name"]).resolve()) for s in store["shards"]]
+    target = out / "_ffn"
+    shutil.rmtree(target, ignore_errors=True)
+    ds = ray.data.read_parquet(paths).map_batches(
+        FFNFeatures, fn_constructor_kwargs={"model": store["model"]["name"], "prompt_len": l, "dim": d,
+                                            "layers": cfg.ffn_layers},
+        batch_size=cfg.batch_size, batch_format="pyarrow", concurrency=cfg.workers)
+    ds.write_parquet(str(target.resolve()))
+    files = sorted(str(p) for p in target.glob("*.parquet"))
+    return VectorFiles(files, "prompt", cfg.ffn_layers * d, users, cfg.batch_rows)
+
+
+def eligible_users(data_dir: str, store_dir: str, store: dict) -> pd.Index:
+    """Users with a (finite) prompt in the store and >= 1 training row, in store order."""
+    counts = pq.read_table(Path(data_dir) / "users.parquet", columns=["user_id", "n_train"]).to_pandas()
+    trained = set(counts.loc[counts["n_train"] > 0, "user_id"])
+    ids = []
+    for s in store["shards"]:
+        col = pq.read_table(Path(store_dir) / s["name"], columns=["user_id"]).column(0).to_pylist()
+        ids += [u for u in col if u in trained]
+    if len(set(ids)) != len(ids):
+        raise PumaError(f"prompt store {store_dir} lists some users twice; it is corrupt")
+    return pd.Index(ids, dtype=object)
+
+
+def plot_coordinates(inputs: SelectionInputs, chosen: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """2-D PCA coordinates of a sample of all users and of every chosen user (for the scatter)."""
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(inputs.n, size=min(inputs.n, PLOT_SAMPLE), replace=False))
+    wanted = np.zeros(inputs.n, dtype=bool)
+    wanted[sample] = True
+    wanted[chosen] = True
+    rows, vecs = [], []
+    for pos, x in inputs.prompts.batches("plot sample"):
+        keep = wanted[pos]
+        rows.append(pos[keep])
+        vecs.append(x[keep])
+    pos, x = np.concatenate(rows), np.concatenate(vecs)
+    xy = PCA(n_components=2, random_state=seed).fit_transform(x) if len(x) >= 2 else np.zeros((len(x), 2))
+    coords = np.full((inputs.n, 2), np.nan)
+    coords[pos] = xy
+    return coords[sample], coords[chosen]
+
+
+def save_plot(path: Path, background: np.ndarray, picked: np.ndarray, sel, cfg: SelectConfig, report: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    ax = axes[0]
+    ax.scatter(background[:, 0], background[:, 1], s=3, c="0.8", label=f"all users (sample of {len(background)})")
+    style = {"c": sel.cluster[sel.chosen], "cmap": "tab10"} if sel.cluster is not None else {"c": "tab:red"}
+    ax.scatter(picked[:, 0], picked[:, 1], s=8, label=f"selected ({len(picked)})", **style)
+    ax.set_title(f"{cfg.strategy}: source prompts, first 2 principal components")
+    ax.legend(loc="best", fontsize=8)
+    ax = axes[1]
+    if "stratum_selected" in report:
+        counts = np.asarray(report["stratum_selected"])
+        ax.bar(np.arange(cfg.bins), counts, color="tab:blue", label="selected")
+        share = np.asarray(report["stratum_target_share"])
+        ax.plot(np.arange(cfg.bins), share * counts.sum(), "o-", color="tab:orange", label="target weights")
+        ax.set_xlabel(f"stratum (low -> high {report['stratified_by']})")
+        ax.set_ylabel("users")
+        ax.legend(fontsize=8)
+    elif sel.cluster is not None:
+        ax.bar(np.arange(cfg.clusters), np.bincount(sel.cluster, minlength=cfg.clusters), color="0.7", label="all")
+        ax.bar(np.arange(cfg.clusters), np.bincount(sel.cluster[sel.chosen], minlength=cfg.clusters),
+               color="tab:blue", label="selected")
+        ax.set_xlabel("cluster")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    else:
+        ax.axis("off")
+    ax.set_title("selected users per stratum" if "stratum_selected" in report else "users per cluster")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def selection_report(cfg: SelectConfig, sel, n: int, timings: dict) -> dict:
+    report = {"strategy": cfg.strategy, "budget": cfg.budget, "selected": int(len(sel.chosen)), "eligible": n,
+              "seed": cfg.seed, "timings_s": timings}
+    if sel.cluster is not None:
+        report["cluster_sizes"] = np.bincount(sel.cluster, minlength=cfg.clusters).tolist()
+        report["cluster_selected"] = np.bincount(sel.cluster[sel.chosen], minlength=cfg.clusters).tolist()
+    if sel.stratum is not None and (sel.stratum >= 0).any():
+        strata = sel.stratum[sel.chosen]
+        report["stratum_selected"] = np.bincount(strata[strata >= 0], minlength=cfg.bins).tolist()
+        w = stratum_weights(cfg.bins, "normal" if cfg.strategy == "puma" else cfg.weights)
+        report["stratum_target_share"] = (w / w.sum()).round(4).tolist()
+        by_loss = cfg.strategy in ("loss", "kmeans-loss") or (cfg.strategy == "ffn" and cfg.ffn_strata == "loss")
+        report["stratified_by"] = "loss" if by_loss else "variance"
+    return report
+
+
+def write_report_md(path: Path, report: dict) -> None:
+    lines = [f"# Selection: {report['strategy']}", "",
+             f"{report['selected']} of {report['eligible']} eligible users (budget {report['budget']}, "
+             f"seed {report['seed']}).", ""]
+    if "cluster_sizes" in report:
+        lines += ["| cluster | users | selected |", "|---:|---:|---:|"]
+        lines += [f"| {c} | {a} | {b} |" for c, (a, b) in
+                  enumerate(zip(report["cluster_sizes"], report["cluster_selected"]))]
+        lines.append("")
+    if "stratum_selected" in report:
+        total = max(sum(report["stratum_selected"]), 1)
+        lines += ["| stratum | selected | share | target share |", "|---:|---:|---:|---:|"]
+        lines += [f"| {s} | {c} | {c / total:.3f} | {t:.3f} |" for s, (c, t) in
+                  enumerate(zip(report["stratum_selected"], report["stratum_target_share"]))]
+        lines.append("")
+    lines.append("Timings (s): " + ", ".join(f"{k} {v}" for k, v in report["timings_s"].items()))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def run_select(cfg: SelectConfig) -> dict:
+    """Select cfg.budget users of the store with cfg.strategy; returns the JSON summary."""
+    read_data_manifest(cfg.data)
+    store = read_store_manifest(cfg.prompts)
+    out = open_run(cfg.out, "select", cfg)
+    (out / "selected.parquet").unlink(missing_ok=True)  # the selection is incomplete until this run finishes
+    init_ray()
+    with CostMeter(out, "select", cfg) as meter:
+        users = eligible_users(cfg.data, cfg.prompts, store)
+        log.info("select: %s, %d of %d eligible users (store %s)", cfg.strategy, cfg.budget, len(users), cfg.prompts)
+        inputs = SelectionInputs(cfg, store, users, out)
+        sel = select_users(inputs, cfg)
+        chosen = np.sort(sel.chosen)
+        sel.chosen = chosen
+        n = len(users)
+        table = pd.DataFrame({
+            "user_id": users.to_numpy(),
+            "cluster": sel.cluster if sel.cluster is not None else np.full(n, -1),
+            "stratum": sel.stratum if sel.stratum is not None else np.full(n, -1),
+            "value": sel.value if sel.value is not None else np.full(n, np.nan),
+            "selected": np.isin(np.arange(n), chosen)})
+        write_parquet_atomic(pa.Table.from_pandas(table, preserve_index=False), out / "assignments.parquet")
+        background, picked = inputs._timed("plot", lambda: plot_coordinates(inputs, chosen, cfg.seed))
+        report = selection_report(cfg, sel, n, inputs.timings)
+        save_plot(out / "selection.png", background, picked, sel, cfg, report)
+        meter.samples = n
+        meter.extra = {"strategy": cfg.strategy, "budget": cfg.budget, "eligible": n}
+        # written last: an adapter run reads selected.parquet, so its presence means "complete"
+        write_parquet_atomic(pa.Table.from_pandas(table[table["selected"]].drop(columns=["selected"]),
+                                                  preserve_index=False), out / "selected.parquet")
+    shutil.rmtree(out / "_ffn", ignore_errors=True)
+    report["wall_s"] = meter.record.wall_s
+    report["peak_memory_bytes"] = meter.record.peak_memory_bytes
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_report_md(out / "report.md", report)
+    log.info("select: %d users -> %s (%.1f s)", len(chosen), out, meter.record.wall_s)
+    return {"out": str(out), **{k: v for k, v in report.items() if k != "timings_s"}, "timings_s": inputs.timings}
