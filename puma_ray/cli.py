@@ -18,7 +18,7 @@ import traceback
 import typing
 from typing import Any, Callable, Optional
 
-from puma_ray.config import (AdapterStageConfig, DataConfig, DemoConfig, EvaluateConfig, MigrateConfig, ModelsConfig, PromptsConfig,
+from puma_ray.config import (AdapterStageConfig, ChainConfig, DataConfig, DemoConfig, EvaluateConfig, MigrateConfig, ModelsConfig, PromptsConfig,
                              SelectConfig, field_docs, load_config)
 from puma_ray.errors import ConfigError, PumaError
 from puma_ray.runs import setup_logging
@@ -39,6 +39,8 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
                 "apply a trained adapter to every user of the source store(s) -> target prompt store (resumable)"),
     "evaluate": (EvaluateConfig, "puma_ray.stages.evaluate:run_evaluate",
                  "score a prompt store with its model over a split: metrics, per-user metrics, report"),
+    "chain": (ChainConfig, "puma_ray.stages.chain:run_chain",
+              "chained migration A -> B -> C: select, adapter, migrate and evaluate at every hop"),
     "demo": (DemoConfig, "puma_ray.stages.demo:run_demo",
              "run every available stage end to end on the offline default"),
 }

@@ -500,6 +500,8 @@ class EvaluateConfig(StageConfig):
     """Output directory: metrics.json, per_user.parquet, rows.parquet, report.md."""
     workers: int = 1
     """Ray Data actors holding the model."""
+    cpus_per_worker: float = 1.0
+    """CPUs each actor reserves (fewer when that would leave Ray Data no CPU to read with)."""
     batch_size: int = 64
     """Rows per model forward."""
     use_gpu: bool = False
@@ -513,6 +515,7 @@ class EvaluateConfig(StageConfig):
         _required(self.prompts, "prompts", "--prompts STORE")
         _required(self.out, "out", "--out DIR")
         check(self.workers >= 1, "workers", "must be >= 1")
+        check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
 
 
@@ -572,6 +575,58 @@ class SelectConfig(StageConfig):
         check(self.ffn_layers >= 1, "ffn_layers", "must be >= 1")
         check(self.workers >= 1, "workers", "must be >= 1")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
+
+
+@dataclasses.dataclass
+class ChainConfig(StageConfig):
+    """`puma-ray chain`: select -> adapter -> migrate -> evaluate along a list of models (A -> B -> C ...).
+
+    Each hop's migrated store is the next hop's source: prompts are never retrained."""
+
+    data: Optional[str] = None
+    """Canonical dataset directory."""
+    source: Optional[str] = None
+    """Prompt store trained on the first model of the chain."""
+    models: list[str] = dataclasses.field(default_factory=list)
+    """Models to migrate to, in order (each a Hugging Face directory or hub id)."""
+    out: Optional[str] = None
+    """Output directory: hop-N/{selection,adapter,store,eval}, report.md, chain.png."""
+    strategy: Literal["puma", "random", "variance", "loss", "kmeans", "kmeans-pca", "kmeans-fps", "kmeans-loss",
+                      "ffn"] = "puma"
+    """Selection strategy at every hop."""
+    budget: int = 2000
+    """Users the adapter of every hop trains on."""
+    clusters: int = 10
+    """K-means clusters of the selection."""
+    min_per_cluster: int = 10
+    """Users every cluster gets first (puma)."""
+    workers: int = 1
+    """Ray Train workers (adapter) and Ray Data actors (migrate, evaluate)."""
+    epochs: int = 4
+    """Adapter epochs per hop."""
+    lr: float = 1e-4
+    """Adapter learning rate."""
+    width: int = 4096
+    """Adapter FFN width."""
+    rank: int = 0
+    """Adapter rank (0 = full rank)."""
+    batch_size: int = 32
+    """Adapter batch size per worker."""
+    split: Literal["valid", "test"] = "valid"
+    """Split each hop is scored on."""
+    seed: int = 0
+    """Seed of selection and adapter training."""
+
+    def validate(self) -> None:
+        _required(self.data, "data", "--data DIR")
+        _required(self.source, "source", "--source STORE")
+        check(len(self.models) >= 1, "models", "give at least one --models MODEL (the chain's next models)")
+        _required(self.out, "out", "--out DIR")
+        check(self.budget >= 1, "budget", "must be >= 1")
+        check(self.workers >= 1, "workers", "must be >= 1")
+        check(self.epochs >= 1, "epochs", "must be >= 1")
+        check(self.lr > 0, "lr", "must be > 0")
+        check(self.width >= 1, "width", "must be >= 1")
 
 
 @dataclasses.dataclass

@@ -35,3 +35,19 @@ def quiet_ray_data_console() -> None:
         if not isinstance(handler, logging.FileHandler):
             handler.setLevel(logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def actor_cpus(per_actor: float, actors: int) -> float:
+    """CPUs each of `actors` Ray Data actors may reserve, leaving one CPU of the cluster free.
+
+    Actors that reserve every CPU starve Ray Data's own read and shuffle tasks and the
+    dataset hangs (ray-project/ray#44687); on small machines the actors get a fraction.
+    """
+    free = float(ray.cluster_resources().get("CPU", 1.0)) - 1.0
+    if per_actor * actors <= free:
+        return per_actor
+    share = max(free / actors, 0.25 / actors) if free > 0 else 0.25 / actors
+    logging.getLogger("puma_ray").warning(
+        "%d actor(s) x %.2g CPU would leave Ray Data no CPU to read with; reserving %.2g CPU each",
+        actors, per_actor, share)
+    return share

@@ -27,7 +27,7 @@ from puma_ray.errors import PumaError
 from puma_ray.hf import describe_model, model_ref
 from puma_ray.metrics import RatingSums, auc, uauc
 from puma_ray.prompt_store import QUARANTINE, check_model, verify
-from puma_ray.ray_utils import init_ray
+from puma_ray.ray_utils import actor_cpus, init_ray
 from puma_ray.runs import CostMeter, log, open_run
 from puma_ray.scoring import PromptScorer
 from puma_ray.templates import load_template_text
@@ -120,7 +120,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     with CostMeter(out, "evaluate", cfg, workers=cfg.workers) as meter:
         scored = joined_rows(cfg.data, cfg.split, cfg.prompts, store).map_batches(
             PromptScorer, fn_constructor_kwargs=scorer_args, batch_size=cfg.batch_size, batch_format="pyarrow",
-            concurrency=cfg.workers, num_gpus=1 if cfg.use_gpu else None)
+            concurrency=cfg.workers, num_cpus=actor_cpus(cfg.cpus_per_worker, cfg.workers),
+            num_gpus=1 if cfg.use_gpu else None)
         tables = list(scored.iter_batches(batch_size=65536, batch_format="pyarrow"))
         rows = pa.concat_tables(tables) if tables else pa.table({k: pa.array([], t) for k, t in (
             ("user_id", pa.string()), ("label", pa.float32()), ("pred", pa.float32()), ("loss", pa.float32()),

@@ -27,7 +27,7 @@ from puma_ray.migration import PROGRESS_DIR, ShardMigrator, done_shard
 from puma_ray.modules import AdapterConfig, adapter_param_count
 from puma_ray.prompt_store import MANIFEST, finalize, verify
 from puma_ray.prompt_store import read_manifest as read_store_manifest
-from puma_ray.ray_utils import init_ray
+from puma_ray.ray_utils import actor_cpus, init_ray
 from puma_ray.runs import CostMeter, Progress, log, open_run
 from puma_ray.stages.evaluate import quarantined_users
 
@@ -115,11 +115,11 @@ def run_migrate(cfg: MigrateConfig) -> dict:
     with CostMeter(out, "migrate", cfg, workers=cfg.workers) as meter:
         if pending:
             ds = ray.data.from_items(pending).map_batches(
-                ShardMigrator, batch_size=1, concurrency=cfg.workers, num_cpus=cfg.cpus_per_worker,
+                ShardMigrator, batch_size=1, concurrency=cfg.workers, num_cpus=actor_cpus(cfg.cpus_per_worker, cfg.workers),
                 num_gpus=1 if cfg.use_gpu else None,
                 fn_constructor_kwargs={"adapter_dir": str(adapter_dir.resolve()), "sources": sources, "out": str(out.resolve()),
                                        "prompt_len": meta["prompt_len"], "dims": [m["dim"] for m in manifests],
-                                       "batch_size": cfg.batch_size, "threads": int(cfg.cpus_per_worker),
+                                       "batch_size": cfg.batch_size, "threads": max(1, int(cfg.cpus_per_worker)),
                                        "use_gpu": cfg.use_gpu})
             progress = Progress("migrate: users", sum(s["rows"] for i, s in enumerate(shards) if done[i] is None))
             for n, row in enumerate(ds.iter_rows(), start=1):

@@ -34,7 +34,7 @@ from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import shard_paths, write_parquet_atomic
 from puma_ray.errors import PumaError
 from puma_ray.prompt_store import read_manifest as read_store_manifest
-from puma_ray.ray_utils import init_ray
+from puma_ray.ray_utils import actor_cpus, init_ray
 from puma_ray.runs import CostMeter, Progress, log, open_run
 from puma_ray.scoring import FFNFeatures, prompt_matrix
 from puma_ray.selection import stratum_weights
@@ -214,7 +214,8 @@ def ffn_features(cfg: SelectConfig, store: dict, users: pd.Index, out: Path) -> 
     ds = ray.data.read_parquet(paths).map_batches(
         FFNFeatures, fn_constructor_kwargs={"model": store["model"]["name"], "prompt_len": l, "dim": d,
                                             "layers": cfg.ffn_layers},
-        batch_size=cfg.batch_size, batch_format="pyarrow", concurrency=cfg.workers)
+        batch_size=cfg.batch_size, batch_format="pyarrow", concurrency=cfg.workers,
+        num_cpus=actor_cpus(1.0, cfg.workers))
     ds.write_parquet(str(target.resolve()))
     files = sorted(str(p) for p in target.glob("*.parquet"))
     return VectorFiles(files, "prompt", cfg.ffn_layers * d, users, cfg.batch_rows)

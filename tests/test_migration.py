@@ -1,0 +1,242 @@
+"""select, evaluate, migrate and chain on tiny models: exact budgets, user/cluster alignment with
+non-contiguous ids, evaluation equal to training's validation, quarantine instead of NaN metrics,
+a migration whose driver is killed and re-run (every user exactly once), a 3-family chain."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from puma_ray.config import (AdapterStageConfig, ChainConfig, DataConfig, EvaluateConfig, MigrateConfig, ModelsConfig,
+                             PromptsConfig, SelectConfig)
+from puma_ray.data.schema import file_sha256, shard_paths, write_parquet_atomic
+from puma_ray.errors import PumaError
+from puma_ray.prompt_store import finalize, iter_prompts, prompt_schema, read_manifest, verify, write_shard
+from puma_ray.stages.adapter import run_adapter
+from puma_ray.stages.chain import run_chain
+from puma_ray.stages.data import run_data
+from puma_ray.stages.evaluate import run_evaluate
+from puma_ray.stages.migrate import run_migrate
+from puma_ray.stages.models import run_models
+from puma_ray.stages.prompts import run_prompts
+from puma_ray.stages.select import run_select
+from puma_ray.strategies import STRATEGIES
+
+pytestmark = pytest.mark.ray
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def setup(ray_local, tmp_path_factory):
+    root = tmp_path_factory.mktemp("migration")
+    run_data(DataConfig(source="synthetic", out=str(root / "data"), users=120, items=60, seed=11))
+    for fam in ("llama", "qwen2", "gemma3"):
+        run_models(ModelsConfig(family=fam, data=str(root / "data"), out=str(root / fam), pretrain_steps=60))
+    src = run_prompts(PromptsConfig(data=str(root / "data"), model=str(root / "llama"), out=str(root / "src"),
+                                    workers=2, epochs=2, lr=0.01))
+    run_adapter(AdapterStageConfig(data=str(root / "data"), source=[str(root / "src")],
+                                   target_model=str(root / "qwen2"), out=str(root / "adapter"), workers=2, epochs=1,
+                                   width=32, lr=3e-3))
+    return root, src
+
+
+def restore(store, out, transform=None, shards=6, users=None):
+    """A copy of `store` cut into `shards` shards (optionally changing prompts/user ids on the way)."""
+    m = read_manifest(store)
+    ids, prompts = zip(*[(u, p) for us, ps in iter_prompts(store) for u, p in zip(us, ps)])
+    ids, prompts = list(ids), np.stack(prompts)
+    if transform:
+        ids, prompts = transform(ids, prompts)
+    infos, bad = [], []
+    for i, chunk in enumerate(np.array_split(np.arange(len(ids)), shards)):
+        info, q = write_shard(out, i, [ids[j] for j in chunk], prompts[chunk])
+        infos.append(info)
+        bad += q
+    for f in ("head.safetensors", "head.json"):
+        (out / f).write_bytes((store / f).read_bytes())
+    finalize(out, task=m["task"], prompt_len=m["prompt_len"], dim=m["dim"], model=m["model"], lineage=m["lineage"],
+             dataset_fingerprint=m["dataset_fingerprint"], shards=infos, quarantined=bad)
+    return out
+
+
+def scfg(root, out, **kw):
+    return SelectConfig(**{**dict(data=str(root / "data"), prompts=str(root / "src"), out=str(out), budget=30,
+                                  clusters=3, min_per_cluster=2, ffn_layers=2, kmeans_passes=1), **kw})
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_select_writes_exactly_b_users_for_every_strategy(setup, tmp_path, strategy):
+    root, _ = setup
+    first = run_select(scfg(root, tmp_path / "a", strategy=strategy, seed=3))
+    sel = pq.read_table(tmp_path / "a" / "selected.parquet").to_pandas()
+    assert first["selected"] == len(sel) == sel["user_id"].nunique() == 30
+    assert (tmp_path / "a" / "selection.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "a" / "report.json").read_text())["budget"] == 30
+    if strategy in ("random", "puma", "kmeans-fps"):  # determinism, on a cheap subset of the table
+        run_select(scfg(root, tmp_path / "b", strategy=strategy, seed=3))
+        again = pq.read_table(tmp_path / "b" / "selected.parquet").to_pandas()
+        assert sorted(again["user_id"]) == sorted(sel["user_id"])
+
+
+def test_select_budget_above_eligible_is_a_clear_error(setup, tmp_path):
+    root, _ = setup
+    with pytest.raises(PumaError, match="--budget 121 exceeds the 120 eligible users"):
+        run_select(scfg(root, tmp_path, strategy="random", budget=121))
+    assert not (tmp_path / "selected.parquet").exists()
+
+
+def test_clusters_and_variance_stay_with_their_users_for_non_contiguous_ids(setup, tmp_path):
+    """Blob prompts keyed by shuffled, gappy ids: each blob must land in one cluster, each user keep its variance."""
+    root, _ = setup
+    rng = np.random.default_rng(0)
+
+    def blobs(ids, prompts):
+        order = rng.permutation(len(ids))
+        blob = np.arange(len(ids)) % 3
+        centers = rng.normal(size=(3, prompts.shape[-1])) * 20
+        return [ids[i] for i in order], (centers[blob] + rng.normal(size=prompts.shape[::2])).astype(np.float32)[:, None, :]
+
+    store = restore(root / "src", tmp_path / "store", blobs, shards=5)
+    run_select(scfg(root, tmp_path / "sel", prompts=str(store), strategy="puma", clusters=3))
+    a = pq.read_table(tmp_path / "sel" / "assignments.parquet").to_pandas().set_index("user_id")
+    ids = [u for us, _ in iter_prompts(store) for u in us]
+    blob = pd.Series(np.arange(len(ids)) % 3, index=ids)  # store order = the order blobs() dealt them
+    assert (pd.crosstab(blob, a.loc[ids, "cluster"]).gt(0).sum(axis=1) == 1).all()
+    rows = pd.concat([pd.read_parquet(p, columns=["user_id", "label", "split"]) for p in shard_paths(root / "data")])
+    var = rows[rows["split"] == "train"].groupby("user_id")["label"].var(ddof=0)
+    np.testing.assert_allclose(a["value"].to_numpy(), var.reindex(a.index).to_numpy(), atol=1e-5)
+
+
+def test_evaluate_reproduces_training_validation(setup, tmp_path):
+    root, src = setup
+    metrics = run_evaluate(EvaluateConfig(data=str(root / "data"), model=str(root / "llama"),
+                                          prompts=str(root / "src"), out=str(tmp_path)))
+    assert metrics["rmse"] == pytest.approx(src["valid_rmse"], abs=1e-6)
+    per_user = pq.read_table(tmp_path / "per_user.parquet").to_pandas()
+    assert per_user["n"].sum() == metrics["n"] and len(per_user) == metrics["users"]
+    assert (tmp_path / "report.md").is_file() and json.loads((tmp_path / "metrics.json").read_text())["rmse"]
+
+
+def test_evaluate_refuses_a_store_of_another_model(setup, tmp_path):
+    root, _ = setup
+    with pytest.raises(PumaError, match="belongs to model"):
+        run_evaluate(EvaluateConfig(data=str(root / "data"), model=str(root / "qwen2"), prompts=str(root / "src"),
+                                    out=str(tmp_path)))
+
+
+def test_evaluate_reports_nan_prompts_as_quarantined(setup, tmp_path):
+    root, _ = setup
+
+    def poison(ids, prompts):
+        prompts = prompts.copy()
+        prompts[:4] = np.nan
+        return ids, prompts
+
+    store = restore(root / "src", tmp_path / "store", poison, shards=2)
+    assert read_manifest(store)["quarantined"] == 4
+    # and a shard that carries NaN rows itself (written by something else than write_shard)
+    bad = tmp_path / "raw"
+    restore(root / "src", bad, shards=1)
+    table = pq.read_table(bad / "part-00000.parquet")
+    flat = table.column("prompt").combine_chunks().flatten().to_numpy().copy()
+    flat[: 3 * 64] = np.nan
+    width = 64
+    table = pa.table({"user_id": table.column("user_id"),
+                      "prompt": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), width)},
+                     schema=prompt_schema(width))
+    write_parquet_atomic(table, bad / "part-00000.parquet")
+    m = read_manifest(bad)
+    m["shards"][0]["sha256"] = file_sha256(bad / "part-00000.parquet")
+    (bad / "manifest.json").write_text(json.dumps(m))
+    with_valid = int((pq.read_table(root / "data" / "users.parquet").column("n_valid").to_numpy() > 0).sum())
+    for s, n in ((store, 4), (bad, 3)):
+        out = run_evaluate(EvaluateConfig(data=str(root / "data"), model=str(root / "llama"), prompts=str(s),
+                                          out=str(tmp_path / f"eval-{n}")))
+        assert out["quarantined_users"] == n and np.isfinite(out["rmse"]) and out["users"] == with_valid - n
+
+
+def test_migrate_moves_every_user_with_lineage_and_head(setup, tmp_path):
+    root, _ = setup
+    out = run_migrate(MigrateConfig(adapter=str(root / "adapter"), source=[str(root / "src")], out=str(tmp_path / "m")))
+    m = verify(tmp_path / "m")
+    assert out["users"] == m["num_users"] == 120 and m["dim"] == 48 and m["model"]["family"] == "qwen2"
+    assert [s["step"] for s in m["lineage"]] == ["trained", "migrated"]
+    assert m["lineage"][-1]["adapter_sha256"] == json.loads((root / "adapter" / "adapter.json").read_text())["sha256"]
+    assert (tmp_path / "m" / "head.safetensors").is_file() and not (tmp_path / "m" / "_progress").exists()
+    again = run_migrate(MigrateConfig(adapter=str(root / "adapter"), source=[str(root / "src")], out=str(tmp_path / "m")))
+    assert again["already_complete"]
+    scored = run_evaluate(EvaluateConfig(data=str(root / "data"), model=str(root / "qwen2"), prompts=str(tmp_path / "m"),
+                                         out=str(tmp_path / "e")))
+    assert np.isfinite(scored["rmse"]) and scored["users"] == 120
+
+
+def test_migrate_refuses_a_store_the_adapter_was_not_trained_on(setup, tmp_path):
+    root, _ = setup
+    migrated = tmp_path / "m"
+    run_migrate(MigrateConfig(adapter=str(root / "adapter"), source=[str(root / "src")], out=str(migrated)))
+    with pytest.raises(PumaError, match="belongs to model .*qwen2"):
+        run_migrate(MigrateConfig(adapter=str(root / "adapter"), source=[str(migrated)], out=str(tmp_path / "x")))
+
+
+def test_migrate_quarantines_non_finite_inputs(setup, tmp_path):
+    root, _ = setup
+    store = restore(root / "src", tmp_path / "s", shards=2)
+    table = pq.read_table(store / "part-00001.parquet")
+    flat = table.column("prompt").combine_chunks().flatten().to_numpy().copy()
+    flat[5] = np.inf
+    write_parquet_atomic(pa.table({"user_id": table.column("user_id"), "prompt": pa.FixedSizeListArray.from_arrays(
+        pa.array(flat, pa.float32()), 64)}, schema=prompt_schema(64)), store / "part-00001.parquet")
+    m = read_manifest(store)
+    m["shards"][1]["sha256"] = file_sha256(store / "part-00001.parquet")
+    (store / "manifest.json").write_text(json.dumps(m))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    for f in ("adapter.safetensors", "head.safetensors"):
+        (adapter / f).write_bytes((root / "adapter" / f).read_bytes())
+    meta = json.loads((root / "adapter" / "adapter.json").read_text())
+    (adapter / "adapter.json").write_text(json.dumps(meta))
+    out = run_migrate(MigrateConfig(adapter=str(adapter), source=[str(store)], out=str(tmp_path / "m")))
+    assert out["quarantined"] == 1 and out["users"] == 119
+    assert pq.read_table(tmp_path / "m" / "quarantine.parquet").num_rows == 1
+
+
+def test_migrate_killed_driver_then_rerun_moves_every_user_exactly_once(setup, tmp_path):
+    root, _ = setup
+    store = restore(root / "src", tmp_path / "s", shards=6)
+    args = [sys.executable, "-m", "puma_ray.cli", "migrate", "--adapter", str(root / "adapter"), "--source", str(store),
+            "--out", str(tmp_path / "m")]
+    env = {**os.environ, "PUMA_KILL_MIGRATE_AFTER_SHARDS": "2", "RAY_ADDRESS": ""}
+    killed = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (tmp_path / "m" / "manifest.json").exists()
+    # the actor may have finished more shards than the driver saw before it died
+    done_before = sorted(p.name for p in (tmp_path / "m" / "_progress").glob("part-*.json"))
+    assert len(done_before) >= 2
+    out = run_migrate(MigrateConfig(adapter=str(root / "adapter"), source=[str(store)], out=str(tmp_path / "m")))
+    assert out["resumed_shards"] == len(done_before)
+    m = verify(tmp_path / "m")
+    users = [u for us, _ in iter_prompts(tmp_path / "m") for u in us]
+    source_users = [u for us, _ in iter_prompts(store) for u in us]
+    assert len(users) == len(set(users)) == m["num_users"] and sorted(users) == sorted(source_users)
+    assert not list((tmp_path / "m").glob("*.tmp"))
+
+
+def test_chain_over_three_families_reports_every_hop(setup, tmp_path):
+    root, _ = setup
+    out = run_chain(ChainConfig(data=str(root / "data"), source=str(root / "src"),
+                                models=[str(root / "qwen2"), str(root / "gemma3")], out=str(tmp_path), budget=40,
+                                clusters=3, min_per_cluster=2, workers=2, epochs=1, lr=3e-3, width=32))
+    assert [h["family"] for h in out["hops"]] == ["llama", "qwen2", "gemma3_text"]
+    assert all(np.isfinite(h["rmse"]) for h in out["hops"])
+    m = read_manifest(tmp_path / "hop-2" / "store")
+    assert [s["step"] for s in m["lineage"]] == ["trained", "migrated", "migrated"]
+    assert m["lineage"][1]["model"] != m["lineage"][2]["model"]
+    assert (tmp_path / "chain.png").is_file() and "gemma3" in (tmp_path / "report.md").read_text()
