@@ -441,6 +441,8 @@ class AdapterStageConfig(TrainingConfig):
     """LoRA co-adaptation of the target model (PEFT, all linear layers) with this rank; 0 = off."""
     lora_alpha: int = 16
     """LoRA scaling numerator (alpha / rank scales the update)."""
+    head_init: Literal["source", "fresh"] = "source"
+    """Task head's start: the first source store's trained head (source) or a new random one (fresh)."""
 
     def validate(self) -> None:
         super().validate()

@@ -79,8 +79,10 @@ def adapter_loop(config: dict) -> None:
     users = config["users"]
     index = {u: i for i, u in enumerate(users)}
     source = torch.from_numpy(source_prompts(config["sources"], users)).to(device)  # frozen, [n, l, d_s]
-    module = AdapterWithHead(AdapterConfig(**config["adapter"]), task.head(config["lam"], config["yes_minus_no"]),
-                             lora=model if lora else None)
+    head = task.head(config["lam"], config["yes_minus_no"])
+    if config.get("head_init"):  # the source's trained head: it already speaks the label scale
+        head.load_state_dict(load_file(config["head_init"]))
+    module = AdapterWithHead(AdapterConfig(**config["adapter"]), head, lora=model if lora else None)
     engine = init_deepspeed(module.to(device), config["lr"], config["ds_config"])
     dtype = next(engine.module.parameters()).dtype
 

@@ -62,6 +62,19 @@ def check_sources(stores: list[str], users: list[str], task: str) -> list[dict]:
     return manifests
 
 
+def source_head(store: str, task: str, lam: float) -> str | None:
+    """The first source store's head weights when they fit this run (same task and loss weight), else None."""
+    path, meta = Path(store) / "head.safetensors", Path(store) / "head.json"
+    if not path.is_file() or not meta.is_file():
+        log.info("adapter: source store %s has no head; the head starts fresh", store)
+        return None
+    head = json.loads(meta.read_text())
+    if head["task"] != task or head.get("lam") != lam:
+        log.info("adapter: the source head was trained for %s (lam %s); the head starts fresh", head["task"], head.get("lam"))
+        return None
+    return str(path.resolve())
+
+
 def save_lora(target_model: str, lora_cfg: dict, weights: dict, path: Path) -> None:
     """The co-adapted LoRA weights in PEFT's own format (PeftModel.from_pretrained reads it)."""
     from peft import LoraConfig, get_peft_model
@@ -120,6 +133,7 @@ def run_adapter(cfg: AdapterStageConfig) -> dict:
         "lora": {"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "target_modules": "all-linear",
                  "lora_dropout": 0.0} if cfg.lora_rank else None,
         "ds_config": deepspeed_config(cfg.batch_size, cfg.zero_stage, cfg.use_gpu, cfg.zero3_persistence_threshold),
+        "head_init": source_head(cfg.source[0], task.name, cfg.lam) if cfg.head_init == "source" else None,
     }
     log.info("adapter: %d users from %d source store(s) -> %s (d %d -> %d, w %d, rank %d), %d workers x %d steps",
              len(users), len(cfg.source), target["family"], adapter_cfg["source_dim"], adapter_cfg["target_dim"],
