@@ -10,12 +10,15 @@ import psutil
 class TreePeakRSS:
     """`with TreePeakRSS() as m: ...; m.peak_bytes` samples the process tree every `interval` s."""
 
-    def __init__(self, interval: float = 0.25) -> None:
-        self.interval, self.peak_bytes = interval, 0
+    def __init__(self, interval: float = 0.25, pid: int | None = None) -> None:
+        self.interval, self.peak_bytes, self.pid = interval, 0, pid
         self._stop = threading.Event()
 
     def _sample(self) -> int:
-        root = psutil.Process()
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.Error:
+            return 0
         total = 0
         for p in [root, *root.children(recursive=True)]:
             try:

@@ -3,8 +3,9 @@
 
 1. Builds (once, cached in --work) a synthetic dataset of --users users and a prompt store
    of d = --dim prompts drawn around 16 hidden centres.
-2. Times `select --strategy puma --budget B` on it and samples the peak resident memory
-   of the whole process tree (driver + raylet + Ray workers).
+2. Times `puma-ray select --strategy puma --budget B` on it in a child process (with its
+   own local Ray) and samples the peak resident memory of that whole process tree
+   (driver + raylet + GCS + dashboard + Ray workers).
 3. At --compare-users users: the same selection against scikit-learn's KMeans fitted on
    the full in-memory prompt matrix (the reference code's approach; run in a child
    process so its memory is its own), with the ratios and the agreement of the two
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -30,20 +32,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from memory import TreePeakRSS  # noqa: E402
 
-from puma_ray.config import DataConfig, SelectConfig  # noqa: E402
 from puma_ray.prompt_store import finalize, iter_prompts, write_shard  # noqa: E402
-from puma_ray.ray_utils import init_ray  # noqa: E402
-from puma_ray.runs import setup_logging  # noqa: E402
 
 GB = 1e9
 
 
-def make_dataset(out: Path, users: int) -> None:
-    from puma_ray.stages.data import run_data
+def cli(*args: str) -> dict:
+    """Run a puma-ray command in its own process (and its own local Ray); return its JSON summary."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-m", "puma_ray.cli", *args], capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise SystemExit(f"puma-ray {args[0]} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
+
+def make_dataset(out: Path, users: int) -> None:
     if not (out / "manifest.json").is_file():
-        run_data(DataConfig(source="synthetic", out=str(out), users=users, items=2000, mean_interactions=10,
-                            min_user_interactions=2, min_item_interactions=0, users_per_shard=50000, seed=1))
+        cli("data", "--source", "synthetic", "--out", str(out), f"users={users}", "items=2000",
+            "mean_interactions=10", "min_user_interactions=2", "min_item_interactions=0", "users_per_shard=50000",
+            "seed=1")
 
 
 def make_store(out: Path, data: Path, dim: int, seed: int, shard_users: int = 20000) -> None:
@@ -64,13 +71,19 @@ def make_store(out: Path, data: Path, dim: int, seed: int, shard_users: int = 20
 
 
 def timed_select(data: Path, store: Path, out: Path, budget: int) -> dict:
-    from puma_ray.stages.select import run_select
-
+    """`puma-ray select` in a child process; the peak RSS covers it and every process it starts (its Ray)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     t0 = time.perf_counter()
-    with TreePeakRSS() as mem:
-        summary = run_select(SelectConfig(data=str(data), prompts=str(store), out=str(out), strategy="puma",
-                                          budget=budget, clusters=10, seed=0))
-    return {"wall_s": time.perf_counter() - t0, "peak_rss_gb": mem.peak_bytes / GB, "timings_s": summary["timings_s"]}
+    proc = subprocess.Popen([sys.executable, "-m", "puma_ray.cli", "select", "--data", str(data), "--prompts",
+                             str(store), "--out", str(out), "--strategy", "puma", f"budget={budget}", "clusters=10",
+                             "seed=0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    with TreePeakRSS(pid=proc.pid) as mem:
+        stdout, stderr = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"select failed:\n{stderr[-3000:]}")
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    return {"wall_s": time.perf_counter() - t0, "peak_rss_gb": mem.peak_bytes / GB, "timings_s": summary["timings_s"],
+            "stage_wall_s": summary["wall_s"]}
 
 
 def sklearn_child(store: str, labels_out: str) -> None:
@@ -103,9 +116,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.sklearn_child:
         return sklearn_child(*args.sklearn_child)
-    setup_logging()
     work = Path(args.work)
-    init_ray()
     results = {}
     for n in [args.users] + ([args.compare_users] if args.compare_users else []):
         data, store = work / f"data-{n}", work / f"store-{n}-{args.dim}"
@@ -115,7 +126,8 @@ def main() -> None:
         print(f"[bench] inputs for {n} users ready ({time.perf_counter() - t0:.0f} s, cached in {work})", flush=True)
         results[n] = timed_select(data, store, work / f"select-{n}", args.budget)
         r = results[n]
-        print(f"[bench] select puma {args.budget} of {n:,} users, d={args.dim}: {r['wall_s']:.1f} s, "
+        print(f"[bench] select puma {args.budget} of {n:,} users, d={args.dim}: {r['wall_s']:.1f} s "
+              f"(process start to exit; the stage itself {r['stage_wall_s']:.1f} s), "
               f"peak RSS (process tree) {r['peak_rss_gb']:.2f} GB, stages {r['timings_s']}", flush=True)
     if args.compare_users:
         n = args.compare_users

@@ -97,6 +97,8 @@ def stratified_sample(members: np.ndarray, values: np.ndarray, n: int, bins: int
 def farthest_points(vectors: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """Greedy farthest point sampling: n row indices of vectors [m, f], first one drawn at random."""
     m = len(vectors)
+    if n <= 0:
+        return np.empty(0, dtype=np.int64)
     if n >= m:
         return np.arange(m)
     chosen = [int(rng.integers(m))]

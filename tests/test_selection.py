@@ -145,3 +145,4 @@ def test_farthest_points_spreads_out():
     assert len(set(got)) == 4
     corners = {2, 3, 4}
     assert corners <= set(got.tolist())
+    assert len(farthest_points(pts, 0, np.random.default_rng(1))) == 0  # a cluster with a zero quota

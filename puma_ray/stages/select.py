@@ -67,20 +67,29 @@ class VectorFiles:
         self.paths, self.column, self.width, self.index, self.batch_rows = paths, column, width, index, batch_rows
 
     def batches(self, what: str):
-        """Yield (positions [n] int64, vectors [n, width] float32) through Ray Data, in a fixed order."""
-        ds = ray.data.read_parquet(self.paths, columns=["user_id", self.column])
+        """Yield (positions [n] int64, vectors [n, width] float32) file by file, in a fixed order.
+
+        Read here rather than through Ray Data: partial_fit consumes batches one after the
+        other on this process anyway, and a direct read keeps memory at one batch (through
+        Ray Data the whole object store fills with blocks waiting for the consumer)."""
         progress = Progress(what, len(self.index))
-        for batch in ds.iter_batches(batch_size=self.batch_rows, batch_format="pyarrow"):
-            pos = self.index.get_indexer(batch.column("user_id").to_pylist())
-            keep = pos >= 0
-            if keep.any():
-                x = prompt_matrix(batch.column(self.column), self.width)[keep]
-                progress.step(int(keep.sum()))
-                yield pos[keep].astype(np.int64), x
+        for path in self.paths:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=self.batch_rows, columns=["user_id", self.column]):
+                yield from self._eligible(batch, progress)
+
+    def _eligible(self, batch, progress):
+        pos = self.index.get_indexer(batch.column("user_id").to_pylist())
+        keep = pos >= 0
+        if keep.any():
+            x = prompt_matrix(batch.column(self.column), self.width)[keep]
+            progress.step(int(keep.sum()))
+            yield pos[keep].astype(np.int64), x
 
 
-def fit_kmeans(vectors: VectorFiles, k: int, passes: int, seed: int, transform=None):
-    """Mini-batch K-means over streamed vectors (scikit-learn partial_fit) -> ([N] clusters, fitted model)."""
+def fit_kmeans(vectors: VectorFiles, k: int, passes: int, seed: int, transform=None, visit=None):
+    """Mini-batch K-means over streamed vectors (scikit-learn partial_fit) -> ([N] clusters, fitted model).
+
+    visit(positions, vectors), if given, sees every batch of the final (assignment) pass."""
     from sklearn.cluster import MiniBatchKMeans
 
     km = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=vectors.batch_rows)
@@ -97,6 +106,8 @@ def fit_kmeans(vectors: VectorFiles, k: int, passes: int, seed: int, transform=N
     labels = np.full(len(vectors.index), -1, dtype=np.int64)
     for pos, x in vectors.batches("k-means assignment"):
         labels[pos] = km.predict(transform(x) if transform else x)
+        if visit:
+            visit(pos, x)
     return labels, km
 
 
@@ -128,8 +139,20 @@ class SelectionInputs:
         self.n = len(users)
         self.timings: dict[str, float] = {}
         self._clusters: dict[str, np.ndarray] = {}
+        self.coords: np.ndarray | None = None  # [N, 2] for the scatter, filled by project()
+        self._pca2 = None
         paths = [str((Path(cfg.prompts) / s["name"]).resolve()) for s in store["shards"]]
         self.prompts = VectorFiles(paths, "prompt", store["prompt_len"] * store["dim"], users, cfg.batch_rows)
+
+    def project(self, pos: np.ndarray, x: np.ndarray) -> None:
+        """2-D PCA coordinates of a batch of prompts (the PCA is fitted on the first batch seen)."""
+        from sklearn.decomposition import PCA
+
+        if self._pca2 is None:
+            self._pca2 = PCA(n_components=2, random_state=self.cfg.seed).fit(x[:PLOT_SAMPLE]) if len(x) >= 2 else None
+            self.coords = np.zeros((self.n, 2), dtype=np.float32)
+        if self._pca2 is not None:
+            self.coords[pos] = self._pca2.transform(x)
 
     def _timed(self, what: str, fn):
         t0 = time.perf_counter()
@@ -172,10 +195,11 @@ class SelectionInputs:
             if k > self.n:
                 raise PumaError(f"--clusters {k} exceeds the {self.n} eligible users")
             if space == "prompts":
-                labels, _ = self._timed("kmeans", lambda: fit_kmeans(self.prompts, k, passes, seed))
+                labels, _ = self._timed("kmeans", lambda: fit_kmeans(self.prompts, k, passes, seed,
+                                                                     visit=self.project))
             elif space == "pca":
                 labels, _ = self._timed("kmeans", lambda: fit_kmeans(self.prompts, k, passes, seed,
-                                                                     transform=self.pca.transform))
+                                                                     transform=self.pca.transform, visit=self.project))
             else:
                 feats = self._timed("ffn_features", lambda: ffn_features(self.cfg, self.store, self.users, self.out))
                 labels, _ = self._timed("kmeans", lambda: fit_kmeans(feats, k, passes, seed))
@@ -235,24 +259,14 @@ def eligible_users(data_dir: str, store_dir: str, store: dict) -> pd.Index:
 
 
 def plot_coordinates(inputs: SelectionInputs, chosen: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """2-D PCA coordinates of a sample of all users and of every chosen user (for the scatter)."""
-    from sklearn.decomposition import PCA
+    """2-D PCA coordinates of a sample of all users and of every chosen user (for the scatter).
 
-    rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(inputs.n, size=min(inputs.n, PLOT_SAMPLE), replace=False))
-    wanted = np.zeros(inputs.n, dtype=bool)
-    wanted[sample] = True
-    wanted[chosen] = True
-    rows, vecs = [], []
-    for pos, x in inputs.prompts.batches("plot sample"):
-        keep = wanted[pos]
-        rows.append(pos[keep])
-        vecs.append(x[keep])
-    pos, x = np.concatenate(rows), np.concatenate(vecs)
-    xy = PCA(n_components=2, random_state=seed).fit_transform(x) if len(x) >= 2 else np.zeros((len(x), 2))
-    coords = np.full((inputs.n, 2), np.nan)
-    coords[pos] = xy
-    return coords[sample], coords[chosen]
+    K-means strategies got them during their assignment pass; the others take one pass here."""
+    if inputs.coords is None:
+        for pos, x in inputs.prompts.batches("plot coordinates"):
+            inputs.project(pos, x)
+    sample = np.sort(np.random.default_rng(seed).choice(inputs.n, size=min(inputs.n, PLOT_SAMPLE), replace=False))
+    return inputs.coords[sample], inputs.coords[chosen]
 
 
 def save_plot(path: Path, background: np.ndarray, picked: np.ndarray, sel, cfg: SelectConfig, report: dict) -> None:
