@@ -9,18 +9,19 @@ import ray
 import ray.data
 
 
-def init_ray(num_cpus: int | None = None) -> None:
+def init_ray(num_cpus: int | None = None, dashboard: bool = True) -> None:
     """Join the cluster named by RAY_ADDRESS (as `ray job submit` sets it), else start a local one.
 
-    The dashboard stays on (bound to 127.0.0.1): without it Train V2 logs a warning every second.
+    The local dashboard (bound to 127.0.0.1) is on for training stages: without it Train V2
+    logs a warning every second. Stages without Ray Train start without it (about 0.7 GB less).
     """
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", logging_level=logging.WARNING,
-                 log_to_driver=True)
+        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                 logging_level=logging.WARNING, log_to_driver=True)
     quiet_ray_data_console()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False

@@ -110,7 +110,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     check_model(store, model["fingerprint"], cfg.prompts)
     head_path, head = store_head(cfg.prompts)
     out = open_run(cfg.out, "evaluate", cfg)
-    init_ray()
+    init_ray(dashboard=False)
     log.info("evaluate: %s on %s, split %s (%d users in the store)", cfg.prompts, model["family"], cfg.split,
              store["num_users"])
     scorer_args = dict(model=model_ref(cfg.model), template_text=load_template_text(head["template"]),

@@ -104,7 +104,7 @@ def run_migrate(cfg: MigrateConfig) -> dict:
         return {"out": str(out), "users": finished["num_users"], "quarantined": finished["quarantined"],
                 "already_complete": True}
     open_run(out, "migrate", cfg)
-    init_ray()
+    init_ray(dashboard=False)
     shards = manifests[0]["shards"]
     done = {i: done_shard(out, i) for i in range(len(shards))}
     pending = [{"index": i, "path": str(Path(sources[0]) / s["name"]), "sha256": s["sha256"]}
