@@ -240,3 +240,26 @@ def test_chain_over_three_families_reports_every_hop(setup, tmp_path):
     assert [s["step"] for s in m["lineage"]] == ["trained", "migrated", "migrated"]
     assert m["lineage"][1]["model"] != m["lineage"][2]["model"]
     assert (tmp_path / "chain.png").is_file() and "gemma3" in (tmp_path / "report.md").read_text()
+
+
+def test_aggregated_migration_concatenates_each_users_prompts(setup, tmp_path):
+    """Two source stores with different shard layouts: each target prompt = adapter([p_1, p_2]) of that user."""
+    import torch
+
+    from puma_ray.migration import load_adapter
+    from puma_ray.prompt_store import load_prompts
+
+    root, _ = setup
+    second = restore(root / "src", tmp_path / "second", lambda ids, p: (ids[::-1], p[::-1] * 0.5), shards=3)
+    run_adapter(AdapterStageConfig(data=str(root / "data"), source=[str(root / "src"), str(second)],
+                                   target_model=str(root / "qwen2"), out=str(tmp_path / "adapter"), workers=1,
+                                   epochs=1, width=16, lr=3e-3))
+    out = run_migrate(MigrateConfig(adapter=str(tmp_path / "adapter"), source=[str(root / "src"), str(second)],
+                                    out=str(tmp_path / "m")))
+    assert out["users"] == 120
+    ids = [u for us, _ in iter_prompts(tmp_path / "m") for u in us][:7]
+    x = np.concatenate([load_prompts(root / "src", ids), load_prompts(second, ids)], axis=-1)
+    with torch.no_grad():
+        want = load_adapter(tmp_path / "adapter")(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(load_prompts(tmp_path / "m", ids), want, atol=1e-5)
+    assert read_manifest(tmp_path / "m")["lineage"][-1]["aggregated_lineages"]
