@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from puma_ray.config import DemoConfig
 from puma_ray.stages.demo import run_demo
 
 
+@pytest.mark.slow  # ~4 min; every stage it chains has its own tests (bash scripts/test.sh -m slow runs it)
 def test_demo_tiny_runs_every_stage(ray_local, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths, as the README's command gives them, must reach Ray workers
     summary = run_demo(DemoConfig(out="demo", size="tiny", movielens=None))
