@@ -40,3 +40,26 @@ class TreePeakRSS:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def run_cli_measured(*args: str) -> tuple[dict, float, int]:
+    """`python -m puma_ray.cli ARGS` in a child process with its own local Ray (RAY_ADDRESS unset).
+
+    Returns (its JSON summary, wall seconds, peak RSS bytes of the child's whole process tree).
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "puma_ray.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    with TreePeakRSS(pid=proc.pid) as mem:
+        stdout, stderr = proc.communicate()
+    summary = json.loads(stdout.strip().splitlines()[-1]) if stdout.strip() else {"ok": False, "error": stderr[-3000:]}
+    if not summary.get("ok"):
+        raise SystemExit(f"puma-ray {args[0]} failed: {summary.get('error')}")
+    return summary, time.perf_counter() - t0, mem.peak_bytes

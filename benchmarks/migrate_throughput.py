@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +28,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from memory import TreePeakRSS  # noqa: E402
+from memory import run_cli_measured  # noqa: E402
 
 from puma_ray.data.schema import file_sha256  # noqa: E402
 from puma_ray.migration import ShardMigrator  # noqa: E402
@@ -126,18 +124,9 @@ def main() -> None:
           f"{single * flop_per_prompt / 1e9:.1f} GFLOP/s", flush=True)
     shutil.rmtree(work / "target", ignore_errors=True)
     # in a child process with its own local Ray: the peak RSS covers exactly the migration's process tree
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "puma_ray.cli", "migrate", "--adapter", str(work / "adapter"),
-                             "--source", str(work / "source"), "--out", str(work / "target"), "workers=1",
-                             f"cpus_per_worker={threads}", f"batch_size={args.batch_size}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    with TreePeakRSS(pid=proc.pid) as mem:
-        stdout, _ = proc.communicate()
-    wall = time.perf_counter() - t0
-    out = json.loads(stdout.strip().splitlines()[-1])
-    if not out["ok"]:
-        raise SystemExit(f"migrate failed: {out['error']}")
+    out, wall, peak = run_cli_measured("migrate", "--adapter", str(work / "adapter"), "--source", str(work / "source"),
+                                       "--out", str(work / "target"), "workers=1", f"cpus_per_worker={threads}",
+                                       f"batch_size={args.batch_size}")
     rate = out["users"] / wall
     achieved = rate * flop_per_prompt
     print(f"[bench] Ray Data migrate of {out['users']:,} prompts 2048->3072 (child process, Ray start included): "
@@ -145,7 +134,7 @@ def main() -> None:
           f"{achieved / 1e9:.1f} GFLOP/s achieved")
     print(f"[bench] achieved / matmul limit = {achieved / limit:.2f} (goal >= 0.7); Ray Data overhead vs the "
           f"single-process pass = {100 * (single / rate - 1):.1f}% ; peak RSS (process tree) "
-          f"{mem.peak_bytes / 1e9:.2f} GB (goal < 2 GB)")
+          f"{peak / 1e9:.2f} GB (goal < 2 GB)")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from memory import TreePeakRSS  # noqa: E402
+from memory import run_cli_measured  # noqa: E402
 
 from puma_ray.prompt_store import finalize, iter_prompts, write_shard  # noqa: E402
 
@@ -71,18 +71,9 @@ def make_store(out: Path, data: Path, dim: int, seed: int, shard_users: int = 20
 
 
 def timed_select(data: Path, store: Path, out: Path, budget: int) -> dict:
-    """`puma-ray select` in a child process; the peak RSS covers it and every process it starts (its Ray)."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "puma_ray.cli", "select", "--data", str(data), "--prompts",
-                             str(store), "--out", str(out), "--strategy", "puma", f"budget={budget}", "clusters=10",
-                             "seed=0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    with TreePeakRSS(pid=proc.pid) as mem:
-        stdout, stderr = proc.communicate()
-    if proc.returncode:
-        raise SystemExit(f"select failed:\n{stderr[-3000:]}")
-    summary = json.loads(stdout.strip().splitlines()[-1])
-    return {"wall_s": time.perf_counter() - t0, "peak_rss_gb": mem.peak_bytes / GB, "timings_s": summary["timings_s"],
+    summary, wall, peak = run_cli_measured("select", "--data", str(data), "--prompts", str(store), "--out", str(out),
+                                           "--strategy", "puma", f"budget={budget}", "clusters=10", "seed=0")
+    return {"wall_s": wall, "peak_rss_gb": peak / GB, "timings_s": summary["timings_s"],
             "stage_wall_s": summary["wall_s"]}
 
 
