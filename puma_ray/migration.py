@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file
 
-from puma_ray.data.schema import file_sha256
+from puma_ray.data.schema import file_sha256, write_json_atomic
 from puma_ray.errors import PumaError
 from puma_ray.modules import AdapterConfig, MigrationAdapter
 from puma_ray.prompt_store import load_prompts, prompt_schema
@@ -59,12 +59,6 @@ def done_shard(out: str | Path, index: int) -> dict | None:
     if not shard.is_file() or file_sha256(shard) != info["sha256"]:
         return None
     return info
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 class ShardMigrator:
@@ -113,5 +107,5 @@ class ShardMigrator:
         os.replace(tmp, final)
         record = {"name": name, "rows": rows, "sha256": file_sha256(final), "quarantined": bad,
                   "source_rows": rows + len(bad), "seconds": round(time.perf_counter() - t0, 3)}
-        _write_json_atomic(progress_path(self.out, index), record)
+        write_json_atomic(progress_path(self.out, index), record)
         return record

@@ -14,7 +14,6 @@ unless the caller is migrating them.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterator
 
@@ -23,7 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from puma_ray import __version__
-from puma_ray.data.schema import file_sha256, read_required_json, shard_name, write_parquet_atomic
+from puma_ray.data.schema import (file_sha256, read_required_json, shard_name, write_json_atomic,
+                                  write_parquet_atomic)
 from puma_ray.errors import PumaError
 
 MANIFEST = "manifest.json"
@@ -70,9 +70,7 @@ def finalize(store: str | Path, *, task: str, prompt_len: int, dim: int, model: 
                 "prompt_len": prompt_len, "dim": dim, "dtype": "float32",
                 "num_users": sum(s["rows"] for s in shards), "quarantined": len(quarantined), "model": model,
                 "lineage": lineage, "dataset_fingerprint": dataset_fingerprint, "shards": shards}
-    tmp = store / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(store / MANIFEST)
+    write_json_atomic(store / MANIFEST, manifest)
     return manifest
 
 

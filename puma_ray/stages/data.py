@@ -22,7 +22,8 @@ from puma_ray import __version__
 from puma_ray.config import DataConfig
 from puma_ray.data import pipeline as pl
 from puma_ray.data.prep import Preprocessing
-from puma_ray.data.schema import FORMAT_VERSION, ITEMS, MANIFEST, SPLITS, USERS, file_sha256, write_parquet_atomic
+from puma_ray.data.schema import (FORMAT_VERSION, ITEMS, MANIFEST, SPLITS, USERS, file_sha256, write_json_atomic,
+                                  write_parquet_atomic)
 from puma_ray.data.sources import make_source
 from puma_ray.data.synthetic import make_catalogue
 from puma_ray.errors import PumaError
@@ -208,7 +209,7 @@ def run_data(cfg: DataConfig) -> dict:
         "items": index["items"], "splits": index["splits"], "notes": res["notes"], "shards": index["shards"],
         "fingerprint": fingerprint(out, index["shards"]),
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json_atomic(out / MANIFEST, manifest)
     log.info("data: %d rows, %d users, %d items -> %s", rows, index["users"], index["items"], out)
     return {"out": str(out), "source": cfg.source, "task": res["task"], "rows": rows, "users": index["users"],
             "items": index["items"], "rows_read": res["rows_read"], "users_read": res["users_read"],
