@@ -14,6 +14,7 @@ unless the caller is migrating them.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterator
 
@@ -127,3 +128,17 @@ def load_prompts(store: str | Path, user_ids: list[str]) -> np.ndarray:
         raise PumaError(f"prompt store {store} lacks {len(missing)} of the {len(user_ids)} requested users "
                         f"(e.g. {missing[:3]})")
     return out
+
+
+def read_quarantine(store: str | Path) -> list[str]:
+    """User ids the store quarantined (non-finite prompts); empty when it has none."""
+    path = Path(store) / QUARANTINE
+    return pq.read_table(path).column("user_id").to_pylist() if path.is_file() else []
+
+
+def read_head(store: str | Path) -> tuple[Path, dict] | None:
+    """(head.safetensors, head.json contents) of a store written by `prompts` or `migrate`, or None."""
+    path, meta = Path(store) / "head.safetensors", Path(store) / "head.json"
+    if not path.is_file() or not meta.is_file():
+        return None
+    return path, json.loads(meta.read_text())

@@ -24,7 +24,7 @@ from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.errors import PumaError
 from puma_ray.hf import describe_model, load_causal_lm, model_ref
 from puma_ray.modules import AdapterConfig, adapter_param_count
-from puma_ray.prompt_store import iter_prompts
+from puma_ray.prompt_store import iter_prompts, read_head
 from puma_ray.prompt_store import read_manifest as read_store_manifest
 from puma_ray.ray_utils import init_ray
 from puma_ray.runs import CostMeter, log, open_run
@@ -64,11 +64,11 @@ def check_sources(stores: list[str], users: list[str], task: str) -> list[dict]:
 
 def source_head(store: str, task: str, lam: float) -> str | None:
     """The first source store's head weights when they fit this run (same task and loss weight), else None."""
-    path, meta = Path(store) / "head.safetensors", Path(store) / "head.json"
-    if not path.is_file() or not meta.is_file():
+    found = read_head(store)
+    if found is None:
         log.info("adapter: source store %s has no head; the head starts fresh", store)
         return None
-    head = json.loads(meta.read_text())
+    path, head = found
     if head["task"] != task or head.get("lam") != lam:
         log.info("adapter: the source head was trained for %s (lam %s); the head starts fresh", head["task"], head.get("lam"))
         return None
@@ -101,8 +101,8 @@ def run_adapter(cfg: AdapterStageConfig) -> dict:
     users = selected_users(cfg.users, cfg.data)
     sources = check_sources(cfg.source, users, task.name)
     target = describe_model(cfg.target_model)
-    head_cfg = Path(cfg.source[0]) / "head.json"
-    template = cfg.template or (json.loads(head_cfg.read_text())["template"] if head_cfg.is_file() else task.template)
+    source_head_info = read_head(cfg.source[0])
+    template = cfg.template or (source_head_info[1]["template"] if source_head_info else task.template)
     prompt_len = sources[0]["prompt_len"]
     adapter_cfg = {"source_dim": sum(m["dim"] for m in sources), "target_dim": target["hidden_size"],
                    "width": cfg.width, "rank": cfg.rank, "dropout": cfg.dropout}

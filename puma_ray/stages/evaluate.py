@@ -26,7 +26,7 @@ from puma_ray.data.schema import shard_paths, write_parquet_atomic
 from puma_ray.errors import PumaError
 from puma_ray.hf import describe_model, model_ref
 from puma_ray.metrics import RatingSums, auc, uauc
-from puma_ray.prompt_store import QUARANTINE, check_model, verify
+from puma_ray.prompt_store import check_model, read_head, read_quarantine, verify
 from puma_ray.ray_utils import actor_cpus, init_ray
 from puma_ray.runs import CostMeter, log, open_run
 from puma_ray.scoring import PromptScorer
@@ -36,16 +36,11 @@ from puma_ray.training import TASKS
 
 def store_head(store: str | Path) -> tuple[Path, dict]:
     """The task head that belongs to a store's prompts (written by `prompts` and `migrate`)."""
-    path, meta = Path(store) / "head.safetensors", Path(store) / "head.json"
-    if not path.is_file() or not meta.is_file():
+    head = read_head(store)
+    if head is None:
         raise PumaError(f"prompt store {store} has no head.safetensors/head.json: only stores written by "
                         "`puma-ray prompts` or `puma-ray migrate` can be evaluated")
-    return path, json.loads(meta.read_text())
-
-
-def quarantined_users(store: str | Path) -> list[str]:
-    path = Path(store) / QUARANTINE
-    return pq.read_table(path).column("user_id").to_pylist() if path.is_file() else []
+    return head
 
 
 def joined_rows(data_dir: str, split: str, store: str | Path, manifest: dict) -> ray.data.Dataset:
@@ -130,7 +125,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         write_parquet_atomic(rows, out / "rows.parquet")
     frame = rows.to_pandas()
     bad = frame[~frame["finite"]]
-    quarantined = set(quarantined_users(cfg.prompts)) | set(bad["user_id"])
+    quarantined = set(read_quarantine(cfg.prompts)) | set(bad["user_id"])
     frame = frame[frame["finite"]]
     metrics, per_user = summarize(task.name, frame)
     missing = missing_users(cfg.data, cfg.split, set(per_user["user_id"]), quarantined)

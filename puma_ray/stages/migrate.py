@@ -25,11 +25,10 @@ from puma_ray.config import MigrateConfig
 from puma_ray.errors import PumaError
 from puma_ray.migration import PROGRESS_DIR, ShardMigrator, done_shard
 from puma_ray.modules import AdapterConfig, adapter_param_count
-from puma_ray.prompt_store import MANIFEST, finalize, verify
+from puma_ray.prompt_store import MANIFEST, finalize, read_quarantine, verify
 from puma_ray.prompt_store import read_manifest as read_store_manifest
 from puma_ray.ray_utils import actor_cpus, init_ray
 from puma_ray.runs import CostMeter, Progress, log, open_run
-from puma_ray.stages.evaluate import quarantined_users
 
 
 def check_stores(sources: list[str], meta: dict) -> list[dict]:
@@ -133,7 +132,7 @@ def run_migrate(cfg: MigrateConfig) -> dict:
         if migrated != total_rows:
             raise PumaError(f"migrate: {migrated} users came out of {total_rows} in the source; refusing to finish")
         quarantined = sorted({u for r in records for u in r["quarantined"]} |
-                             {u for s in cfg.source for u in quarantined_users(s)})
+                             {u for s in cfg.source for u in read_quarantine(s)})
         target = meta["target"]
         manifest = finalize(out, task=meta["task"], prompt_len=meta["prompt_len"], dim=target["hidden_size"],
                             model={k: target[k] for k in ("name", "family", "hidden_size", "fingerprint")},
