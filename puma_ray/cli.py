@@ -18,8 +18,9 @@ import traceback
 import typing
 from typing import Any, Callable, Optional
 
-from puma_ray.config import (AdapterStageConfig, ChainConfig, DataConfig, DemoConfig, EvaluateConfig, MigrateConfig, ModelsConfig, PromptsConfig,
-                             SelectConfig, field_docs, load_config)
+from puma_ray.config import (AdapterStageConfig, BenchConfig, ChainConfig, DataConfig, DemoConfig, EvaluateConfig,
+                             MigrateConfig, ModelsConfig, PromptsConfig, SelectConfig, SweepConfig, field_docs,
+                             load_config)
 from puma_ray.errors import ConfigError, PumaError
 from puma_ray.runs import setup_logging
 
@@ -41,9 +42,21 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
                  "score a prompt store with its model over a split: metrics, per-user metrics, report"),
     "chain": (ChainConfig, "puma_ray.stages.chain:run_chain",
               "chained migration A -> B -> C: select, adapter, migrate and evaluate at every hop"),
+    "sweep": (SweepConfig, "puma_ray.stages.sweep:run_sweep",
+              "Ray Tune over budgets, group counts and adapter widths/ranks: the cost/accuracy curve and best.yaml"),
+    "bench": (BenchConfig, "puma_ray.stages.bench:run_bench",
+              "PUMA vs full retraining vs random selection over seeds and sizes; cost projected to 1M users"),
     "demo": (DemoConfig, "puma_ray.stages.demo:run_demo",
              "run every available stage end to end on the offline default"),
 }
+
+# `python jobs/select.py` would put jobs/ first on sys.path and shadow the standard library's `select`.
+_JOB_FILES = {"select": "jobs/select_users.py"}
+
+
+def job_file(name: str) -> str:
+    """The `ray job submit` entrypoint of subcommand `name`, relative to the repository root."""
+    return _JOB_FILES.get(name, f"jobs/{name}.py")
 
 
 class _Parser(argparse.ArgumentParser):

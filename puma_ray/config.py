@@ -13,6 +13,7 @@ trailing `key=value` overrides.
 from __future__ import annotations
 
 import ast
+import re
 import dataclasses
 import functools
 import inspect
@@ -666,3 +667,118 @@ class DemoConfig(StageConfig):
         check(self.workers >= 1, "workers", "must be >= 1")
         check(self.prompt_lr > 0 and self.adapter_lr > 0, "prompt_lr", "learning rates must be > 0")
         check(self.adapter_width >= 1, "adapter_width", "must be >= 1")
+
+
+@dataclasses.dataclass
+class SweepConfig(StageConfig):
+    """`puma-ray sweep`: Ray Tune over selection and adapter knobs -> the cost/accuracy curve."""
+
+    data: Optional[str] = None
+    """Canonical dataset directory (valid chooses configs, --split is reported)."""
+    source: list[str] = dataclasses.field(default_factory=list)
+    """Source prompt store(s); several = aggregated migration."""
+    target_model: Optional[str] = None
+    """Hugging Face model directory or hub id of the new model."""
+    space: Optional[str] = None
+    """Search space file (tune_spaces/*.yaml): which trial parameters vary and how."""
+    out: Optional[str] = None
+    """Sweep directory: results.csv/.parquet, pareto.csv, cost_accuracy.png, budget_curve.png, best.yaml, trials/."""
+    name: str = "sweep"
+    """Tune experiment name; re-running with the same --out and --name resumes it (finished trials are kept)."""
+    max_concurrent: int = 1
+    """Trials running at once (each runs its own stages; on 2 CPUs keep 1)."""
+    scheduler: Optional[Literal["fifo", "asha"]] = None
+    """fifo runs every trial to the end; asha stops trials early on the adapter's per-epoch valid metric; null = the space's."""
+    reference: Optional[str] = None
+    """reference.json (or its directory) with floor and full retraining on the same data and split, for gap closure."""
+    split: Literal["test", "valid"] = "test"
+    """Split every trial is reported on (configs are always chosen on valid)."""
+    workers: int = 1
+    """Ray Train workers of each trial's adapter."""
+    cpus_per_worker: float = 0.5
+    """CPUs each adapter worker reserves."""
+    use_gpu: bool = False
+    """One GPU per adapter worker and migrate/evaluate actor (bf16)."""
+    seed: int = 0
+    """Seed of the random draws of the space (each trial's own seed is the `seed` parameter)."""
+
+    def validate(self) -> None:
+        _required(self.data, "data", "--data DIR")
+        check(len(self.source) >= 1, "source", "give at least one --source STORE")
+        _required(self.target_model, "target_model", "--target-model MODEL")
+        _required(self.space, "space", "--space tune_spaces/NAME.yaml")
+        _required(self.out, "out", "--out DIR")
+        check(bool(re.fullmatch(r"[A-Za-z0-9_.-]+", self.name)), "name", "use letters, digits, '.', '_' or '-'")
+        check(self.max_concurrent >= 1, "max_concurrent", "must be >= 1")
+        check(self.split != "valid", "split", "valid chooses the configs; report on test (the default)")
+        check(self.workers >= 1, "workers", "must be >= 1")
+        check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+
+
+@dataclasses.dataclass
+class BenchConfig(StageConfig):
+    """`puma-ray bench`: PUMA vs full retraining vs random selection, several seeds and sizes, cost projected."""
+
+    data: Optional[str] = None
+    """Canonical dataset directory; --sizes takes seeded user subsets of it."""
+    source_model: Optional[str] = None
+    """Model the source prompts are trained on (their cost is reported as already paid)."""
+    target_model: Optional[str] = None
+    """Model migrated to (floor, full retraining and every adapter run on it)."""
+    budget: int = 2000
+    """Users each selection strategy trains the adapter on (random also runs at 3 x budget)."""
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
+    """Seeds; the same seed gives every method the same initialisation and data order (paired)."""
+    out: Optional[str] = None
+    """Bench directory: report.md, table.csv, runs.csv, metrics.png, cost.png, bench.json, n<size>/."""
+    strategies: list[str] = dataclasses.field(default_factory=lambda: ["puma", "random"])
+    """Strategies run at the budget (the first is compared with random); 'all' = every registered one."""
+    sizes: list[int] = dataclasses.field(default_factory=list)
+    """User counts to measure at (seeded subsets of --data; >= 2 sizes fit the cost lines); empty = all users."""
+    split: Literal["test"] = "test"
+    """Split every figure is reported on (never used to choose epochs or configs)."""
+    workers: int = 2
+    """Ray Train workers of every training run."""
+    cpus_per_worker: float = 0.5
+    """CPUs each training worker reserves."""
+    use_gpu: bool = False
+    """One GPU per training worker and migrate/evaluate actor (bf16)."""
+    prompt_epochs: int = 15
+    """Epochs of source prompts, floor and full retraining (paper: 15)."""
+    prompt_lr: float = 5e-4
+    """Learning rate of prompt training (paper: 5e-4)."""
+    adapter_epochs: Optional[int] = None
+    """Adapter epochs; null = the adapter stage's default."""
+    adapter_lr: Optional[float] = None
+    """Adapter learning rate; null = the adapter stage's default."""
+    adapter_width: Optional[int] = None
+    """Adapter width; null = the adapter stage's default (2 x source dim)."""
+    clusters: int = 10
+    """K-means clusters of the K-means strategies."""
+    min_per_cluster: Optional[int] = None
+    """Users every cluster gets first; null = the select stage's default."""
+    bins: int = 5
+    """Strata per cluster."""
+    project_users: list[int] = dataclasses.field(default_factory=lambda: [100_000, 1_000_000])
+    """User counts the fitted costs are projected to."""
+    project_budget: int = 2000
+    """Selection budget assumed in the projection (paper: 2,000)."""
+
+    def validate(self) -> None:
+        from puma_ray.strategies import STRATEGIES
+
+        _required(self.data, "data", "--data DIR")
+        _required(self.source_model, "source_model", "--source-model MODEL")
+        _required(self.target_model, "target_model", "--target-model MODEL")
+        _required(self.out, "out", "--out DIR")
+        check(self.budget >= 1, "budget", "must be >= 1")
+        check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds", "give distinct seeds")
+        check(self.strategies == ["all"] or (len(self.strategies) >= 1 and set(self.strategies) <= set(STRATEGIES)),
+              "strategies", f"'all' or names from: {', '.join(STRATEGIES)}")
+        check(all(n >= 2 for n in self.sizes) and len(set(self.sizes)) == len(self.sizes), "sizes",
+              "give distinct user counts >= 2")
+        check(self.workers >= 1, "workers", "must be >= 1")
+        check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+        check(self.prompt_epochs >= 1 and self.prompt_lr > 0, "prompt_epochs", "epochs >= 1 and lr > 0")
+        check(self.clusters >= 1 and self.bins >= 1, "clusters", "clusters and bins must be >= 1")
+        check(all(u >= 1 for u in self.project_users) and self.project_budget >= 1, "project_users", "must be >= 1")

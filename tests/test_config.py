@@ -9,7 +9,7 @@ from typing import Literal, Optional
 import pytest
 import yaml
 
-from puma_ray.cli import COMMANDS
+from puma_ray.cli import COMMANDS, job_file
 from puma_ray.config import (DataConfig, ModelsConfig, StageConfig, build_config, coerce, field_docs,
                              load_config, parse_override)
 from puma_ray.errors import ConfigError
@@ -99,9 +99,17 @@ def test_bad_yaml_file_is_a_config_error(tmp_path):
         load_config(DataConfig, str(tmp_path / "missing.yaml"))
 
 
+SHIPPED = ("configs", "tune_spaces", "cluster")  # the folders of shipped YAML; run outputs never count
+
+
 def _shipped_yaml():
-    return sorted(p for p in REPO.rglob("*.yaml") if ".venv" not in p.parts and "cluster" not in p.parts
-                  and "tune_spaces" not in p.parts)
+    return sorted((REPO / "configs").glob("*.yaml"))
+
+
+def test_only_shipped_folders_hold_yaml():
+    # a new folder of shipped configs must be added to SHIPPED (and so to the loading tests)
+    tracked = [p for p in REPO.glob("*/*.yaml") if p.parent.name not in ("runs", "out", ".venv")]
+    assert {p.parent.name for p in tracked} <= set(SHIPPED)
 
 
 @pytest.mark.parametrize("path", _shipped_yaml(), ids=lambda p: str(p.relative_to(REPO)))
@@ -114,15 +122,26 @@ def test_every_shipped_config_loads(path):
     assert "ray job submit" in path.read_text().splitlines()[1]
 
 
-@pytest.mark.parametrize("path", sorted([*(REPO / "cluster").glob("*.yaml"), *(REPO / "tune_spaces").glob("*.yaml")]),
-                         ids=lambda p: str(p.relative_to(REPO)))
-def test_cluster_definitions_and_tune_spaces_parse(path):
+@pytest.mark.parametrize("path", sorted((REPO / "cluster").glob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
+def test_cluster_definitions_parse(path):
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     assert docs and all(isinstance(d, dict) for d in docs)
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "tune_spaces").glob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_tune_space_loads_and_starts_with_its_command(path):
+    from puma_ray.space import load_space
+
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("# puma-ray sweep ") and f"--space tune_spaces/{path.name}" in lines[0]
+    assert lines[1].startswith("# ray job submit ") and "jobs/sweep.py" in lines[1]
+    space = load_space(path)
+    assert space.params and space.grid_size() >= 1
+
+
 def test_every_job_entrypoint_starts_with_its_submit_command():
     for name in COMMANDS:
-        job = REPO / "jobs" / f"{name}.py"
-        assert job.is_file(), f"no jobs/{name}.py"
-        assert job.read_text().startswith("# ray job submit ") and f"jobs/{name}.py" in job.read_text().splitlines()[0]
+        job = REPO / job_file(name)
+        assert job.is_file(), f"no {job_file(name)}"
+        assert job.read_text().startswith("# ray job submit ") and job_file(name) in job.read_text().splitlines()[0]
+        assert f'main(["{name}", ' in job.read_text(), f"{job_file(name)} must call the {name} stage"

@@ -1,4 +1,4 @@
-"""`ray job submit` of a jobs/ entrypoint against a real Ray head (slow: starts and stops a head)."""
+"""`ray job submit` of jobs/ entrypoints against a real Ray head (about 20 s: starts and stops a head)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.slow
+def test_no_job_file_shadows_the_standard_library():
+    # `python jobs/x.py` puts jobs/ first on sys.path: jobs/select.py broke every import of ray
+    clash = [p.name for p in (REPO / "jobs").glob("*.py") if p.stem in sys.stdlib_module_names]
+    assert not clash, f"jobs/ files named like standard-library modules: {clash}"
+
+
 def test_ray_job_submit_runs_the_data_stage(tmp_path):
     bin_dir = Path(sys.executable).parent
     ray_cli = shutil.which("ray", path=str(bin_dir)) or "ray"

@@ -1,4 +1,4 @@
-# ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/select.py --config configs/select-synthetic.yaml
+# ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/select_users.py --config configs/select-synthetic.yaml
 """Ray job entrypoint of `puma-ray select`: the same stage function, flags and JSON summary as the CLI.
 
 Paths are read on the cluster: on a multi-node cluster give --out (and --input/--data)

@@ -1,0 +1,319 @@
+"""`puma-ray bench`: PUMA vs full retraining vs random selection on the same data and machine.
+
+config -> checks -> for each size N (a seeded N-user subset of --data, or all of it):
+source prompts on the source model (already paid: reported, never counted) -> for each seed:
+random-init floor and full retraining on the target, then every method as a migration trial
+(stages/trial.py: select -> adapter -> migrate -> evaluate): each strategy at budget B, and
+random at 3B -> per method mean ± std over seeds of the test metric, gap closure and measured
+cost; the paired difference PUMA - random (same seed: same adapter initialisation and data
+order) with its 95% t-interval -> cost per stage fitted as fixed + per_user x users over the
+measured points and projected to 100k and 1M users with a 2,000-user budget (labelled
+projected) -> report.md, table.csv, runs.csv, metrics.png, cost.png, bench.json.
+
+Every figure is on the `test` split: floor and retraining choose their best epoch on
+`valid`, adapters too, and nothing else is chosen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from puma_ray.config import BenchConfig, EvaluateConfig, PromptsConfig
+from puma_ray.data.schema import read_manifest as read_data_manifest
+from puma_ray.data.schema import write_json_atomic
+from puma_ray.data.subset import subset_dataset
+from puma_ray.errors import PumaError
+from puma_ray.hf import describe_model
+from puma_ray.prompt_store import MANIFEST
+from puma_ray.ray_utils import init_ray
+from puma_ray.runs import CostMeter, log, open_run
+from puma_ray.stages.trial import TrialSetup, closure, run_trial, stage_cost
+from puma_ray.stats import LinearCost, fit_linear_cost, mean_std, paired_interval
+from puma_ray.strategies import STRATEGIES
+from puma_ray.training import TASKS
+
+FLOOR, RETRAINED, SOURCE = "random init (floor)", "full retraining", "source model"
+
+
+def methods_of(cfg: BenchConfig) -> list[tuple[str, str, int]]:
+    """(method name, strategy, budget): each strategy at B, then random at 3B."""
+    names = list(STRATEGIES) if cfg.strategies == ["all"] else cfg.strategies
+    out = [(f"{s} ({cfg.budget})", s, cfg.budget) for s in names]
+    return out + [(f"random ({3 * cfg.budget})", "random", 3 * cfg.budget)]
+
+
+def trained(cfg: BenchConfig, data: str, model: str, out: Path, seed: int, split: str, freeze: bool = False) -> dict:
+    """Prompts on `model` (reused when complete), evaluated on `split`: {value, device_s, wall_s, users}."""
+    from puma_ray.stages.evaluate import run_evaluate
+    from puma_ray.stages.prompts import run_prompts
+
+    store, ev = out / "store", out / f"eval-{split}"
+    if not (store / MANIFEST).is_file():
+        run_prompts(PromptsConfig(data=data, model=model, out=str(store), workers=cfg.workers,
+                                  cpus_per_worker=cfg.cpus_per_worker, use_gpu=cfg.use_gpu, epochs=cfg.prompt_epochs,
+                                  lr=cfg.prompt_lr, seed=seed, freeze_prompts=freeze))
+    if not (ev / "metrics.json").is_file():
+        run_evaluate(EvaluateConfig(data=data, model=model, prompts=str(store), split=split, out=str(ev),
+                                    use_gpu=cfg.use_gpu))
+    metrics = json.loads((ev / "metrics.json").read_text())
+    cost = stage_cost(store)
+    return {"store": str(store), "metrics": metrics, "device_s": cost["device_seconds"], "wall_s": cost["wall_s"],
+            "startup_s": cost.get("startup_s", 0.0) or 0.0, "users": json.loads((store / MANIFEST).read_text())["num_users"]}
+
+
+def size_runs(cfg: BenchConfig, data: str, users: int, root: Path, metric: str) -> list[dict]:
+    """Every method x seed at one size; one flat row each."""
+    m, split = metric, cfg.split
+    src = trained(cfg, data, cfg.source_model, root / "source", cfg.seeds[0], split)
+    rows = [{"size": users, "seed": cfg.seeds[0], "method": SOURCE, "strategy": "", "users_trained": users,
+             f"{split}_{m}": src["metrics"][m], "cost_device_s": src["device_s"], "cost_wall_s": src["wall_s"],
+             "paid": True}]
+    ref_rows = []
+    for seed in cfg.seeds:
+        floor = trained(cfg, data, cfg.target_model, root / f"seed{seed}" / "floor", seed, split, freeze=True)
+        full = trained(cfg, data, cfg.target_model, root / f"seed{seed}" / "retrained", seed, split)
+        ref = {"split": split, "metric": m, "floor": {"value": floor["metrics"][m], "device_s": floor["device_s"]},
+               "retrained": {"value": full["metrics"][m], "device_s": full["device_s"]}}
+        ref_rows.append(ref)
+        for name, run in ((FLOOR, floor), (RETRAINED, full)):
+            rows.append({"size": users, "seed": seed, "method": name, "strategy": "", "users_trained": users,
+                         f"{split}_{m}": run["metrics"][m],
+                         f"{split}_closure": closure(ref["floor"]["value"], ref["retrained"]["value"], run["metrics"][m]),
+                         "cost_device_s": run["device_s"], "cost_wall_s": run["wall_s"],
+                         "prompts_device_s": run["device_s"], "prompts_startup_s": run["startup_s"], "paid": False})
+        setup = TrialSetup(data=data, sources=[src["store"]], target_model=cfg.target_model, task_metric=m,
+                           workers=cfg.workers, cpus_per_worker=cfg.cpus_per_worker, use_gpu=cfg.use_gpu,
+                           report_split=split, reference=ref, defaults=adapter_defaults(cfg))
+        for name, strategy, budget in methods_of(cfg):
+            log.info("bench: %d users, seed %d: %s", users, seed, name)
+            row = run_trial(setup, {"strategy": strategy, "budget": budget, "seed": seed},
+                            root / f"seed{seed}" / name.replace(" ", "").replace("(", "-").replace(")", ""))
+            rows.append({**row, "size": users, "seed": seed, "method": name, "paid": False})
+    write_reference(root, ref_rows, data, m)
+    return rows
+
+
+def adapter_defaults(cfg: BenchConfig) -> dict:
+    """Selection and adapter knobs every method shares (unset ones take the stages' defaults)."""
+    knobs = {"clusters": cfg.clusters, "min_per_cluster": cfg.min_per_cluster, "bins": cfg.bins,
+             "width": cfg.adapter_width, "lr": cfg.adapter_lr, "epochs": cfg.adapter_epochs}
+    return {k: v for k, v in knobs.items() if v is not None}
+
+
+def write_reference(root: Path, refs: list[dict], data: str, metric: str) -> None:
+    """reference.json (seed means) that `puma-ray sweep --reference` reads for gap closure on this data."""
+    def avg(key: str, field: str) -> float:
+        return float(np.mean([r[key][field] for r in refs]))
+
+    write_json_atomic(root / "reference.json", {
+        "split": refs[0]["split"], "metric": metric, "seeds": len(refs), "data": data,
+        "dataset_fingerprint": read_data_manifest(data)["fingerprint"],
+        "floor": {"value": avg("floor", "value"), "device_s": avg("floor", "device_s")},
+        "retrained": {"value": avg("retrained", "value"), "device_s": avg("retrained", "device_s")}})
+
+
+def summary_table(runs: pd.DataFrame, metric: str, split: str) -> pd.DataFrame:
+    """Per size and method: mean ± std (over seeds) of the metric, closure and cost."""
+    rows = []
+    for (size, method), g in runs.groupby(["size", "method"], sort=False):
+        mm, ms, n = mean_std(g[f"{split}_{metric}"])
+        cm, cs, _ = mean_std(g.get(f"{split}_closure", pd.Series(dtype=float)).fillna(np.nan))
+        dm, ds, _ = mean_std(g["cost_device_s"])
+        rows.append({"size": size, "method": method, "users_trained": int(g["users_trained"].iloc[0]), "seeds": n,
+                     f"{metric}_mean": mm, f"{metric}_std": ms, "closure_mean": cm, "closure_std": cs,
+                     "device_s_mean": dm, "device_s_std": ds, "paid": bool(g["paid"].iloc[0])})
+    return pd.DataFrame(rows)
+
+
+def paired_rows(runs: pd.DataFrame, cfg: BenchConfig, metric: str) -> list[dict]:
+    """PUMA (or the first strategy) minus random at B and at 3B, per size, paired by seed."""
+    col = f"{cfg.split}_{metric}"
+    first = methods_of(cfg)[0][0]
+    out = []
+    for size, g in runs.groupby("size", sort=False):
+        by = g.pivot_table(index="seed", columns="method", values=col)
+        for other in (f"random ({cfg.budget})", f"random ({3 * cfg.budget})"):
+            if other == first or other not in by or first not in by:
+                continue
+            d = paired_interval(by[first].to_list(), by[other].to_list())
+            out.append({"size": size, "a": first, "b": other, "mean": d.mean, "low": d.low, "high": d.high,
+                        "seeds": d.n, "excludes_zero": d.excludes_zero, "text": d.text()})
+    return out
+
+
+def stage_points(runs: pd.DataFrame) -> dict[str, tuple[list[float], list[float]]]:
+    """(units, device-seconds) measured per cost component: prompts (users), select/<strategy> (users),
+    adapter (users trained on) and migrate (users)."""
+    pts: dict[str, tuple[list[float], list[float]]] = {}
+
+    def add(key: str, units: float, cost: float) -> None:
+        if cost is not None and math.isfinite(cost):
+            pts.setdefault(key, ([], []))[0].append(float(units))
+            pts[key][1].append(float(cost))
+
+    for _, r in runs.iterrows():
+        if r["method"] == RETRAINED:
+            add("prompts", r["size"], r["prompts_device_s"])
+        elif r.get("select_device_s") is not None and not r["paid"] and r["method"] != FLOOR:
+            add(f"select/{r['strategy']}", r["size"], r["select_device_s"])
+            add("adapter", r["users_trained"], r["adapter_device_s"])
+            add("migrate", r["size"], r["migrate_device_s"])
+    return pts
+
+
+def fit_components(runs: pd.DataFrame) -> dict[str, LinearCost]:
+    """Each component's fixed + per-unit cost; with one size only, prompts' fixed part is its measured start-up."""
+    fits = {}
+    for key, (units, cost) in stage_points(runs).items():
+        if len(set(units)) >= 2:
+            fits[key] = fit_linear_cost(units, cost)
+        else:  # one size: fixed = measured start-up (prompts) or none (a conservative, all-variable cost)
+            start = runs.loc[runs["method"] == RETRAINED, "prompts_startup_s"].mean() if key == "prompts" else 0.0
+            start = float(start) if start == start else 0.0
+            per = max(float(np.mean(cost)) - start, 0.0) / float(units[0])
+            rel = float(np.max(np.abs(np.asarray(cost) - (start + per * units[0])) / np.asarray(cost)))
+            fits[key] = LinearCost(start, per, len(units), rel)
+    return fits
+
+
+def projection(fits: dict[str, LinearCost], strategy: str, users: int, budget: int) -> dict:
+    """Projected device-seconds at `users` with `budget` selected users: strategy vs full retraining."""
+    ours = fits[f"select/{strategy}"](users) + fits["adapter"](budget) + fits["migrate"](users)
+    full = fits["prompts"](users)
+    return {"users": users, "budget": budget, "strategy": strategy, "device_s": ours, "retraining_device_s": full,
+            "ratio": ours / full}
+
+
+def plot_metrics(table: pd.DataFrame, metric: str, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    sizes = list(dict.fromkeys(table["size"]))
+    fig = Figure(figsize=(6 * len(sizes), 4.5))
+    axes = fig.subplots(1, len(sizes), squeeze=False)[0]
+    for ax, size in zip(axes, sizes):
+        t = table[table["size"] == size]
+        x = np.arange(len(t))
+        ax.bar(x, t[f"{metric}_mean"], yerr=t[f"{metric}_std"].fillna(0.0), capsize=4,
+               color=["#8c8c8c" if p else "#4c72b0" for p in t["paid"]])
+        lo, hi = np.nanmin(t[f"{metric}_mean"]), np.nanmax(t[f"{metric}_mean"] + t[f"{metric}_std"].fillna(0.0))
+        ax.set_ylim(lo - 0.15 * (hi - lo + 1e-9), hi + 0.05 * (hi - lo + 1e-9))
+        ax.set_xticks(x, t["method"], rotation=30, ha="right", fontsize=8)
+        ax.set(title=f"{size} users: test {metric}, mean ± std over {int(t['seeds'].max())} seed(s)", ylabel=metric)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_cost(runs: pd.DataFrame, fits: dict[str, LinearCost], cfg: BenchConfig, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 5))
+    ax = fig.subplots()
+    strategy = methods_of(cfg)[0][1]
+    grid = np.unique(np.geomspace(max(10, runs["size"].min() / 2), max(cfg.project_users), 60).astype(int))
+    full = runs[runs["method"] == RETRAINED]
+    ax.scatter(full["size"], full["cost_device_s"], color="#c44e52", label="full retraining (measured)")
+    ax.plot(grid, [fits["prompts"](u) for u in grid], color="#c44e52", lw=1, label="full retraining (fit / projected)")
+    ours = runs[runs["method"] == methods_of(cfg)[0][0]]
+    ax.scatter(ours["size"], ours["cost_device_s"], color="#4c72b0", label=f"{strategy} at B={cfg.budget} (measured)")
+    ax.plot(grid, [projection(fits, strategy, int(u), cfg.project_budget)["device_s"] for u in grid], color="#4c72b0",
+            lw=1, ls="--", label=f"{strategy}, budget {cfg.project_budget} (projected)")
+    ax.axvspan(runs["size"].max() * 1.05, max(cfg.project_users), color="0.93", label="projected region")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set(xlabel="users", ylabel="device-seconds", title="cost: measured points, fitted fixed + per-user cost")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _fmt(v, spec: str = ".4f") -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+
+
+def write_report(out: Path, cfg: BenchConfig, table: pd.DataFrame, paired: list[dict], fits: dict[str, LinearCost],
+                 projected: list[dict], metric: str, data_note: str) -> Path:
+    lines = [f"# Bench: {cfg.source_model} -> {cfg.target_model}", "", data_note, "",
+             f"Seeds {', '.join(map(str, cfg.seeds))}; every figure is test-split {metric} (best epochs chosen on "
+             "valid). Cost = measured device-seconds (select + adapter + migrate for a migration; the whole "
+             "`prompts` run for floor and retraining); the source prompts are already paid.", "",
+             f"| users | method | trained on | test {metric} | closure | device-s | cost vs full retraining |",
+             "|---:|---|---:|---:|---:|---:|---:|"]
+    for size, t in table.groupby("size", sort=False):
+        full = t.loc[t["method"] == RETRAINED, "device_s_mean"].iloc[0]
+        for _, r in t.iterrows():
+            ratio = "- (already paid)" if r["paid"] else f"{r['device_s_mean'] / full:.2f}x"
+            lines.append(f"| {size} | {r['method']} | {r['users_trained']} | {_fmt(r[f'{metric}_mean'])} ± "
+                         f"{_fmt(r[f'{metric}_std'])} | {_fmt(r['closure_mean'], '.2f')} ± {_fmt(r['closure_std'], '.2f')}"
+                         f" | {_fmt(r['device_s_mean'], '.1f')} | {ratio} |")
+    lines += ["", f"## Paired differences (test {metric}, same seed; 95% t-interval)", "",
+              "| users | difference | mean [95% interval] | seeds | interval excludes 0 |", "|---:|---|---|---:|---|"]
+    lines += [f"| {p['size']} | {p['a']} - {p['b']} | {p['text']} | {p['seeds']} | {p['excludes_zero']} |" for p in paired]
+    lines += ["", "## Cost at scale: measured, fitted, projected", "",
+              "| component | unit | fixed device-s | per unit device-s | points | max rel. residual |", "|---|---|---:|---:|---:|---:|"]
+    for key, f in fits.items():
+        unit = "users trained on" if key == "adapter" else "users"
+        lines.append(f"| {key} | {unit} | {f.fixed:.2f} | {f.per_unit:.5f} | {f.points} | {f.max_rel_residual:.2f} |")
+    lines += ["", "| users (projected) | budget | method | projected device-s | full retraining device-s | ratio |",
+              "|---:|---:|---|---:|---:|---:|"]
+    lines += [f"| {p['users']:,} | {p['budget']:,} | {p['strategy']} | {p['device_s']:.0f} | "
+              f"{p['retraining_device_s']:.0f} | **{p['ratio']:.3f}** (1/{1 / p['ratio']:.0f}) |" for p in projected]
+    lines += ["", "Projected = the fitted lines extended far beyond the measured sizes (labelled as such): a "
+              "lower bound on nothing, an estimate of how fixed and per-user costs add up.", "",
+              "![metrics](metrics.png)", "", "![cost](cost.png)"]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    """Benchmark every method at every size and seed; returns the JSON summary."""
+    data = read_data_manifest(cfg.data)
+    task = TASKS[data["task"]]
+    for m in (cfg.source_model, cfg.target_model):
+        describe_model(m)  # loads: a model directory that does not is a clear error before anything runs
+    sizes = sorted(cfg.sizes) if cfg.sizes else [data["users"]]
+    if sizes[-1] > data["users"]:
+        raise PumaError(f"--sizes {sizes[-1]} exceeds the {data['users']} users of --data {cfg.data}")
+    if 3 * cfg.budget > sizes[0]:
+        raise PumaError(f"--budget {cfg.budget}: random at 3 x budget needs {3 * cfg.budget} users, the smallest "
+                        f"size has {sizes[0]}; lower --budget or raise --sizes")
+    out = open_run(cfg.out, "bench", cfg)
+    init_ray()
+    metric = task.metric
+    rows = []
+    with CostMeter(out, "bench", cfg, workers=cfg.workers) as meter:
+        for n in sizes:
+            root = out / f"n{n}"
+            d = cfg.data
+            if n < data["users"]:
+                subset_dataset(cfg.data, n, cfg.seeds[0], root / "data")
+                d = str(root / "data")
+            log.info("bench: size %d users (%s)", n, d)
+            rows += size_runs(cfg, str(Path(d).resolve()), n, root, metric)
+        meter.samples = len(rows)
+    runs = pd.DataFrame(rows)
+    runs.to_csv(out / "runs.csv", index=False)
+    table = summary_table(runs, metric, cfg.split)
+    table.to_csv(out / "table.csv", index=False)
+    paired = paired_rows(runs, cfg, metric)
+    fits = fit_components(runs)
+    strategy = methods_of(cfg)[0][1]
+    projected = [projection(fits, strategy, u, cfg.project_budget) for u in cfg.project_users]
+    plot_metrics(table, metric, out / "metrics.png")
+    plot_cost(runs, fits, cfg, out / "cost.png")
+    note = f"Data `{cfg.data}` ({data['source']}, {data['users']} users), sizes {', '.join(map(str, sizes))}."
+    report = write_report(out, cfg, table, paired, fits, projected, metric, note)
+    summary = {"out": str(out), "report": str(report), "sizes": sizes, "seeds": cfg.seeds, "metric": metric,
+               "paired": paired, "projected": projected,
+               "fits": {k: {"fixed": f.fixed, "per_unit": f.per_unit, "max_rel_residual": f.max_rel_residual}
+                        for k, f in fits.items()},
+               "table": table.to_dict(orient="records"), "wall_s": meter.record.wall_s}
+    write_json_atomic(out / "bench.json", summary)
+    log.info("bench: projected %s / full retraining at %d users: %.3f -> %s", strategy, projected[-1]["users"],
+             projected[-1]["ratio"], report)
+    return summary

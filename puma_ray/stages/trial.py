@@ -1,0 +1,150 @@
+"""One migration trial: select -> adapter -> migrate -> evaluate (valid and test), with its measured cost.
+
+Not a CLI stage: the unit that `sweep` (one Tune trial each), `bench` (one method x seed each)
+and `demo` share. Everything lives in one trial directory:
+
+    DIR/select  DIR/adapter  DIR/store  DIR/eval-valid  DIR/eval-test  DIR/result.json
+
+A step whose output is complete is not run again, so a re-run after an interruption finishes
+the trial instead of repeating it; `result.json` (written last) marks a finished trial.
+
+Metrics: the migrated store of EVERY user is scored on `valid` (what a sweep chooses configs
+by) and on `test` (what is reported; never used to choose anything). The adapter's own
+best epoch is chosen on the selected users' valid rows. Cost: device-seconds and wall of
+select + adapter + migrate from their cost records (data loading and Ray Train start-up
+included); evaluation is reported apart, since retraining's cost does not include it either.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from puma_ray.config import AdapterStageConfig, EvaluateConfig, MigrateConfig, SelectConfig
+from puma_ray.data.schema import write_json_atomic
+from puma_ray.prompt_store import MANIFEST
+from puma_ray.prompt_store import read_manifest as read_store_manifest
+from puma_ray.runs import log, read_costs
+from puma_ray.space import ADAPTER_KEYS, SELECT_KEYS
+
+RESULT = "result.json"
+COST_STAGES = ("select", "adapter", "migrate")
+
+
+@dataclass
+class TrialSetup:
+    """What every trial of a sweep or bench shares (data, stores, models, resources)."""
+
+    data: str
+    sources: list[str]
+    target_model: str
+    task_metric: str
+    """rmse (lower is better) or auc (higher is better)."""
+    workers: int = 1
+    cpus_per_worker: float = 0.5
+    use_gpu: bool = False
+    report_split: str = "test"
+    choose_split: str = "valid"
+    reference: Optional[dict] = None
+    """reference.json content (floor / full retraining on report_split) for gap closure."""
+    defaults: dict = field(default_factory=dict)
+    """Trial parameters used when a trial does not set them (e.g. the adapter's epochs)."""
+
+
+def resolve_budget(budget: float, users: int) -> int:
+    """A count (>= 1) as is; a fraction (0, 1) of `users`, rounded, at least 1."""
+    return int(budget) if budget >= 1 else max(1, round(budget * users))
+
+
+def closure(floor: float, retrained: float, migrated: float) -> float:
+    """Gap closure (floor - migrated) / (floor - retrained); the same formula holds for AUC (signs cancel)."""
+    return (floor - migrated) / (floor - retrained) if floor != retrained else float("nan")
+
+
+def stage_cost(run_dir: Path) -> dict:
+    """The latest cost record written by the stage run in `run_dir` itself."""
+    own = [c for c in read_costs(run_dir) if c["run"] == "."]
+    if not own:
+        return {"wall_s": float("nan"), "device_seconds": float("nan"), "startup_s": float("nan")}
+    return own[-1]
+
+
+def _complete(path: Path) -> bool:
+    return path.is_file()
+
+
+def run_steps(setup: TrialSetup, params: dict, d: Path, callbacks: tuple = ()) -> dict[str, Path]:
+    """Run (or reuse) the trial's stages under `d`; returns the step directories."""
+    from puma_ray.stages.adapter import run_adapter
+    from puma_ray.stages.evaluate import run_evaluate
+    from puma_ray.stages.migrate import run_migrate
+    from puma_ray.stages.select import run_select
+
+    steps = {k: d / k for k in ("select", "adapter", "store", "eval-valid", "eval-test")}
+    p = {**setup.defaults, **params}
+    if not _complete(steps["select"] / "selected.parquet"):
+        run_select(SelectConfig(data=setup.data, prompts=setup.sources[0], out=str(steps["select"]),
+                                seed=p.get("seed", 0), **{k: p[k] for k in SELECT_KEYS if k in p}))
+    if not _complete(steps["adapter"] / "adapter.json"):
+        run_adapter(AdapterStageConfig(data=setup.data, source=list(setup.sources), target_model=setup.target_model,
+                                       users=str(steps["select"]), out=str(steps["adapter"]), workers=setup.workers,
+                                       cpus_per_worker=setup.cpus_per_worker, use_gpu=setup.use_gpu,
+                                       seed=p.get("seed", 0), **{k: p[k] for k in ADAPTER_KEYS if k in p}),
+                    callbacks=callbacks)
+    if not _complete(steps["store"] / MANIFEST):
+        run_migrate(MigrateConfig(adapter=str(steps["adapter"]), source=list(setup.sources), out=str(steps["store"]),
+                                  use_gpu=setup.use_gpu))
+    for split, key in ((setup.choose_split, "eval-valid"), (setup.report_split, "eval-test")):
+        if not _complete(steps[key] / "metrics.json"):
+            run_evaluate(EvaluateConfig(data=setup.data, model=setup.target_model, prompts=str(steps["store"]),
+                                        split=split, out=str(steps[key]), use_gpu=setup.use_gpu))
+    return steps
+
+
+def trial_row(setup: TrialSetup, params: dict, steps: dict[str, Path]) -> dict[str, Any]:
+    """One flat record: parameters, metrics (choice split, report split, adapter), closure, cost."""
+    m = setup.task_metric
+    adapter = json.loads((steps["adapter"] / "adapter.json").read_text())
+    chosen = json.loads((steps["eval-valid"] / "metrics.json").read_text())
+    reported = json.loads((steps["eval-test"] / "metrics.json").read_text())
+    row: dict[str, Any] = {**params, "users_trained": adapter["users"], "adapter_width": adapter["adapter"]["width"],
+                           f"adapter_valid_{m}": adapter.get(f"valid_{m}"), "best_epoch": adapter["best_epoch"],
+                           f"{setup.choose_split}_{m}": chosen[m], f"{setup.report_split}_{m}": reported[m],
+                           "users_scored": reported["users"], "quarantined_users": reported["quarantined_users"]}
+    ref = setup.reference
+    if ref:
+        row[f"{setup.report_split}_closure"] = closure(ref["floor"]["value"], ref["retrained"]["value"], reported[m])
+    cost_dirs = {"select": steps["select"], "adapter": steps["adapter"], "migrate": steps["store"]}
+    total_dev = total_wall = total_start = 0.0
+    for stage, run_dir in cost_dirs.items():
+        c = stage_cost(run_dir)
+        row[f"{stage}_device_s"], row[f"{stage}_wall_s"] = c["device_seconds"], c["wall_s"]
+        total_dev += c["device_seconds"]
+        total_wall += c["wall_s"]
+        total_start += c.get("startup_s", 0.0) or 0.0
+    row.update({"cost_device_s": round(total_dev, 3), "cost_wall_s": round(total_wall, 3),
+                "cost_startup_s": round(total_start, 3),
+                "eval_device_s": round(sum(stage_cost(steps[k])["device_seconds"] for k in ("eval-valid", "eval-test")), 3)})
+    if ref and ref["retrained"].get("device_s"):
+        row["cost_vs_retraining"] = round(total_dev / ref["retrained"]["device_s"], 4)
+    return row
+
+
+def run_trial(setup: TrialSetup, params: dict, d: str | Path, callbacks: tuple = ()) -> dict[str, Any]:
+    """The trial's record; a finished trial (its result.json) is read back, never re-run."""
+    d = Path(d)
+    done = d / RESULT
+    if done.is_file():
+        log.info("trial %s: already finished, reusing its result", d.name)
+        return json.loads(done.read_text())
+    users = read_store_manifest(setup.sources[0])["num_users"]
+    params = dict(params)
+    if "budget" in params:
+        params["budget"] = resolve_budget(params["budget"], users)
+    d.mkdir(parents=True, exist_ok=True)
+    steps = run_steps(setup, params, d, callbacks)
+    row = {**trial_row(setup, params, steps), "trial_dir": d.name}
+    write_json_atomic(done, row)
+    return row
