@@ -303,10 +303,11 @@ class DataConfig(StageConfig):
     """Drop users with fewer interactions; null = the paper's 20 for rating data, 0 for click data."""
     max_user_interactions: int = 85
     """Keep only each user's most recent N interactions (0 = no cap)."""
-    valid_fraction: float = 0.2
-    """Last fraction of each user's interactions (chronologically) that becomes the valid split."""
-    test_fraction: float = 0.0
-    """Last fraction of each user's interactions that becomes the test split (taken after valid)."""
+    valid_fraction: float = 0.1
+    """Fraction of each user's interactions, just before the test rows, that becomes the valid split (chooses epochs)."""
+    test_fraction: float = 0.1
+    """Last fraction of each user's interactions (chronologically) that becomes the test split (what is reported).
+    With valid 0.1 the paper's held-out 20% is split in two, so its 80% training split stays the same."""
     dedup: bool = True
     """Drop repeated (user, item, ts) rows, keeping the first."""
     history_len: int = 5
@@ -432,8 +433,8 @@ class AdapterStageConfig(TrainingConfig):
     """Passes over the selected users' training rows (paper: 4); the best epoch is kept."""
     lr: float = 1e-4
     """AdamW learning rate (paper: 1e-4)."""
-    width: int = 4096
-    """Adapter FFN width w (paper: 4096)."""
+    width: Optional[int] = None
+    """Adapter FFN width w; null = 2 x the source prompt dimension (the paper's 4096 for its 2048-d sources)."""
     rank: int = 0
     """0 = full-rank adapter; r > 0 factorises every linear through rank r."""
     dropout: float = 0.1
@@ -451,7 +452,7 @@ class AdapterStageConfig(TrainingConfig):
         _required(self.target_model, "target_model", "--target-model MODEL")
         check(self.epochs >= 1, "epochs", "must be >= 1")
         check(self.lr > 0, "lr", "must be > 0")
-        check(self.width >= 1, "width", "must be >= 1")
+        check(self.width is None or self.width >= 1, "width", "must be >= 1 or null")
         check(self.rank >= 0, "rank", "must be >= 0 (0 = full rank)")
         check(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
         check(self.lora_rank >= 0, "lora_rank", "must be >= 0 (0 = off)")
@@ -545,8 +546,9 @@ class SelectConfig(StageConfig):
     """Strata per cluster (or over all users for variance/loss)."""
     weights: Literal["normal", "linear", "uniform"] = "normal"
     """Stratum weights of variance/loss/kmeans-loss/ffn (puma always uses normal: exp(-x^2/2)+0.1)."""
-    min_per_cluster: int = 10
-    """puma/ffn: users every cluster gets first (all of a smaller cluster)."""
+    min_per_cluster: Optional[int] = None
+    """puma/ffn: users every cluster gets first (all of a smaller cluster); null = the reference code's share,
+    0.375 x budget / clusters (50 per cluster for 2,000 users in 15 clusters), at least 1."""
     pca_dim: int = 32
     """kmeans-pca: dimension after incremental PCA; kmeans-fps: space farthest points are measured in."""
     kmeans_passes: int = 2
@@ -571,13 +573,20 @@ class SelectConfig(StageConfig):
         check(self.budget >= 1, "budget", "must be >= 1")
         check(self.clusters >= 1, "clusters", "must be >= 1")
         check(self.bins >= 1, "bins", "must be >= 1")
-        check(self.min_per_cluster >= 0, "min_per_cluster", "must be >= 0")
+        check(self.min_per_cluster is None or self.min_per_cluster >= 0, "min_per_cluster", "must be >= 0 or null")
         check(self.pca_dim >= 2, "pca_dim", "must be >= 2")
         check(self.kmeans_passes >= 1, "kmeans_passes", "must be >= 1")
         check(self.batch_rows >= 1, "batch_rows", "must be >= 1")
         check(self.ffn_layers >= 1, "ffn_layers", "must be >= 1")
         check(self.workers >= 1, "workers", "must be >= 1")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
+
+    @property
+    def resolved_min_per_cluster(self) -> int:
+        """min_per_cluster after its default (the reference code's 50 x 15 / 2,000 = 0.375 of the budget)."""
+        if self.min_per_cluster is not None:
+            return self.min_per_cluster
+        return max(1, int(0.375 * self.budget / self.clusters))
 
 
 @dataclasses.dataclass
@@ -601,22 +610,22 @@ class ChainConfig(StageConfig):
     """Users the adapter of every hop trains on."""
     clusters: int = 10
     """K-means clusters of the selection."""
-    min_per_cluster: int = 10
-    """Users every cluster gets first (puma)."""
+    min_per_cluster: Optional[int] = None
+    """Users every cluster gets first (puma); null = the select stage's default."""
     workers: int = 1
     """Ray Train workers (adapter) and Ray Data actors (migrate, evaluate)."""
     epochs: int = 4
     """Adapter epochs per hop."""
     lr: float = 1e-4
     """Adapter learning rate."""
-    width: int = 4096
-    """Adapter FFN width."""
+    width: Optional[int] = None
+    """Adapter FFN width; null = 2 x the source dimension of each hop."""
     rank: int = 0
     """Adapter rank (0 = full rank)."""
     batch_size: int = 32
     """Adapter batch size per worker."""
-    split: Literal["valid", "test"] = "valid"
-    """Split each hop is scored on."""
+    split: Literal["valid", "test"] = "test"
+    """Split each hop is scored on (valid chooses each adapter's best epoch)."""
     seed: int = 0
     """Seed of selection and adapter training."""
 
@@ -629,7 +638,7 @@ class ChainConfig(StageConfig):
         check(self.workers >= 1, "workers", "must be >= 1")
         check(self.epochs >= 1, "epochs", "must be >= 1")
         check(self.lr > 0, "lr", "must be > 0")
-        check(self.width >= 1, "width", "must be >= 1")
+        check(self.width is None or self.width >= 1, "width", "must be >= 1 or null")
 
 
 @dataclasses.dataclass

@@ -2,9 +2,10 @@
 
 A stage calls `open_run(out, stage, cfg)` to create its output directory and
 write `config.yaml` (the fully resolved config), then wraps its work in
-`CostMeter`, which appends one JSON line to `<out>/costs.jsonl` (DESIGN.md
-"Cost record"). `bench` and `sweep` read these records; nothing estimates cost
-from guesses.
+`CostMeter` from its first read of data to its last write, which appends one JSON
+line to `<out>/costs.jsonl` (DESIGN.md "Cost record"); `startup_s` says which part
+of the wall time was start-up. `bench` and `sweep` read these records (through
+stages/trial.py); nothing estimates cost from guesses.
 
 device_seconds = wall_s x workers x devices-per-worker: the time the stage held
 its devices (GPUs, or CPU worker slots on a CPU run), which is what a cluster bill
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+
+from puma_ray.errors import PumaError
 
 COSTS_FILE = "costs.jsonl"
 CONFIG_FILE = "config.yaml"
@@ -74,6 +77,23 @@ def open_run(out: str | Path, stage: str, cfg: Any) -> Path:
     return path
 
 
+RUN_FILES = {CONFIG_FILE, COSTS_FILE}
+
+
+def check_out(out: str | Path, kind: str, is_kind, flag: str = "--out") -> Path:
+    """Refuse an --out that would lose something: a file, or a non-empty directory holding another kind of output.
+
+    is_kind(path) says whether an existing directory already holds this kind of output (which
+    the stage may then replace or resume). Called before anything is written or deleted."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise PumaError(f"{flag} {path} is a file; give a directory")
+    if path.is_dir() and not is_kind(path) and {p.name for p in path.iterdir()} - RUN_FILES:
+        raise PumaError(f"{flag} {path} already holds something other than a {kind}; nothing was changed "
+                        "(choose a new directory or empty it)")
+    return path
+
+
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process and its finished children (Linux ru_maxrss is KiB)."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -107,6 +127,8 @@ class CostRecord:
     flops: float
     peak_memory_bytes: int
     config_hash: str
+    startup_s: float = 0.0
+    """Part of wall_s that was start-up (joining or starting Ray, Ray Train workers loading the model)."""
     extra: dict = field(default_factory=dict)
 
 
@@ -123,6 +145,7 @@ class CostMeter:
     tokens: int = 0
     flops: float = 0.0
     worker_peak_memory_bytes: int = 0
+    startup_s: float = 0.0
     extra: dict = field(default_factory=dict)
     record: Optional[CostRecord] = None
     _t0: float = 0.0
@@ -140,7 +163,9 @@ class CostMeter:
             device_seconds=round(wall * self.workers * self.devices_per_worker, 3), samples=int(self.samples),
             tokens=int(self.tokens), flops=float(self.flops),
             peak_memory_bytes=max(peak_rss_bytes(), self.worker_peak_memory_bytes),
-            config_hash=config_hash(self.cfg), extra=self.extra)
+            config_hash=config_hash(self.cfg), startup_s=round(self.startup_s, 3),
+            extra={**self.extra, "driver_peak_memory_bytes": peak_rss_bytes(),
+                   "worker_peak_memory_bytes": self.worker_peak_memory_bytes})
         append_cost(self.out, self.record)
 
 

@@ -101,7 +101,7 @@ def kmeans_loss(inputs, cfg, rng) -> Selection:
 
 def puma(inputs, cfg, rng) -> Selection:
     values = inputs.variance()
-    sel = _per_cluster(inputs, cfg, rng, "prompts", cfg.min_per_cluster,
+    sel = _per_cluster(inputs, cfg, rng, "prompts", cfg.resolved_min_per_cluster,
                        _strata_by(values, cfg, rng, stratum_weights(cfg.bins, "normal")))
     sel.value = values
     return sel
@@ -109,7 +109,7 @@ def puma(inputs, cfg, rng) -> Selection:
 
 def ffn(inputs, cfg, rng) -> Selection:
     values = inputs.variance() if cfg.ffn_strata == "variance" else inputs.loss()
-    sel = _per_cluster(inputs, cfg, rng, "ffn", cfg.min_per_cluster,
+    sel = _per_cluster(inputs, cfg, rng, "ffn", cfg.resolved_min_per_cluster,
                        _strata_by(values, cfg, rng, stratum_weights(cfg.bins, cfg.weights)))
     sel.value = values
     return sel
@@ -125,5 +125,7 @@ def select_users(inputs, cfg) -> Selection:
     """Run cfg.strategy for exactly cfg.budget distinct users (a PumaError when too few are eligible)."""
     check_budget(cfg.budget, inputs.n)
     sel = STRATEGIES[cfg.strategy](inputs, cfg, np.random.default_rng(cfg.seed))
-    assert len(np.unique(sel.chosen)) == len(sel.chosen) == cfg.budget, "strategy broke the budget contract"
+    if not len(np.unique(sel.chosen)) == len(sel.chosen) == cfg.budget:  # a bug in a strategy, never user input
+        raise RuntimeError(f"strategy {cfg.strategy} chose {len(np.unique(sel.chosen))} distinct of {len(sel.chosen)} "
+                           f"users for a budget of {cfg.budget}")
     return sel

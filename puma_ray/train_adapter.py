@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -107,10 +108,11 @@ def adapter_loop(config: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard(f"valid_r{rank}")
     B = config["batch_size"]
+    ready = time.time()  # model, prompts and engine ready: what came before is start-up
     for epoch in range(start_epoch, config["epochs"]):
         totals = train_epoch(lm, engine, soft, train_shard, index, config, epoch, device)
         metrics = evaluate(lm, soft, engine, valid_shard, index, task, config["valid_steps"], B, device)
-        metrics.update(totals)
+        metrics.update(totals, ready_unix=ready)
         history.append(metrics)
         state = gathered_state(engine)
         with tempfile.TemporaryDirectory() as d:

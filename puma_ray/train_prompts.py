@@ -14,7 +14,9 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import resource
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -90,14 +92,16 @@ def gathered_state(engine) -> dict[str, torch.Tensor]:
 
 
 def train_totals(epoch: int, loss_sum: float, seen: int, tokens: int) -> dict:
-    """Epoch's mean training loss, samples and tokens summed over every rank."""
+    """Epoch's mean training loss, samples and tokens summed over every rank, and the largest worker peak RSS."""
     import torch.distributed as dist
 
     totals = torch.tensor([loss_sum, seen, tokens], dtype=torch.float64)
+    peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024], dtype=torch.float64)
     if dist.is_initialized():
         dist.all_reduce(totals)
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     return {"epoch": epoch, "train_loss": float(totals[0] / max(totals[1], 1)), "train_samples": int(totals[1]),
-            "train_tokens": int(totals[2])}
+            "train_tokens": int(totals[2]), "worker_peak_rss_bytes": int(peak[0])}
 
 
 def train_epoch(lm, engine, soft_fn, shard, index, config: dict, epoch: int, device, after_step=None) -> dict:
@@ -198,13 +202,14 @@ def prompts_loop(config: dict) -> None:
             table_opt.step()
             table_opt.zero_grad(set_to_none=True)
 
+    ready = time.time()  # model loaded, engine built: what came before is start-up
     for epoch in range(start_epoch, config["epochs"]):
         maybe_inject_failure(config.get("kill_after"), config["fault_marker"], rank, epoch)
         empty = torch.zeros(1, config["prompt_len"], lm.hidden, device=device)
         soft = table if len(users) else (lambda rows: empty)  # a rank without users still joins collectives
         totals = train_epoch(lm, engine, soft, train_shard, index, config, epoch, device, after_step=table_step)
         metrics = evaluate(lm, soft, engine, valid_shard, index, task, config["valid_steps"], B, device)
-        metrics.update(totals)
+        metrics.update(totals, ready_unix=ready)
         history.append(metrics)
         head_state = gathered_state(engine)
         with tempfile.TemporaryDirectory() as d:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -60,3 +61,22 @@ def tiny_models(tmp_path_factory, text_file) -> dict:
     root = tmp_path_factory.mktemp("models")
     return {f: (run_models(ModelsConfig(family=f, text=str(text_file), out=str(root / f))), root / f)
             for f in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def workspace(ray_local, tmp_path_factory) -> Path:
+    """A tiny migration workspace, built once: synthetic data (120 users), catalogue-pretrained
+    llama / qwen2 / gemma3, and llama source prompts (DIR/data, DIR/<family>, DIR/src)."""
+    from puma_ray.config import DataConfig, ModelsConfig, PromptsConfig
+    from puma_ray.stages.data import run_data
+    from puma_ray.stages.models import run_models
+    from puma_ray.stages.prompts import run_prompts
+
+    root = tmp_path_factory.mktemp("workspace")
+    run_data(DataConfig(source="synthetic", out=str(root / "data"), users=120, items=60, seed=11))
+    for fam in ("llama", "qwen2", "gemma3"):
+        run_models(ModelsConfig(family=fam, data=str(root / "data"), out=str(root / fam), pretrain_steps=60))
+    summary = run_prompts(PromptsConfig(data=str(root / "data"), model=str(root / "llama"), out=str(root / "src"),
+                                        workers=2, epochs=2, lr=0.01))
+    (root / "src-summary.json").write_text(json.dumps(summary))
+    return root

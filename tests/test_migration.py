@@ -35,16 +35,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def setup(ray_local, tmp_path_factory):
-    root = tmp_path_factory.mktemp("migration")
-    run_data(DataConfig(source="synthetic", out=str(root / "data"), users=120, items=60, seed=11))
-    for fam in ("llama", "qwen2", "gemma3"):
-        run_models(ModelsConfig(family=fam, data=str(root / "data"), out=str(root / fam), pretrain_steps=60))
-    src = run_prompts(PromptsConfig(data=str(root / "data"), model=str(root / "llama"), out=str(root / "src"),
-                                    workers=2, epochs=2, lr=0.01))
-    run_adapter(AdapterStageConfig(data=str(root / "data"), source=[str(root / "src")],
-                                   target_model=str(root / "qwen2"), out=str(root / "adapter"), workers=2, epochs=1,
-                                   width=32, lr=3e-3))
+def setup(workspace):
+    root = workspace
+    src = json.loads((root / "src-summary.json").read_text())  # run_prompts' summary
+    if not (root / "adapter" / "adapter.json").is_file():
+        run_adapter(AdapterStageConfig(data=str(root / "data"), source=[str(root / "src")],
+                                       target_model=str(root / "qwen2"), out=str(root / "adapter"), workers=2,
+                                       epochs=1, width=32, lr=3e-3))
     return root, src
 
 

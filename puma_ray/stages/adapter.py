@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -28,7 +29,7 @@ from puma_ray.prompt_store import iter_prompts, read_head
 from puma_ray.prompt_store import read_manifest as read_store_manifest
 from puma_ray.ray_utils import init_ray
 from puma_ray.runs import CostMeter, log, open_run
-from puma_ray.stages.prompts import best_checkpoint, build_trainer, run_history, run_name
+from puma_ray.stages.prompts import best_checkpoint, build_trainer, fit_trainer, record_training, run_history, run_name
 from puma_ray.train_adapter import adapter_loop
 from puma_ray.train_prompts import deepspeed_config
 from puma_ray.templates import load_template_text
@@ -92,58 +93,59 @@ def _select_rows(batch: pd.DataFrame, users_ref) -> pd.DataFrame:
     return batch[batch["user_id"].isin(keep)]
 
 
-def run_adapter(cfg: AdapterStageConfig) -> dict:
-    """Train the adapter; returns the JSON summary."""
+def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
+    """Train the adapter; returns the JSON summary. callbacks: Ray Train callbacks (a sweep reports to Tune)."""
     data = read_data_manifest(cfg.data)
     task = TASKS[data["task"]]
-    out = open_run(cfg.out, "adapter", cfg)
-    init_ray()
     users = selected_users(cfg.users, cfg.data)
     sources = check_sources(cfg.source, users, task.name)
-    target = describe_model(cfg.target_model)
-    source_head_info = read_head(cfg.source[0])
-    template = cfg.template or (source_head_info[1]["template"] if source_head_info else task.template)
-    prompt_len = sources[0]["prompt_len"]
-    adapter_cfg = {"source_dim": sum(m["dim"] for m in sources), "target_dim": target["hidden_size"],
-                   "width": cfg.width, "rank": cfg.rank, "dropout": cfg.dropout}
-    counts = pq.read_table(Path(cfg.data) / "users.parquet", columns=["user_id", "n_train", "n_valid"]).to_pandas()
-    counts = counts[counts["user_id"].isin(set(users))]
+    target = describe_model(cfg.target_model)  # a model that does not load fails here, before --out is touched
+    out = open_run(cfg.out, "adapter", cfg)
+    (out / "adapter.json").unlink(missing_ok=True)  # the adapter is incomplete until this run finishes
     W = cfg.workers
-    train_steps = steps_for([-(-int(counts["n_train"].sum()) // W)], cfg.batch_size)
-    valid_rows = int(counts["n_valid"].sum())
-    valid_steps = steps_for([valid_rows], cfg.batch_size) if valid_rows else 0  # upper bound for every rank
-    base = ray.data.read_parquet([str(p.resolve()) for p in shard_paths(cfg.data)],
-                                 columns=["user_id", "item_text", "history_text", "label", "split"])
-    base = base.map_batches(_select_rows, batch_format="pandas", fn_kwargs={"users_ref": ray.put(set(users))})
-    datasets = {"train": base.filter(expr="split == 'train'").drop_columns(["split"])}
-    datasets.update({f"valid_r{r}": base.map_batches(rank_rows, batch_format="pandas",
-                                                     fn_kwargs={"split": "valid", "rank": r, "world": W})
-                     for r in range(W)})
-    if cfg.cache_data:
-        datasets = {k: v.materialize() for k, v in datasets.items()}
-    metric = f"valid_{task.metric}"
-    name = cfg.run_name or run_name("adapter", out)
-    storage = cfg.storage_path or str((out / "_train").resolve())
-    loop_config = {
-        "task": task.name, "target_model": model_ref(cfg.target_model), "template_text": load_template_text(template), "prompt_len": prompt_len,
-        "users": users, "sources": [str(Path(s).resolve()) for s in cfg.source], "adapter": adapter_cfg,
-        "seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "lam": cfg.lam,
-        "yes_minus_no": cfg.yes_minus_no, "prefix_cache": cfg.prefix_cache, "use_gpu": cfg.use_gpu,
-        "train_steps": train_steps, "valid_steps": valid_steps,
-        "lora": {"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "target_modules": "all-linear",
-                 "lora_dropout": 0.0} if cfg.lora_rank else None,
-        "ds_config": deepspeed_config(cfg.batch_size, cfg.zero_stage, cfg.use_gpu, cfg.zero3_persistence_threshold),
-        "head_init": source_head(cfg.source[0], task.name, cfg.lam) if cfg.head_init == "source" else None,
-    }
-    log.info("adapter: %d users from %d source store(s) -> %s (d %d -> %d, w %d, rank %d), %d workers x %d steps",
-             len(users), len(cfg.source), target["family"], adapter_cfg["source_dim"], adapter_cfg["target_dim"],
-             cfg.width, cfg.rank, W, train_steps)
-    trainer = build_trainer(adapter_loop, loop_config, cfg, name, storage, metric, task.mode, datasets,
-                            split=["train"])
     with CostMeter(out, "adapter", cfg, workers=W) as meter:
-        result = trainer.fit()
-        if result.error:
-            raise PumaError(f"adapter training failed: {result.error}")
+        meter.startup_s = init_ray()
+        source_head_info = read_head(cfg.source[0])
+        template = cfg.template or (source_head_info[1]["template"] if source_head_info else task.template)
+        prompt_len = sources[0]["prompt_len"]
+        source_dim = sum(m["dim"] for m in sources)
+        adapter_cfg = {"source_dim": source_dim, "target_dim": target["hidden_size"],
+                       "width": cfg.width or 2 * source_dim, "rank": cfg.rank, "dropout": cfg.dropout}
+        counts = pq.read_table(Path(cfg.data) / "users.parquet", columns=["user_id", "n_train", "n_valid"]).to_pandas()
+        counts = counts[counts["user_id"].isin(set(users))]
+        train_steps = steps_for([-(-int(counts["n_train"].sum()) // W)], cfg.batch_size)
+        valid_rows = int(counts["n_valid"].sum())
+        valid_steps = steps_for([valid_rows], cfg.batch_size) if valid_rows else 0  # upper bound for every rank
+        base = ray.data.read_parquet([str(p.resolve()) for p in shard_paths(cfg.data)],
+                                     columns=["user_id", "item_text", "history_text", "label", "split"])
+        base = base.map_batches(_select_rows, batch_format="pandas", fn_kwargs={"users_ref": ray.put(set(users))})
+        datasets = {"train": base.filter(expr="split == 'train'").drop_columns(["split"])}
+        datasets.update({f"valid_r{r}": base.map_batches(rank_rows, batch_format="pandas",
+                                                         fn_kwargs={"split": "valid", "rank": r, "world": W})
+                         for r in range(W)})
+        if cfg.cache_data:
+            datasets = {k: v.materialize() for k, v in datasets.items()}
+        metric = f"valid_{task.metric}"
+        name = cfg.run_name or run_name("adapter", out)
+        storage = cfg.storage_path or str((out / "_train").resolve())
+        loop_config = {
+            "task": task.name, "target_model": model_ref(cfg.target_model), "template_text": load_template_text(template),
+            "prompt_len": prompt_len, "users": users, "sources": [str(Path(s).resolve()) for s in cfg.source],
+            "adapter": adapter_cfg, "seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": cfg.epochs,
+            "lam": cfg.lam, "yes_minus_no": cfg.yes_minus_no, "prefix_cache": cfg.prefix_cache, "use_gpu": cfg.use_gpu,
+            "train_steps": train_steps, "valid_steps": valid_steps,
+            "lora": {"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "target_modules": "all-linear",
+                     "lora_dropout": 0.0} if cfg.lora_rank else None,
+            "ds_config": deepspeed_config(cfg.batch_size, cfg.zero_stage, cfg.use_gpu, cfg.zero3_persistence_threshold),
+            "head_init": source_head(cfg.source[0], task.name, cfg.lam) if cfg.head_init == "source" else None,
+        }
+        log.info("adapter: %d users from %d source store(s) -> %s (d %d -> %d, w %d, rank %d), %d workers x %d steps",
+                 len(users), len(cfg.source), target["family"], adapter_cfg["source_dim"], adapter_cfg["target_dim"],
+                 adapter_cfg["width"], cfg.rank, W, train_steps)
+        trainer = build_trainer(adapter_loop, loop_config, cfg, name, storage, metric, task.mode, datasets,
+                                split=["train"], callbacks=callbacks)
+        fit_start = time.time()
+        result = fit_trainer(trainer, "adapter training", f"{storage}/{name}")
         ckpt, best = best_checkpoint(result, metric, task.mode)
         with ckpt.as_directory() as d:
             for f in ("adapter.safetensors", "head.safetensors"):
@@ -151,9 +153,7 @@ def run_adapter(cfg: AdapterStageConfig) -> dict:
             if cfg.lora_rank:
                 save_lora(cfg.target_model, loop_config["lora"], load_file(Path(d) / "lora.safetensors"), out / "lora")
         history = run_history(result)
-        meter.samples = sum(h["train_samples"] for h in history)
-        meter.tokens = sum(h["train_tokens"] for h in history)
-        meter.flops = 4.0 * target["parameters"] * meter.tokens
+        record_training(meter, history, fit_start, target["parameters"])
         meter.extra = {"best_epoch": int(best["epoch"]), metric: best[metric], "users": len(users)}
     meta = {"adapter": adapter_cfg, "lora": {**loop_config["lora"], "path": "lora"} if cfg.lora_rank else None,
             "task": task.name, "template": template, "prompt_len": prompt_len,
@@ -167,4 +167,4 @@ def run_adapter(cfg: AdapterStageConfig) -> dict:
     curve = [{k: row[k] for k in ("epoch", "train_loss", metric)} for row in history]
     return {"out": str(out), "users": len(users), "best_epoch": int(best["epoch"]), metric: best[metric],
             "curve": curve, "adapter_params": adapter_param_count(AdapterConfig(**adapter_cfg)), "run_name": name,
-            "wall_s": meter.record.wall_s}
+            "wall_s": meter.record.wall_s, "startup_s": meter.record.startup_s}

@@ -28,7 +28,7 @@ from puma_ray.data.sources import make_source
 from puma_ray.data.synthetic import make_catalogue
 from puma_ray.errors import PumaError
 from puma_ray.ray_utils import init_ray
-from puma_ray.runs import CostMeter, Progress, log, open_run
+from puma_ray.runs import CostMeter, Progress, check_out, log, open_run
 
 # Paper defaults: rating datasets drop items < 10 and users < 20; click data is not filtered.
 _PAPER_MIN = {"rating": (10, 20), "click": (0, 0)}
@@ -58,11 +58,24 @@ def _collect(ds, what: str, total: int) -> list[dict]:
     return stats
 
 
+def check_input(cfg: DataConfig) -> None:
+    """A real source's --input exists and has the source's layout (before --out is touched)."""
+    if cfg.source == "synthetic":
+        return
+    input_path = Path(cfg.input).resolve()
+    if not input_path.exists():
+        raise PumaError(f"--input {input_path}: no such file or directory; nothing was changed")
+    make_source(cfg).files(input_path)
+
+
+def is_dataset(path: Path) -> bool:
+    """A (complete or interrupted) dataset directory written by this stage."""
+    return (path / MANIFEST).is_file() or (path / "interactions").is_dir()
+
+
 def _real_source(cfg: DataConfig, prep: Preprocessing, out: Path) -> dict:
     source = make_source(cfg)
     input_path = Path(cfg.input).resolve()
-    if not input_path.exists():
-        raise PumaError(f"--input {input_path}: no such file or directory")
     files = source.files(input_path)
     titles, text_note = source.titles(input_path)
     log.info("data: %s from %s (%d file(s)); %d item titles (%s)", cfg.source, input_path, len(files),
@@ -180,15 +193,18 @@ def fingerprint(out: Path, shards: list[dict]) -> str:
 
 def run_data(cfg: DataConfig) -> dict:
     """Build the dataset directory `cfg.out`; returns the JSON summary."""
-    out = open_run(cfg.out, "data", cfg).resolve()  # Ray tasks write here from their own working directory
-    _clean(out)
-    (out / "interactions").mkdir(parents=True)
-    init_ray()
+    check_input(cfg)
+    check_out(cfg.out, "dataset", is_dataset)
     synthetic = cfg.source == "synthetic"
     task = (cfg.task or "rating") if synthetic else make_source(cfg).task
     prep = resolve_preprocessing(cfg, task)
-    # Ray Data spreads the passes over every CPU of the cluster: that is the device time used.
-    with CostMeter(out, "data", cfg, workers=int(ray.cluster_resources().get("CPU", 1))) as meter:
+    out = open_run(cfg.out, "data", cfg).resolve()  # Ray tasks write here from their own working directory
+    _clean(out)
+    (out / "interactions").mkdir(parents=True)
+    with CostMeter(out, "data", cfg) as meter:
+        meter.startup_s = init_ray()
+        # Ray Data spreads the passes over every CPU of the cluster: that is the device time used.
+        meter.workers = int(ray.cluster_resources().get("CPU", 1))
         res = _synthetic_source(cfg, prep, out) if synthetic else _real_source(cfg, prep, out)
         dropped = Counter(res["parse_drops"])
         for s in res["stats"]:

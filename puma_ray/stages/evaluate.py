@@ -105,7 +105,6 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     check_model(store, model["fingerprint"], cfg.prompts)
     head_path, head = store_head(cfg.prompts)
     out = open_run(cfg.out, "evaluate", cfg)
-    init_ray(dashboard=False)
     log.info("evaluate: %s on %s, split %s (%d users in the store)", cfg.prompts, model["family"], cfg.split,
              store["num_users"])
     scorer_args = dict(model=model_ref(cfg.model), template_text=load_template_text(head["template"]),
@@ -113,6 +112,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                        yes_minus_no=head["yes_minus_no"], prompt_len=store["prompt_len"], dim=store["dim"],
                        prefix_cache=cfg.prefix_cache, use_gpu=cfg.use_gpu)
     with CostMeter(out, "evaluate", cfg, workers=cfg.workers) as meter:
+        meter.startup_s = init_ray(dashboard=False)
         scored = joined_rows(cfg.data, cfg.split, cfg.prompts, store).map_batches(
             PromptScorer, fn_constructor_kwargs=scorer_args, batch_size=cfg.batch_size, batch_format="pyarrow",
             concurrency=cfg.workers, num_cpus=actor_cpus(cfg.cpus_per_worker, cfg.workers),

@@ -103,7 +103,6 @@ def run_migrate(cfg: MigrateConfig) -> dict:
         return {"out": str(out), "users": finished["num_users"], "quarantined": finished["quarantined"],
                 "already_complete": True}
     open_run(out, "migrate", cfg)
-    init_ray(dashboard=False)
     shards = manifests[0]["shards"]
     done = {i: done_shard(out, i) for i in range(len(shards))}
     pending = [{"index": i, "path": str(Path(sources[0]) / s["name"]), "sha256": s["sha256"]}
@@ -112,6 +111,7 @@ def run_migrate(cfg: MigrateConfig) -> dict:
     log.info("migrate: %d users in %d shards (%d already done) -> %s, %d actor(s)", total_rows, len(shards),
              len(shards) - len(pending), out, cfg.workers)
     with CostMeter(out, "migrate", cfg, workers=cfg.workers) as meter:
+        meter.startup_s = init_ray(dashboard=False)
         if pending:
             ds = ray.data.from_items(pending).map_batches(
                 ShardMigrator, batch_size=1, concurrency=cfg.workers, num_cpus=actor_cpus(cfg.cpus_per_worker, cfg.workers),

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -26,7 +27,7 @@ from puma_ray.hf import describe_model, model_ref
 from puma_ray.prompt_store import check_model, finalize, write_shard
 from puma_ray.prompt_store import read_manifest as read_store_manifest
 from puma_ray.ray_utils import init_ray
-from puma_ray.runs import CostMeter, log, open_run
+from puma_ray.runs import CostMeter, check_out, log, open_run
 from puma_ray.train_prompts import deepspeed_config, prompts_loop
 from puma_ray.templates import load_template_text
 from puma_ray.training import TASKS, rank_rows, rows_per_rank, steps_for
@@ -54,8 +55,10 @@ def run_name(stage: str, out: str | Path) -> str:
 
 
 def build_trainer(loop, loop_config: dict, cfg, name: str, storage: str, metric: str, mode: str, datasets: dict,
-                  split: list[str]):
-    """TorchTrainer with the shared scaling, failure and best-checkpoint settings of a training stage."""
+                  split: list[str], callbacks: tuple = ()):
+    """TorchTrainer with the shared scaling, failure and best-checkpoint settings of a training stage.
+
+    callbacks: Ray Train user callbacks (a sweep passes Tune's TuneReportCallback)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -65,8 +68,39 @@ def build_trainer(loop, loop_config: dict, cfg, name: str, storage: str, metric:
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=name, storage_path=storage, failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
-                                                                checkpoint_score_order=mode)),
+                                                                checkpoint_score_order=mode),
+                             callbacks=list(callbacks)),
         datasets=datasets, dataset_config=DataConfig(datasets_to_split=split))
+
+
+def fit_trainer(trainer, what: str, where: str):
+    """trainer.fit(), with a failed run turned into one line per failed worker (its own last error line)."""
+    from ray.train import TrainingFailedError, WorkerGroupError
+
+    try:
+        return trainer.fit()
+    except WorkerGroupError as exc:
+        lines = [f"rank {r}: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1]}"
+                 for r, e in sorted(exc.worker_failures.items())]
+        raise PumaError(f"{what} failed: {'; '.join(lines)} (worker logs: {where} and /tmp/ray/session_latest/logs)") \
+            from None
+    except TrainingFailedError as exc:
+        raise PumaError(f"{what} failed: {(str(exc).strip().splitlines() or [''])[-1]} (see {where})") from None
+
+
+def record_training(meter, history: list[dict], fit_start: float, parameters: int) -> None:
+    """Samples, tokens, FLOPs, worker peak memory and start-up of a Ray Train run into its cost meter.
+
+    Start-up = from fit() until the first epoch's workers were ready (model loaded, engine built);
+    a resumed run's history starts before this fit, so its start-up is not counted twice."""
+    meter.samples = sum(h["train_samples"] for h in history)
+    meter.tokens = sum(h["train_tokens"] for h in history)
+    # frozen LLM: forward (2N) + activation gradients (2N) per token
+    meter.flops = 4.0 * parameters * meter.tokens
+    meter.worker_peak_memory_bytes = max((h.get("worker_peak_rss_bytes", 0) for h in history), default=0)
+    ready = [h["ready_unix"] for h in history if h.get("ready_unix", 0) >= fit_start]
+    if ready:
+        meter.startup_s += min(ready) - fit_start
 
 
 def best_checkpoint(result, metric: str, mode: str):
@@ -105,43 +139,43 @@ def run_prompts(cfg: PromptsConfig) -> dict:
     """Train prompts for every user of `cfg.data` on `cfg.model`; returns the JSON summary."""
     data = read_data_manifest(cfg.data)
     task = TASKS[data["task"]]
-    out = open_run(cfg.out, "prompts", cfg)
-    (out / "manifest.json").unlink(missing_ok=True)  # the store is incomplete until this run finishes
-    init_ray()
-    model = describe_model(cfg.model)
+    model = describe_model(cfg.model)  # a model that does not load fails here, before --out is touched
     lineage = [{"step": "trained", "model": model["fingerprint"], "freeze_prompts": cfg.freeze_prompts}]
     if cfg.init_from:
         source = read_store_manifest(cfg.init_from)
         check_model(source, model["fingerprint"], cfg.init_from)
         lineage = source["lineage"] + [{**lineage[0], "init_from": str(Path(cfg.init_from).resolve())}]
-    users = pq.read_table(Path(cfg.data) / "users.parquet", columns=["user_id", "n_train", "n_valid"]).to_pandas()
+    check_out(cfg.out, "prompt store", lambda p: (p / "manifest.json").is_file() or (p / "_train").is_dir())
+    out = open_run(cfg.out, "prompts", cfg)
+    (out / "manifest.json").unlink(missing_ok=True)  # the store is incomplete until this run finishes
     W = cfg.workers
-    train_steps = steps_for(rows_per_rank(users, "n_train", W), cfg.batch_size)
-    valid_rows = rows_per_rank(users, "n_valid", W)
-    valid_steps = steps_for(valid_rows, cfg.batch_size) if sum(valid_rows) else 0
-    template = cfg.template or task.template
-    metric = f"valid_{task.metric}"
-    loop_config = {
-        "task": task.name, "model": model_ref(cfg.model), "template_text": load_template_text(template), "prompt_len": cfg.prompt_len,
-        "users_path": str((Path(cfg.data) / "users.parquet").resolve()), "seed": cfg.seed, "lr": cfg.lr,
-        "batch_size": cfg.batch_size, "epochs": cfg.epochs, "lam": cfg.lam, "yes_minus_no": cfg.yes_minus_no,
-        "freeze_prompts": cfg.freeze_prompts,
-        "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from else None, "prefix_cache": cfg.prefix_cache,
-        "use_gpu": cfg.use_gpu, "train_steps": train_steps, "valid_steps": valid_steps,
-        "kill_after": os.environ.get("PUMA_KILL_RANK_AFTER_EPOCH"),
-        "ds_config": deepspeed_config(cfg.batch_size, cfg.zero_stage, cfg.use_gpu, cfg.zero3_persistence_threshold),
-    }
-    name = cfg.run_name or run_name("prompts", out)
-    storage = cfg.storage_path or str((out / "_train").resolve())
-    loop_config["fault_marker"] = str(Path(storage) / name / "fault-injected")
-    log.info("prompts: %d users, %d workers x %d steps/epoch, %d epochs, ZeRO-%d, run %s", len(users), W,
-             train_steps, cfg.epochs, cfg.zero_stage, name)
-    trainer = build_trainer(prompts_loop, loop_config, cfg, name, storage, metric, task.mode,
-                            rank_datasets(cfg.data, W, cfg.cache_data), split=[])
     with CostMeter(out, "prompts", cfg, workers=W) as meter:
-        result = trainer.fit()
-        if result.error:
-            raise PumaError(f"prompt training failed: {result.error}")
+        meter.startup_s = init_ray()
+        users = pq.read_table(Path(cfg.data) / "users.parquet", columns=["user_id", "n_train", "n_valid"]).to_pandas()
+        train_steps = steps_for(rows_per_rank(users, "n_train", W), cfg.batch_size)
+        valid_rows = rows_per_rank(users, "n_valid", W)
+        valid_steps = steps_for(valid_rows, cfg.batch_size) if sum(valid_rows) else 0
+        template = cfg.template or task.template
+        metric = f"valid_{task.metric}"
+        loop_config = {
+            "task": task.name, "model": model_ref(cfg.model), "template_text": load_template_text(template),
+            "prompt_len": cfg.prompt_len, "users_path": str((Path(cfg.data) / "users.parquet").resolve()),
+            "seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "lam": cfg.lam,
+            "yes_minus_no": cfg.yes_minus_no, "freeze_prompts": cfg.freeze_prompts,
+            "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from else None,
+            "prefix_cache": cfg.prefix_cache, "use_gpu": cfg.use_gpu, "train_steps": train_steps,
+            "valid_steps": valid_steps, "kill_after": os.environ.get("PUMA_KILL_RANK_AFTER_EPOCH"),
+            "ds_config": deepspeed_config(cfg.batch_size, cfg.zero_stage, cfg.use_gpu, cfg.zero3_persistence_threshold),
+        }
+        name = cfg.run_name or run_name("prompts", out)
+        storage = cfg.storage_path or str((out / "_train").resolve())
+        loop_config["fault_marker"] = str(Path(storage) / name / "fault-injected")
+        log.info("prompts: %d users, %d workers x %d steps/epoch, %d epochs, ZeRO-%d, run %s", len(users), W,
+                 train_steps, cfg.epochs, cfg.zero_stage, name)
+        trainer = build_trainer(prompts_loop, loop_config, cfg, name, storage, metric, task.mode,
+                                rank_datasets(cfg.data, W, cfg.cache_data), split=[])
+        fit_start = time.time()
+        result = fit_trainer(trainer, "prompt training", f"{storage}/{name}")
         ckpt, best = best_checkpoint(result, metric, task.mode)
         history = run_history(result)
         lineage[-1]["best_epoch"] = int(best["epoch"])
@@ -150,13 +184,10 @@ def run_prompts(cfg: PromptsConfig) -> dict:
             "lineage": lineage, "dataset_fingerprint": data["fingerprint"]})
         (out / "head.json").write_text(json.dumps({"task": task.name, "lam": cfg.lam, "template": template,
                                                   "yes_minus_no": cfg.yes_minus_no}, indent=2) + "\n")
-        meter.samples = sum(h["train_samples"] for h in history)
-        meter.tokens = sum(h["train_tokens"] for h in history)
-        # frozen LLM: forward (2N) + activation gradients (2N) per token
-        meter.flops = 4.0 * model["parameters"] * meter.tokens
-        meter.extra = {"best_epoch": int(best["epoch"]), metric: best[metric]}
+        record_training(meter, history, fit_start, model["parameters"])
+        meter.extra = {"best_epoch": int(best["epoch"]), metric: best[metric], "users": len(users)}
     log.info("prompts: best epoch %d, %s %.4f -> store %s", best["epoch"], metric, best[metric], out)
     curve = [{k: row[k] for k in ("epoch", "train_loss", metric)} for row in history]
     return {"out": str(out), "users": manifest["num_users"], "quarantined": manifest["quarantined"],
             "best_epoch": int(best["epoch"]), metric: best[metric], "curve": curve, "run_name": name,
-            "wall_s": meter.record.wall_s}
+            "wall_s": meter.record.wall_s, "startup_s": meter.record.startup_s}

@@ -347,8 +347,8 @@ def run_select(cfg: SelectConfig) -> dict:
     store = read_store_manifest(cfg.prompts)
     out = open_run(cfg.out, "select", cfg)
     (out / "selected.parquet").unlink(missing_ok=True)  # the selection is incomplete until this run finishes
-    init_ray(dashboard=False)
     with CostMeter(out, "select", cfg) as meter:
+        meter.startup_s = init_ray(dashboard=False)
         users = eligible_users(cfg.data, cfg.prompts, store)
         log.info("select: %s, %d of %d eligible users (store %s)", cfg.strategy, cfg.budget, len(users), cfg.prompts)
         inputs = SelectionInputs(cfg, store, users, out)

@@ -36,7 +36,7 @@ from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.errors import ConfigError, PumaError
 from puma_ray.hf import describe_model
 from puma_ray.prompt_store import read_manifest as read_store_manifest
-from puma_ray.ray_utils import init_ray
+from puma_ray.ray_utils import init_ray, quiet_ray_data_console
 from puma_ray.runs import CostMeter, log, open_run
 from puma_ray.space import TRIAL_KEYS, Dim, SearchSpace, load_space
 from puma_ray.stages.trial import TrialSetup, run_trial
@@ -85,13 +85,26 @@ def trial_key(params: dict) -> str:
     return "-".join(parts + [digest])
 
 
+def _trial_task(setup: TrialSetup, params: dict, trial_dir: str, callbacks: tuple) -> dict:
+    quiet_ray_data_console()
+    return run_trial(setup, params, trial_dir, callbacks=callbacks)
+
+
 def sweep_trial(config: dict, setup: TrialSetup, trials_dir: str) -> None:
-    """Tune's function trainable: one migration trial, reported as one dict."""
+    """Tune's function trainable: one migration trial, reported as one dict.
+
+    The stages run in a task outside the trial's placement group: Tune captures a trial's child
+    tasks in its (CPU-less) bundle, where Ray Data's shuffle tasks (evaluate's join) cannot be
+    scheduled. The adapter's epochs still reach Tune through TuneReportCallback."""
+    import ray
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     params = {k: config[k] for k in TRIAL_KEYS if k in config}
-    row = run_trial(setup, params, Path(trials_dir) / trial_key(params), callbacks=(TuneReportCallback(),))
+    task = ray.remote(_trial_task).options(num_cpus=0, max_retries=0,
+                                           scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
+    row = ray.get(task.remote(setup, params, str(Path(trials_dir) / trial_key(params)), (TuneReportCallback(),)))
     tune.report({k: v for k, v in row.items() if v is None or isinstance(v, (int, float, str, bool))})
 
 
@@ -113,8 +126,8 @@ def _tuner(cfg: SweepConfig, space: SearchSpace, setup: TrialSetup, out: Path, m
     return tune.Tuner(
         trainable, param_space=tune_space(space),
         tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=space.num_samples, scheduler=scheduler,
-                                    max_concurrent_trials=cfg.max_concurrent,
-                                    search_alg=BasicVariantGenerator(random_state=cfg.seed)),
+                                    search_alg=BasicVariantGenerator(max_concurrent=cfg.max_concurrent,
+                                                                     random_state=cfg.seed)),
         run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0))
 
 
