@@ -1,12 +1,13 @@
-# .venv/bin/python benchmarks/closure.py --out /tmp/puma-closure [--movielens ../shared/data/ml-100k]
+# .venv/bin/python benchmarks/closure.py --out /tmp/puma-closure [--movielens ../shared/data/ml-100k] [--seeds 0 1 2]
 """Migration quality as gap closure on MovieLens 100k, tiny llama -> tiny qwen2 (a measurement, not a test).
 
 floor     = `prompts --freeze-prompts` on the target (fresh random prompts, head trained)
-retrained = `prompts` on the target (full retraining, best epoch on valid)
-migrated  = `adapter` trained on all users' source prompts through the target; its best-epoch
-            valid RMSE is that of every user's migrated prompt
+retrained = `prompts` on the target (full retraining)
+migrated  = an adapter trained on ALL users' source prompts, then `migrate` + `evaluate`
 closure   = (floor - migrated) / (floor - retrained)
-Prints each figure with the wall time of the stage that produced it, from one run.
+
+Every run chooses its best epoch on `valid`; every figure is on `test`, which chooses nothing.
+Per seed, then mean ± std over seeds; the last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -18,19 +19,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from puma_ray.config import AdapterStageConfig, DataConfig, ModelsConfig, PromptsConfig  # noqa: E402
+from puma_ray.config import BenchConfig, DataConfig, ModelsConfig  # noqa: E402
 from puma_ray.ray_utils import init_ray  # noqa: E402
 from puma_ray.runs import setup_logging  # noqa: E402
-from puma_ray.stages.adapter import run_adapter  # noqa: E402
+from puma_ray.stages.bench import trained  # noqa: E402
 from puma_ray.stages.data import run_data  # noqa: E402
 from puma_ray.stages.models import run_models  # noqa: E402
-from puma_ray.stages.prompts import run_prompts  # noqa: E402
+from puma_ray.stages.trial import TrialSetup, closure, run_trial  # noqa: E402
+from puma_ray.stats import mean_std  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="/tmp/puma-closure")
     ap.add_argument("--movielens", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--prompt-epochs", type=int, default=10)
     ap.add_argument("--prompt-lr", type=float, default=5e-3)
@@ -41,23 +44,32 @@ def main() -> None:
     setup_logging()
     init_ray()
     out = Path(args.out)
-    data = str(out / "data")
-    run_data(DataConfig(source="movielens", input=args.movielens, out=data))
+    data = str((out / "data").resolve())
+    if not (out / "data" / "manifest.json").is_file():
+        run_data(DataConfig(source="movielens", input=args.movielens, out=data))
     for fam in ("llama", "qwen2"):
         run_models(ModelsConfig(family=fam, data=data, out=str(out / fam)))
-    common = dict(data=data, workers=args.workers, epochs=args.prompt_epochs, lr=args.prompt_lr)
-    source = run_prompts(PromptsConfig(model=str(out / "llama"), out=str(out / "source"), **common))
-    retrained = run_prompts(PromptsConfig(model=str(out / "qwen2"), out=str(out / "retrained"), **common))
-    floor = run_prompts(PromptsConfig(model=str(out / "qwen2"), out=str(out / "floor"), freeze_prompts=True,
-                                      **common))
-    migrated = run_adapter(AdapterStageConfig(data=data, source=[str(out / "source")], target_model=str(out / "qwen2"),
-                                              out=str(out / "adapter"), workers=args.workers,
-                                              epochs=args.adapter_epochs, lr=args.adapter_lr, width=args.width))
-    f, r, m = floor["valid_rmse"], retrained["valid_rmse"], migrated["valid_rmse"]
-    print(json.dumps({"source_rmse": source["valid_rmse"], "floor_rmse": f, "retrained_rmse": r, "migrated_rmse": m,
-                      "closure": (f - m) / (f - r), "wall_s": {"source": source["wall_s"], "retrained": retrained["wall_s"],
-                                                               "floor": floor["wall_s"], "adapter": migrated["wall_s"]},
-                      "curves": {"retrained": retrained["curve"], "adapter": migrated["curve"]}}))
+    cfg = BenchConfig(data=data, source_model=str(out / "llama"), target_model=str((out / "qwen2").resolve()),
+                      out=str(out), workers=args.workers, prompt_epochs=args.prompt_epochs, prompt_lr=args.prompt_lr)
+    source = trained(cfg, data, cfg.source_model, out / "source", args.seeds[0], "test")
+    users = json.loads((out / "data" / "manifest.json").read_text())["users"]
+    rows = []
+    for seed in args.seeds:
+        floor = trained(cfg, data, cfg.target_model, out / f"seed{seed}" / "floor", seed, "test", freeze=True)
+        full = trained(cfg, data, cfg.target_model, out / f"seed{seed}" / "retrained", seed, "test")
+        setup = TrialSetup(data=data, sources=[source["store"]], target_model=cfg.target_model, task_metric="rmse",
+                           workers=args.workers, defaults={"width": args.width, "lr": args.adapter_lr,
+                                                           "epochs": args.adapter_epochs})
+        migrated = run_trial(setup, {"strategy": "random", "budget": users, "seed": seed},
+                             out / f"seed{seed}" / "all-users")
+        f, r, m = floor["metrics"]["rmse"], full["metrics"]["rmse"], migrated["test_rmse"]
+        rows.append({"seed": seed, "floor": f, "retrained": r, "migrated": m, "closure": closure(f, r, m),
+                     "device_s": {"floor": floor["device_s"], "retrained": full["device_s"],
+                                  "migration": migrated["cost_device_s"]}})
+        print(json.dumps(rows[-1]))
+    summary = {k: mean_std([row[k] for row in rows])[:2] for k in ("floor", "retrained", "migrated", "closure")}
+    print(json.dumps({"source_test_rmse": source["metrics"]["rmse"], "seeds": args.seeds,
+                      **{f"{k}_mean": v[0] for k, v in summary.items()}, **{f"{k}_std": v[1] for k, v in summary.items()}}))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import re
 import sys
 import traceback
 import typing
@@ -59,6 +60,9 @@ def job_file(name: str) -> str:
     return _JOB_FILES.get(name, f"jobs/{name}.py")
 
 
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*=")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that fails with one line and the JSON summary instead of a usage dump."""
 
@@ -83,8 +87,8 @@ def _add_field_flags(parser: argparse.ArgumentParser, cls: type) -> None:
             parser.add_argument(flag, dest=f.name, action="store_const", const=True, default=argparse.SUPPRESS,
                                 help=help_text + "; key=false turns it off")
         elif typing.get_origin(tp) is list:
-            parser.add_argument(flag, dest=f.name, action="append", default=argparse.SUPPRESS,
-                                metavar="VALUE", help=help_text + "; repeat for several")
+            parser.add_argument(flag, dest=f.name, action="extend", nargs="+", default=argparse.SUPPRESS,
+                                metavar="VALUE", help=help_text + "; several: repeat the flag, list them, or use commas")
         else:
             parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar="VALUE", help=help_text)
 
@@ -110,10 +114,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = vars(build_parser().parse_args(argv))
     name = args.pop("command")
     prog = f"puma-ray {name}"
-    config_path, overrides = args.pop("_config", None), tuple(args.pop("overrides", ()))
+    config_path, overrides = args.pop("_config", None), list(args.pop("overrides", ()))
+    for key, value in args.items():  # a list flag's values swallow the trailing key=value overrides: give them back
+        if isinstance(value, list):
+            args[key] = [v for v in value if not _OVERRIDE.match(v)]
+            overrides = [v for v in value if _OVERRIDE.match(v)] + overrides
     setup_logging()
     try:
-        cfg = load_config(COMMANDS[name][0], config_path, args, overrides)
+        cfg = load_config(COMMANDS[name][0], config_path, args, tuple(overrides))
         summary = resolve(name)(cfg)
     except ConfigError as exc:
         _fail(prog, str(exc), 2)

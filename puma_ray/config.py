@@ -87,10 +87,10 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         raise bad
     if origin is list:
         (item_tp,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v != ""]
         if not isinstance(value, (list, tuple)):
             value = [value]
+        # "a,b" (one flag value or YAML string) means two items
+        value = [p for v in value for p in (([x for x in v.split(",") if x != ""]) if isinstance(v, str) else [v])]
         return [coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         if isinstance(value, bool):
@@ -306,8 +306,7 @@ class DataConfig(StageConfig):
     valid_fraction: float = 0.1
     """Fraction of each user's interactions, just before the test rows, that becomes the valid split (chooses epochs)."""
     test_fraction: float = 0.1
-    """Last fraction of each user's interactions (chronologically) that becomes the test split (what is reported).
-    With valid 0.1 the paper's held-out 20% is split in two, so its 80% training split stays the same."""
+    """Last fraction of each user's interactions (chronologically): the test split, what is reported (with valid 0.1 the paper's 80% train stays)."""
     dedup: bool = True
     """Drop repeated (user, item, ts) rows, keeping the first."""
     history_len: int = 5
@@ -498,10 +497,10 @@ class EvaluateConfig(StageConfig):
     """Hugging Face model directory or hub id the store belongs to (fingerprints must match)."""
     prompts: Optional[str] = None
     """Prompt store to score (its head.safetensors/head.json give the task head)."""
-    split: Literal["train", "valid", "test"] = "valid"
-    """Interactions scored."""
+    split: list[Literal["train", "valid", "test"]] = dataclasses.field(default_factory=lambda: ["valid"])
+    """Split(s) scored, in one pass; several write one sub-directory per split (OUT/<split>/metrics.json)."""
     out: Optional[str] = None
-    """Output directory: metrics.json, per_user.parquet, rows.parquet, report.md."""
+    """Output directory: metrics.json, per_user.parquet, report.md (per split), rows.parquet."""
     workers: int = 1
     """Ray Data actors holding the model."""
     cpus_per_worker: float = 1.0
@@ -518,6 +517,7 @@ class EvaluateConfig(StageConfig):
         _required(self.model, "model", "--model MODEL")
         _required(self.prompts, "prompts", "--prompts STORE")
         _required(self.out, "out", "--out DIR")
+        check(len(self.split) >= 1 and len(set(self.split)) == len(self.split), "split", "give distinct splits")
         check(self.workers >= 1, "workers", "must be >= 1")
         check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
@@ -547,8 +547,7 @@ class SelectConfig(StageConfig):
     weights: Literal["normal", "linear", "uniform"] = "normal"
     """Stratum weights of variance/loss/kmeans-loss/ffn (puma always uses normal: exp(-x^2/2)+0.1)."""
     min_per_cluster: Optional[int] = None
-    """puma/ffn: users every cluster gets first (all of a smaller cluster); null = the reference code's share,
-    0.375 x budget / clusters (50 per cluster for 2,000 users in 15 clusters), at least 1."""
+    """puma/ffn: users every cluster gets first (all of a smaller one); null = 0.375 x budget / clusters, the reference code's 50 x 15 / 2,000."""
     pca_dim: int = 32
     """kmeans-pca: dimension after incremental PCA; kmeans-fps: space farthest points are measured in."""
     kmeans_passes: int = 2

@@ -154,6 +154,10 @@ class CostMeter:
         self._t0 = time.perf_counter()
         return self
 
+    def elapsed(self) -> float:
+        """Seconds since the meter started."""
+        return time.perf_counter() - self._t0
+
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             return  # a failed run has no cost worth comparing; the error propagates

@@ -66,8 +66,10 @@ class PromptScorer:
             logits = self.lm.answer_logits(soft, self.lm.encode(titles, hist)).float()
             rows, p = self.head.row_loss(logits, torch.from_numpy(labels[keep]).to(self.device))
             pred[keep], loss[keep] = p.float().cpu().numpy(), rows.float().cpu().numpy()
-        return pa.table({"user_id": batch.column("user_id").cast(pa.string()), "label": labels, "pred": pred,
-                         "loss": loss, "finite": finite})
+        split = batch.column("split").cast(pa.string()) if "split" in batch.column_names else \
+            pa.nulls(batch.num_rows, pa.string())
+        return pa.table({"user_id": batch.column("user_id").cast(pa.string()), "split": split, "label": labels,
+                         "pred": pred, "loss": loss, "finite": finite})
 
 
 def ffn_modules(model, layers: int) -> list[torch.nn.Module]:

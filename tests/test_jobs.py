@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,21 +22,38 @@ def test_no_job_file_shadows_the_standard_library():
     assert not clash, f"jobs/ files named like standard-library modules: {clash}"
 
 
-def test_ray_job_submit_runs_the_data_stage(tmp_path):
+@contextlib.contextmanager
+def local_head(port: int, dashboard_port: int):
+    """A Ray head started with `ray start` in its own temp dir; stopped by killing exactly its processes
+    (`ray stop --force` would also kill the test session's own Ray)."""
+    import psutil
+
     bin_dir = Path(sys.executable).parent
     ray_cli = shutil.which("ray", path=str(bin_dir)) or "ray"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
-    subprocess.run([ray_cli, "start", "--head", "--port", "6391", "--dashboard-host", "127.0.0.1",
-                    "--dashboard-port", "8291", "--num-cpus", "2"], env=env, check=True, capture_output=True)
+    temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    subprocess.run([ray_cli, "start", "--head", "--port", str(port), "--dashboard-host", "127.0.0.1",
+                    "--dashboard-port", str(dashboard_port), "--num-cpus", "2", "--temp-dir", temp],
+                   env=env, check=True, capture_output=True)
     try:
+        yield ray_cli, env, f"http://127.0.0.1:{dashboard_port}"
+    finally:
+        procs = [p for p in psutil.process_iter(["cmdline"]) if temp in " ".join(p.info["cmdline"] or [])]
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(procs, timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_job_submit_runs_the_data_stage(tmp_path):
+    with local_head(6391, 8291) as (ray_cli, env, address):
         out = tmp_path / "data"
-        res = subprocess.run([ray_cli, "job", "submit", "--address", "http://127.0.0.1:8291", "--working-dir",
+        res = subprocess.run([ray_cli, "job", "submit", "--address", address, "--working-dir",
                               str(REPO), "--", "python", "jobs/data.py", "--source", "synthetic", "--out", str(out),
                               "users=60"], env=env, capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         summary = [json.loads(line) for line in res.stdout.splitlines() if line.startswith('{"command"')][-1]
         assert summary["ok"] and summary["users"] > 0
         assert json.loads((out / "manifest.json").read_text())["users"] == summary["users"]
-    finally:
-        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True)

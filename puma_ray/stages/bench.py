@@ -63,7 +63,7 @@ def trained(cfg: BenchConfig, data: str, model: str, out: Path, seed: int, split
     metrics = json.loads((ev / "metrics.json").read_text())
     cost = stage_cost(store)
     return {"store": str(store), "metrics": metrics, "device_s": cost["device_seconds"], "wall_s": cost["wall_s"],
-            "startup_s": cost.get("startup_s", 0.0) or 0.0, "users": json.loads((store / MANIFEST).read_text())["num_users"]}
+            "startup_device_s": cost["startup_device_s"], "users": json.loads((store / MANIFEST).read_text())["num_users"]}
 
 
 def size_runs(cfg: BenchConfig, data: str, users: int, root: Path, metric: str) -> list[dict]:
@@ -85,7 +85,8 @@ def size_runs(cfg: BenchConfig, data: str, users: int, root: Path, metric: str) 
                          f"{split}_{m}": run["metrics"][m],
                          f"{split}_closure": closure(ref["floor"]["value"], ref["retrained"]["value"], run["metrics"][m]),
                          "cost_device_s": run["device_s"], "cost_wall_s": run["wall_s"],
-                         "prompts_device_s": run["device_s"], "prompts_startup_s": run["startup_s"], "paid": False})
+                         "prompts_device_s": run["device_s"], "prompts_startup_device_s": run["startup_device_s"],
+                         "paid": False})
         setup = TrialSetup(data=data, sources=[src["store"]], target_model=cfg.target_model, task_metric=m,
                            workers=cfg.workers, cpus_per_worker=cfg.cpus_per_worker, use_gpu=cfg.use_gpu,
                            report_split=split, reference=ref, defaults=adapter_defaults(cfg))
@@ -146,35 +147,35 @@ def paired_rows(runs: pd.DataFrame, cfg: BenchConfig, metric: str) -> list[dict]
     return out
 
 
-def stage_points(runs: pd.DataFrame) -> dict[str, tuple[list[float], list[float]]]:
-    """(units, device-seconds) measured per cost component: prompts (users), select/<strategy> (users),
-    adapter (users trained on) and migrate (users)."""
-    pts: dict[str, tuple[list[float], list[float]]] = {}
+def stage_points(runs: pd.DataFrame) -> dict[str, tuple[list[float], list[float], list[float]]]:
+    """(units, device-seconds, start-up device-seconds) measured per cost component: prompts (users),
+    select/<strategy> (users), adapter (users trained on) and migrate (users)."""
+    pts: dict[str, tuple[list[float], list[float], list[float]]] = {}
 
-    def add(key: str, units: float, cost: float) -> None:
+    def add(key: str, units: float, cost: float, startup: float) -> None:
         if cost is not None and math.isfinite(cost):
-            pts.setdefault(key, ([], []))[0].append(float(units))
-            pts[key][1].append(float(cost))
+            for lst, v in zip(pts.setdefault(key, ([], [], [])), (units, cost, startup)):
+                lst.append(float(v) if v is not None and math.isfinite(v) else 0.0)
 
     for _, r in runs.iterrows():
         if r["method"] == RETRAINED:
-            add("prompts", r["size"], r["prompts_device_s"])
-        elif r.get("select_device_s") is not None and not r["paid"] and r["method"] != FLOOR:
-            add(f"select/{r['strategy']}", r["size"], r["select_device_s"])
-            add("adapter", r["users_trained"], r["adapter_device_s"])
-            add("migrate", r["size"], r["migrate_device_s"])
+            add("prompts", r["size"], r["prompts_device_s"], r.get("prompts_startup_device_s"))
+        elif r["method"] not in (SOURCE, FLOOR):  # a migration trial
+            add(f"select/{r['strategy']}", r["size"], r["select_device_s"], r.get("select_startup_device_s"))
+            add("adapter", r["users_trained"], r["adapter_device_s"], r.get("adapter_startup_device_s"))
+            add("migrate", r["size"], r["migrate_device_s"], r.get("migrate_startup_device_s"))
     return pts
 
 
 def fit_components(runs: pd.DataFrame) -> dict[str, LinearCost]:
-    """Each component's fixed + per-unit cost; with one size only, prompts' fixed part is its measured start-up."""
+    """Each component's fixed + per-unit cost: least squares over >= 2 unit counts; with one, the fixed
+    part is the stage's measured start-up (the time it did not spend on users) and the rest is per unit."""
     fits = {}
-    for key, (units, cost) in stage_points(runs).items():
+    for key, (units, cost, startup) in stage_points(runs).items():
         if len(set(units)) >= 2:
             fits[key] = fit_linear_cost(units, cost)
-        else:  # one size: fixed = measured start-up (prompts) or none (a conservative, all-variable cost)
-            start = runs.loc[runs["method"] == RETRAINED, "prompts_startup_s"].mean() if key == "prompts" else 0.0
-            start = float(start) if start == start else 0.0
+        else:
+            start = float(np.mean(startup))
             per = max(float(np.mean(cost)) - start, 0.0) / float(units[0])
             rel = float(np.max(np.abs(np.asarray(cost) - (start + per * units[0])) / np.asarray(cost)))
             fits[key] = LinearCost(start, per, len(units), rel)
@@ -220,8 +221,8 @@ def plot_cost(runs: pd.DataFrame, fits: dict[str, LinearCost], cfg: BenchConfig,
     ax.plot(grid, [fits["prompts"](u) for u in grid], color="#c44e52", lw=1, label="full retraining (fit / projected)")
     ours = runs[runs["method"] == methods_of(cfg)[0][0]]
     ax.scatter(ours["size"], ours["cost_device_s"], color="#4c72b0", label=f"{strategy} at B={cfg.budget} (measured)")
-    ax.plot(grid, [projection(fits, strategy, int(u), cfg.project_budget)["device_s"] for u in grid], color="#4c72b0",
-            lw=1, ls="--", label=f"{strategy}, budget {cfg.project_budget} (projected)")
+    ax.plot(grid, [projection(fits, strategy, int(u), min(cfg.project_budget, int(u)))["device_s"] for u in grid],
+            color="#4c72b0", lw=1, ls="--", label=f"{strategy}, budget min({cfg.project_budget}, users) (projected)")
     ax.axvspan(runs["size"].max() * 1.05, max(cfg.project_users), color="0.93", label="projected region")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -233,6 +234,11 @@ def plot_cost(runs: pd.DataFrame, fits: dict[str, LinearCost], cfg: BenchConfig,
 
 def _fmt(v, spec: str = ".4f") -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+
+
+def _pm(mean, std, seeds: int, spec: str) -> str:
+    """'mean ± std' over several seeds, the mean alone for one."""
+    return _fmt(mean, spec) + (f" ± {_fmt(std, spec)}" if seeds > 1 and _fmt(mean, spec) != "-" else "")
 
 
 def write_report(out: Path, cfg: BenchConfig, table: pd.DataFrame, paired: list[dict], fits: dict[str, LinearCost],
@@ -247,9 +253,10 @@ def write_report(out: Path, cfg: BenchConfig, table: pd.DataFrame, paired: list[
         full = t.loc[t["method"] == RETRAINED, "device_s_mean"].iloc[0]
         for _, r in t.iterrows():
             ratio = "- (already paid)" if r["paid"] else f"{r['device_s_mean'] / full:.2f}x"
-            lines.append(f"| {size} | {r['method']} | {r['users_trained']} | {_fmt(r[f'{metric}_mean'])} ± "
-                         f"{_fmt(r[f'{metric}_std'])} | {_fmt(r['closure_mean'], '.2f')} ± {_fmt(r['closure_std'], '.2f')}"
-                         f" | {_fmt(r['device_s_mean'], '.1f')} | {ratio} |")
+            lines.append(f"| {size} | {r['method']} | {r['users_trained']} | "
+                         f"{_pm(r[f'{metric}_mean'], r[f'{metric}_std'], r['seeds'], '.4f')} | "
+                         f"{_pm(r['closure_mean'], r['closure_std'], r['seeds'], '.2f')} | "
+                         f"{_pm(r['device_s_mean'], r['device_s_std'], r['seeds'], '.1f')} | {ratio} |")
     lines += ["", f"## Paired differences (test {metric}, same seed; 95% t-interval)", "",
               "| users | difference | mean [95% interval] | seeds | interval excludes 0 |", "|---:|---|---|---:|---|"]
     lines += [f"| {p['size']} | {p['a']} - {p['b']} | {p['text']} | {p['seeds']} | {p['excludes_zero']} |" for p in paired]
@@ -262,8 +269,10 @@ def write_report(out: Path, cfg: BenchConfig, table: pd.DataFrame, paired: list[
               "|---:|---:|---|---:|---:|---:|"]
     lines += [f"| {p['users']:,} | {p['budget']:,} | {p['strategy']} | {p['device_s']:.0f} | "
               f"{p['retraining_device_s']:.0f} | **{p['ratio']:.3f}** (1/{1 / p['ratio']:.0f}) |" for p in projected]
-    lines += ["", "Projected = the fitted lines extended far beyond the measured sizes (labelled as such): a "
-              "lower bound on nothing, an estimate of how fixed and per-user costs add up.", "",
+    lines += ["", "Projected figures extend the fitted lines far beyond the measured sizes: estimates of how the "
+              "measured fixed and per-user costs add up at scale, not measurements. With one size, a component's "
+              "fixed part is its measured start-up (the part of its cost record not spent on users) and the rest "
+              "is counted per user.", "",
               "![metrics](metrics.png)", "", "![cost](cost.png)"]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
@@ -288,7 +297,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     rows = []
     with CostMeter(out, "bench", cfg, workers=cfg.workers) as meter:
         for n in sizes:
-            root = out / f"n{n}"
+            root = out / f"n{n}" if cfg.sizes else out  # one size (all users): no size level
             d = cfg.data
             if n < data["users"]:
                 subset_dataset(cfg.data, n, cfg.seeds[0], root / "data")

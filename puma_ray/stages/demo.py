@@ -1,11 +1,14 @@
-"""`puma-ray demo`: the whole migration, end to end, offline, on this machine.
+"""`puma-ray demo`: the whole migration, end to end, offline, on this machine, in one Ray runtime.
 
-Synthetic data (MovieLens 100k is prepared too when its directory is present) -> a tiny
-source and a tiny target model of different families, pretrained on the catalogue ->
-source prompts on the source model -> full retraining and the random-init floor on the
-target -> user selection (PUMA and random, same budget) -> one adapter per selection ->
-every user migrated -> every store evaluated on the validation split -> report.md with
-each method's RMSE, gap closure and measured cost (from the cost records), plus charts.
+For each dataset (synthetic users, and MovieLens 100k when its directory is there): a tiny
+source and a tiny target model of different families pretrained on that catalogue -> `bench`
+at one size and seed (source prompts, random-init floor, full retraining, PUMA and random
+selection at the budget, random at 3x the budget; every store evaluated on the test split)
+-> report.md with each method's test RMSE, gap closure, measured cost and its ratio to full
+retraining, the projected PUMA / full-retraining cost ratio at 1M users next to the measured
+one, and charts.
+
+Ray starts once; every stage joins it (the cost records say which part of a stage was start-up).
 """
 
 from __future__ import annotations
@@ -17,16 +20,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 
-from puma_ray.config import (AdapterStageConfig, DataConfig, DemoConfig, EvaluateConfig, MigrateConfig, ModelsConfig,
-                             PromptsConfig, SelectConfig)
+from puma_ray.config import BenchConfig, DataConfig, DemoConfig, ModelsConfig
+from puma_ray.ray_utils import init_ray
 from puma_ray.runs import CostMeter, log, open_run, read_costs
-from puma_ray.stages.adapter import run_adapter
+from puma_ray.stages.bench import RETRAINED, SOURCE, run_bench
 from puma_ray.stages.data import run_data
-from puma_ray.stages.evaluate import run_evaluate
-from puma_ray.stages.migrate import run_migrate
 from puma_ray.stages.models import run_models
-from puma_ray.stages.prompts import run_prompts
-from puma_ray.stages.select import run_select
 
 
 @dataclass(frozen=True)
@@ -34,22 +33,25 @@ class Size:
     """How big each demo size is."""
 
     users: int
+    """Synthetic users."""
+    real_users: int
+    """Users of the real sample migrated (a seeded subset; 0 = all)."""
     pretrain_steps: int
     prompt_epochs: int
     adapter_epochs: int
-    budget: int
-    """Users each adapter trains on (select)."""
+    budget: float
+    """Users each adapter trains on, as a fraction of the dataset's users."""
     clusters: int
     """K-means clusters of the puma selection."""
 
 
-SIZES = {"tiny": Size(150, 100, 2, 2, 40, 4), "default": Size(600, 400, 8, 8, 120, 8),
-         "large": Size(5000, 800, 15, 4, 1000, 10)}
+SIZES = {"tiny": Size(150, 150, 100, 2, 2, 0.2, 4), "default": Size(600, 400, 400, 6, 6, 0.2, 8),
+         "large": Size(5000, 0, 800, 15, 4, 0.05, 10)}
 
 
-def _datasets(cfg: DemoConfig, out: Path) -> dict[str, DataConfig]:
+def _datasets(cfg: DemoConfig, out: Path, size: Size) -> dict[str, DataConfig]:
     sets = {"synthetic": DataConfig(source="synthetic", out=str(out / "data" / "synthetic"), seed=cfg.seed,
-                                    users=SIZES[cfg.size].users)}
+                                    users=size.users)}
     if cfg.movielens and (Path(cfg.movielens) / "u.data").is_file():
         sets["ml-100k"] = DataConfig(source="movielens", input=cfg.movielens, out=str(out / "data" / "ml-100k"),
                                      seed=cfg.seed)
@@ -76,158 +78,132 @@ def plot_datasets(data_dirs: dict[str, Path], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def closure(floor: float, retrained: float, migrated: float) -> float:
-    """Gap closure for an error metric: 1.0 matches full retraining (DESIGN.md)."""
-    return (floor - migrated) / (floor - retrained) if floor != retrained else float("nan")
+def cost_vs(ratio: float) -> str:
+    """'0.25x (75% less)' or '1.10x (10% more)' against full retraining."""
+    return f"{ratio:.2f}x ({100 * abs(1 - ratio):.0f}% {'less' if ratio <= 1 else 'more'})"
 
 
-def cost_vs(cost: float, base: float) -> str:
-    """'0.25x (75% less)' or '1.10x (10% more)' against full retraining's device-seconds."""
-    r = cost / base
-    return f"{r:.2f}x ({100 * abs(1 - r):.0f}% {'less' if r <= 1 else 'more'})"
+def build_models(cfg: DemoConfig, name: str, data_dir: str, steps: int, out: Path) -> dict[str, dict]:
+    """A source and a target model of the configured families, pretrained on this dataset's catalogue."""
+    built = {}
+    for role, family in (("source", cfg.source_family), ("target", cfg.target_family)):
+        log.info("demo: %s: building the %s model (%s)", name, role, family)
+        built[role] = run_models(ModelsConfig(family=family, data=data_dir, seed=cfg.seed, pretrain_steps=steps,
+                                              out=str(out / "models" / name / f"{role}-{family}")))
+    return built
 
 
-def plot_methods(rows: list[dict], path: Path) -> None:
-    """Validation RMSE and measured device-seconds of each method, side by side."""
-    fig = Figure(figsize=(11, 4.2))
-    ax_m, ax_c = fig.subplots(1, 2)
-    names = [r["method"] for r in rows]
-    colors = ["#8c8c8c", "#c44e52", "#4c72b0", "#55a868", "#dd8452", "#8172b3"][: len(rows)]
-    ax_m.bar(names, [r["rmse"] for r in rows], color=colors)
-    lo = min(r["rmse"] for r in rows)
-    ax_m.set_ylim(lo * 0.95, max(r["rmse"] for r in rows) * 1.02)
-    ax_m.set(title="validation RMSE on the target (lower is better)", ylabel="RMSE")
-    for k, r in enumerate(rows):
-        ax_m.annotate(f"{r['rmse']:.4f}", (k, r["rmse"]), ha="center", va="bottom", fontsize=8)
-    costed = [r for r in rows if r.get("device_s") is not None]
-    ax_c.bar([r["method"] for r in costed], [r["device_s"] for r in costed], color=colors[: len(costed)])
-    ax_c.set(title="measured cost to get there (cost records)", ylabel="device-seconds")
-    for ax in (ax_m, ax_c):
-        ax.tick_params(axis="x", labelrotation=15, labelsize=8)
+def bench_dataset(cfg: DemoConfig, name: str, data: dict, size: Size, out: Path) -> dict:
+    """Models + bench (one size, one seed) for one dataset; returns bench's summary with the models."""
+    steps = cfg.pretrain_steps if cfg.pretrain_steps is not None else size.pretrain_steps
+    models = build_models(cfg, name, data["out"], steps, out)
+    users = data["users"] if not size.real_users or name == "synthetic" else min(size.real_users, data["users"])
+    budget = max(2, round(size.budget * users))
+    summary = run_bench(BenchConfig(
+        data=data["out"], source_model=models["source"]["path"], target_model=models["target"]["path"],
+        budget=budget, seeds=[cfg.seed], out=str(out / "bench" / name),
+        sizes=[] if users == data["users"] else [users], workers=cfg.workers, prompt_epochs=size.prompt_epochs,
+        prompt_lr=cfg.prompt_lr, adapter_epochs=size.adapter_epochs, adapter_lr=cfg.adapter_lr,
+        adapter_width=cfg.adapter_width, clusters=size.clusters))
+    return {**summary, "models": models, "users": users, "budget": budget}
+
+
+def plot_methods(results: dict[str, dict], path: Path) -> None:
+    """Test RMSE and measured device-seconds of each method, one row per dataset."""
+    fig = Figure(figsize=(12, 4.2 * len(results)))
+    axes = fig.subplots(len(results), 2, squeeze=False)
+    colors = {SOURCE: "#8c8c8c", RETRAINED: "#c44e52"}
+    for (name, res), (ax_m, ax_c) in zip(results.items(), axes):
+        t = pd.DataFrame(res["table"])
+        col = [colors.get(m, "#4c72b0" if m.startswith("puma") else "#dd8452") for m in t["method"]]
+        ax_m.bar(t["method"], t["rmse_mean"], color=col)
+        lo, hi = t["rmse_mean"].min(), t["rmse_mean"].max()
+        ax_m.set_ylim(lo - 0.2 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
+        for k, v in enumerate(t["rmse_mean"]):
+            ax_m.annotate(f"{v:.4f}", (k, v), ha="center", va="bottom", fontsize=8)
+        ax_m.set(title=f"{name}: test RMSE (lower is better)", ylabel="RMSE")
+        paid = t[~t["paid"]]
+        ax_c.bar(paid["method"], paid["device_s_mean"], color=[c for c, p in zip(col, t["paid"]) if not p])
+        ax_c.set(title=f"{name}: measured cost (cost records)", ylabel="device-seconds")
+        for ax in (ax_m, ax_c):
+            ax.tick_params(axis="x", labelrotation=20, labelsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
 
-def write_report(out: Path, cfg: DemoConfig, data: dict[str, dict], models: dict[str, dict], methods: list[dict],
-                 costs: list[dict]) -> Path:
+def write_report(out: Path, cfg: DemoConfig, data: dict[str, dict], results: dict[str, dict], costs: list[dict]) -> Path:
     lines = ["# puma-ray demo", "",
              f"Size `{cfg.size}`, seed {cfg.seed}: prompts migrate from a tiny {cfg.source_family} to a tiny "
-             f"{cfg.target_family}. Metric: validation RMSE of every user on the target model "
-             "(the source row is on the source model).", "", "## Migration", "",
-             "| method | users trained on | valid RMSE | gap closure | wall s | device-s | cost vs full retraining |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    base = next(m for m in methods if m["method"] == "full retraining")["device_s"]
-    for m in methods:
-        ratio = cost_vs(m["device_s"], base) if m["method"] != "source model" else "- (already paid)"
-        close = f"{m['closure']:.2f}" if m.get("closure") is not None else "-"
-        lines.append(f"| {m['method']} | {m['users']} | {m['rmse']:.4f} | {close} | {m['wall_s']:.1f} | "
-                     f"{m['device_s']:.1f} | {ratio} |")
-    lines += ["", "Every RMSE comes from `puma-ray evaluate` of that method's prompt store on the validation split "
-              "(the source model's own prompts on the source model; all others on the target). Gap closure = "
-              "(floor - method) / (floor - full retraining); 1.0 matches full retraining. A selection's cost is "
-              "select + adapter + migrate of every user (cost records); the source prompts already exist. "
-              "Cost ratio = method device-seconds / full retraining's, with the reduction (or increase) in "
-              "brackets.", "", "![methods](methods.png)", "",
-              "PUMA's selection: ![puma selection](select/puma/selection.png)", "",
-              "## Datasets", "",
-              "| dataset | rows | users | items | train | valid | dropped rows |", "|---|---:|---:|---:|---:|---:|---|"]
+             f"{cfg.target_family}, each pretrained on the dataset's catalogue. Every metric is the test-split RMSE "
+             "of every user (best epochs chosen on valid; the source row is on the source model). One seed: no "
+             "spread here; `puma-ray bench --seeds 0 1 2` gives it.", ""]
+    for name, res in results.items():
+        t = pd.DataFrame(res["table"])
+        full = t.loc[t["method"] == RETRAINED, "device_s_mean"].iloc[0]
+        proj = res["projected"][-1]
+        lines += [f"## {name}: {res['users']} users, budget {res['budget']}", "",
+                  "| method | users trained on | test RMSE | gap closure | device-s | measured cost vs full retraining |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for _, r in t.iterrows():
+            ratio = "- (already paid)" if r["paid"] else cost_vs(r["device_s_mean"] / full)
+            close = "-" if r["method"] == SOURCE else f"{r['closure_mean']:.2f}"
+            lines.append(f"| {r['method']} | {r['users_trained']} | {r['rmse_mean']:.4f} | {close} | "
+                         f"{r['device_s_mean']:.1f} | {ratio} |")
+        first = t[~t["paid"] & ~t["method"].isin([RETRAINED, "random init (floor)"])].iloc[0]
+        lines += ["", f"**Cost of {first['method']} vs full retraining: measured here {first['device_s_mean'] / full:.3f} "
+                      f"({res['users']} users, budget {res['budget']}); projected at {proj['users']:,} users with a "
+                      f"{proj['budget']:,}-user budget: {proj['ratio']:.3f} (1/{1 / proj['ratio']:.0f})**, from "
+                      "each stage's cost split into its measured start-up and a per-user part (bench's "
+                      f"`report.md` in `bench/{name}/` has the fit).", ""]
+    lines += ["Gap closure = (floor - method) / (floor - full retraining); 1.0 matches full retraining. A "
+              "migration's cost is select + adapter + migrate (cost records, data loading and Ray Train start-up "
+              "included); floor and retraining are whole `prompts` runs; the source prompts already exist.", "",
+              "![methods](methods.png)", "", "## Datasets", "",
+              "| dataset | rows | users | items | train | valid | test | dropped rows |",
+              "|---|---:|---:|---:|---:|---:|---:|---|"]
     for name, s in data.items():
         dropped = ", ".join(f"{k} {v}" for k, v in s["rows_dropped"].items() if v) or "none"
         lines.append(f"| {name} | {s['rows']} | {s['users']} | {s['items']} | {s['splits']['train']} | "
-                     f"{s['splits']['valid']} | {dropped} |")
+                     f"{s['splits']['valid']} | {s['splits']['test']} | {dropped} |")
     lines += ["", "![dataset statistics](dataset_stats.png)", "", "## Models", "",
-              "| model | family | hidden | parameters | vocab | pretraining steps | LM loss first -> last | fingerprint |",
-              "|---|---|---:|---:|---:|---:|---|---|"]
-    for name, s in models.items():
-        p = s.get("pretrain") or {}
-        loss = f"{p['loss_first']:.2f} -> {p['loss_last']:.2f}" if p else "-"
-        lines.append(f"| {name} | {s['family']} | {s['hidden_size']} | {s['parameters']} | {s['vocab_size']} | "
-                     f"{s['pretrain_steps']} | {loss} | {s['fingerprint'][:12]} |")
+              "| dataset | model | family | hidden | parameters | vocab | pretraining steps | LM loss first -> last |",
+              "|---|---|---|---:|---:|---:|---:|---|"]
+    for name, res in results.items():
+        for role, s in res["models"].items():
+            p = s.get("pretrain") or {}
+            loss = f"{p['loss_first']:.2f} -> {p['loss_last']:.2f}" if p else "-"
+            lines.append(f"| {name} | {role} | {s['family']} | {s['hidden_size']} | {s['parameters']} | "
+                         f"{s['vocab_size']} | {s['pretrain_steps']} | {loss} |")
     lines += ["", "## Measured cost of each stage run", "",
-              "| stage | run | wall s | workers | device | samples | tokens | peak memory MB |",
-              "|---|---|---:|---:|---|---:|---:|---:|"]
+              "| stage | run | wall s | of which start-up s | workers | samples | peak memory MB |",
+              "|---|---|---:|---:|---:|---:|---:|"]
     for c in costs:
-        lines.append(f"| {c['stage']} | {c['run']} | {c['wall_s']:.1f} | {c['workers']} | {c['device_kind']} | "
-                     f"{c['samples']} | {c['tokens']} | {c['peak_memory_bytes'] / 2**20:.0f} |")
+        lines.append(f"| {c['stage']} | {c['run']} | {c['wall_s']:.1f} | {c.get('startup_s', 0.0):.1f} | "
+                     f"{c['workers']} | {c['samples']} | {c['peak_memory_bytes'] / 2**20:.0f} |")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def _device_s(run_dir: Path) -> float:
-    """Device-seconds of the latest run recorded in `run_dir` itself (not its sub-directories)."""
-    own = [c for c in read_costs(run_dir) if c["run"] == "."]
-    return own[-1]["device_seconds"]
-
-
-def migrate_with(cfg: DemoConfig, out: Path, syn: str, target: str, strategy: str, size: Size) -> dict:
-    """select (strategy) -> adapter -> migrate every user; returns paths and the summed device-seconds."""
-    name = f"{strategy}-{size.budget}"
-    select_dir, adapter_dir, store = out / "select" / strategy, out / "adapter" / name, out / "migrated" / name
-    log.info("demo: selecting %d users (%s)", size.budget, strategy)
-    run_select(SelectConfig(data=syn, prompts=str(out / "prompts" / "source"), out=str(select_dir), strategy=strategy,
-                            budget=size.budget, clusters=size.clusters, min_per_cluster=max(1, size.budget // (4 * size.clusters)),
-                            seed=cfg.seed))
-    log.info("demo: training the adapter on the %s selection", strategy)
-    run_adapter(AdapterStageConfig(data=syn, source=[str(out / "prompts" / "source")], target_model=target,
-                                   users=str(select_dir), out=str(adapter_dir), workers=cfg.workers,
-                                   epochs=size.adapter_epochs, lr=cfg.adapter_lr, width=cfg.adapter_width,
-                                   seed=cfg.seed))
-    log.info("demo: migrating every user with the %s adapter", strategy)
-    run_migrate(MigrateConfig(adapter=str(adapter_dir), source=[str(out / "prompts" / "source")], out=str(store)))
-    cost = sum(_device_s(d) for d in (select_dir, adapter_dir, store))
-    wall = sum(read_costs(d)[-1]["wall_s"] for d in (select_dir, adapter_dir, store))
-    return {"store": store, "device_s": cost, "wall_s": wall}
 
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the whole chain under `cfg.out`; returns the JSON summary."""
     out = open_run(cfg.out, "demo", cfg)
     size = SIZES[cfg.size]
-    steps = cfg.pretrain_steps if cfg.pretrain_steps is not None else size.pretrain_steps
-    data, models, data_dirs = {}, {}, {}
     with CostMeter(out, "demo", cfg) as meter:
-        for name, dcfg in _datasets(cfg, out).items():
+        meter.startup_s = init_ray()  # one runtime for every stage below
+        data = {}
+        for name, dcfg in _datasets(cfg, out, size).items():
             log.info("demo: preparing dataset %s", name)
             data[name] = run_data(dcfg)
-            data_dirs[name] = Path(dcfg.out)
-        plot_datasets(data_dirs, out / "dataset_stats.png")
-        syn = str(data_dirs["synthetic"])
-        paths = {}
-        for role, family in (("source", cfg.source_family), ("target", cfg.target_family)):
-            paths[role] = str(out / "models" / f"{role}-{family}")
-            log.info("demo: building the %s model (%s)", role, family)
-            models[f"{role}-{family}"] = run_models(ModelsConfig(family=family, data=syn, seed=cfg.seed,
-                                                                 pretrain_steps=steps, out=paths[role]))
-        common = dict(data=syn, workers=cfg.workers, epochs=size.prompt_epochs, lr=cfg.prompt_lr, seed=cfg.seed)
-        for key, model, extra in (("source", paths["source"], {}), ("retrained", paths["target"], {}),
-                                  ("floor", paths["target"], {"freeze_prompts": True})):
-            log.info("demo: training prompts: %s", key)
-            run_prompts(PromptsConfig(model=model, out=str(out / "prompts" / key), **common, **extra))
-        puma = migrate_with(cfg, out, syn, paths["target"], "puma", size)
-        rand = migrate_with(cfg, out, syn, paths["target"], "random", size)
-        stores = [("source model", out / "prompts" / "source", paths["source"], "all", None),
-                  ("random init (floor)", out / "prompts" / "floor", paths["target"], "all", None),
-                  ("full retraining", out / "prompts" / "retrained", paths["target"], "all", None),
-                  (f"PUMA ({size.budget} users)", puma["store"], paths["target"], size.budget, puma),
-                  (f"random selection ({size.budget} users)", rand["store"], paths["target"], size.budget, rand)]
-        scores = {}
-        for method, store, model, _, _ in stores:
-            log.info("demo: evaluating %s", method)
-            scores[method] = run_evaluate(EvaluateConfig(data=syn, model=model, prompts=str(store),
-                                                         out=str(out / "eval" / Path(store).name)))
-        floor, full = scores["random init (floor)"]["rmse"], scores["full retraining"]["rmse"]
-        methods = []
-        for method, store, _, users, run in stores:
-            cost = run or {"device_s": _device_s(store), "wall_s": read_costs(store)[-1]["wall_s"]}
-            methods.append({"method": method, "users": users, "rmse": scores[method]["rmse"],
-                            "closure": None if method == "source model" else closure(floor, full, scores[method]["rmse"]),
-                            "wall_s": cost["wall_s"], "device_s": cost["device_s"]})
-        plot_methods(methods, out / "methods.png")
-        meter.samples = sum(s["rows"] for s in data.values())
-    report = write_report(out, cfg, data, models, methods, read_costs(out))
+        plot_datasets({k: Path(v["out"]) for k, v in data.items()}, out / "dataset_stats.png")
+        results = {name: bench_dataset(cfg, name, d, size, out) for name, d in data.items()}
+        plot_methods(results, out / "methods.png")
+        meter.samples = sum(d["rows"] for d in data.values())
+    report = write_report(out, cfg, data, results, read_costs(out))
     log.info("demo: report at %s", report)
     return {"out": str(out), "report": str(report), "datasets": {k: v["rows"] for k, v in data.items()},
-            "methods": {m["method"]: {"rmse": m["rmse"], "closure": m.get("closure"), "device_s": m["device_s"]}
-                        for m in methods},
-            "models": {k: v["path"] for k, v in models.items()}, "wall_s": meter.record.wall_s}
+            "methods": {name: {r["method"]: {"rmse": r["rmse_mean"], "closure": r["closure_mean"],
+                                             "device_s": r["device_s_mean"]} for r in res["table"]}
+                        for name, res in results.items()},
+            "projected_ratio_1m": {name: res["projected"][-1]["ratio"] for name, res in results.items()},
+            "wall_s": meter.record.wall_s}

@@ -43,11 +43,11 @@ def store_head(store: str | Path) -> tuple[Path, dict]:
     return head
 
 
-def joined_rows(data_dir: str, split: str, store: str | Path, manifest: dict) -> ray.data.Dataset:
-    """Rows of `split` with their user's prompt column (inner join on user_id)."""
+def joined_rows(data_dir: str, splits: list[str], store: str | Path, manifest: dict) -> ray.data.Dataset:
+    """Rows of `splits` with their user's prompt column (inner join on user_id)."""
     rows = ray.data.read_parquet([str(p.resolve()) for p in shard_paths(data_dir)],
                                  columns=["user_id", "item_text", "history_text", "label", "split"])
-    rows = rows.filter(expr=f"split == '{split}'").drop_columns(["split"])
+    rows = rows.filter(expr=" or ".join(f"split == '{s}'" for s in splits))
     prompts = ray.data.read_parquet([str((Path(store) / s["name"]).resolve()) for s in manifest["shards"]])
     partitions = max(2, min(64, len(manifest["shards"])))
     return rows.join(prompts, join_type="inner", num_partitions=partitions, on=("user_id",))
@@ -81,8 +81,8 @@ def missing_users(data_dir: str, split: str, scored: set[str], quarantined: set[
     return sorted(set(have) - scored - quarantined)
 
 
-def write_report(out: Path, cfg: EvaluateConfig, metrics: dict, per_user: pd.DataFrame) -> None:
-    lines = [f"# Evaluation of {cfg.prompts}", "", f"model `{cfg.model}`, split `{cfg.split}`, data `{cfg.data}`", "",
+def write_report(out: Path, cfg: EvaluateConfig, split: str, metrics: dict, per_user: pd.DataFrame) -> None:
+    lines = [f"# Evaluation of {cfg.prompts}", "", f"model `{cfg.model}`, split `{split}`, data `{cfg.data}`", "",
              "| metric | value |", "|---|---:|"]
     lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
               for k, v in metrics.items() if not isinstance(v, (list, dict))]
@@ -94,8 +94,30 @@ def write_report(out: Path, cfg: EvaluateConfig, metrics: dict, per_user: pd.Dat
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
+def score_split(cfg: EvaluateConfig, task, split: str, frame: pd.DataFrame, quarantined: set[str], out: Path,
+                extra: dict) -> dict:
+    """metrics.json, per_user.parquet and report.md of one split's scored rows under `out`."""
+    bad = frame[~frame["finite"]]
+    quarantined = quarantined | set(bad["user_id"])
+    metrics, per_user = summarize(task.name, frame[frame["finite"]])
+    missing = missing_users(cfg.data, split, set(per_user["user_id"]), quarantined)
+    metrics.update({"users": len(per_user), "quarantined_users": len(quarantined), "quarantined_rows_skipped": len(bad),
+                    "missing_users": len(missing), "split": split, **extra})
+    if quarantined:
+        log.warning("evaluate: %s: %d user(s) have non-finite prompts and were not scored (e.g. %s)", split,
+                    len(quarantined), sorted(quarantined)[:3])
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet_atomic(pa.Table.from_pandas(per_user, preserve_index=False), out / "per_user.parquet")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_report(out, cfg, split, metrics, per_user)
+    log.info("evaluate: %s: %s", split, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    return metrics
+
+
 def run_evaluate(cfg: EvaluateConfig) -> dict:
-    """Score `cfg.prompts` on `cfg.model` over `cfg.split`; returns the JSON summary."""
+    """Score `cfg.prompts` on `cfg.model` over `cfg.split` (one pass for several); returns the JSON summary.
+
+    One split: OUT/metrics.json; several: OUT/<split>/metrics.json each (rows.parquet holds all)."""
     data = read_data_manifest(cfg.data)
     task = TASKS[data["task"]]
     store = verify(cfg.prompts)
@@ -105,8 +127,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     check_model(store, model["fingerprint"], cfg.prompts)
     head_path, head = store_head(cfg.prompts)
     out = open_run(cfg.out, "evaluate", cfg)
-    log.info("evaluate: %s on %s, split %s (%d users in the store)", cfg.prompts, model["family"], cfg.split,
-             store["num_users"])
+    log.info("evaluate: %s on %s, split %s (%d users in the store)", cfg.prompts, model["family"],
+             ", ".join(cfg.split), store["num_users"])
     scorer_args = dict(model=model_ref(cfg.model), template_text=load_template_text(head["template"]),
                        task=task.name, head_path=str(head_path.resolve()), lam=head["lam"],
                        yes_minus_no=head["yes_minus_no"], prompt_len=store["prompt_len"], dim=store["dim"],
@@ -119,25 +141,15 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             num_gpus=1 if cfg.use_gpu else None)
         tables = list(scored.iter_batches(batch_size=65536, batch_format="pyarrow"))
         rows = pa.concat_tables(tables) if tables else pa.table({k: pa.array([], t) for k, t in (
-            ("user_id", pa.string()), ("label", pa.float32()), ("pred", pa.float32()), ("loss", pa.float32()),
-            ("finite", pa.bool_()))})
+            ("user_id", pa.string()), ("split", pa.string()), ("label", pa.float32()), ("pred", pa.float32()),
+            ("loss", pa.float32()), ("finite", pa.bool_()))})
         meter.samples = rows.num_rows
         write_parquet_atomic(rows, out / "rows.parquet")
     frame = rows.to_pandas()
-    bad = frame[~frame["finite"]]
-    quarantined = set(read_quarantine(cfg.prompts)) | set(bad["user_id"])
-    frame = frame[frame["finite"]]
-    metrics, per_user = summarize(task.name, frame)
-    missing = missing_users(cfg.data, cfg.split, set(per_user["user_id"]), quarantined)
-    metrics.update({"users": len(per_user), "quarantined_users": len(quarantined),
-                    "quarantined_rows_skipped": len(bad), "missing_users": len(missing), "split": cfg.split,
-                    "model": model["name"], "prompts": str(Path(cfg.prompts).resolve()),
-                    "wall_s": meter.record.wall_s})
-    if quarantined:
-        log.warning("evaluate: %d user(s) have non-finite prompts and were not scored (e.g. %s)",
-                    len(quarantined), sorted(quarantined)[:3])
-    write_parquet_atomic(pa.Table.from_pandas(per_user, preserve_index=False), out / "per_user.parquet")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    write_report(out, cfg, metrics, per_user)
-    log.info("evaluate: %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-    return {"out": str(out), **metrics}
+    quarantined = set(read_quarantine(cfg.prompts))
+    extra = {"model": model["name"], "prompts": str(Path(cfg.prompts).resolve()), "wall_s": meter.record.wall_s}
+    results = {split: score_split(cfg, task, split, frame[frame["split"] == split], quarantined,
+                                  out if len(cfg.split) == 1 else out / split, extra) for split in cfg.split}
+    if len(cfg.split) == 1:
+        return {"out": str(out), **results[cfg.split[0]]}
+    return {"out": str(out), "splits": results, "wall_s": meter.record.wall_s}

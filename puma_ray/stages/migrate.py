@@ -126,6 +126,8 @@ def run_migrate(cfg: MigrateConfig) -> dict:
                 progress.step(record["source_rows"])
                 maybe_kill_driver(n)
         records = [done_shard(out, i) for i in range(len(shards))]
+        busy = sum(records[p["index"]]["seconds"] for p in pending if records[p["index"]]) / cfg.workers
+        meter.startup_s = max(0.0, meter.elapsed() - busy)  # what was not spent migrating users
         if any(r is None for r in records):
             raise PumaError("migrate: some target shards are missing after the run; re-run to finish them")
         migrated = sum(r["source_rows"] for r in records)

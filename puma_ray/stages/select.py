@@ -368,6 +368,8 @@ def run_select(cfg: SelectConfig) -> dict:
         save_plot(out / "selection.png", background, picked, sel, cfg, report)
         meter.samples = n
         meter.extra = {"strategy": cfg.strategy, "budget": cfg.budget, "eligible": n}
+        per_user = sum(v for k, v in inputs.timings.items() if k != "plot")  # passes over every user
+        meter.startup_s = max(0.0, meter.elapsed() - per_user)
         # written last: an adapter run reads selected.parquet, so its presence means "complete"
         write_parquet_atomic(pa.Table.from_pandas(table[table["selected"]].drop(columns=["selected"]),
                                                   preserve_index=False), out / "selected.parquet")

@@ -3,7 +3,7 @@
 Not a CLI stage: the unit that `sweep` (one Tune trial each), `bench` (one method x seed each)
 and `demo` share. Everything lives in one trial directory:
 
-    DIR/select  DIR/adapter  DIR/store  DIR/eval-valid  DIR/eval-test  DIR/result.json
+    DIR/select  DIR/adapter  DIR/store  DIR/eval/{valid,test}  DIR/result.json
 
 A step whose output is complete is not run again, so a re-run after an interruption finishes
 the trial instead of repeating it; `result.json` (written last) marks a finished trial.
@@ -64,11 +64,14 @@ def closure(floor: float, retrained: float, migrated: float) -> float:
 
 
 def stage_cost(run_dir: Path) -> dict:
-    """The latest cost record written by the stage run in `run_dir` itself."""
+    """The latest cost record written by the stage run in `run_dir` itself, with `startup_device_s`
+    (its start-up in device-seconds: startup_s x workers)."""
     own = [c for c in read_costs(run_dir) if c["run"] == "."]
     if not own:
-        return {"wall_s": float("nan"), "device_seconds": float("nan"), "startup_s": float("nan")}
-    return own[-1]
+        return {"wall_s": float("nan"), "device_seconds": float("nan"), "startup_s": float("nan"),
+                "startup_device_s": float("nan")}
+    c = own[-1]
+    return {**c, "startup_device_s": round((c.get("startup_s") or 0.0) * c["workers"], 3)}
 
 
 def _complete(path: Path) -> bool:
@@ -82,7 +85,7 @@ def run_steps(setup: TrialSetup, params: dict, d: Path, callbacks: tuple = ()) -
     from puma_ray.stages.migrate import run_migrate
     from puma_ray.stages.select import run_select
 
-    steps = {k: d / k for k in ("select", "adapter", "store", "eval-valid", "eval-test")}
+    steps = {k: d / k for k in ("select", "adapter", "store", "eval")}
     p = {**setup.defaults, **params}
     if not _complete(steps["select"] / "selected.parquet"):
         run_select(SelectConfig(data=setup.data, prompts=setup.sources[0], out=str(steps["select"]),
@@ -96,10 +99,10 @@ def run_steps(setup: TrialSetup, params: dict, d: Path, callbacks: tuple = ()) -
     if not _complete(steps["store"] / MANIFEST):
         run_migrate(MigrateConfig(adapter=str(steps["adapter"]), source=list(setup.sources), out=str(steps["store"]),
                                   use_gpu=setup.use_gpu))
-    for split, key in ((setup.choose_split, "eval-valid"), (setup.report_split, "eval-test")):
-        if not _complete(steps[key] / "metrics.json"):
-            run_evaluate(EvaluateConfig(data=setup.data, model=setup.target_model, prompts=str(steps["store"]),
-                                        split=split, out=str(steps[key]), use_gpu=setup.use_gpu))
+    splits = [setup.choose_split, setup.report_split]
+    if not all(_complete(steps["eval"] / s / "metrics.json") for s in splits):
+        run_evaluate(EvaluateConfig(data=setup.data, model=setup.target_model, prompts=str(steps["store"]),
+                                    split=splits, out=str(steps["eval"]), use_gpu=setup.use_gpu))
     return steps
 
 
@@ -107,8 +110,8 @@ def trial_row(setup: TrialSetup, params: dict, steps: dict[str, Path]) -> dict[s
     """One flat record: parameters, metrics (choice split, report split, adapter), closure, cost."""
     m = setup.task_metric
     adapter = json.loads((steps["adapter"] / "adapter.json").read_text())
-    chosen = json.loads((steps["eval-valid"] / "metrics.json").read_text())
-    reported = json.loads((steps["eval-test"] / "metrics.json").read_text())
+    chosen = json.loads((steps["eval"] / setup.choose_split / "metrics.json").read_text())
+    reported = json.loads((steps["eval"] / setup.report_split / "metrics.json").read_text())
     row: dict[str, Any] = {**params, "users_trained": adapter["users"], "adapter_width": adapter["adapter"]["width"],
                            f"adapter_valid_{m}": adapter.get(f"valid_{m}"), "best_epoch": adapter["best_epoch"],
                            f"{setup.choose_split}_{m}": chosen[m], f"{setup.report_split}_{m}": reported[m],
@@ -121,12 +124,13 @@ def trial_row(setup: TrialSetup, params: dict, steps: dict[str, Path]) -> dict[s
     for stage, run_dir in cost_dirs.items():
         c = stage_cost(run_dir)
         row[f"{stage}_device_s"], row[f"{stage}_wall_s"] = c["device_seconds"], c["wall_s"]
+        row[f"{stage}_startup_device_s"] = c["startup_device_s"]
         total_dev += c["device_seconds"]
         total_wall += c["wall_s"]
-        total_start += c.get("startup_s", 0.0) or 0.0
+        total_start += c["startup_device_s"]
     row.update({"cost_device_s": round(total_dev, 3), "cost_wall_s": round(total_wall, 3),
-                "cost_startup_s": round(total_start, 3),
-                "eval_device_s": round(sum(stage_cost(steps[k])["device_seconds"] for k in ("eval-valid", "eval-test")), 3)})
+                "cost_startup_device_s": round(total_start, 3),
+                "eval_device_s": stage_cost(steps["eval"])["device_seconds"]})
     if ref and ref["retrained"].get("device_s"):
         row["cost_vs_retraining"] = round(total_dev / ref["retrained"]["device_s"], 4)
     return row

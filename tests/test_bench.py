@@ -1,0 +1,106 @@
+"""`puma-ray bench`: the table, paired differences and cost fits on a fixed runs table (no Ray), and one
+small end-to-end run on the tiny workspace (a seeded user subset, one seed)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from puma_ray.config import BenchConfig
+from puma_ray.data.schema import read_manifest
+from puma_ray.data.subset import subset_dataset
+from puma_ray.errors import PumaError
+from puma_ray.stages.bench import (FLOOR, RETRAINED, SOURCE, fit_components, methods_of, paired_rows, projection,
+                                   run_bench, summary_table)
+
+
+def fixed_runs() -> pd.DataFrame:
+    """Two sizes x two seeds of every method, with costs that are exactly fixed + per-user."""
+    rows = []
+    for size in (100, 400):
+        rows.append({"size": size, "seed": 0, "method": SOURCE, "strategy": "", "users_trained": size,
+                     "test_rmse": 1.10, "cost_device_s": 50 + 0.5 * size, "paid": True})
+        for seed, noise in ((0, 0.0), (1, 0.01)):
+            rows.append({"size": size, "seed": seed, "method": FLOOR, "strategy": "", "users_trained": size,
+                         "test_rmse": 1.30 + noise, "test_closure": 0.0, "cost_device_s": 40 + 0.3 * size,
+                         "prompts_device_s": 40 + 0.3 * size, "prompts_startup_device_s": 20, "paid": False})
+            rows.append({"size": size, "seed": seed, "method": RETRAINED, "strategy": "", "users_trained": size,
+                         "test_rmse": 1.20 + noise, "test_closure": 1.0, "cost_device_s": 60 + 0.5 * size,
+                         "prompts_device_s": 60 + 0.5 * size, "prompts_startup_device_s": 30, "paid": False})
+            for name, strategy, budget, rmse in (("puma (20)", "puma", 20, 1.21), ("random (20)", "random", 20, 1.23),
+                                                 ("random (60)", "random", 60, 1.215)):
+                rows.append({"size": size, "seed": seed, "method": name, "strategy": strategy, "users_trained": budget,
+                             "test_rmse": rmse + noise, "test_closure": (1.30 - rmse) / 0.10,
+                             "select_device_s": (5 if strategy == "puma" else 1) + 0.01 * size,
+                             "adapter_device_s": 30 + 0.2 * budget, "migrate_device_s": 3 + 0.002 * size,
+                             "migrate_startup_device_s": 3.0,
+                             "cost_device_s": 0.0, "paid": False})
+    return pd.DataFrame(rows)
+
+
+def test_bench_tables_pair_by_seed_and_fit_exact_costs():
+    runs = fixed_runs()
+    cfg = BenchConfig(data="d", source_model="a", target_model="b", budget=20, seeds=[0, 1], out="o")
+    assert [m[0] for m in methods_of(cfg)] == ["puma (20)", "random (20)", "random (60)"]
+    table = summary_table(runs, "rmse", "test")
+    puma = table[(table["size"] == 100) & (table["method"] == "puma (20)")].iloc[0]
+    assert puma["rmse_mean"] == pytest.approx(1.215) and puma["seeds"] == 2 and puma["closure_mean"] == pytest.approx(0.9)
+    paired = {(p["size"], p["b"]): p for p in paired_rows(runs, cfg, "rmse")}
+    d = paired[(400, "random (20)")]
+    # the same difference in both seeds: a zero-width interval at -0.02, which excludes zero
+    assert d["mean"] == pytest.approx(-0.02) and d["low"] == pytest.approx(-0.02) == d["high"]
+    assert d["seeds"] == 2 and d["excludes_zero"] is True
+    spread = paired[(100, "random (60)")]  # 1.21 - 1.215 in both seeds (noise cancels in the pair)
+    assert spread["mean"] == pytest.approx(-0.005)
+    fits = fit_components(runs)
+    assert fits["prompts"].fixed == pytest.approx(60) and fits["prompts"].per_unit == pytest.approx(0.5)
+    assert fits["adapter"].fixed == pytest.approx(30) and fits["adapter"].per_unit == pytest.approx(0.2)
+    assert fits["select/puma"].per_unit == pytest.approx(0.01) and fits["migrate"].per_unit == pytest.approx(0.002)
+    p = projection(fits, "puma", 1_000_000, 2000)
+    want = (5 + 0.01e6) + (30 + 0.2 * 2000) + (3 + 0.002e6)
+    assert p["device_s"] == pytest.approx(want) and p["ratio"] == pytest.approx(want / (60 + 0.5e6))
+
+
+def test_one_size_splits_retraining_cost_into_start_up_and_per_user():
+    runs = fixed_runs()
+    fits = fit_components(runs[runs["size"] == 100])
+    assert fits["prompts"].fixed == pytest.approx(30) and fits["prompts"].per_unit == pytest.approx((110 - 30) / 100)
+    assert fits["migrate"].fixed == 3 and fits["migrate"].per_unit == pytest.approx(0.002)
+    assert fits["select/puma"].fixed == 0  # no start-up measured: all of it counted per user
+
+
+def test_user_subset_keeps_whole_users_and_records_its_origin(workspace, tmp_path):
+    m = subset_dataset(workspace / "data", 50, 3, tmp_path / "s")
+    full = read_manifest(workspace / "data")
+    assert m["users"] == 50 and m["subset_of"] == {"fingerprint": full["fingerprint"], "users": 50, "seed": 3}
+    rows = pd.concat(pd.read_parquet(p) for p in (tmp_path / "s" / "interactions").glob("*.parquet"))
+    all_rows = pd.concat(pd.read_parquet(p) for p in (workspace / "data" / "interactions").glob("*.parquet"))
+    mine = all_rows[all_rows["user_id"].isin(set(rows["user_id"]))]
+    assert len(rows) == len(mine) == m["rows"] and rows["split"].value_counts().equals(mine["split"].value_counts())
+    assert subset_dataset(workspace / "data", 50, 3, tmp_path / "s")["fingerprint"] == m["fingerprint"]  # reused
+    with pytest.raises(PumaError, match="another dataset"):
+        subset_dataset(workspace / "data", 40, 3, tmp_path / "s")
+
+
+@pytest.mark.ray
+def test_bench_end_to_end_on_a_user_subset(workspace, tmp_path):
+    cfg = BenchConfig(data=str(workspace / "data"), source_model=str(workspace / "llama"),
+                      target_model=str(workspace / "qwen2"), budget=8, seeds=[0], sizes=[60], strategies=["random"],
+                      out=str(tmp_path / "b"), prompt_epochs=1, adapter_epochs=1, adapter_width=32, adapter_lr=3e-3,
+                      clusters=2)
+    summary = run_bench(cfg)
+    table = pd.read_csv(tmp_path / "b" / "table.csv")
+    assert table["method"].tolist() == [SOURCE, FLOOR, RETRAINED, "random (8)", "random (24)"]
+    assert table["rmse_mean"].notna().all() and (table["device_s_mean"] > 0).all()
+    assert table.loc[table["method"] == "random (24)", "users_trained"].item() == 24
+    ref = json.loads((tmp_path / "b" / "n60" / "reference.json").read_text())
+    assert ref["split"] == "test" and ref["floor"]["value"] > 0 and ref["retrained"]["device_s"] > 0
+    assert summary["projected"][-1]["users"] == 1_000_000 and summary["projected"][-1]["ratio"] > 0
+    report = (tmp_path / "b" / "report.md").read_text()
+    assert "projected" in report and "| component |" in report
+    for png in ("metrics.png", "cost.png"):
+        assert (tmp_path / "b" / png).stat().st_size > 10_000
+    with pytest.raises(PumaError, match="3 x budget"):
+        run_bench(BenchConfig(**{**cfg.to_dict(), "budget": 30, "out": str(tmp_path / "c")}))
