@@ -511,6 +511,8 @@ class EvaluateConfig(StageConfig):
     """One GPU per actor (bf16)."""
     prefix_cache: bool = True
     """Reuse the key/values of the template's constant prefix."""
+    broadcast_mb: int = 256
+    """Stores up to this many MB of prompts are sent whole to each scorer (no shuffle); larger ones are hash-joined."""
 
     def validate(self) -> None:
         _required(self.data, "data", "--data DIR")

@@ -40,7 +40,18 @@ class PromptScorer:
     """Per-row scores of a prompt store on a model: label, pred, loss, finite (False = not scored)."""
 
     def __init__(self, model: str, template_text: str, task: str, head_path: str, lam: float, yes_minus_no: bool,
-                 prompt_len: int, dim: int, prefix_cache: bool = True, use_gpu: bool = False) -> None:
+                 prompt_len: int, dim: int, prefix_cache: bool = True, use_gpu: bool = False,
+                 prompts_ref=None) -> None:
+        """prompts_ref: an object ref of the whole store's (user_id, prompt) table (broadcast join: rows
+        arrive without their prompt and find it here); None when rows come joined."""
+        self.lookup = None
+        if prompts_ref is not None:
+            import pandas as pd
+            import ray
+
+            table = ray.get(prompts_ref)
+            self.lookup = (pd.Index(table.column("user_id").to_pylist()),
+                           prompt_matrix(table.column("prompt"), prompt_len * dim))
         self.device = _device(use_gpu)
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.task = TASKS[task]
@@ -53,7 +64,13 @@ class PromptScorer:
 
     @torch.no_grad()
     def __call__(self, batch: pa.Table) -> pa.Table:
-        prompts = prompt_matrix(batch.column("prompt"), self.l * self.d)
+        if self.lookup is not None:  # inner join against the broadcast store: rows of users without a prompt go
+            index, matrix = self.lookup
+            pos = index.get_indexer(batch.column("user_id").to_pylist())
+            batch = batch.filter(pa.array(pos >= 0))
+            prompts = matrix[pos[pos >= 0]]
+        else:
+            prompts = prompt_matrix(batch.column("prompt"), self.l * self.d)
         finite = np.isfinite(prompts).all(axis=1)
         labels = batch.column("label").to_numpy().astype(np.float32)
         pred = np.full(len(labels), np.nan, dtype=np.float32)

@@ -112,14 +112,28 @@ def test_clusters_and_variance_stay_with_their_users_for_non_contiguous_ids(setu
     np.testing.assert_allclose(a["value"].to_numpy(), var.reindex(a.index).to_numpy(), atol=1e-5)
 
 
-def test_evaluate_reproduces_training_validation(setup, tmp_path):
+@pytest.mark.parametrize("broadcast_mb", [256, 0], ids=["broadcast-join", "shuffle-join"])
+def test_evaluate_reproduces_training_validation(setup, tmp_path, broadcast_mb):
     root, src = setup
-    metrics = run_evaluate(EvaluateConfig(data=str(root / "data"), model=str(root / "llama"),
-                                          prompts=str(root / "src"), out=str(tmp_path)))
+    metrics = run_evaluate(EvaluateConfig(data=str(root / "data"), model=str(root / "llama"), prompts=str(root / "src"),
+                                          out=str(tmp_path), broadcast_mb=broadcast_mb))
     assert metrics["rmse"] == pytest.approx(src["valid_rmse"], abs=1e-6)
     per_user = pq.read_table(tmp_path / "per_user.parquet").to_pandas()
     assert per_user["n"].sum() == metrics["n"] and len(per_user) == metrics["users"]
     assert (tmp_path / "report.md").is_file() and json.loads((tmp_path / "metrics.json").read_text())["rmse"]
+    join = json.loads((tmp_path / "costs.jsonl").read_text().splitlines()[-1])["extra"]["join"]
+    assert join == ("shuffle" if broadcast_mb == 0 else "broadcast")
+
+
+def test_evaluate_scores_several_splits_in_one_pass(setup, tmp_path):
+    root, _ = setup
+    both = run_evaluate(EvaluateConfig(data=str(root / "data"), model=str(root / "llama"), prompts=str(root / "src"),
+                                       out=str(tmp_path / "both"), split=["valid", "test"]))
+    test = run_evaluate(EvaluateConfig(data=str(root / "data"), model=str(root / "llama"), prompts=str(root / "src"),
+                                       out=str(tmp_path / "test"), split=["test"]))
+    assert both["splits"]["test"]["rmse"] == pytest.approx(test["rmse"], abs=1e-9)
+    assert both["splits"]["valid"]["n"] + both["splits"]["test"]["n"] == pq.read_table(tmp_path / "both" / "rows.parquet").num_rows
+    assert json.loads((tmp_path / "both" / "valid" / "metrics.json").read_text())["split"] == "valid"
 
 
 def test_evaluate_refuses_a_store_of_another_model(setup, tmp_path):

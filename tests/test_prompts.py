@@ -65,7 +65,8 @@ def test_two_workers_learn_and_write_a_complete_store(setup, zero2):
 def test_zero3_fully_partitioned_matches_zero2(setup, zero2):
     root, _ = setup
     z3 = run_prompts(cfg(root, "zero3", epochs=4, zero_stage=3, zero3_persistence_threshold=0))
-    assert z3["valid_rmse"] == pytest.approx(zero2["valid_rmse"], rel=1e-5)
+    # same training: only the reduction order differs (fp32 rounding over 4 epochs); another run differs by > 1%
+    assert z3["valid_rmse"] == pytest.approx(zero2["valid_rmse"], rel=1e-3)
 
 
 def test_rerunning_a_finished_run_resumes_instead_of_training_again(setup, zero2):

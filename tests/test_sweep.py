@@ -59,11 +59,11 @@ def test_sweep_resumes_after_its_driver_is_killed_and_reports_every_trial(worksp
                                     target_model=str(workspace / "qwen2"), space=str(REPO / "tune_spaces" / "ci.yaml"),
                                     out=str(out)))
     df = pd.read_csv(out / "results.csv")
-    assert len(df) == summary["trials"] == 4 and (df["status"] == "finished").all()
+    assert len(df) == summary["trials"] == 2 and (df["status"] == "finished").all()
     for col in ("test_rmse", "valid_rmse", "adapter_valid_rmse", "cost_device_s", "cost_wall_s", "select_device_s",
                 "adapter_device_s", "migrate_device_s", "users_trained"):
         assert df[col].notna().all() and (df[col] > 0).all(), col
-    assert sorted(df["users_trained"].unique().tolist()) == [24, 48]  # 20% and 40% of 120 users
+    assert df["users_trained"].tolist() == [36, 36]  # 30% of 120 users
     assert sorted(df["strategy"].unique().tolist()) == ["puma", "random"]
     for p, stamp in stamps.items():  # the trial finished before the kill never ran again
         assert p.stat().st_mtime_ns == stamp
@@ -72,14 +72,14 @@ def test_sweep_resumes_after_its_driver_is_killed_and_reports_every_trial(worksp
     for png in ("cost_accuracy.png", "budget_curve.png"):
         assert (out / png).stat().st_size > 10_000
     pareto = pd.read_csv(out / "pareto.csv")
-    assert 1 <= len(pareto) <= 4
+    assert 1 <= len(pareto) <= 2
     best = load_config(AdapterStageConfig, str(out / "best.yaml"))  # `puma-ray adapter --config best.yaml`
     chosen = df.loc[df["valid_rmse"].idxmin()]
     assert best.users.endswith(str(Path(chosen["trial_dir"]) / "select")) and best.epochs == 1 and best.width == 32
     assert (out / "best.yaml").read_text().startswith("# puma-ray adapter --config ")
     # a third run finds everything done: no stage runs again
     again = run_sweep(SweepConfig(**{**yaml.safe_load((out / "config.yaml").read_text())}))
-    assert again["trials"] == 4
+    assert again["trials"] == 2
     assert all(len((out / "trials" / t / "adapter" / "costs.jsonl").read_text().splitlines()) == 1
                for t in df["trial_dir"])
 

@@ -17,6 +17,7 @@ from puma_ray.config import AdapterStageConfig, ChainConfig, EvaluateConfig, Mig
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.prompt_store import MANIFEST
 from puma_ray.prompt_store import read_manifest as read_store_manifest
+from puma_ray.ray_utils import init_ray
 from puma_ray.runs import CostMeter, log, open_run
 from puma_ray.training import TASKS
 
@@ -77,6 +78,7 @@ def run_chain(cfg: ChainConfig) -> dict:
     out = open_run(cfg.out, "chain", cfg)
     metric = task.metric
     with CostMeter(out, "chain", cfg, workers=cfg.workers) as meter:
+        meter.startup_s = init_ray()  # one runtime for every hop's stages
         m0 = evaluated(cfg, first["model"]["name"], cfg.source, out / "hop-0" / "eval")
         rows = [{"hop": 0, "model": first["model"]["name"], "family": first["model"]["family"], metric: m0[metric],
                  "store": str(Path(cfg.source).resolve())}]

@@ -1,8 +1,10 @@
 """`puma-ray evaluate`: score a prompt store with its model over one split.
 
 config -> checks (store complete and verified, model fingerprint, task, head) ->
-Ray Data: interactions of the split joined to the store's prompts on user_id ->
-map_batches(PromptScorer) -> exact dataset metrics, per-user metrics, report.
+Ray Data: interactions of the split(s) joined to the store's prompts on user_id (a
+broadcast join when the store is at most --broadcast-mb: every scorer holds the whole
+store; a hash-shuffle join otherwise) -> map_batches(PromptScorer) -> exact dataset
+metrics, per-user metrics, report.
 
 Prompts that are not finite are never scored: the store's quarantine list and any
 non-finite row met here are reported (users, rows), and the metrics cover the rest.
@@ -43,14 +45,29 @@ def store_head(store: str | Path) -> tuple[Path, dict]:
     return head
 
 
-def joined_rows(data_dir: str, splits: list[str], store: str | Path, manifest: dict) -> ray.data.Dataset:
-    """Rows of `splits` with their user's prompt column (inner join on user_id)."""
+def split_rows(data_dir: str, splits: list[str]) -> ray.data.Dataset:
+    """Interaction rows of `splits` (the columns scoring needs)."""
     rows = ray.data.read_parquet([str(p.resolve()) for p in shard_paths(data_dir)],
                                  columns=["user_id", "item_text", "history_text", "label", "split"])
-    rows = rows.filter(expr=" or ".join(f"split == '{s}'" for s in splits))
+    return rows.filter(expr=" or ".join(f"split == '{s}'" for s in splits))
+
+
+def joined_rows(data_dir: str, splits: list[str], store: str | Path, manifest: dict) -> ray.data.Dataset:
+    """Rows of `splits` with their user's prompt column (inner join on user_id: a hash shuffle)."""
     prompts = ray.data.read_parquet([str((Path(store) / s["name"]).resolve()) for s in manifest["shards"]])
     partitions = max(2, min(64, len(manifest["shards"])))
-    return rows.join(prompts, join_type="inner", num_partitions=partitions, on=("user_id",))
+    return split_rows(data_dir, splits).join(prompts, join_type="inner", num_partitions=partitions, on=("user_id",))
+
+
+def store_bytes(manifest: dict) -> int:
+    """Size of a store's prompts in memory (float32)."""
+    return manifest["num_users"] * manifest["prompt_len"] * manifest["dim"] * 4
+
+
+def store_table(store: str | Path, manifest: dict) -> pa.Table:
+    """Every (user_id, prompt) of a store, for a broadcast join."""
+    return pa.concat_tables([pq.read_table(Path(store) / s["name"], columns=["user_id", "prompt"])
+                             for s in manifest["shards"]])
 
 
 def summarize(task: str, rows: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
@@ -135,7 +152,13 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                        prefix_cache=cfg.prefix_cache, use_gpu=cfg.use_gpu)
     with CostMeter(out, "evaluate", cfg, workers=cfg.workers) as meter:
         meter.startup_s = init_ray(dashboard=False)
-        scored = joined_rows(cfg.data, cfg.split, cfg.prompts, store).map_batches(
+        if store_bytes(store) <= cfg.broadcast_mb * 2**20:  # small store: sent whole to each scorer, no shuffle
+            rows = split_rows(cfg.data, cfg.split)
+            scorer_args["prompts_ref"] = ray.put(store_table(cfg.prompts, store))
+        else:
+            rows = joined_rows(cfg.data, cfg.split, cfg.prompts, store)
+        meter.extra = {"join": "broadcast" if "prompts_ref" in scorer_args else "shuffle"}
+        scored = rows.map_batches(
             PromptScorer, fn_constructor_kwargs=scorer_args, batch_size=cfg.batch_size, batch_format="pyarrow",
             concurrency=cfg.workers, num_cpus=actor_cpus(cfg.cpus_per_worker, cfg.workers),
             num_gpus=1 if cfg.use_gpu else None)
