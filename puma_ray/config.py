@@ -556,8 +556,8 @@ class SelectConfig(StageConfig):
     """Mini-batch K-means passes over the prompts (each streams the store once)."""
     batch_rows: int = 8192
     """Prompts per streamed batch (bounds memory: batch_rows x l x d floats)."""
-    ffn_layers: int = 3
-    """ffn: last decoder layers whose FFN outputs (mean over the prompt's positions) are clustered."""
+    ffn_layers: Optional[int] = None
+    """ffn: last decoder layers whose FFN outputs (mean over the prompt's positions) are clustered; null = min(3, model layers)."""
     ffn_strata: Literal["variance", "loss"] = "variance"
     """ffn: what users are stratified by inside each cluster."""
     losses: Optional[str] = None
@@ -578,7 +578,7 @@ class SelectConfig(StageConfig):
         check(self.pca_dim >= 2, "pca_dim", "must be >= 2")
         check(self.kmeans_passes >= 1, "kmeans_passes", "must be >= 1")
         check(self.batch_rows >= 1, "batch_rows", "must be >= 1")
-        check(self.ffn_layers >= 1, "ffn_layers", "must be >= 1")
+        check(self.ffn_layers is None or self.ffn_layers >= 1, "ffn_layers", "must be >= 1 or null")
         check(self.workers >= 1, "workers", "must be >= 1")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
 

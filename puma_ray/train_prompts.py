@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import resource
 import tempfile
 import time
@@ -204,7 +203,6 @@ def prompts_loop(config: dict) -> None:
 
     ready = time.time()  # model loaded, engine built: what came before is start-up
     for epoch in range(start_epoch, config["epochs"]):
-        maybe_inject_failure(config.get("kill_after"), config["fault_marker"], rank, epoch)
         empty = torch.zeros(1, config["prompt_len"], lm.hidden, device=device)
         soft = table if len(users) else (lambda rows: empty)  # a rank without users still joins collectives
         totals = train_epoch(lm, engine, soft, train_shard, index, config, epoch, device, after_step=table_step)
@@ -222,16 +220,6 @@ def prompts_loop(config: dict) -> None:
                 Path(f"{d}/state.json").write_text(json.dumps({"epoch": epoch, "world": world, "history": history,
                                                                **metrics}))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-
-
-def maybe_inject_failure(spec: str | None, marker: str, rank: int, epoch: int) -> None:
-    """Chaos testing: spec "rank:epoch" (the driver's PUMA_KILL_RANK_AFTER_EPOCH) kills that worker
-    once, when it starts the epoch after `epoch` (whose checkpoint is then complete); the
-    marker file keeps the restarted run alive. FailureConfig must bring the run back."""
-    if spec == f"{rank}:{epoch - 1}" and not os.path.exists(marker):
-        Path(marker).parent.mkdir(parents=True, exist_ok=True)
-        Path(marker).write_text(spec)
-        os._exit(17)
 
 
 @torch.no_grad()

@@ -80,3 +80,40 @@ def workspace(ray_local, tmp_path_factory) -> Path:
                                         workers=2, epochs=2, lr=0.01))
     (root / "src-summary.json").write_text(json.dumps(summary))
     return root
+
+
+def kill_when(ready, target, timeout: float = 600.0, poll: float = 0.2):
+    """A watcher thread: once ready() is true, SIGKILL the processes target() returns (a fault injected
+    from outside). Returns the thread; its `.killed` lists the pids it killed."""
+    import threading
+    import time
+
+    def run() -> None:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if ready():
+                for proc in target():
+                    try:
+                        proc.kill()
+                        thread.killed.append(proc.pid)
+                    except Exception:  # gone already
+                        pass
+                return
+            time.sleep(poll)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.killed = []
+    thread.start()
+    return thread
+
+
+def ray_processes(title: str) -> list:
+    """Processes whose title starts with `ray::<title>` (Ray names actor processes after their class)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if cmd.startswith(f"ray::{title}"):
+            found.append(p)
+    return found

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,7 @@ def write_ml_latest(d: Path) -> None:
     d.mkdir()
     rows = ["userId,movieId,rating,timestamp"] + [f"{u},{i},{0.5 * ((u + i) % 10 + 1)},{1000 + i}"
                                                  for u in range(1, 3) for i in range(1, 6)]
+    rows.append("3,1,0.5,1001")  # the lowest half-star rating: kept, as 1
     (d / "ratings.csv").write_text("\n".join(rows) + "\n")
     (d / "movies.csv").write_text("movieId,title,genres\n" + "\n".join(f'{i},"Film, {i}",Drama' for i in range(1, 6)))
 
@@ -86,6 +88,8 @@ def write_amazon(d: Path, year: int) -> None:
                 recs.append({"user_id": f"U{u}", "parent_asin": f"B{i}", "rating": float(i % 5 + 1),
                              "timestamp": (1400000000 + i) * 1000, "title": f"review {i}"})
     recs.append(recs[0])  # duplicate
+    bad_ts = {"unixReviewTime": "soon"} if year == 2018 else {"timestamp": "soon"}
+    recs.append({**recs[0], **bad_ts})  # a malformed timestamp: counted, never a crash
     with gzip.open(d / "reviews.jsonl.gz", "wt") as fh:
         fh.write("\n".join(json.dumps(r) for r in recs) + "\n{not json\n")
     if year == 2023:
@@ -121,13 +125,14 @@ SOURCE_TABLE = [
     ("movielens", write_ml100k, dict(rows_read=18, lines_dropped=2, users=3, items=6,
                                      dropped={"label_out_of_range": 1, "malformed_line": 1},
                                      text=("1", "Á köldum klaka (Cold Fever) (1994)"))),
-    ("movielens", write_ml_latest, dict(rows_read=10, lines_dropped=0, users=2, items=5, dropped={},
+    ("movielens", write_ml_latest, dict(rows_read=11, lines_dropped=0, users=3, items=5, dropped={},
                                         text=("1", "Film, 1"))),
-    ("amazon", lambda d: write_amazon(d, 2018), dict(rows_read=13, lines_dropped=1, users=3, items=4,
-                                                     dropped={"duplicate_user_item_ts": 1, "malformed_line": 1},
+    ("amazon", lambda d: write_amazon(d, 2018), dict(rows_read=13, lines_dropped=2, users=3, items=4,
+                                                     dropped={"duplicate_user_item_ts": 1, "malformed_line": 1,
+                                                              "malformed_timestamp": 1},
                                                      text=("B2", "great 2"))),
-    ("amazon", lambda d: write_amazon(d, 2023), dict(rows_read=13, lines_dropped=1, users=3, items=4,
-                                                     dropped={"duplicate_user_item_ts": 1},
+    ("amazon", lambda d: write_amazon(d, 2023), dict(rows_read=13, lines_dropped=2, users=3, items=4,
+                                                     dropped={"duplicate_user_item_ts": 1, "malformed_timestamp": 1},
                                                      text=("B1", "Product 1"))),
     ("mind", write_mind, dict(rows_read=6, lines_dropped=2, users=2, items=5,
                               dropped={"malformed_impression": 1, "malformed_line": 1}, text=("N4", "Headline 4"))),
@@ -153,8 +158,10 @@ def test_source_fixture(ray_local, tmp_path, source, writer, expected):
     item, text = expected["text"]
     assert set(df.loc[df["item_id"] == item, "item_text"]) == {text}
     assert summary["rows"] == len(df) == m["rows"]
+    assert m["records_read"] == m["rows_read"] + m["lines_dropped"]
     if source == "movielens" and "ratings.csv" in {p.name for p in (tmp_path / "raw").iterdir()}:
         assert set(df["label"]) <= {1.0, 2.0, 3.0, 4.0, 5.0}  # half stars rounded up
+        assert df.loc[df["user_id"] == "3", "label"].tolist() == [1.0]  # 0.5 -> 1, not dropped
 
 
 def test_mind_history_is_a_seeded_sample_of_titled_items(ray_local, tmp_path):
@@ -186,6 +193,33 @@ def test_missing_input_and_wrong_format_are_clear(ray_local, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(PumaError, match="neither u.data"):
         run_data(DataConfig(source="movielens", input=str(tmp_path / "empty"), out=str(tmp_path / "d")))
+
+
+def test_a_typo_in_input_leaves_an_existing_dataset_untouched(ray_local, synthetic_dataset, tmp_path):
+    out = tmp_path / "d"
+    shutil.copytree(synthetic_dataset, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(PumaError, match="no such file.*nothing was changed"):
+        run_data(DataConfig(source="yelp", input=str(tmp_path / "typo"), out=str(out)))
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_out_that_is_a_file_or_another_kind_of_directory_is_refused(ray_local, tmp_path):
+    (tmp_path / "f").write_text("mine")
+    with pytest.raises(PumaError, match="is a file"):
+        run_data(DataConfig(source="synthetic", users=20, out=str(tmp_path / "f")))
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_text("meow")
+    with pytest.raises(PumaError, match="something other than a dataset"):
+        run_data(DataConfig(source="synthetic", users=20, out=str(tmp_path / "photos")))
+    assert (tmp_path / "photos" / "cat.jpg").read_text() == "meow" and (tmp_path / "f").read_text() == "mine"
+
+
+def test_corrupt_manifest_is_one_clear_error(synthetic_dataset, tmp_path):
+    shutil.copytree(synthetic_dataset, tmp_path / "d")
+    (tmp_path / "d" / "manifest.json").write_text('{"rows": 3,')
+    with pytest.raises(PumaError, match="manifest.json is corrupt"):
+        read_manifest(tmp_path / "d")
 
 
 def test_empty_result_after_filtering_says_what_dropped(ray_local, tmp_path):

@@ -8,12 +8,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import psutil
 import pytest
+import ray
+from conftest import kill_when
 
 from puma_ray.config import (AdapterStageConfig, ChainConfig, DataConfig, EvaluateConfig, MigrateConfig, ModelsConfig,
                              PromptsConfig, SelectConfig)
@@ -66,7 +70,7 @@ def restore(store, out, transform=None, shards=6, users=None):
 
 def scfg(root, out, **kw):
     return SelectConfig(**{**dict(data=str(root / "data"), prompts=str(root / "src"), out=str(out), budget=30,
-                                  clusters=3, min_per_cluster=2, ffn_layers=2, kmeans_passes=1), **kw})
+                                  clusters=3, min_per_cluster=2, kmeans_passes=1), **kw})  # ffn_layers: the default
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
@@ -221,14 +225,19 @@ def test_migrate_quarantines_non_finite_inputs(setup, tmp_path):
 
 def test_migrate_killed_driver_then_rerun_moves_every_user_exactly_once(setup, tmp_path):
     root, _ = setup
-    store = restore(root / "src", tmp_path / "s", shards=6)
+    store = restore(root / "src", tmp_path / "s", shards=40)  # many small shards: the kill lands mid-run
     args = [sys.executable, "-m", "puma_ray.cli", "migrate", "--adapter", str(root / "adapter"), "--source", str(store),
-            "--out", str(tmp_path / "m")]
-    env = {**os.environ, "PUMA_KILL_MIGRATE_AFTER_SHARDS": "2", "RAY_ADDRESS": ""}
-    killed = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert killed.returncode == -9, killed.stderr[-2000:]
+            "--out", str(tmp_path / "m"), "batch_size=8"]
+    # the driver joins the test's Ray; from outside, it is SIGKILLed once two shards are recorded
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    watcher = kill_when(lambda: len(list((tmp_path / "m" / "_progress").glob("part-*.json"))) >= 2,
+                        lambda: [psutil.Process(proc.pid)], timeout=300, poll=0.05)
+    proc.wait(timeout=300)
+    assert watcher.killed and proc.returncode == -9, proc.stderr.read()[-2000:]
     assert not (tmp_path / "m" / "manifest.json").exists()
-    # the actor may have finished more shards than the driver saw before it died
+    # the actor may have finished a shard more before it died with its driver: let it go first
+    time.sleep(2)
     done_before = sorted(p.name for p in (tmp_path / "m" / "_progress").glob("part-*.json"))
     assert len(done_before) >= 2
     out = run_migrate(MigrateConfig(adapter=str(root / "adapter"), source=[str(store)], out=str(tmp_path / "m")))

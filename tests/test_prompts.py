@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import kill_when, ray_processes
 
 from puma_ray import prompt_store as ps
 from puma_ray.config import DataConfig, ModelsConfig, PromptsConfig
@@ -79,12 +80,15 @@ def test_rerunning_a_finished_run_resumes_instead_of_training_again(setup, zero2
     assert sorted(p.name for p in (root / "zero2" / "_train").rglob("checkpoint_*")) == checkpoints
 
 
-def test_killed_worker_resumes_from_its_checkpoint(setup, monkeypatch):
+def test_killed_worker_resumes_from_its_checkpoint(setup):
     root, _ = setup
-    monkeypatch.setenv("PUMA_KILL_RANK_AFTER_EPOCH", "1:0")
-    res = run_prompts(cfg(root, "killed", epochs=2, max_failures=1))
-    assert list((root / "killed" / "_train").rglob("fault-injected")), "the worker was never killed"
-    assert res["users"] == 120 and [c["epoch"] for c in res["curve"]][-1] == 1
+    # from outside: once the first epoch's checkpoint exists, SIGKILL one Ray Train worker process
+    watcher = kill_when(lambda: any((root / "killed" / "_train").rglob("checkpoint_*")),
+                        lambda: ray_processes("RayTrainWorker")[:1])
+    res = run_prompts(cfg(root, "killed", epochs=3, max_failures=1))
+    watcher.join(timeout=5)
+    assert watcher.killed, "no worker was killed"
+    assert res["users"] == 120 and [c["epoch"] for c in res["curve"]] == [0, 1, 2]
 
 
 def test_freeze_prompts_is_the_floor(setup):

@@ -69,7 +69,14 @@ def read_required_json(path: Path, missing: str) -> dict:
     """A manifest that marks its directory complete; `missing` is the error when it is absent."""
     if not path.is_file():
         raise PumaError(missing)
-    return json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PumaError(f"{path} is corrupt ({type(exc).__name__}: {str(exc).splitlines()[0]}); re-create its "
+                        "directory with the stage that wrote it") from None
+    if not isinstance(data, dict):
+        raise PumaError(f"{path} is corrupt (not a JSON object); re-create its directory with the stage that wrote it")
+    return data
 
 
 def read_manifest(data_dir: str | Path) -> dict:

@@ -66,15 +66,26 @@ def _json_titles(paths: list[Path], id_keys: tuple[str, ...], title_key: str) ->
     return titles
 
 
-def _rating(value: Any) -> float | str:
-    """A 1..5 rating, or the drop reason for a value that is not one."""
+def _rating(value: Any, low: float = 1.0) -> float | str:
+    """A rating in [low, 5], or the drop reason for a value that is not one."""
     try:
         r = float(value)
     except (TypeError, ValueError):
         return "malformed_label"
-    if not math.isfinite(r) or r < 1 or r > 5:
+    if not math.isfinite(r) or r < low or r > 5:
         return "label_out_of_range"
     return r
+
+
+def _timestamp(value: Any, per_second: int = 1) -> int | str:
+    """Epoch seconds from a number (or numeric string) in 1/per_second units; 0 when absent; else a drop reason."""
+    if value in (None, ""):
+        return 0
+    try:
+        ts = float(value)
+    except (TypeError, ValueError):
+        return "malformed_timestamp"
+    return int(ts) // per_second if math.isfinite(ts) else "malformed_timestamp"
 
 
 def _row(user: Any, item: Any, label: Any, ts: int, text: str | None = None,
@@ -146,13 +157,12 @@ class MovieLens(LineSource):
         if len(parts) < 4:
             return ["malformed_line"]
         user, item, rating, ts = parts[:4]
-        label = _rating(rating)
+        label = _rating(rating, low=0.5)  # half stars (0.5-5.0 since 2003) round up: 0.5 -> 1, 4.5 -> 5
         if not isinstance(label, str):
             label = float(math.ceil(label))
-        try:
-            ts_int = int(float(ts))
-        except ValueError:
-            return ["malformed_line"]
+        ts_int = _timestamp(ts)
+        if isinstance(ts_int, str):
+            return [ts_int]
         return [_row(user, item, label, ts_int, titles.get(item))]
 
 
@@ -199,11 +209,14 @@ class Amazon(LineSource):
             ts_ms = rec.get("timestamp")
             user, item, rating, summary = rec.get("user_id"), rec.get("parent_asin") or rec.get("asin"), \
                 rec.get("rating"), rec.get("title")
-            ts = None if ts_ms is None else int(ts_ms) // 1000
+            ts = _timestamp(ts_ms, per_second=1000)
         else:
             return ["unknown_record_format"]
+        ts = _timestamp(ts) if not isinstance(ts, int) else ts
+        if isinstance(ts, str):
+            return [ts]
         text = titles.get(str(item)) if titles else (summary or None)
-        return [_row(user, item, _rating(rating), int(ts or 0), text)]
+        return [_row(user, item, _rating(rating), ts, text)]
 
 
 class Yelp(LineSource):

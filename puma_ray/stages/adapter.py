@@ -25,8 +25,7 @@ from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.errors import PumaError
 from puma_ray.hf import describe_model, load_causal_lm, model_ref
 from puma_ray.modules import AdapterConfig, adapter_param_count
-from puma_ray.prompt_store import iter_prompts, read_head
-from puma_ray.prompt_store import read_manifest as read_store_manifest
+from puma_ray.prompt_store import iter_prompts, read_head, verify
 from puma_ray.ray_utils import init_ray
 from puma_ray.runs import CostMeter, log, open_run
 from puma_ray.stages.prompts import best_checkpoint, build_trainer, fit_trainer, record_training, run_history, run_name
@@ -48,7 +47,7 @@ def selected_users(users_arg: str, data_dir: str) -> list[str]:
 
 def check_sources(stores: list[str], users: list[str], task: str) -> list[dict]:
     """Manifests of the source stores, after checking task, prompt length and user coverage."""
-    manifests = [read_store_manifest(s) for s in stores]
+    manifests = [verify(s) for s in stores]  # checksums too: a corrupt shard is one line, not a traceback
     if {m["prompt_len"] for m in manifests} != {manifests[0]["prompt_len"]}:
         raise PumaError("source stores differ in prompt length; aggregated migration needs one l")
     for store, m in zip(stores, manifests):

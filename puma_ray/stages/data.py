@@ -219,6 +219,7 @@ def run_data(cfg: DataConfig) -> dict:
     manifest = {
         "format_version": FORMAT_VERSION, "created_by": f"puma-ray {__version__}", "source": cfg.source,
         "input": cfg.input, "task": res["task"], "seed": cfg.seed, "preprocessing": pl.prep_dict(prep),
+        "records_read": res["rows_read"] + res["lines_dropped"],  # every record of the input, dropped or not
         "rows_read": res["rows_read"], "users_read": res["users_read"], "items_read": res["items_read"],
         "lines_dropped": res["lines_dropped"],
         "rows_dropped": dict(sorted(dropped.items())), "rows": rows, "users": index["users"],

@@ -14,9 +14,7 @@ shards already done (progress record + checksum) are skipped.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 from pathlib import Path
 
 import ray
@@ -78,14 +76,6 @@ def claim_output(out: Path, identity: dict) -> dict | None:
     return None
 
 
-def maybe_kill_driver(done: int) -> None:
-    """Fault injection for the resume test: PUMA_KILL_MIGRATE_AFTER_SHARDS=n kills this driver (SIGKILL)
-    once n shard records have come back."""
-    limit = os.environ.get("PUMA_KILL_MIGRATE_AFTER_SHARDS")
-    if limit and done >= int(limit):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def run_migrate(cfg: MigrateConfig) -> dict:
     """Migrate every user of cfg.source into the store cfg.out; returns the JSON summary."""
     adapter_dir = Path(cfg.adapter)
@@ -121,10 +111,8 @@ def run_migrate(cfg: MigrateConfig) -> dict:
                                        "batch_size": cfg.batch_size, "threads": max(1, int(cfg.cpus_per_worker)),
                                        "use_gpu": cfg.use_gpu})
             progress = Progress("migrate: users", sum(s["rows"] for i, s in enumerate(shards) if done[i] is None))
-            for n, row in enumerate(ds.iter_rows(), start=1):
-                record = json.loads(row["record"])
-                progress.step(record["source_rows"])
-                maybe_kill_driver(n)
+            for row in ds.iter_rows():
+                progress.step(json.loads(row["record"])["source_rows"])
         records = [done_shard(out, i) for i in range(len(shards))]
         busy = sum(records[p["index"]]["seconds"] for p in pending if records[p["index"]]) / cfg.workers
         meter.startup_s = max(0.0, meter.elapsed() - busy)  # what was not spent migrating users

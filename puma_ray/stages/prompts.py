@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
@@ -164,12 +163,11 @@ def run_prompts(cfg: PromptsConfig) -> dict:
             "yes_minus_no": cfg.yes_minus_no, "freeze_prompts": cfg.freeze_prompts,
             "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from else None,
             "prefix_cache": cfg.prefix_cache, "use_gpu": cfg.use_gpu, "train_steps": train_steps,
-            "valid_steps": valid_steps, "kill_after": os.environ.get("PUMA_KILL_RANK_AFTER_EPOCH"),
+            "valid_steps": valid_steps,
             "ds_config": deepspeed_config(cfg.batch_size, cfg.zero_stage, cfg.use_gpu, cfg.zero3_persistence_threshold),
         }
         name = cfg.run_name or run_name("prompts", out)
         storage = cfg.storage_path or str((out / "_train").resolve())
-        loop_config["fault_marker"] = str(Path(storage) / name / "fault-injected")
         log.info("prompts: %d users, %d workers x %d steps/epoch, %d epochs, ZeRO-%d, run %s", len(users), W,
                  train_steps, cfg.epochs, cfg.zero_stage, name)
         trainer = build_trainer(prompts_loop, loop_config, cfg, name, storage, metric, task.mode,

@@ -33,7 +33,7 @@ from puma_ray.config import EvaluateConfig, SelectConfig
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import shard_paths, write_parquet_atomic
 from puma_ray.errors import PumaError
-from puma_ray.prompt_store import read_manifest as read_store_manifest
+from puma_ray.prompt_store import verify
 from puma_ray.ray_utils import actor_cpus, init_ray
 from puma_ray.runs import CostMeter, Progress, log, open_run
 from puma_ray.scoring import FFNFeatures, prompt_matrix
@@ -228,8 +228,9 @@ def ffn_features(cfg: SelectConfig, store: dict, users: pd.Index, out: Path) -> 
     from transformers import AutoConfig
 
     layers = AutoConfig.from_pretrained(store["model"]["name"]).num_hidden_layers
-    if cfg.ffn_layers > layers:
-        raise PumaError(f"--ffn-layers {cfg.ffn_layers} exceeds the {layers} decoder layers of the source model "
+    n = cfg.ffn_layers or min(3, layers)
+    if n > layers:
+        raise PumaError(f"--ffn-layers {n} exceeds the {layers} decoder layers of the source model "
                         f"{store['model']['name']}; use --ffn-layers {layers} or fewer")
     l, d = store["prompt_len"], store["dim"]
     paths = [str((Path(cfg.prompts) / s["name"]).resolve()) for s in store["shards"]]
@@ -237,12 +238,12 @@ def ffn_features(cfg: SelectConfig, store: dict, users: pd.Index, out: Path) -> 
     shutil.rmtree(target, ignore_errors=True)
     ds = ray.data.read_parquet(paths).map_batches(
         FFNFeatures, fn_constructor_kwargs={"model": store["model"]["name"], "prompt_len": l, "dim": d,
-                                            "layers": cfg.ffn_layers},
+                                            "layers": n},
         batch_size=cfg.batch_size, batch_format="pyarrow", concurrency=cfg.workers,
         num_cpus=actor_cpus(1.0, cfg.workers))
     ds.write_parquet(str(target.resolve()))
     files = sorted(str(p) for p in target.glob("*.parquet"))
-    return VectorFiles(files, "prompt", cfg.ffn_layers * d, users, cfg.batch_rows)
+    return VectorFiles(files, "prompt", n * d, users, cfg.batch_rows)
 
 
 def eligible_users(data_dir: str, store_dir: str, store: dict) -> pd.Index:
@@ -344,7 +345,7 @@ def write_report_md(path: Path, report: dict) -> None:
 def run_select(cfg: SelectConfig) -> dict:
     """Select cfg.budget users of the store with cfg.strategy; returns the JSON summary."""
     read_data_manifest(cfg.data)
-    store = read_store_manifest(cfg.prompts)
+    store = verify(cfg.prompts)  # every shard's checksum: a corrupt store is one line, not a traceback
     out = open_run(cfg.out, "select", cfg)
     (out / "selected.parquet").unlink(missing_ok=True)  # the selection is incomplete until this run finishes
     with CostMeter(out, "select", cfg) as meter:
