@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from puma_ray.config import ModelsConfig  # noqa: E402
 from puma_ray.data.synthetic import make_catalogue  # noqa: E402
 from puma_ray.llm import FrozenLM  # noqa: E402
-from puma_ray.modules import RatingHead, SoftPromptTable  # noqa: E402
+from puma_ray.modules import RatingHead, SoftPromptTable, sparse_adam  # noqa: E402
 from puma_ray.stages.models import run_models  # noqa: E402
 from puma_ray.templates import RATING_ANSWERS, load_template_text  # noqa: E402
 
@@ -54,7 +54,7 @@ def steps_per_second(lm: FrozenLM, path: str, titles: list[str], batch: int, ste
     torch.manual_seed(0)
     table = SoftPromptTable(1000, 1, lm.hidden, generator=torch.Generator().manual_seed(0))
     head = RatingHead()
-    opt = torch.optim.AdamW([*table.parameters(), *head.parameters()], lr=5e-4)
+    opts = [sparse_adam(table, 5e-4), torch.optim.AdamW(head.parameters(), lr=5e-4)]
     g = torch.Generator().manual_seed(1)
 
     def step() -> None:
@@ -63,9 +63,11 @@ def steps_per_second(lm: FrozenLM, path: str, titles: list[str], batch: int, ste
         soft = table(users)
         logits = lm.answer_logits(soft, b) if path == "fast" else lm.reference_logits(soft, b)
         loss, _ = head.loss(logits, torch.randint(1, 6, (batch,), generator=g).float())
-        opt.zero_grad()
+        for opt in opts:
+            opt.zero_grad()
         loss.backward()
-        opt.step()
+        for opt in opts:
+            opt.step()
 
     for _ in range(3):
         step()

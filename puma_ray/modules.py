@@ -17,8 +17,10 @@ from torch import nn
 class SoftPromptTable(nn.Module):
     """l x d trainable vectors per user, rows addressed by the dense user_idx of the dataset.
 
-    Initialised uniform(-0.1, 0.1) like the paper. One nn.Embedding row per user holds
-    l*d floats, so the table can be partitioned by rows (ZeRO-3 or row-sharded updates).
+    Initialised uniform(-0.1, 0.1) like the paper. One row per user holds l*d floats, so the
+    table is partitioned by rows (row ownership across workers). The lookup's gradient is
+    row-sparse (only the batch's rows), to be stepped by a sparse optimizer (`sparse_adam`):
+    a step costs O(batch) whatever the number of users.
     """
 
     def __init__(self, num_users: int, prompt_len: int, dim: int, generator: torch.Generator | None = None) -> None:
@@ -28,7 +30,14 @@ class SoftPromptTable(nn.Module):
 
     def forward(self, user_idx: torch.Tensor) -> torch.Tensor:
         """[B] int64 -> [B, l, d]."""
-        return self.weight[user_idx].view(-1, self.prompt_len, self.dim)
+        return nn.functional.embedding(user_idx, self.weight, sparse=True).view(-1, self.prompt_len, self.dim)
+
+
+def sparse_adam(table: SoftPromptTable, lr: float) -> torch.optim.Optimizer:
+    """Lazy Adam over the table (torch SparseAdam): each step reads and updates only the rows of the
+    batch, moments included; rows absent from a batch do not move (dense AdamW would keep moving them
+    on stale moments, at O(table) per step). Bias correction uses the table's global step count."""
+    return torch.optim.SparseAdam([table.weight], lr=lr)
 
 
 # --------------------------------------------------------------------------- heads

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from puma_ray.hf import load_causal_lm, load_tokenizer
 from puma_ray.llm import FrozenLM
-from puma_ray.modules import SoftPromptTable
+from puma_ray.modules import SoftPromptTable, sparse_adam
 from puma_ray.prompt_store import load_prompts
 from puma_ray.ray_utils import quiet_ray_data_console
 from puma_ray.training import TASKS, cycled, owner
@@ -173,8 +173,7 @@ def prompts_loop(config: dict) -> None:
     table.weight.requires_grad_(not config["freeze_prompts"])
     head = task.head(config["lam"], config["yes_minus_no"]).to(device)
     engine = init_deepspeed(head, config["lr"], config["ds_config"])
-    table_opt = torch.optim.AdamW([table.weight], lr=config["lr"], weight_decay=0.0) \
-        if table.weight.requires_grad else None
+    table_opt = sparse_adam(table, config["lr"]) if table.weight.requires_grad else None
 
     start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()

@@ -108,12 +108,15 @@ def kill_when(ready, target, timeout: float = 600.0, poll: float = 0.2):
 
 
 def ray_processes(title: str) -> list:
-    """Processes whose title starts with `ray::<title>` (Ray names actor processes after their class)."""
+    """This test session's processes titled `ray::<title>` (Ray names actor processes after their class):
+    descendants of this process, which started the local Ray, so other Ray instances are never touched."""
     import psutil
 
     found = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if cmd.startswith(f"ray::{title}"):
-            found.append(p)
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if " ".join(p.cmdline()).startswith(f"ray::{title}"):
+                found.append(p)
+        except psutil.Error:
+            pass
     return found

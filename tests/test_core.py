@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from puma_ray.errors import PumaError
 from puma_ray.llm import FrozenLM
 from puma_ray.metrics import ClickScores, RatingSums, auc, uauc
-from puma_ray.modules import (AdapterConfig, ClickHead, MigrationAdapter, RatingHead, SoftPromptTable,
+from puma_ray.modules import (AdapterConfig, ClickHead, MigrationAdapter, RatingHead, SoftPromptTable, sparse_adam,
                               adapter_param_count)
 from puma_ray.templates import (CLICK_ANSWERS, HISTORY, RATING_ANSWERS, SampleEncoder, encode_template,
                                 load_template_text, split_template)
@@ -236,3 +236,35 @@ def test_metrics_all_reduce_across_real_workers():
         assert rating["n"] == 300 and rating["rmse"] == pytest.approx(np.sqrt(((pred - label) ** 2).mean()))
         assert click["auc"] == pytest.approx(roc_auc_score(clicks, scores))
         assert click["uauc"] == pytest.approx(uauc(users, scores, clicks)[0])
+
+
+def test_prompt_table_updates_only_the_rows_of_a_batch_like_a_lazy_adam_reference():
+    """SparseAdam semantics (lazy Adam), checked against a dense hand-written reference: only the rows in
+    a batch get moment and weight updates; bias correction follows the table's global step count."""
+    torch.manual_seed(0)
+    table = SoftPromptTable(50, 1, 8, generator=torch.Generator().manual_seed(3))
+    ref_w = table.weight.detach().clone()
+    m, v = torch.zeros_like(ref_w), torch.zeros_like(ref_w)
+    opt = sparse_adam(table, lr=0.01)
+    target = torch.randn(50, 8)
+    b1, b2, eps, lr = 0.9, 0.999, 1e-8, 0.01
+    for step in range(1, 6):
+        rows = torch.tensor([1, 7, 7, 20 + step])  # a repeated row and one new row per step
+        loss = ((table(rows).squeeze(1) - target[rows]) ** 2).sum()
+        opt.zero_grad()
+        loss.backward()
+        assert table.weight.grad.is_sparse
+        opt.step()
+        # the reference: the same loss's gradient, summed per row, applied to those rows only
+        w = ref_w.clone().requires_grad_(True)
+        ((w[rows] - target[rows]) ** 2).sum().backward()
+        touched = rows.unique()
+        g = w.grad[touched]
+        m[touched] = b1 * m[touched] + (1 - b1) * g
+        v[touched] = b2 * v[touched] + (1 - b2) * g * g
+        ref_w[touched] -= lr * (m[touched] / (1 - b1 ** step)) / ((v[touched] / (1 - b2 ** step)).sqrt() + eps)
+        torch.testing.assert_close(table.weight.detach(), ref_w, rtol=1e-5, atol=1e-6)
+    untouched = torch.ones(50, dtype=torch.bool)
+    untouched[[1, 7, 21, 22, 23, 24, 25]] = False
+    fresh = SoftPromptTable(50, 1, 8, generator=torch.Generator().manual_seed(3)).weight.detach()
+    assert torch.equal(table.weight.detach()[untouched], fresh[untouched])  # never-seen rows never move
