@@ -43,6 +43,23 @@ def quiet_ray_data_console() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
+def read_columns(paths: list[str], columns: list[str]) -> ray.data.Dataset:
+    """Parquet files read as a dataset of `columns` (Ray Data prunes the others at read time)."""
+    return ray.data.read_parquet(paths).select_columns(columns)
+
+
+def split_is(*splits: str):
+    """Ray Data predicate expression: the row's `split` is one of `splits`."""
+    from ray.data.expressions import col
+
+    return col("split").is_in(list(splits))
+
+
+def actor_pool(size: int):
+    """compute= for Ray Data actors (map_batches(concurrency=...) is deprecated since Ray 2.51)."""
+    return ray.data.ActorPoolStrategy(size=size)
+
+
 def actor_cpus(per_actor: float, actors: int) -> float:
     """CPUs each of `actors` Ray Data actors may reserve, leaving one CPU of the cluster free.
 

@@ -26,7 +26,7 @@ from puma_ray.errors import PumaError
 from puma_ray.hf import describe_model, load_causal_lm, model_ref
 from puma_ray.modules import AdapterConfig, adapter_param_count
 from puma_ray.prompt_store import iter_prompts, read_head, verify
-from puma_ray.ray_utils import init_ray
+from puma_ray.ray_utils import init_ray, read_columns, split_is
 from puma_ray.runs import CostMeter, log, open_run
 from puma_ray.stages.prompts import best_checkpoint, build_trainer, fit_trainer, record_training, run_history, run_name
 from puma_ray.train_adapter import adapter_loop
@@ -115,10 +115,10 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
         train_steps = steps_for([-(-int(counts["n_train"].sum()) // W)], cfg.batch_size)
         valid_rows = int(counts["n_valid"].sum())
         valid_steps = steps_for([valid_rows], cfg.batch_size) if valid_rows else 0  # upper bound for every rank
-        base = ray.data.read_parquet([str(p.resolve()) for p in shard_paths(cfg.data)],
-                                     columns=["user_id", "item_text", "history_text", "label", "split"])
+        base = read_columns([str(p.resolve()) for p in shard_paths(cfg.data)],
+                            ["user_id", "item_text", "history_text", "label", "split"])
         base = base.map_batches(_select_rows, batch_format="pandas", fn_kwargs={"users_ref": ray.put(set(users))})
-        datasets = {"train": base.filter(expr="split == 'train'").drop_columns(["split"])}
+        datasets = {"train": base.filter(expr=split_is("train")).drop_columns(["split"])}
         datasets.update({f"valid_r{r}": base.map_batches(rank_rows, batch_format="pandas",
                                                          fn_kwargs={"split": "valid", "rank": r, "world": W})
                          for r in range(W)})

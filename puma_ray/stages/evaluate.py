@@ -29,7 +29,7 @@ from puma_ray.errors import PumaError
 from puma_ray.hf import describe_model, model_ref
 from puma_ray.metrics import RatingSums, auc, uauc
 from puma_ray.prompt_store import check_model, read_head, read_quarantine, verify
-from puma_ray.ray_utils import actor_cpus, init_ray
+from puma_ray.ray_utils import actor_cpus, actor_pool, init_ray, read_columns, split_is
 from puma_ray.runs import CostMeter, log, open_run
 from puma_ray.scoring import PromptScorer
 from puma_ray.templates import load_template_text
@@ -47,9 +47,9 @@ def store_head(store: str | Path) -> tuple[Path, dict]:
 
 def split_rows(data_dir: str, splits: list[str]) -> ray.data.Dataset:
     """Interaction rows of `splits` (the columns scoring needs)."""
-    rows = ray.data.read_parquet([str(p.resolve()) for p in shard_paths(data_dir)],
-                                 columns=["user_id", "item_text", "history_text", "label", "split"])
-    return rows.filter(expr=" or ".join(f"split == '{s}'" for s in splits))
+    rows = read_columns([str(p.resolve()) for p in shard_paths(data_dir)],
+                        ["user_id", "item_text", "history_text", "label", "split"])
+    return rows.filter(expr=split_is(*splits))
 
 
 def joined_rows(data_dir: str, splits: list[str], store: str | Path, manifest: dict) -> ray.data.Dataset:
@@ -160,7 +160,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         meter.extra = {"join": "broadcast" if "prompts_ref" in scorer_args else "shuffle"}
         scored = rows.map_batches(
             PromptScorer, fn_constructor_kwargs=scorer_args, batch_size=cfg.batch_size, batch_format="pyarrow",
-            concurrency=cfg.workers, num_cpus=actor_cpus(cfg.cpus_per_worker, cfg.workers),
+            compute=actor_pool(cfg.workers), num_cpus=actor_cpus(cfg.cpus_per_worker, cfg.workers),
             num_gpus=1 if cfg.use_gpu else None)
         tables = list(scored.iter_batches(batch_size=65536, batch_format="pyarrow"))
         rows = pa.concat_tables(tables) if tables else pa.table({k: pa.array([], t) for k, t in (

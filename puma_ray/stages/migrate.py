@@ -25,7 +25,7 @@ from puma_ray.migration import PROGRESS_DIR, ShardMigrator, done_shard
 from puma_ray.modules import AdapterConfig, adapter_param_count
 from puma_ray.prompt_store import MANIFEST, finalize, read_quarantine, verify
 from puma_ray.prompt_store import read_manifest as read_store_manifest
-from puma_ray.ray_utils import actor_cpus, init_ray
+from puma_ray.ray_utils import actor_cpus, actor_pool, init_ray
 from puma_ray.runs import CostMeter, Progress, log, open_run
 
 
@@ -104,7 +104,7 @@ def run_migrate(cfg: MigrateConfig) -> dict:
         meter.startup_s = init_ray(dashboard=False)
         if pending:
             ds = ray.data.from_items(pending).map_batches(
-                ShardMigrator, batch_size=1, concurrency=cfg.workers, num_cpus=actor_cpus(cfg.cpus_per_worker, cfg.workers),
+                ShardMigrator, batch_size=1, compute=actor_pool(cfg.workers), num_cpus=actor_cpus(cfg.cpus_per_worker, cfg.workers),
                 num_gpus=1 if cfg.use_gpu else None,
                 fn_constructor_kwargs={"adapter_dir": str(adapter_dir.resolve()), "sources": sources, "out": str(out.resolve()),
                                        "prompt_len": meta["prompt_len"], "dims": [m["dim"] for m in manifests],

@@ -25,7 +25,7 @@ from puma_ray.errors import PumaError
 from puma_ray.hf import describe_model, model_ref
 from puma_ray.prompt_store import check_model, finalize, write_shard
 from puma_ray.prompt_store import read_manifest as read_store_manifest
-from puma_ray.ray_utils import init_ray
+from puma_ray.ray_utils import init_ray, read_columns
 from puma_ray.runs import CostMeter, check_out, log, open_run
 from puma_ray.train_prompts import deepspeed_config, prompts_loop
 from puma_ray.templates import load_template_text
@@ -40,7 +40,7 @@ def rank_datasets(data_dir: str, world: int, cache: bool) -> dict:
     With `cache`, each is materialized once (object store, spilling to disk) so that epochs
     iterate blocks instead of re-reading and re-filtering every shard.
     """
-    base = ray.data.read_parquet([str(p.resolve()) for p in shard_paths(data_dir)], columns=_COLUMNS)
+    base = read_columns([str(p.resolve()) for p in shard_paths(data_dir)], _COLUMNS)
     sets = {f"{split}_r{r}": base.map_batches(rank_rows, batch_format="pandas",
                                               fn_kwargs={"split": split, "rank": r, "world": world})
             for split in ("train", "valid") for r in range(world)}

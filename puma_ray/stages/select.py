@@ -34,7 +34,7 @@ from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import shard_paths, write_parquet_atomic
 from puma_ray.errors import PumaError
 from puma_ray.prompt_store import verify
-from puma_ray.ray_utils import actor_cpus, init_ray
+from puma_ray.ray_utils import actor_cpus, actor_pool, init_ray, read_columns, split_is
 from puma_ray.runs import CostMeter, Progress, log, open_run
 from puma_ray.scoring import FFNFeatures, prompt_matrix
 from puma_ray.selection import stratum_weights
@@ -52,8 +52,8 @@ def label_moments(batch: pd.DataFrame) -> pd.DataFrame:
 
 def label_variance(data_dir: str) -> pd.Series:
     """Population variance of each user's training labels (Ray Data partials, summed on the driver)."""
-    ds = ray.data.read_parquet([str(p.resolve()) for p in shard_paths(data_dir)], columns=["user_id", "label", "split"])
-    ds = ds.filter(expr="split == 'train'").map_batches(label_moments, batch_format="pandas")
+    ds = read_columns([str(p.resolve()) for p in shard_paths(data_dir)], ["user_id", "label", "split"])
+    ds = ds.filter(expr=split_is("train")).map_batches(label_moments, batch_format="pandas")
     parts = [b for b in ds.iter_batches(batch_size=None, batch_format="pandas")]
     total = pd.concat(parts).groupby("user_id").sum() if parts else pd.DataFrame(columns=["n", "s", "ss"])
     mean = total["s"] / total["n"]
@@ -239,7 +239,7 @@ def ffn_features(cfg: SelectConfig, store: dict, users: pd.Index, out: Path) -> 
     ds = ray.data.read_parquet(paths).map_batches(
         FFNFeatures, fn_constructor_kwargs={"model": store["model"]["name"], "prompt_len": l, "dim": d,
                                             "layers": n},
-        batch_size=cfg.batch_size, batch_format="pyarrow", concurrency=cfg.workers,
+        batch_size=cfg.batch_size, batch_format="pyarrow", compute=actor_pool(cfg.workers),
         num_cpus=actor_cpus(1.0, cfg.workers))
     ds.write_parquet(str(target.resolve()))
     files = sorted(str(p) for p in target.glob("*.parquet"))
