@@ -63,7 +63,7 @@ def main() -> None:
         migrated = run_trial(setup, {"strategy": "random", "budget": users, "seed": seed},
                              out / f"seed{seed}" / "all-users")
         f, r, m = floor["metrics"]["rmse"], full["metrics"]["rmse"], migrated["test_rmse"]
-        rows.append({"seed": seed, "floor": f, "retrained": r, "migrated": m, "closure": closure(f, r, m),
+        rows.append({"seed": seed, "floor": f, "retrained": r, "migrated": m, "closure": closure(f, r, m, "rmse"),
                      "device_s": {"floor": floor["device_s"], "retrained": full["device_s"],
                                   "migration": migrated["cost_device_s"]}})
         print(json.dumps(rows[-1]))

@@ -83,7 +83,8 @@ def size_runs(cfg: BenchConfig, data: str, users: int, root: Path, metric: str) 
         for name, run in ((FLOOR, floor), (RETRAINED, full)):
             rows.append({"size": users, "seed": seed, "method": name, "strategy": "", "users_trained": users,
                          f"{split}_{m}": run["metrics"][m],
-                         f"{split}_closure": closure(ref["floor"]["value"], ref["retrained"]["value"], run["metrics"][m]),
+                         f"{split}_closure": closure(ref["floor"]["value"], ref["retrained"]["value"], run["metrics"][m],
+                                                     m),
                          "cost_device_s": run["device_s"], "cost_wall_s": run["wall_s"],
                          "prompts_device_s": run["device_s"], "prompts_startup_device_s": run["startup_device_s"],
                          "paid": False})
@@ -145,6 +146,18 @@ def paired_rows(runs: pd.DataFrame, cfg: BenchConfig, metric: str) -> list[dict]
             out.append({"size": size, "a": first, "b": other, "mean": d.mean, "low": d.low, "high": d.high,
                         "seeds": d.n, "excludes_zero": d.excludes_zero, "text": d.text()})
     return out
+
+
+def gap_notes(runs: pd.DataFrame, metric: str, split: str) -> list[str]:
+    """One line per size and seed where full retraining did not beat the floor (closure undefined there)."""
+    notes = []
+    for (size, seed), g in runs.groupby(["size", "seed"], sort=False):
+        v = g.set_index("method")[f"{split}_{metric}"]
+        if FLOOR in v and RETRAINED in v and not math.isfinite(closure(v[FLOOR], v[RETRAINED], v[RETRAINED], metric)):
+            notes.append(f"{size} users, seed {seed}: full retraining ({v[RETRAINED]:.4f}) did not beat the floor "
+                         f"({v[FLOOR]:.4f}), so there is no gap to close and closure is shown as -; more users or "
+                         "epochs would be needed for a meaningful closure there.")
+    return notes
 
 
 def stage_points(runs: pd.DataFrame) -> dict[str, tuple[list[float], list[float], list[float]]]:
@@ -242,7 +255,7 @@ def _pm(mean, std, seeds: int, spec: str) -> str:
 
 
 def write_report(out: Path, cfg: BenchConfig, table: pd.DataFrame, paired: list[dict], fits: dict[str, LinearCost],
-                 projected: list[dict], metric: str, data_note: str) -> Path:
+                 projected: list[dict], metric: str, data_note: str, notes: list[str]) -> Path:
     lines = [f"# Bench: {cfg.source_model} -> {cfg.target_model}", "", data_note, "",
              f"Seeds {', '.join(map(str, cfg.seeds))}; every figure is test-split {metric} (best epochs chosen on "
              "valid). Cost = measured device-seconds (select + adapter + migrate for a migration; the whole "
@@ -257,6 +270,7 @@ def write_report(out: Path, cfg: BenchConfig, table: pd.DataFrame, paired: list[
                          f"{_pm(r[f'{metric}_mean'], r[f'{metric}_std'], r['seeds'], '.4f')} | "
                          f"{_pm(r['closure_mean'], r['closure_std'], r['seeds'], '.2f')} | "
                          f"{_pm(r['device_s_mean'], r['device_s_std'], r['seeds'], '.1f')} | {ratio} |")
+    lines += [""] + [f"Note: {n}" for n in notes]
     lines += ["", f"## Paired differences (test {metric}, same seed; 95% t-interval)", "",
               "| users | difference | mean [95% interval] | seeds | interval excludes 0 |", "|---:|---|---|---:|---|"]
     lines += [f"| {p['size']} | {p['a']} - {p['b']} | {p['text']} | {p['seeds']} | {p['excludes_zero']} |" for p in paired]
@@ -316,8 +330,9 @@ def run_bench(cfg: BenchConfig) -> dict:
     plot_metrics(table, metric, out / "metrics.png")
     plot_cost(runs, fits, cfg, out / "cost.png")
     note = f"Data `{cfg.data}` ({data['source']}, {data['users']} users), sizes {', '.join(map(str, sizes))}."
-    report = write_report(out, cfg, table, paired, fits, projected, metric, note)
-    summary = {"out": str(out), "report": str(report), "sizes": sizes, "seeds": cfg.seeds, "metric": metric,
+    notes = gap_notes(runs, metric, cfg.split)
+    report = write_report(out, cfg, table, paired, fits, projected, metric, note, notes)
+    summary = {"out": str(out), "report": str(report), "sizes": sizes, "seeds": cfg.seeds, "metric": metric, "notes": notes,
                "paired": paired, "projected": projected,
                "fits": {k: {"fixed": f.fixed, "per_unit": f.per_unit, "max_rel_residual": f.max_rel_residual}
                         for k, f in fits.items()},

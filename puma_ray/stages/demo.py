@@ -13,6 +13,7 @@ Ray starts once; every stage joins it (the cost records say which part of a stag
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,9 +147,10 @@ def write_report(out: Path, cfg: DemoConfig, data: dict[str, dict], results: dic
                   "|---|---:|---:|---:|---:|---:|"]
         for _, r in t.iterrows():
             ratio = "- (already paid)" if r["paid"] else cost_vs(r["device_s_mean"] / full)
-            close = "-" if r["method"] == SOURCE else f"{r['closure_mean']:.2f}"
+            close = f"{r['closure_mean']:.2f}" if math.isfinite(r["closure_mean"]) else "-"
             lines.append(f"| {r['method']} | {r['users_trained']} | {r['rmse_mean']:.4f} | {close} | "
                          f"{r['device_s_mean']:.1f} | {ratio} |")
+        lines += [""] + [f"Note: {n}" for n in res["notes"]]
         first = t[~t["paid"] & ~t["method"].isin([RETRAINED, "random init (floor)"])].iloc[0]
         lines += ["", f"**Cost of {first['method']} vs full retraining: measured here {first['device_s_mean'] / full:.3f} "
                       f"({res['users']} users, budget {res['budget']}); projected at {proj['users']:,} users with a "

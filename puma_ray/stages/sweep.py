@@ -157,6 +157,9 @@ def plot_cost_accuracy(df: pd.DataFrame, front: np.ndarray, metric: str, ref: di
     for s in strategies:
         part = df[df["strategy"] == s] if "strategy" in df else df
         ax.scatter(part["cost_device_s"], part[metric], s=30, color=colors[s], label=s, alpha=0.8)
+        for _, r in part.iterrows():  # users trained on, next to each point
+            ax.annotate(str(int(r["users_trained"])), (r["cost_device_s"], r[metric]), fontsize=6, color=colors[s],
+                        xytext=(3, 3), textcoords="offset points")
     f = df[front].sort_values("cost_device_s")
     ax.plot(f["cost_device_s"], f[metric], "k--", lw=1, label="Pareto front")
     if ref:
@@ -168,7 +171,7 @@ def plot_cost_accuracy(df: pd.DataFrame, front: np.ndarray, metric: str, ref: di
     ax.set_xscale("log")
     better = "lower" if TASKS["rating"].metric in metric else "higher"
     ax.set(xlabel="measured cost: device-seconds of select + adapter + migrate (log)",
-           ylabel=f"{metric} ({better} is better)", title="sweep: cost vs accuracy")
+           ylabel=f"{metric} ({better} is better)", title="sweep: cost vs accuracy (labels: users trained on)")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -58,9 +58,16 @@ def resolve_budget(budget: float, users: int) -> int:
     return int(budget) if budget >= 1 else max(1, round(budget * users))
 
 
-def closure(floor: float, retrained: float, migrated: float) -> float:
-    """Gap closure (floor - migrated) / (floor - retrained); the same formula holds for AUC (signs cancel)."""
-    return (floor - migrated) / (floor - retrained) if floor != retrained else float("nan")
+HIGHER_IS_BETTER = ("auc", "uauc", "accuracy")
+
+
+def closure(floor: float, retrained: float, migrated: float, metric: str = "rmse") -> float:
+    """Gap closure (floor - migrated) / (floor - retrained) (the same formula for AUC: signs cancel).
+
+    NaN when full retraining did not beat the floor: there is no gap to close, and a ratio of two
+    noise-sized differences would read as a result."""
+    gap = (retrained - floor) if metric in HIGHER_IS_BETTER else (floor - retrained)
+    return (floor - migrated) / (floor - retrained) if gap > 0 else float("nan")
 
 
 def stage_cost(run_dir: Path) -> dict:
@@ -118,7 +125,7 @@ def trial_row(setup: TrialSetup, params: dict, steps: dict[str, Path]) -> dict[s
                            "users_scored": reported["users"], "quarantined_users": reported["quarantined_users"]}
     ref = setup.reference
     if ref:
-        row[f"{setup.report_split}_closure"] = closure(ref["floor"]["value"], ref["retrained"]["value"], reported[m])
+        row[f"{setup.report_split}_closure"] = closure(ref["floor"]["value"], ref["retrained"]["value"], reported[m], m)
     cost_dirs = {"select": steps["select"], "adapter": steps["adapter"], "migrate": steps["store"]}
     total_dev = total_wall = total_start = 0.0
     for stage, run_dir in cost_dirs.items():
