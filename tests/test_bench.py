@@ -104,3 +104,8 @@ def test_bench_end_to_end_on_a_user_subset(workspace, tmp_path):
         assert (tmp_path / "b" / png).stat().st_size > 10_000
     with pytest.raises(PumaError, match="3 x budget"):
         run_bench(BenchConfig(**{**cfg.to_dict(), "budget": 30, "out": str(tmp_path / "c")}))
+    # the same --out with other adapter settings: refused, not silently reused
+    before = (tmp_path / "b" / "table.csv").read_bytes()
+    with pytest.raises(PumaError, match="holds a trial with other settings"):
+        run_bench(BenchConfig(**{**cfg.to_dict(), "adapter_lr": 1e-2}))
+    assert (tmp_path / "b" / "table.csv").read_bytes() == before

@@ -32,7 +32,7 @@ from puma_ray.hf import describe_model
 from puma_ray.prompt_store import MANIFEST
 from puma_ray.ray_utils import init_ray
 from puma_ray.runs import CostMeter, log, open_run
-from puma_ray.stages.trial import TrialSetup, closure, run_trial, stage_cost
+from puma_ray.stages.trial import TrialSetup, claim, closure, run_trial, stage_cost
 from puma_ray.stats import LinearCost, fit_linear_cost, mean_std, paired_interval
 from puma_ray.strategies import STRATEGIES
 from puma_ray.training import TASKS
@@ -53,6 +53,8 @@ def trained(cfg: BenchConfig, data: str, model: str, out: Path, seed: int, split
     from puma_ray.stages.prompts import run_prompts
 
     store, ev = out / "store", out / f"eval-{split}"
+    claim(out, {"data": data, "model": model, "seed": seed, "freeze_prompts": freeze, "epochs": cfg.prompt_epochs,
+                "lr": cfg.prompt_lr, "workers": cfg.workers, "split": split}, "prompt training")
     if not (store / MANIFEST).is_file():
         run_prompts(PromptsConfig(data=data, model=model, out=str(store), workers=cfg.workers,
                                   cpus_per_worker=cfg.cpus_per_worker, use_gpu=cfg.use_gpu, epochs=cfg.prompt_epochs,
@@ -305,7 +307,8 @@ def run_bench(cfg: BenchConfig) -> dict:
     if 3 * cfg.budget > sizes[0]:
         raise PumaError(f"--budget {cfg.budget}: random at 3 x budget needs {3 * cfg.budget} users, the smallest "
                         f"size has {sizes[0]}; lower --budget or raise --sizes")
-    out = open_run(cfg.out, "bench", cfg)
+    out = Path(cfg.out)  # its config.yaml is written once every run in it is consistent with this config
+    out.mkdir(parents=True, exist_ok=True)
     init_ray()
     metric = task.metric
     rows = []
@@ -319,6 +322,7 @@ def run_bench(cfg: BenchConfig) -> dict:
             log.info("bench: size %d users (%s)", n, d)
             rows += size_runs(cfg, str(Path(d).resolve()), n, root, metric)
         meter.samples = len(rows)
+    open_run(out, "bench", cfg)
     runs = pd.DataFrame(rows)
     runs.to_csv(out / "runs.csv", index=False)
     table = summary_table(runs, metric, cfg.split)

@@ -244,7 +244,8 @@ def run_sweep(cfg: SweepConfig) -> dict:
     metric, choose = f"{cfg.split}_{task.metric}", f"valid_{task.metric}"
     ref = read_reference(cfg.reference, cfg.split, task.metric, data["fingerprint"]) if cfg.reference else None
     target = describe_model(cfg.target_model)
-    out = open_run(cfg.out, "sweep", cfg)
+    out = Path(cfg.out)  # config.yaml is written once the trials in it ran with this config
+    out.mkdir(parents=True, exist_ok=True)
     init_ray()
     setup = TrialSetup(data=str(Path(cfg.data).resolve()), sources=[str(Path(s).resolve()) for s in cfg.source],
                        target_model=target["name"], task_metric=task.metric, workers=cfg.workers,
@@ -256,6 +257,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
         grid = _tuner(cfg, space, setup, out, choose, task.mode).fit()
         df = results_table(grid, space)
         meter.samples = len(df)
+    open_run(out, "sweep", cfg)
     done = df[df["status"] == "finished"].reset_index(drop=True)
     if done.empty:
         raise PumaError(f"sweep: no trial finished ({len(df)} ran; first error: "

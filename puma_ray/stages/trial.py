@@ -24,12 +24,14 @@ from typing import Any, Optional
 
 from puma_ray.config import AdapterStageConfig, EvaluateConfig, MigrateConfig, SelectConfig
 from puma_ray.data.schema import write_json_atomic
+from puma_ray.errors import PumaError
 from puma_ray.prompt_store import MANIFEST
 from puma_ray.prompt_store import read_manifest as read_store_manifest
 from puma_ray.runs import log, read_costs
 from puma_ray.space import ADAPTER_KEYS, SELECT_KEYS
 
 RESULT = "result.json"
+IDENTITY = "trial.json"
 COST_STAGES = ("select", "adapter", "migrate")
 
 
@@ -143,18 +145,32 @@ def trial_row(setup: TrialSetup, params: dict, steps: dict[str, Path]) -> dict[s
     return row
 
 
+def claim(d: Path, identity: dict, what: str) -> None:
+    """Mark `d` as holding `identity` (what would be computed there); refuse a directory that holds another."""
+    marker = d / IDENTITY
+    if marker.is_file():
+        if json.loads(marker.read_text()) != identity:
+            raise PumaError(f"{d} holds a {what} with other settings; nothing there was reused or changed "
+                            "(choose a new --out, or delete that directory to recompute it)")
+        return
+    d.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(marker, identity)
+
+
 def run_trial(setup: TrialSetup, params: dict, d: str | Path, callbacks: tuple = ()) -> dict[str, Any]:
-    """The trial's record; a finished trial (its result.json) is read back, never re-run."""
+    """The trial's record; a finished trial (its result.json) is read back, never re-run, and a directory
+    of a trial with other settings is refused rather than reused."""
     d = Path(d)
-    done = d / RESULT
-    if done.is_file():
-        log.info("trial %s: already finished, reusing its result", d.name)
-        return json.loads(done.read_text())
     users = read_store_manifest(setup.sources[0])["num_users"]
     params = dict(params)
     if "budget" in params:
         params["budget"] = resolve_budget(params["budget"], users)
-    d.mkdir(parents=True, exist_ok=True)
+    claim(d, {"params": params, "defaults": setup.defaults, "data": setup.data, "sources": setup.sources,
+              "target_model": setup.target_model, "splits": [setup.choose_split, setup.report_split]}, "trial")
+    done = d / RESULT
+    if done.is_file():
+        log.info("trial %s: already finished, reusing its result", d.name)
+        return json.loads(done.read_text())
     steps = run_steps(setup, params, d, callbacks)
     row = {**trial_row(setup, params, steps), "trial_dir": d.name}
     write_json_atomic(done, row)
