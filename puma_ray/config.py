@@ -776,16 +776,15 @@ class BenchConfig(StageConfig):
     """Selection budget assumed in the projection (paper: 2,000)."""
 
     def validate(self) -> None:
-        from puma_ray.strategies import STRATEGIES
-
+        names = typing.get_args(typing.get_type_hints(SelectConfig)["strategy"])  # the registry's names
         _required(self.data, "data", "--data DIR")
         _required(self.source_model, "source_model", "--source-model MODEL")
         _required(self.target_model, "target_model", "--target-model MODEL")
         _required(self.out, "out", "--out DIR")
         check(self.budget >= 1, "budget", "must be >= 1")
         check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds", "give distinct seeds")
-        check(self.strategies == ["all"] or (len(self.strategies) >= 1 and set(self.strategies) <= set(STRATEGIES)),
-              "strategies", f"'all' or names from: {', '.join(STRATEGIES)}")
+        check(self.strategies == ["all"] or (len(self.strategies) >= 1 and set(self.strategies) <= set(names)),
+              "strategies", f"'all' or names from: {', '.join(names)}")
         check(all(n >= 2 for n in self.sizes) and len(set(self.sizes)) == len(self.sizes), "sizes",
               "give distinct user counts >= 2")
         check(self.workers >= 1, "workers", "must be >= 1")

@@ -19,18 +19,14 @@ import pytest
 import ray
 from conftest import kill_when
 
-from puma_ray.config import (AdapterStageConfig, ChainConfig, DataConfig, EvaluateConfig, MigrateConfig, ModelsConfig,
-                             PromptsConfig, SelectConfig)
+from puma_ray.config import AdapterStageConfig, ChainConfig, EvaluateConfig, MigrateConfig, SelectConfig
 from puma_ray.data.schema import file_sha256, shard_paths, write_parquet_atomic
 from puma_ray.errors import PumaError
 from puma_ray.prompt_store import finalize, iter_prompts, prompt_schema, read_manifest, verify, write_shard
 from puma_ray.stages.adapter import run_adapter
 from puma_ray.stages.chain import run_chain
-from puma_ray.stages.data import run_data
 from puma_ray.stages.evaluate import run_evaluate
 from puma_ray.stages.migrate import run_migrate
-from puma_ray.stages.models import run_models
-from puma_ray.stages.prompts import run_prompts
 from puma_ray.stages.select import run_select
 from puma_ray.strategies import STRATEGIES
 

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from puma_ray.data.index import fingerprint, write_index
 from puma_ray.data.schema import MANIFEST, read_manifest, shard_paths, write_json_atomic, write_parquet_atomic
 from puma_ray.errors import PumaError
 
@@ -30,8 +31,6 @@ def choose_users(users_parquet: Path, n: int, seed: int) -> pa.Array:
 
 def subset_dataset(src: str | Path, n: int, seed: int, out: str | Path) -> dict:
     """Write the `n`-user subset of dataset `src` to `out` (reused when already complete); returns its manifest."""
-    from puma_ray.stages.data import fingerprint, write_index
-
     src, out = Path(src), Path(out)
     base = read_manifest(src)
     if (out / MANIFEST).is_file():

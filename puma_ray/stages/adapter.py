@@ -28,7 +28,7 @@ from puma_ray.modules import AdapterConfig, adapter_param_count
 from puma_ray.prompt_store import iter_prompts, read_head, verify
 from puma_ray.ray_utils import init_ray, read_columns, split_is
 from puma_ray.runs import CostMeter, log, open_run
-from puma_ray.stages.prompts import best_checkpoint, build_trainer, fit_trainer, record_training, run_history, run_name
+from puma_ray.train_wiring import best_checkpoint, build_trainer, fit_trainer, record_training, run_history, run_name
 from puma_ray.train_adapter import adapter_loop
 from puma_ray.train_prompts import deepspeed_config
 from puma_ray.templates import load_template_text

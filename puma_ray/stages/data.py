@@ -6,24 +6,20 @@ The manifest is written last: a directory without it is incomplete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
 from puma_ray import __version__
 from puma_ray.config import DataConfig
 from puma_ray.data import pipeline as pl
+from puma_ray.data.index import fingerprint, write_index
 from puma_ray.data.prep import Preprocessing
-from puma_ray.data.schema import (FORMAT_VERSION, ITEMS, MANIFEST, SPLITS, USERS, file_sha256, write_json_atomic,
-                                  write_parquet_atomic)
+from puma_ray.data.schema import FORMAT_VERSION, MANIFEST, write_json_atomic, write_parquet_atomic
 from puma_ray.data.sources import make_source
 from puma_ray.data.synthetic import make_catalogue
 from puma_ray.errors import PumaError
@@ -148,47 +144,6 @@ def _synthetic_source(cfg: DataConfig, prep: Preprocessing, out: Path) -> dict:
             "users_read": cfg.users, "items_read": len(count),
             "lines_dropped": 0, "notes": {"item_text_source": "generated genre titles",
                                           "latents": "latents/ (users-*.parquet, items.parquet)"}}
-
-
-def write_index(out: Path, kept_text: dict[str, str]) -> dict:
-    """users.parquet and items.parquet from the final shards (one shard in memory at a time)."""
-    shards = sorted((out / "interactions").glob("part-*.parquet"))
-    user_tables, offset = [], 0
-    items: Counter = Counter()
-    per_split = {s: {"rows": 0, "users": 0, "items": set()} for s in SPLITS}
-    for path in shards:
-        df = pq.read_table(path, columns=["user_id", "item_id", "split"]).to_pandas()
-        counts = pd.crosstab(df["user_id"], df["split"]).reindex(columns=list(SPLITS), fill_value=0)
-        user_tables.append(pd.DataFrame({"user_id": counts.index.to_numpy(),
-                                         "user_idx": np.arange(offset, offset + len(counts), dtype=np.int64),
-                                         **{f"n_{s}": counts[s].to_numpy(np.int64) for s in SPLITS}}))
-        offset += len(counts)
-        items.update(df["item_id"].value_counts().to_dict())
-        for s in SPLITS:
-            part = df[df["split"] == s]
-            per_split[s]["rows"] += len(part)
-            per_split[s]["users"] += int((counts[s] > 0).sum())
-            per_split[s]["items"].update(part["item_id"].unique())
-    users = pd.concat(user_tables) if user_tables else pd.DataFrame({c: [] for c in USERS.names})
-    write_parquet_atomic(pa.Table.from_pandas(users, schema=USERS, preserve_index=False), out / "users.parquet")
-    ids = sorted(items)
-    write_parquet_atomic(pa.table({"item_id": ids, "item_idx": np.arange(len(ids), dtype=np.int64),
-                                   "item_text": [kept_text[i] for i in ids], "interactions": [items[i] for i in ids]},
-                                  schema=ITEMS), out / "items.parquet")
-    shard_info = [{"name": p.name, "rows": pq.ParquetFile(p).metadata.num_rows, "sha256": file_sha256(p)}
-                  for p in shards]
-    return {"users": offset, "items": len(ids), "shards": shard_info,
-            "splits": {s: {"rows": v["rows"], "users": v["users"], "items": len(v["items"])}
-                       for s, v in per_split.items()}}
-
-
-def fingerprint(out: Path, shards: list[dict]) -> str:
-    h = hashlib.sha256()
-    for s in shards:
-        h.update(s["sha256"].encode())
-    for name in ("users.parquet", "items.parquet"):
-        h.update(file_sha256(out / name).encode())
-    return h.hexdigest()
 
 
 def run_data(cfg: DataConfig) -> dict:

@@ -7,28 +7,25 @@ Creates the SOURCE prompts, and on the target model it is the FULL RETRAINING ba
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import shutil
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import ray
 from safetensors.torch import load_file
 
 from puma_ray.config import PromptsConfig
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import shard_paths
-from puma_ray.errors import PumaError
 from puma_ray.hf import describe_model, model_ref
 from puma_ray.prompt_store import check_model, finalize, write_shard
 from puma_ray.prompt_store import read_manifest as read_store_manifest
 from puma_ray.ray_utils import init_ray, read_columns
 from puma_ray.runs import CostMeter, check_out, log, open_run
-from puma_ray.train_prompts import deepspeed_config, prompts_loop
 from puma_ray.templates import load_template_text
+from puma_ray.train_prompts import deepspeed_config, prompts_loop
+from puma_ray.train_wiring import best_checkpoint, build_trainer, fit_trainer, record_training, run_history, run_name
 from puma_ray.training import TASKS, rank_rows, rows_per_rank, steps_for
 
 _COLUMNS = ["user_id", "item_text", "history_text", "label", "split"]
@@ -45,77 +42,6 @@ def rank_datasets(data_dir: str, world: int, cache: bool) -> dict:
                                               fn_kwargs={"split": split, "rank": r, "world": world})
             for split in ("train", "valid") for r in range(world)}
     return {k: v.materialize() for k, v in sets.items()} if cache else sets
-
-
-def run_name(stage: str, out: str | Path) -> str:
-    """Stable per output directory: the same --out resumes the same Ray Train run."""
-    out = str(Path(out).resolve())
-    return f"{stage}-{re.sub(r'[^A-Za-z0-9_.-]', '_', Path(out).name)}-{hashlib.sha256(out.encode()).hexdigest()[:8]}"
-
-
-def build_trainer(loop, loop_config: dict, cfg, name: str, storage: str, metric: str, mode: str, datasets: dict,
-                  split: list[str], callbacks: tuple = ()):
-    """TorchTrainer with the shared scaling, failure and best-checkpoint settings of a training stage.
-
-    callbacks: Ray Train user callbacks (a sweep passes Tune's TuneReportCallback)."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    resources = {"GPU": 1} if cfg.use_gpu else {"CPU": cfg.cpus_per_worker}
-    return TorchTrainer(
-        loop, train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(name=name, storage_path=storage, failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
-                                                                checkpoint_score_order=mode),
-                             callbacks=list(callbacks)),
-        datasets=datasets, dataset_config=DataConfig(datasets_to_split=split))
-
-
-def fit_trainer(trainer, what: str, where: str):
-    """trainer.fit(), with a failed run turned into one line per failed worker (its own last error line)."""
-    from ray.train import TrainingFailedError, WorkerGroupError
-
-    try:
-        return trainer.fit()
-    except WorkerGroupError as exc:
-        lines = [f"rank {r}: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1]}"
-                 for r, e in sorted(exc.worker_failures.items())]
-        raise PumaError(f"{what} failed: {'; '.join(lines)} (worker logs: {where} and /tmp/ray/session_latest/logs)") \
-            from None
-    except TrainingFailedError as exc:
-        raise PumaError(f"{what} failed: {(str(exc).strip().splitlines() or [''])[-1]} (see {where})") from None
-
-
-def record_training(meter, history: list[dict], fit_start: float, parameters: int) -> None:
-    """Samples, tokens, FLOPs, worker peak memory and start-up of a Ray Train run into its cost meter.
-
-    Start-up = from fit() until the first epoch's workers were ready (model loaded, engine built);
-    a resumed run's history starts before this fit, so its start-up is not counted twice."""
-    meter.samples = sum(h["train_samples"] for h in history)
-    meter.tokens = sum(h["train_tokens"] for h in history)
-    # frozen LLM: forward (2N) + activation gradients (2N) per token
-    meter.flops = 4.0 * parameters * meter.tokens
-    meter.worker_peak_memory_bytes = max((h.get("worker_peak_rss_bytes", 0) for h in history), default=0)
-    ready = [h["ready_unix"] for h in history if h.get("ready_unix", 0) >= fit_start]
-    if ready:
-        meter.startup_s += min(ready) - fit_start
-
-
-def best_checkpoint(result, metric: str, mode: str):
-    """The reported checkpoint with the best validation metric (ties: the earliest epoch)."""
-    scored = [(m, c) for c, m in result.best_checkpoints if m.get(metric) == m.get(metric)]  # drop NaN
-    if not scored:
-        raise PumaError(f"no checkpoint with a finite {metric}: is the valid split empty?")
-    sign = 1 if mode == "min" else -1
-    metrics, ckpt = min(scored, key=lambda mc: (sign * mc[0][metric], mc[0]["epoch"]))
-    return ckpt, metrics
-
-
-def run_history(result) -> list[dict]:
-    """Every epoch's metrics (the latest checkpoint carries the whole history, across resumes)."""
-    with result.checkpoint.as_directory() as d:
-        return json.loads((Path(d) / "state.json").read_text())["history"]
 
 
 def write_store(ckpt, out: Path, world: int, manifest_fields: dict) -> dict:

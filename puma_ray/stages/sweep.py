@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from functools import partial
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from puma_ray.hf import describe_model
 from puma_ray.prompt_store import read_manifest as read_store_manifest
 from puma_ray.ray_utils import init_ray, quiet_ray_data_console
 from puma_ray.runs import CostMeter, log, open_run
-from puma_ray.space import TRIAL_KEYS, Dim, SearchSpace, load_space
+from puma_ray.space import TRIAL_KEYS, SearchSpace, load_space
 from puma_ray.stages.trial import TrialSetup, run_trial
 from puma_ray.stats import pareto_front
 from puma_ray.training import TASKS
