@@ -53,26 +53,55 @@ def load_causal_lm(name: str, dtype: torch.dtype = torch.float32):
     return model
 
 
-def model_fingerprint(model, tokenizer) -> str:
-    """sha256 over config (minus volatile keys), tokenizer vocabulary and input-embedding weights.
-
-    Two models share a fingerprint only if a soft prompt means the same thing to both.
-    """
-    cfg = model.config.to_dict()
+def _fingerprint(config, tokenizer, embedding: torch.Tensor) -> str:
+    cfg = config.to_dict()
     for key in _VOLATILE_CONFIG_KEYS:
         cfg.pop(key, None)
     h = hashlib.sha256()
     h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
     h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    weight = model.get_input_embeddings().weight.detach().to(torch.float32).contiguous().cpu()
-    h.update(weight.numpy().tobytes())
+    h.update(embedding.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
     return h.hexdigest()
 
 
+def model_fingerprint(model, tokenizer) -> str:
+    """sha256 over config (minus volatile keys), tokenizer vocabulary and input-embedding weights.
+
+    Two models share a fingerprint only if a soft prompt means the same thing to both.
+    """
+    return _fingerprint(model.config, tokenizer, model.get_input_embeddings().weight)
+
+
+def _embedding_from_files(name: str, skeleton) -> torch.Tensor | None:
+    """The input-embedding tensor read alone from a local directory's safetensors files (None when the
+    weights are not there in that form: a hub id, .bin or GGUF files)."""
+    from safetensors import safe_open
+
+    emb = skeleton.get_input_embeddings().weight
+    keys = [k for k, p in skeleton.named_parameters(remove_duplicate=False) if p is emb]
+    for path in sorted(Path(name).glob("*.safetensors")) if Path(name).is_dir() else []:
+        with safe_open(str(path), framework="pt") as f:
+            found = [k for k in keys if k in f.keys()]
+            if found:
+                return f.get_tensor(found[0])
+    return None
+
+
 def describe_model(name: str) -> dict:
-    """Name, family (config model_type), hidden size and fingerprint of a model directory or hub id."""
+    """Name, family (config model_type), hidden size, parameter count and fingerprint of a model
+    directory or hub id, without materializing its weights: the model is built on the meta device
+    and only the input embedding is read from its safetensors (a full load is the fallback)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     tokenizer = load_tokenizer(name)
-    model = load_causal_lm(name)
+    config = _friendly_load(AutoConfig.from_pretrained, name, "config")
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    embedding = _embedding_from_files(name, skeleton)
+    if embedding is None:
+        model = load_causal_lm(name)
+        config, embedding = model.config, model.get_input_embeddings().weight
     return {"name": str(Path(name).resolve()) if Path(name).exists() else name,
-            "family": model.config.model_type, "hidden_size": model.config.hidden_size,
-            "parameters": sum(p.numel() for p in model.parameters()), "fingerprint": model_fingerprint(model, tokenizer)}
+            "family": config.model_type, "hidden_size": config.hidden_size,
+            "parameters": sum(p.numel() for p in skeleton.parameters()),
+            "fingerprint": _fingerprint(config, tokenizer, embedding)}

@@ -123,6 +123,8 @@ def adapter_loop(config: dict) -> None:
                 if lora:
                     save_file({k[5:]: v for k, v in state.items() if k.startswith("lora.") and "lora_" in k},
                               f"{d}/lora.safetensors")
-                Path(f"{d}/state.json").write_text(json.dumps({"epoch": epoch, "history": history, **metrics}))
+                world = ray.train.get_context().get_world_size()
+                Path(f"{d}/state.json").write_text(json.dumps({"epoch": epoch, "world": world, "history": history,
+                                                               **metrics}))
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=ckpt)

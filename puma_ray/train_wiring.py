@@ -18,6 +18,18 @@ def run_name(stage: str, out: str | Path) -> str:
     return f"{stage}-{re.sub(r'[^A-Za-z0-9_.-]', '_', Path(out).name)}-{hashlib.sha256(out.encode()).hexdigest()[:8]}"
 
 
+def check_resume(storage: str, name: str, workers: int) -> None:
+    """Refuse to resume a run whose checkpoints were written by another number of workers: users' prompt
+    rows are owned by worker (crc32(user) % workers), so another world size would give rows to the wrong ranks."""
+    run = Path(storage) / name
+    states = sorted(run.glob("checkpoint_*/state.json")) if run.is_dir() else []
+    if states:
+        world = json.loads(states[-1].read_text()).get("world")
+        if world is not None and world != workers:
+            raise PumaError(f"run {name} in {storage} was trained with {world} worker(s); resume it with "
+                            f"--workers {world}, or give a new --out to start over with {workers}")
+
+
 def build_trainer(loop, loop_config: dict, cfg, name: str, storage: str, metric: str, mode: str, datasets: dict,
                   split: list[str], callbacks: tuple = ()):
     """TorchTrainer with the shared scaling, failure and best-checkpoint settings of a training stage.

@@ -133,3 +133,19 @@ def test_pretraining_needs_a_dataset(text_file, tmp_path):
     with pytest.raises(ConfigError, match="pretrain_steps"):
         ModelsConfig(family="llama", text=str(text_file), out=str(tmp_path / "x"), pretrain_steps=10)
     assert ModelsConfig(family="llama", text=str(text_file), out=str(tmp_path / "x")).resolved_pretrain_steps == 0
+
+
+def test_describe_model_reads_only_the_embedding_and_matches_the_loaded_fingerprint(tiny_models, monkeypatch):
+    from puma_ray import hf
+
+    loaded = {f: (hf.model_fingerprint(hf.load_causal_lm(str(d)), hf.load_tokenizer(str(d))),
+                  sum(p.numel() for p in hf.load_causal_lm(str(d)).parameters())) for f, (_, d) in tiny_models.items()}
+
+    def no_full_load(*args, **kwargs):
+        raise AssertionError("describe_model materialized the whole model")
+
+    monkeypatch.setattr(hf, "load_causal_lm", no_full_load)
+    for family, (summary, path) in tiny_models.items():
+        d = hf.describe_model(str(path))
+        assert (d["fingerprint"], d["parameters"]) == loaded[family] and d["fingerprint"] == summary["fingerprint"]
+        assert d["family"] == summary["model_type"] and d["hidden_size"] == summary["hidden_size"]

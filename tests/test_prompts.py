@@ -80,6 +80,13 @@ def test_rerunning_a_finished_run_resumes_instead_of_training_again(setup, zero2
     assert sorted(p.name for p in (root / "zero2" / "_train").rglob("checkpoint_*")) == checkpoints
 
 
+def test_resuming_with_another_world_size_is_refused_and_keeps_the_store(setup, zero2):
+    root, _ = setup
+    with pytest.raises(PumaError, match="trained with 2 worker.*--workers 2"):
+        run_prompts(cfg(root, "zero2", epochs=4, workers=1))
+    assert ps.verify(root / "zero2")["num_users"] == 120  # the finished store is untouched
+
+
 def test_killed_worker_resumes_from_its_checkpoint(setup):
     root, _ = setup
     # from outside: once the first epoch's checkpoint exists, SIGKILL one Ray Train worker process

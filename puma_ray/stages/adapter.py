@@ -28,7 +28,8 @@ from puma_ray.modules import AdapterConfig, adapter_param_count
 from puma_ray.prompt_store import iter_prompts, read_head, verify
 from puma_ray.ray_utils import init_ray, read_columns, split_is
 from puma_ray.runs import CostMeter, log, open_run
-from puma_ray.train_wiring import best_checkpoint, build_trainer, fit_trainer, record_training, run_history, run_name
+from puma_ray.train_wiring import (best_checkpoint, build_trainer, check_resume, fit_trainer, record_training,
+                                   run_history, run_name)
 from puma_ray.train_adapter import adapter_loop
 from puma_ray.train_prompts import deepspeed_config
 from puma_ray.templates import load_template_text
@@ -99,6 +100,9 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
     users = selected_users(cfg.users, cfg.data)
     sources = check_sources(cfg.source, users, task.name)
     target = describe_model(cfg.target_model)  # a model that does not load fails here, before --out is touched
+    name = cfg.run_name or run_name("adapter", cfg.out)
+    storage = cfg.storage_path or str((Path(cfg.out) / "_train").resolve())
+    check_resume(storage, name, cfg.workers)
     out = open_run(cfg.out, "adapter", cfg)
     (out / "adapter.json").unlink(missing_ok=True)  # the adapter is incomplete until this run finishes
     W = cfg.workers
@@ -125,8 +129,6 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
         if cfg.cache_data:
             datasets = {k: v.materialize() for k, v in datasets.items()}
         metric = f"valid_{task.metric}"
-        name = cfg.run_name or run_name("adapter", out)
-        storage = cfg.storage_path or str((out / "_train").resolve())
         loop_config = {
             "task": task.name, "target_model": model_ref(cfg.target_model), "template_text": load_template_text(template),
             "prompt_len": prompt_len, "users": users, "sources": [str(Path(s).resolve()) for s in cfg.source],

@@ -25,7 +25,8 @@ from puma_ray.ray_utils import init_ray, read_columns
 from puma_ray.runs import CostMeter, check_out, log, open_run
 from puma_ray.templates import load_template_text
 from puma_ray.train_prompts import deepspeed_config, prompts_loop
-from puma_ray.train_wiring import best_checkpoint, build_trainer, fit_trainer, record_training, run_history, run_name
+from puma_ray.train_wiring import (best_checkpoint, build_trainer, check_resume, fit_trainer, record_training,
+                                   run_history, run_name)
 from puma_ray.training import TASKS, rank_rows, rows_per_rank, steps_for
 
 _COLUMNS = ["user_id", "item_text", "history_text", "label", "split"]
@@ -71,6 +72,9 @@ def run_prompts(cfg: PromptsConfig) -> dict:
         check_model(source, model["fingerprint"], cfg.init_from)
         lineage = source["lineage"] + [{**lineage[0], "init_from": str(Path(cfg.init_from).resolve())}]
     check_out(cfg.out, "prompt store", lambda p: (p / "manifest.json").is_file() or (p / "_train").is_dir())
+    name = cfg.run_name or run_name("prompts", cfg.out)
+    storage = cfg.storage_path or str((Path(cfg.out) / "_train").resolve())
+    check_resume(storage, name, cfg.workers)  # before anything in --out changes
     out = open_run(cfg.out, "prompts", cfg)
     (out / "manifest.json").unlink(missing_ok=True)  # the store is incomplete until this run finishes
     W = cfg.workers
@@ -92,8 +96,6 @@ def run_prompts(cfg: PromptsConfig) -> dict:
             "valid_steps": valid_steps,
             "ds_config": deepspeed_config(cfg.batch_size, cfg.zero_stage, cfg.use_gpu, cfg.zero3_persistence_threshold),
         }
-        name = cfg.run_name or run_name("prompts", out)
-        storage = cfg.storage_path or str((out / "_train").resolve())
         log.info("prompts: %d users, %d workers x %d steps/epoch, %d epochs, ZeRO-%d, run %s", len(users), W,
                  train_steps, cfg.epochs, cfg.zero_stage, name)
         trainer = build_trainer(prompts_loop, loop_config, cfg, name, storage, metric, task.mode,
