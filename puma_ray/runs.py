@@ -67,12 +67,15 @@ def config_hash(cfg: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def open_run(out: str | Path, stage: str, cfg: Any) -> Path:
-    """Create `out`, write the resolved config next to the outputs, return the path."""
+def open_run(out: str | Path, stage: str, cfg: Any, final: str | Path | None = None) -> Path:
+    """Create `out`, write the resolved config next to the outputs, return the path.
+
+    final: where the output will live when it is built beside it (`beside`), for the rerun line."""
     path = Path(out)
     path.mkdir(parents=True, exist_ok=True)
     data = cfg if isinstance(cfg, dict) else asdict(cfg)
-    header = f"# resolved config of `puma-ray {stage}`; rerun with: puma-ray {stage} --config {path / CONFIG_FILE}\n"
+    shown = Path(final) if final is not None else path
+    header = f"# resolved config of `puma-ray {stage}`; rerun with: puma-ray {stage} --config {shown / CONFIG_FILE}\n"
     (path / CONFIG_FILE).write_text(header + yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -92,6 +95,31 @@ def check_out(out: str | Path, kind: str, is_kind, flag: str = "--out") -> Path:
         raise PumaError(f"{flag} {path} already holds something other than a {kind}; nothing was changed "
                         "(choose a new directory or empty it)")
     return path
+
+
+def beside(out: str | Path) -> Path:
+    """A fresh, empty directory next to `out` where a new output is built before `swap_in`."""
+    import shutil
+
+    final = Path(out).resolve()
+    work = final.parent / f".{final.name}.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    return work
+
+
+def swap_in(work: Path, out: str | Path) -> Path:
+    """Replace `out` with the complete `work` (two renames; the old output is deleted last)."""
+    import shutil
+
+    final = Path(out).resolve()
+    old = final.parent / f".{final.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    work.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 def peak_rss_bytes() -> int:

@@ -222,11 +222,19 @@ def test_corrupt_manifest_is_one_clear_error(synthetic_dataset, tmp_path):
         read_manifest(tmp_path / "d")
 
 
-def test_empty_result_after_filtering_says_what_dropped(ray_local, tmp_path):
+def test_empty_result_after_filtering_says_what_dropped_and_keeps_the_old_dataset(ray_local, synthetic_dataset,
+                                                                                   tmp_path):
     write_yelp(tmp_path / "raw")
     with pytest.raises(PumaError, match="empty result after filtering.*item_min_interactions"):
+        run_data(DataConfig(source="yelp", input=str(tmp_path / "raw"), out=str(tmp_path / "new")))
+    assert not (tmp_path / "new").exists()
+    # the same failure over an existing dataset: it is built beside, so the old one is left whole
+    shutil.copytree(synthetic_dataset, tmp_path / "d")
+    before = {p.relative_to(tmp_path / "d"): p.read_bytes() for p in (tmp_path / "d").rglob("*") if p.is_file()}
+    with pytest.raises(PumaError, match="nothing at --out was changed"):
         run_data(DataConfig(source="yelp", input=str(tmp_path / "raw"), out=str(tmp_path / "d")))
-    assert not (tmp_path / "d" / "manifest.json").exists()
+    after = {p.relative_to(tmp_path / "d"): p.read_bytes() for p in (tmp_path / "d").rglob("*") if p.is_file()}
+    assert after == before and sorted(p.name for p in tmp_path.iterdir()) == ["d", "raw"]  # no partial left
 
 
 # --------------------------------------------------------------------------- synthetic

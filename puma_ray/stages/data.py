@@ -24,7 +24,7 @@ from puma_ray.data.sources import make_source
 from puma_ray.data.synthetic import make_catalogue
 from puma_ray.errors import PumaError
 from puma_ray.ray_utils import init_ray
-from puma_ray.runs import CostMeter, Progress, check_out, log, open_run
+from puma_ray.runs import CostMeter, Progress, beside, check_out, log, open_run, swap_in
 
 # Paper defaults: rating datasets drop items < 10 and users < 20; click data is not filtered.
 _PAPER_MIN = {"rating": (10, 20), "click": (0, 0)}
@@ -37,13 +37,6 @@ def resolve_preprocessing(cfg: DataConfig, task: str) -> Preprocessing:
         min_user_interactions=min_user if cfg.min_user_interactions is None else cfg.min_user_interactions,
         max_user_interactions=cfg.max_user_interactions, valid_fraction=cfg.valid_fraction,
         test_fraction=cfg.test_fraction, dedup=cfg.dedup)
-
-
-def _clean(out: Path) -> None:
-    """Remove a previous run's outputs; the manifest first, so a crash leaves it incomplete."""
-    (out / MANIFEST).unlink(missing_ok=True)
-    for sub in ("interactions", "latents", ".tmp"):
-        shutil.rmtree(out / sub, ignore_errors=True)
 
 
 def _collect(ds, what: str, total: int) -> list[dict]:
@@ -146,21 +139,14 @@ def _synthetic_source(cfg: DataConfig, prep: Preprocessing, out: Path) -> dict:
                                           "latents": "latents/ (users-*.parquet, items.parquet)"}}
 
 
-def run_data(cfg: DataConfig) -> dict:
-    """Build the dataset directory `cfg.out`; returns the JSON summary."""
-    check_input(cfg)
-    check_out(cfg.out, "dataset", is_dataset)
-    synthetic = cfg.source == "synthetic"
-    task = (cfg.task or "rating") if synthetic else make_source(cfg).task
-    prep = resolve_preprocessing(cfg, task)
-    out = open_run(cfg.out, "data", cfg).resolve()  # Ray tasks write here from their own working directory
-    _clean(out)
+def build(cfg: DataConfig, prep: Preprocessing, task: str, out: Path) -> dict:
+    """Every pass, the index and the manifest (written last) into `out`; returns the JSON summary."""
     (out / "interactions").mkdir(parents=True)
     with CostMeter(out, "data", cfg) as meter:
         meter.startup_s = init_ray()
         # Ray Data spreads the passes over every CPU of the cluster: that is the device time used.
         meter.workers = int(ray.cluster_resources().get("CPU", 1))
-        res = _synthetic_source(cfg, prep, out) if synthetic else _real_source(cfg, prep, out)
+        res = _synthetic_source(cfg, prep, out) if cfg.source == "synthetic" else _real_source(cfg, prep, out)
         dropped = Counter(res["parse_drops"])
         for s in res["stats"]:
             dropped.update(s["dropped"])
@@ -169,7 +155,7 @@ def run_data(cfg: DataConfig) -> dict:
         if rows == 0:
             raise PumaError(f"empty result after filtering {res['rows_read']} rows: dropped {dict(dropped)}; relax "
                             f"min_user_interactions / min_item_interactions (now {prep.min_user_interactions} / "
-                            f"{prep.min_item_interactions})")
+                            f"{prep.min_item_interactions}); nothing at --out was changed")
         meter.samples = rows
     manifest = {
         "format_version": FORMAT_VERSION, "created_by": f"puma-ray {__version__}", "source": cfg.source,
@@ -182,10 +168,28 @@ def run_data(cfg: DataConfig) -> dict:
         "fingerprint": fingerprint(out, index["shards"]),
     }
     write_json_atomic(out / MANIFEST, manifest)
-    log.info("data: %d rows, %d users, %d items -> %s", rows, index["users"], index["items"], out)
-    return {"out": str(out), "source": cfg.source, "task": res["task"], "rows": rows, "users": index["users"],
+    return {"source": cfg.source, "task": res["task"], "rows": rows, "users": index["users"],
             "items": index["items"], "rows_read": res["rows_read"], "users_read": res["users_read"],
             "items_read": res["items_read"], "rows_dropped": manifest["rows_dropped"],
             "splits": {s: v["rows"] for s, v in index["splits"].items()}, "fingerprint": manifest["fingerprint"],
             "wall_s": meter.record.wall_s}
 
+
+def run_data(cfg: DataConfig) -> dict:
+    """Build the dataset directory `cfg.out`; returns the JSON summary.
+
+    The dataset is built beside --out and swapped in when complete: an existing dataset there
+    survives any failure (bad input, an empty result, a killed job) untouched."""
+    check_input(cfg)
+    check_out(cfg.out, "dataset", is_dataset)
+    task = (cfg.task or "rating") if cfg.source == "synthetic" else make_source(cfg).task
+    prep = resolve_preprocessing(cfg, task)
+    work = open_run(beside(cfg.out), "data", cfg, final=cfg.out)  # absolute: Ray tasks write from elsewhere
+    try:
+        summary = build(cfg, prep, task, work)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    out = swap_in(work, cfg.out)
+    log.info("data: %d rows, %d users, %d items -> %s", summary["rows"], summary["users"], summary["items"], out)
+    return {"out": str(out), **summary}
