@@ -87,6 +87,14 @@ def test_resuming_with_another_world_size_is_refused_and_keeps_the_store(setup, 
     assert ps.verify(root / "zero2")["num_users"] == 120  # the finished store is untouched
 
 
+def test_a_model_that_does_not_load_leaves_the_store_untouched(setup, zero2):
+    root, _ = setup
+    before = (root / "zero2" / "manifest.json").read_bytes()
+    with pytest.raises(PumaError, match="cannot load the tokenizer of"):
+        run_prompts(cfg(root, "zero2", model=str(root / "no-such-model")))
+    assert (root / "zero2" / "manifest.json").read_bytes() == before
+
+
 def test_killed_worker_resumes_from_its_checkpoint(setup):
     root, _ = setup
     # from outside: once the first epoch's checkpoint exists, SIGKILL one Ray Train worker process
