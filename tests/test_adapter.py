@@ -13,14 +13,11 @@ import pytest
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from puma_ray.config import AdapterStageConfig, DataConfig, ModelsConfig, PromptsConfig
+from puma_ray.config import AdapterStageConfig
 from puma_ray.errors import PumaError
 from puma_ray.llm import FrozenLM
 from puma_ray.modules import AdapterConfig, MigrationAdapter, RatingHead, adapter_param_count
 from puma_ray.stages.adapter import run_adapter
-from puma_ray.stages.data import run_data
-from puma_ray.stages.models import run_models
-from puma_ray.stages.prompts import run_prompts
 from puma_ray.templates import RATING_ANSWERS, load_template_text
 from puma_ray.train_adapter import AdapterWithHead
 from puma_ray.train_prompts import make_optimizer
@@ -29,14 +26,9 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def setup(ray_local, tmp_path_factory):
-    root = tmp_path_factory.mktemp("adapter")
-    run_data(DataConfig(source="synthetic", out=str(root / "data"), users=100, items=60, seed=7))
-    for fam in ("llama", "qwen2"):
-        run_models(ModelsConfig(family=fam, data=str(root / "data"), out=str(root / fam), pretrain_steps=100))
-    run_prompts(PromptsConfig(data=str(root / "data"), model=str(root / "llama"), out=str(root / "src"), workers=2,
-                              epochs=2, lr=0.01))
-    return root
+def setup(workspace):
+    """The session's tiny workspace (120 synthetic users, llama source prompts, qwen2 target)."""
+    return workspace
 
 
 def acfg(root, out, **kw):
@@ -84,7 +76,7 @@ def test_zero3_saves_consolidated_weights(setup):
 def test_aggregated_sources_concatenate(setup):
     res = run_adapter(acfg(setup, "agg", source=[str(setup / "src"), str(setup / "src")], workers=1, epochs=1))
     meta = json.loads((setup / "agg" / "adapter.json").read_text())
-    assert meta["adapter"]["source_dim"] == 128 and len(meta["sources"]) == 2 and res["users"] == 100
+    assert meta["adapter"]["source_dim"] == 128 and len(meta["sources"]) == 2 and res["users"] == 120
 
 
 def test_users_missing_from_a_source_are_counted(setup, tmp_path):
