@@ -429,7 +429,9 @@ class AdapterStageConfig(TrainingConfig):
     users: str = "all"
     """A selection directory (its selected.parquet lists user_id) or 'all'."""
     epochs: int = 4
-    """Passes over the selected users' training rows (paper: 4); the best epoch is kept."""
+    """Passes over the selected users' training rows (paper: 4), raised to reach min_steps; the best epoch is kept."""
+    min_steps: int = 200
+    """Optimizer steps the adapter takes at least: small selections get more epochs (30 users x 4 epochs is ~50 steps)."""
     lr: float = 1e-3
     """AdamW learning rate; 1e-3 from tune_spaces/defaults.yaml (the paper's 1e-4 barely moves in 4 epochs of ~200 steps)."""
     width: Optional[int] = None
@@ -450,6 +452,7 @@ class AdapterStageConfig(TrainingConfig):
         check(len(self.source) >= 1, "source", "give at least one --source STORE")
         _required(self.target_model, "target_model", "--target-model MODEL")
         check(self.epochs >= 1, "epochs", "must be >= 1")
+        check(self.min_steps >= 0, "min_steps", "must be >= 0 (0 = exactly --epochs)")
         check(self.lr > 0, "lr", "must be > 0")
         check(self.width is None or self.width >= 1, "width", "must be >= 1 or null")
         check(self.rank >= 0, "rank", "must be >= 0 (0 = full rank)")
@@ -616,7 +619,9 @@ class ChainConfig(StageConfig):
     workers: int = 1
     """Ray Train workers (adapter) and Ray Data actors (migrate, evaluate)."""
     epochs: int = 4
-    """Adapter epochs per hop."""
+    """Adapter epochs per hop (raised to reach min_steps)."""
+    min_steps: int = 200
+    """Optimizer steps every hop's adapter takes at least (the adapter stage's default)."""
     lr: float = 1e-3
     """Adapter learning rate (the adapter stage's default)."""
     width: Optional[int] = None
@@ -760,6 +765,8 @@ class BenchConfig(StageConfig):
     """Learning rate of prompt training (paper: 5e-4)."""
     adapter_epochs: Optional[int] = None
     """Adapter epochs; null = the adapter stage's default."""
+    adapter_min_steps: Optional[int] = None
+    """Optimizer steps every adapter takes at least; null = the adapter stage's default."""
     adapter_lr: Optional[float] = None
     """Adapter learning rate; null = the adapter stage's default."""
     adapter_width: Optional[int] = None

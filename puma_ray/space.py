@@ -28,7 +28,7 @@ from puma_ray.config import AdapterStageConfig, SelectConfig, coerce, read_yaml
 from puma_ray.errors import ConfigError
 
 SELECT_KEYS = ("strategy", "budget", "clusters", "bins", "min_per_cluster", "weights", "pca_dim")
-ADAPTER_KEYS = ("width", "rank", "lora_rank", "lr", "epochs", "dropout", "batch_size", "head_init")
+ADAPTER_KEYS = ("width", "rank", "lora_rank", "lr", "epochs", "min_steps", "dropout", "batch_size", "head_init")
 TRIAL_KEYS = SELECT_KEYS + ADAPTER_KEYS + ("seed",)
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 TOP_KEYS = ("params", "num_samples", "scheduler", "grace_period", "description")

@@ -33,7 +33,7 @@ def setup(workspace):
 
 def acfg(root, out, **kw):
     base = dict(data=str(root / "data"), source=[str(root / "src")], target_model=str(root / "qwen2"),
-                out=str(root / out), workers=2, epochs=2, width=64, lr=3e-3)
+                out=str(root / out), workers=2, epochs=2, min_steps=0, width=64, lr=3e-3)
     return AdapterStageConfig(**{**base, **kw})
 
 

@@ -88,7 +88,8 @@ def test_user_subset_keeps_whole_users_and_records_its_origin(workspace, tmp_pat
 def test_bench_end_to_end_on_a_user_subset(workspace, tmp_path):
     cfg = BenchConfig(data=str(workspace / "data"), source_model=str(workspace / "llama"),
                       target_model=str(workspace / "qwen2"), budget=8, seeds=[0], sizes=[60], strategies=["random"],
-                      out=str(tmp_path / "b"), prompt_epochs=1, adapter_epochs=1, adapter_width=32, adapter_lr=3e-3,
+                      out=str(tmp_path / "b"), prompt_epochs=1, adapter_epochs=1, adapter_min_steps=0, adapter_width=32,
+                      adapter_lr=3e-3,
                       clusters=2)
     summary = run_bench(cfg)
     table = pd.read_csv(tmp_path / "b" / "table.csv")

@@ -41,7 +41,7 @@ def setup(workspace):
     if not (root / "adapter" / "adapter.json").is_file():
         run_adapter(AdapterStageConfig(data=str(root / "data"), source=[str(root / "src")],
                                        target_model=str(root / "qwen2"), out=str(root / "adapter"), workers=2,
-                                       epochs=1, width=32, lr=3e-3))
+                                       epochs=1, min_steps=0, width=32, lr=3e-3))
     return root, src
 
 
@@ -249,7 +249,8 @@ def test_chain_over_three_families_reports_every_hop(setup, tmp_path):
     root, _ = setup
     out = run_chain(ChainConfig(data=str(root / "data"), source=str(root / "src"),
                                 models=[str(root / "qwen2"), str(root / "gemma3")], out=str(tmp_path), budget=40,
-                                clusters=3, min_per_cluster=2, workers=2, epochs=1, lr=3e-3, width=32))
+                                clusters=3, min_per_cluster=2, workers=2, epochs=1, min_steps=0, lr=3e-3,
+                                width=32))
     assert [h["family"] for h in out["hops"]] == ["llama", "qwen2", "gemma3_text"]
     assert all(np.isfinite(h["rmse"]) for h in out["hops"])
     m = read_manifest(tmp_path / "hop-2" / "store")
@@ -269,7 +270,7 @@ def test_aggregated_migration_concatenates_each_users_prompts(setup, tmp_path):
     second = restore(root / "src", tmp_path / "second", lambda ids, p: (ids[::-1], p[::-1] * 0.5), shards=3)
     run_adapter(AdapterStageConfig(data=str(root / "data"), source=[str(root / "src"), str(second)],
                                    target_model=str(root / "qwen2"), out=str(tmp_path / "adapter"), workers=1,
-                                   epochs=1, width=16, lr=3e-3))
+                                   epochs=1, min_steps=0, width=16, lr=3e-3))
     out = run_migrate(MigrateConfig(adapter=str(tmp_path / "adapter"), source=[str(root / "src"), str(second)],
                                     out=str(tmp_path / "m")))
     assert out["users"] == 120

@@ -117,6 +117,7 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
         counts = pq.read_table(Path(cfg.data) / "users.parquet", columns=["user_id", "n_train", "n_valid"]).to_pandas()
         counts = counts[counts["user_id"].isin(set(users))]
         train_steps = steps_for([-(-int(counts["n_train"].sum()) // W)], cfg.batch_size)
+        epochs = max(cfg.epochs, -(-cfg.min_steps // train_steps))  # small selections: enough steps to converge
         valid_rows = int(counts["n_valid"].sum())
         valid_steps = steps_for([valid_rows], cfg.batch_size) if valid_rows else 0  # upper bound for every rank
         base = read_columns([str(p.resolve()) for p in shard_paths(cfg.data)],
@@ -132,7 +133,7 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
         loop_config = {
             "task": task.name, "target_model": model_ref(cfg.target_model), "template_text": load_template_text(template),
             "prompt_len": prompt_len, "users": users, "sources": [str(Path(s).resolve()) for s in cfg.source],
-            "adapter": adapter_cfg, "seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": cfg.epochs,
+            "adapter": adapter_cfg, "seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": epochs,
             "lam": cfg.lam, "yes_minus_no": cfg.yes_minus_no, "prefix_cache": cfg.prefix_cache, "use_gpu": cfg.use_gpu,
             "train_steps": train_steps, "valid_steps": valid_steps,
             "lora": {"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "target_modules": "all-linear",
@@ -140,9 +141,9 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
             "ds_config": deepspeed_config(cfg.batch_size, cfg.zero_stage, cfg.use_gpu, cfg.zero3_persistence_threshold),
             "head_init": source_head(cfg.source[0], task.name, cfg.lam) if cfg.head_init == "source" else None,
         }
-        log.info("adapter: %d users from %d source store(s) -> %s (d %d -> %d, w %d, rank %d), %d workers x %d steps",
-                 len(users), len(cfg.source), target["family"], adapter_cfg["source_dim"], adapter_cfg["target_dim"],
-                 adapter_cfg["width"], cfg.rank, W, train_steps)
+        log.info("adapter: %d users from %d source store(s) -> %s (d %d -> %d, w %d, rank %d), %d workers x %d steps "
+                 "x %d epochs", len(users), len(cfg.source), target["family"], adapter_cfg["source_dim"],
+                 adapter_cfg["target_dim"], adapter_cfg["width"], cfg.rank, W, train_steps, epochs)
         trainer = build_trainer(adapter_loop, loop_config, cfg, name, storage, metric, task.mode, datasets,
                                 split=["train"], callbacks=callbacks)
         fit_start = time.time()
@@ -155,7 +156,7 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
                 save_lora(cfg.target_model, loop_config["lora"], load_file(Path(d) / "lora.safetensors"), out / "lora")
         history = run_history(result)
         record_training(meter, history, fit_start, target["parameters"])
-        meter.extra = {"best_epoch": int(best["epoch"]), metric: best[metric], "users": len(users)}
+        meter.extra = {"best_epoch": int(best["epoch"]), metric: best[metric], "users": len(users), "epochs": epochs}
     meta = {"adapter": adapter_cfg, "lora": {**loop_config["lora"], "path": "lora"} if cfg.lora_rank else None,
             "task": task.name, "template": template, "prompt_len": prompt_len,
             "lam": cfg.lam, "yes_minus_no": cfg.yes_minus_no, "target": target,

@@ -105,7 +105,8 @@ def size_runs(cfg: BenchConfig, data: str, users: int, root: Path, metric: str) 
 def adapter_defaults(cfg: BenchConfig) -> dict:
     """Selection and adapter knobs every method shares (unset ones take the stages' defaults)."""
     knobs = {"clusters": cfg.clusters, "min_per_cluster": cfg.min_per_cluster, "bins": cfg.bins,
-             "width": cfg.adapter_width, "lr": cfg.adapter_lr, "epochs": cfg.adapter_epochs}
+             "width": cfg.adapter_width, "lr": cfg.adapter_lr, "epochs": cfg.adapter_epochs,
+             "min_steps": cfg.adapter_min_steps}
     return {k: v for k, v in knobs.items() if v is not None}
 
 

@@ -49,7 +49,8 @@ def run_hop(cfg: ChainConfig, source: str, model: str, hop_dir: Path) -> Path:
         run_adapter(AdapterStageConfig(data=cfg.data, source=[source], target_model=model,
                                        users=str(hop_dir / "selection"), out=str(hop_dir / "adapter"),
                                        workers=cfg.workers, epochs=cfg.epochs, lr=cfg.lr, width=cfg.width,
-                                       rank=cfg.rank, batch_size=cfg.batch_size, seed=cfg.seed))
+                                       rank=cfg.rank, batch_size=cfg.batch_size, seed=cfg.seed,
+                                       min_steps=cfg.min_steps))
     run_migrate(MigrateConfig(adapter=str(hop_dir / "adapter"), source=[source], out=str(store), workers=cfg.workers))
     return store
 
