@@ -206,6 +206,14 @@ def projection(fits: dict[str, LinearCost], strategy: str, users: int, budget: i
             "ratio": ours / full}
 
 
+def method_color(method: str) -> str:
+    """One colour per kind of method: already paid, floor, full retraining, PUMA, random, other strategies."""
+    fixed = {SOURCE: "#8c8c8c", FLOOR: "#c8c8c8", RETRAINED: "#c44e52"}
+    if method in fixed:
+        return fixed[method]
+    return {"puma": "#4c72b0", "random": "#dd8452"}.get(method.split(" ")[0], "#55a868")
+
+
 def plot_metrics(table: pd.DataFrame, metric: str, path: Path) -> None:
     from matplotlib.figure import Figure
 
@@ -216,7 +224,7 @@ def plot_metrics(table: pd.DataFrame, metric: str, path: Path) -> None:
         t = table[table["size"] == size]
         x = np.arange(len(t))
         ax.bar(x, t[f"{metric}_mean"], yerr=t[f"{metric}_std"].fillna(0.0), capsize=4,
-               color=["#8c8c8c" if p else "#4c72b0" for p in t["paid"]])
+               color=[method_color(m) for m in t["method"]])
         lo, hi = np.nanmin(t[f"{metric}_mean"]), np.nanmax(t[f"{metric}_mean"] + t[f"{metric}_std"].fillna(0.0))
         ax.set_ylim(lo - 0.15 * (hi - lo + 1e-9), hi + 0.05 * (hi - lo + 1e-9))
         ax.set_xticks(x, t["method"], rotation=30, ha="right", fontsize=8)

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from puma_ray.config import BenchConfig, DataConfig, DemoConfig, ModelsConfig
 from puma_ray.ray_utils import init_ray
 from puma_ray.runs import CostMeter, log, open_run, read_costs
-from puma_ray.stages.bench import RETRAINED, SOURCE, run_bench
+from puma_ray.stages.bench import RETRAINED, SOURCE, method_color, run_bench
 from puma_ray.stages.data import run_data
 from puma_ray.stages.models import run_models
 
@@ -113,10 +113,9 @@ def plot_methods(results: dict[str, dict], path: Path) -> None:
     """Test RMSE and measured device-seconds of each method, one row per dataset."""
     fig = Figure(figsize=(12, 4.2 * len(results)))
     axes = fig.subplots(len(results), 2, squeeze=False)
-    colors = {SOURCE: "#8c8c8c", RETRAINED: "#c44e52"}
     for (name, res), (ax_m, ax_c) in zip(results.items(), axes):
         t = pd.DataFrame(res["table"])
-        col = [colors.get(m, "#4c72b0" if m.startswith("puma") else "#dd8452") for m in t["method"]]
+        col = [method_color(m) for m in t["method"]]
         ax_m.bar(t["method"], t["rmse_mean"], color=col)
         lo, hi = t["rmse_mean"].min(), t["rmse_mean"].max()
         ax_m.set_ylim(lo - 0.2 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
