@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from puma_ray.config import BenchConfig, DataConfig, DemoConfig, ModelsConfig
 from puma_ray.ray_utils import init_ray
 from puma_ray.runs import CostMeter, log, open_run, read_costs
-from puma_ray.stages.bench import RETRAINED, SOURCE, method_color, run_bench
+from puma_ray.stages.bench import RETRAINED, method_color, run_bench
 from puma_ray.stages.data import run_data
 from puma_ray.stages.models import run_models
 
