@@ -280,3 +280,33 @@ def test_aggregated_migration_concatenates_each_users_prompts(setup, tmp_path):
         want = load_adapter(tmp_path / "adapter")(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(load_prompts(tmp_path / "m", ids), want, atol=1e-5)
     assert read_manifest(tmp_path / "m")["lineage"][-1]["aggregated_lineages"]
+
+
+def prompt_value_strings(store, users=3, values=24) -> set[str]:
+    """How a few of the store's prompt values would look if printed: rounded and truncated decimals."""
+    found = set()
+    for i, (_, ps) in enumerate(iter_prompts(store)):
+        for v in np.asarray(ps[:users]).ravel()[:values]:
+            if abs(v) >= 1e-3:
+                found |= {f"{abs(v):.5f}", str(np.float32(abs(v)))[:7]}
+        if i == 0:
+            break
+    return found
+
+
+def test_migrate_and_evaluate_logs_hold_no_prompt_values(setup, tmp_path):
+    root, _ = setup
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    logs = ""
+    for args in (["migrate", "--adapter", str(root / "adapter"), "--source", str(root / "src"), "--out",
+                  str(tmp_path / "m")],
+                 ["evaluate", "--data", str(root / "data"), "--model", str(root / "qwen2"), "--prompts",
+                  str(tmp_path / "m"), "--out", str(tmp_path / "e")]):
+        res = subprocess.run([sys.executable, "-m", "puma_ray.cli", *args], env=env, cwd=REPO, capture_output=True,
+                             text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-2000:]
+        logs += res.stdout + res.stderr
+    values = prompt_value_strings(root / "src") | prompt_value_strings(tmp_path / "m")
+    assert "migrate:" in logs and "evaluate:" in logs and len(values) > 20
+    leaked = sorted(v for v in values if v in logs)
+    assert not leaked, f"prompt values in the logs: {leaked[:5]}"
