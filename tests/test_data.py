@@ -16,7 +16,7 @@ import pytest
 from conftest import shared
 from puma_ray.config import DataConfig
 from puma_ray.data.prep import Preprocessing, finalize_shard, split_labels
-from puma_ray.data.schema import INTERACTIONS, read_manifest
+from puma_ray.data.schema import INTERACTIONS, read_manifest, shard_paths
 from puma_ray.errors import PumaError
 from puma_ray.stages.data import run_data
 
@@ -220,6 +220,24 @@ def test_corrupt_manifest_is_one_clear_error(synthetic_dataset, tmp_path):
     (tmp_path / "d" / "manifest.json").write_text('{"rows": 3,')
     with pytest.raises(PumaError, match="manifest.json is corrupt"):
         read_manifest(tmp_path / "d")
+
+
+@pytest.mark.parametrize("damage", ["shard", "users", "missing"])
+def test_a_damaged_dataset_is_refused_by_every_reader(synthetic_dataset, tmp_path, damage):
+    d = tmp_path / "d"
+    shutil.copytree(synthetic_dataset, d)
+    assert len(shard_paths(d)) == len(read_manifest(d)["shards"])  # intact: verified and listed
+    shard = sorted((d / "interactions").glob("part-*.parquet"))[0]
+    if damage == "shard":
+        shard.write_bytes(shard.read_bytes()[:-9] + b"corrupted")
+    elif damage == "users":
+        (d / "users.parquet").write_bytes((d / "users.parquet").read_bytes() + b"\0")
+    else:
+        shard.unlink()
+    what = {"shard": f"interactions/{shard.name} is missing or does not match", "missing": f"interactions/{shard.name}",
+            "users": "does not match the fingerprint"}[damage]
+    with pytest.raises(PumaError, match=what):
+        shard_paths(d)  # what select, adapter, prompts, evaluate and pretraining read the dataset through
 
 
 def test_empty_result_after_filtering_says_what_dropped_and_keeps_the_old_dataset(ray_local, synthetic_dataset,

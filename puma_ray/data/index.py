@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from pathlib import Path
 
@@ -45,12 +44,3 @@ def write_index(out: Path, kept_text: dict[str, str]) -> dict:
     return {"users": offset, "items": len(ids), "shards": shard_info,
             "splits": {s: {"rows": v["rows"], "users": v["users"], "items": len(v["items"])}
                        for s, v in per_split.items()}}
-
-
-def fingerprint(out: Path, shards: list[dict]) -> str:
-    h = hashlib.sha256()
-    for s in shards:
-        h.update(s["sha256"].encode())
-    for name in ("users.parquet", "items.parquet"):
-        h.update(file_sha256(out / name).encode())
-    return h.hexdigest()

@@ -85,8 +85,36 @@ def read_manifest(data_dir: str | Path) -> dict:
                               f"{MANIFEST}); create one with `puma-ray data --out DIR`")
 
 
-def shard_paths(data_dir: str | Path) -> list[Path]:
+def fingerprint(out: Path, shards: list[dict]) -> str:
+    """The dataset's identity: the checksums of its shards, users.parquet and items.parquet."""
+    h = hashlib.sha256()
+    for s in shards:
+        h.update(s["sha256"].encode())
+    for name in ("users.parquet", "items.parquet"):
+        h.update(file_sha256(out / name).encode())
+    return h.hexdigest()
+
+
+def verify_dataset(data_dir: str | Path) -> dict:
+    """Check every shard's checksum, and users/items against the fingerprint; returns the manifest."""
+    data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)
+    for s in manifest["shards"]:
+        path = data_dir / "interactions" / s["name"]
+        if not path.is_file() or file_sha256(path) != s["sha256"]:
+            raise PumaError(f"dataset {data_dir}: shard interactions/{s['name']} is missing or does not match its "
+                            "checksum; re-create the dataset with `puma-ray data`")
+    missing = [n for n in ("users.parquet", "items.parquet") if not (data_dir / n).is_file()]
+    if missing or ("fingerprint" in manifest and fingerprint(data_dir, manifest["shards"]) != manifest["fingerprint"]):
+        raise PumaError(f"dataset {data_dir}: {', '.join(missing) or 'users.parquet or items.parquet'} "
+                        f"{'is missing' if missing else 'does not match the fingerprint'}; re-create the dataset "
+                        "with `puma-ray data`")
+    return manifest
+
+
+def shard_paths(data_dir: str | Path) -> list[Path]:
+    """The interaction shards of a complete dataset, checked against their checksums first."""
+    manifest = verify_dataset(data_dir)
     return [Path(data_dir) / "interactions" / s["name"] for s in manifest["shards"]]
 
 

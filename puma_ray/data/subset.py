@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from puma_ray.data.index import fingerprint, write_index
-from puma_ray.data.schema import MANIFEST, read_manifest, shard_paths, write_json_atomic, write_parquet_atomic
+from puma_ray.data.index import write_index
+from puma_ray.data.schema import MANIFEST, fingerprint, read_manifest, shard_paths, write_json_atomic, write_parquet_atomic
 from puma_ray.errors import PumaError
 
 
