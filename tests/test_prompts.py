@@ -95,6 +95,28 @@ def test_a_model_that_does_not_load_leaves_the_store_untouched(setup, zero2):
     assert (root / "zero2" / "manifest.json").read_bytes() == before
 
 
+def test_a_worker_error_is_one_line_with_the_workers_own_message(setup, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    root, _ = setup
+    # from outside: a model directory whose final norm has the wrong shape. The driver only reads the config,
+    # tokenizer and embedding, so the fault surfaces inside the Ray Train workers when they load the weights.
+    bad = tmp_path / "bad-llama"
+    shutil.copytree(root / "llama", bad)
+    weights = load_file(bad / "model.safetensors")
+    name = next(k for k in weights if k.endswith("norm.weight") and "layers" not in k)
+    weights[name] = weights[name][: weights[name].numel() // 2].clone()
+    save_file(weights, bad / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(PumaError) as err:
+        run_prompts(cfg(root, "bad", model=str(bad), epochs=1))
+    message = str(err.value)
+    assert message.startswith("prompt training failed: rank ") and "\n" not in message
+    assert "worker logs:" in message and ("size" in message.lower() or "shape" in message.lower()), message
+    assert not (root / "bad" / "manifest.json").exists()
+
+
 def test_killed_worker_resumes_from_its_checkpoint(setup):
     root, _ = setup
     # from outside: once the first epoch's checkpoint exists, SIGKILL one Ray Train worker process
