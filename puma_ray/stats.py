@@ -109,3 +109,51 @@ def fit_linear_cost(units: Sequence[float], cost: Sequence[float]) -> LinearCost
     fitted = intercept + slope * x
     rel = np.abs(y - fitted) / np.maximum(np.abs(y), 1e-12)
     return LinearCost(float(intercept), float(slope), len(x), float(rel.max()))
+
+
+@dataclass
+class AdapterCost:
+    """adapter cost = fixed + per_epoch * epochs + per_sample * samples (training rows processed).
+
+    The adapter takes at least `min_steps` steps, so a small selection runs many short epochs whose
+    fixed part (a validation pass, a checkpoint) dominates; users trained on alone does not predict it."""
+
+    fixed: float
+    per_epoch: float
+    per_sample: float
+    points: int
+    max_rel_residual: float
+    floored: bool
+    """True when per_sample was raised to the given floor (the fit could not separate it)."""
+
+    def __call__(self, epochs: float, samples: float) -> float:
+        return self.fixed + self.per_epoch * epochs + self.per_sample * samples
+
+
+def fit_adapter_cost(epochs: Sequence[float], samples: Sequence[float], cost: Sequence[float],
+                     per_sample_floor: float = 0.0) -> AdapterCost:
+    """Non-negative least squares of cost on [1, epochs, samples]; per_sample at least `per_sample_floor`
+    (then fixed and per_epoch are refitted on what is left)."""
+    from scipy.optimize import nnls
+
+    e, s, y = (np.asarray(v, dtype=np.float64) for v in (epochs, samples, cost))
+    if len(y) == 0:
+        raise ValueError("an adapter cost fit needs at least one measured run")
+    scale = max(float(s.max()), 1.0)  # samples in units of the largest run: a well-conditioned system
+    coef, _ = nnls(np.column_stack([np.ones_like(e), e, s / scale]), y)
+    per_sample, floored = coef[2] / scale, False
+    if per_sample < per_sample_floor:
+        per_sample, floored = per_sample_floor, True
+        coef[:2], _ = nnls(np.column_stack([np.ones_like(e), e]), y - per_sample * s)
+    fit = AdapterCost(float(coef[0]), float(coef[1]), float(per_sample), len(y), 0.0, floored)
+    rel = np.abs(y - fit(e, s)) / np.maximum(np.abs(y), 1e-12)
+    fit.max_rel_residual = float(rel.max())
+    return fit
+
+
+def per_unit_rate(units: Sequence[float], cost: Sequence[float], startup: Sequence[float]) -> float:
+    """Marginal cost per unit: the fitted slope over >= 2 distinct unit counts, else (cost - start-up) / units."""
+    u, c, s = (np.asarray(v, dtype=np.float64) for v in (units, cost, startup))
+    if len(np.unique(u)) >= 2:
+        return fit_linear_cost(u, c).per_unit
+    return float(np.mean(np.maximum(c - s, 0.0) / u))

@@ -12,7 +12,7 @@ from puma_ray.config import BenchConfig
 from puma_ray.data.schema import read_manifest
 from puma_ray.data.subset import subset_dataset
 from puma_ray.errors import PumaError
-from puma_ray.stages.bench import (FLOOR, RETRAINED, SOURCE, fit_components, methods_of, paired_rows, projection,
+from puma_ray.stages.bench import (FLOOR, RETRAINED, SOURCE, AdapterWork, fit_components, methods_of, paired_rows, projection,
                                    run_bench, summary_table)
 
 
@@ -28,13 +28,17 @@ def fixed_runs() -> pd.DataFrame:
                          "prompts_device_s": 40 + 0.3 * size, "prompts_startup_device_s": 20, "paid": False})
             rows.append({"size": size, "seed": seed, "method": RETRAINED, "strategy": "", "users_trained": size,
                          "test_rmse": 1.20 + noise, "test_closure": 1.0, "cost_device_s": 60 + 0.5 * size,
-                         "prompts_device_s": 60 + 0.5 * size, "prompts_startup_device_s": 30, "paid": False})
+                         "prompts_device_s": 60 + 0.5 * size, "prompts_startup_device_s": 30,
+                         "prompts_samples": 100 * size, "paid": False})
             for name, strategy, budget, rmse in (("puma (20)", "puma", 20, 1.21), ("random (20)", "random", 20, 1.23),
                                                  ("random (60)", "random", 60, 1.215)):
                 rows.append({"size": size, "seed": seed, "method": name, "strategy": strategy, "users_trained": budget,
                              "test_rmse": rmse + noise, "test_closure": (1.30 - rmse) / 0.10,
                              "select_device_s": (5 if strategy == "puma" else 1) + 0.01 * size,
-                             "adapter_device_s": 30 + 0.2 * budget, "migrate_device_s": 3 + 0.002 * size,
+                             # min_steps: small budgets run more, shorter epochs (seed 1 one more)
+                             "adapter_epochs": (epochs := (10 if budget == 20 else 4) + seed),
+                             "adapter_samples": (samples := epochs * budget * 10),
+                             "adapter_device_s": 30 + 2.0 * epochs + 0.01 * samples, "migrate_device_s": 3 + 0.002 * size,
                              "migrate_startup_device_s": 3.0,
                              "cost_device_s": 0.0, "paid": False})
     return pd.DataFrame(rows)
@@ -56,11 +60,23 @@ def test_bench_tables_pair_by_seed_and_fit_exact_costs():
     assert spread["mean"] == pytest.approx(-0.005)
     fits = fit_components(runs)
     assert fits["prompts"].fixed == pytest.approx(60) and fits["prompts"].per_unit == pytest.approx(0.5)
-    assert fits["adapter"].fixed == pytest.approx(30) and fits["adapter"].per_unit == pytest.approx(0.2)
+    a = fits["adapter"]  # recovered exactly; above the floor (retraining: 0.5 / 100 = 0.005 per sample)
+    assert (a.fixed, a.per_epoch, a.per_sample, a.floored) == (pytest.approx(30), pytest.approx(2.0),
+                                                                pytest.approx(0.01), False)
     assert fits["select/puma"].per_unit == pytest.approx(0.01) and fits["migrate"].per_unit == pytest.approx(0.002)
-    p = projection(fits, "puma", 1_000_000, 2000)
-    want = (5 + 0.01e6) + (30 + 0.2 * 2000) + (3 + 0.002e6)
+    work = AdapterWork(rows_per_user=10, epochs=4, min_steps=200, batch_size=32, workers=2)
+    assert work.at(20) == (50, 10000) and work.at(2000) == (4, 80000)  # 20 users: 4 steps/epoch, 50 epochs for 200
+    p = projection(fits, "puma", 1_000_000, 2000, work)
+    want = (5 + 0.01e6) + (30 + 2.0 * 4 + 0.01 * 80000) + (3 + 0.002e6)
     assert p["device_s"] == pytest.approx(want) and p["ratio"] == pytest.approx(want / (60 + 0.5e6))
+
+
+def test_adapter_per_sample_cost_is_floored_at_retrainings():
+    runs = fixed_runs()
+    runs["adapter_device_s"] = 30 + 2.0 * runs["adapter_epochs"]  # the fit sees no cost per sample at all
+    a = fit_components(runs)["adapter"]
+    assert a.floored and a.per_sample == pytest.approx(0.5 / 100)  # retraining's marginal cost per sample
+    assert a.max_rel_residual > 0
 
 
 def test_one_size_splits_retraining_cost_into_start_up_and_per_user():

@@ -16,14 +16,17 @@ Every figure is on the `test` split: floor and retraining choose their best epoc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
-from puma_ray.config import BenchConfig, EvaluateConfig, PromptsConfig
+from puma_ray.config import AdapterStageConfig, BenchConfig, EvaluateConfig, PromptsConfig
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import write_json_atomic
 from puma_ray.data.subset import subset_dataset
@@ -33,9 +36,10 @@ from puma_ray.prompt_store import MANIFEST
 from puma_ray.ray_utils import init_ray
 from puma_ray.runs import CostMeter, log, open_run
 from puma_ray.stages.trial import TrialSetup, claim, closure, run_trial, stage_cost
-from puma_ray.stats import LinearCost, fit_linear_cost, mean_std, paired_interval
+from puma_ray.stats import AdapterCost, LinearCost, fit_adapter_cost, fit_linear_cost, mean_std, paired_interval, \
+    per_unit_rate
 from puma_ray.strategies import STRATEGIES
-from puma_ray.training import TASKS
+from puma_ray.training import TASKS, steps_for
 
 FLOOR, RETRAINED, SOURCE = "random init (floor)", "full retraining", "source model"
 
@@ -65,7 +69,7 @@ def trained(cfg: BenchConfig, data: str, model: str, out: Path, seed: int, split
     metrics = json.loads((ev / "metrics.json").read_text())
     cost = stage_cost(store)
     return {"store": str(store), "metrics": metrics, "device_s": cost["device_seconds"], "wall_s": cost["wall_s"],
-            "startup_device_s": cost["startup_device_s"], "users": json.loads((store / MANIFEST).read_text())["num_users"]}
+            "startup_device_s": cost["startup_device_s"], "samples": cost.get("samples"), "users": json.loads((store / MANIFEST).read_text())["num_users"]}
 
 
 def size_runs(cfg: BenchConfig, data: str, users: int, root: Path, metric: str) -> list[dict]:
@@ -89,15 +93,17 @@ def size_runs(cfg: BenchConfig, data: str, users: int, root: Path, metric: str) 
                                                      m),
                          "cost_device_s": run["device_s"], "cost_wall_s": run["wall_s"],
                          "prompts_device_s": run["device_s"], "prompts_startup_device_s": run["startup_device_s"],
+                         "prompts_samples": run["samples"],
                          "paid": False})
         setup = TrialSetup(data=data, sources=[src["store"]], target_model=cfg.target_model, task_metric=m,
                            workers=cfg.workers, cpus_per_worker=cfg.cpus_per_worker, use_gpu=cfg.use_gpu,
                            report_split=split, reference=ref, defaults=adapter_defaults(cfg))
         for name, strategy, budget in methods_of(cfg):
             log.info("bench: %d users, seed %d: %s", users, seed, name)
-            row = run_trial(setup, {"strategy": strategy, "budget": budget, "seed": seed},
-                            root / f"seed{seed}" / name.replace(" ", "").replace("(", "-").replace(")", ""))
-            rows.append({**row, "size": users, "seed": seed, "method": name, "paid": False})
+            trial_path = root / f"seed{seed}" / name.replace(" ", "").replace("(", "-").replace(")", "")
+            row = run_trial(setup, {"strategy": strategy, "budget": budget, "seed": seed}, trial_path)
+            rows.append({**row, "size": users, "seed": seed, "method": name, "paid": False,
+                         "trial_path": str(trial_path)})
     write_reference(root, ref_rows, data, m)
     return rows
 
@@ -165,7 +171,7 @@ def gap_notes(runs: pd.DataFrame, metric: str, split: str) -> list[str]:
 
 def stage_points(runs: pd.DataFrame) -> dict[str, tuple[list[float], list[float], list[float]]]:
     """(units, device-seconds, start-up device-seconds) measured per cost component: prompts (users),
-    select/<strategy> (users), adapter (users trained on) and migrate (users)."""
+    select/<strategy> (users) and migrate (users); the adapter has its own model (adapter_fit)."""
     pts: dict[str, tuple[list[float], list[float], list[float]]] = {}
 
     def add(key: str, units: float, cost: float, startup: float) -> None:
@@ -178,9 +184,60 @@ def stage_points(runs: pd.DataFrame) -> dict[str, tuple[list[float], list[float]
             add("prompts", r["size"], r["prompts_device_s"], r.get("prompts_startup_device_s"))
         elif r["method"] not in (SOURCE, FLOOR):  # a migration trial
             add(f"select/{r['strategy']}", r["size"], r["select_device_s"], r.get("select_startup_device_s"))
-            add("adapter", r["users_trained"], r["adapter_device_s"], r.get("adapter_startup_device_s"))
             add("migrate", r["size"], r["migrate_device_s"], r.get("migrate_startup_device_s"))
     return pts
+
+
+@dataclass
+class AdapterWork:
+    """The adapter's epochs and training samples at a budget, as `puma-ray adapter` would choose them."""
+
+    rows_per_user: float
+    """Mean training rows per user of the data."""
+    epochs: int
+    min_steps: int
+    batch_size: int
+    workers: int
+
+    def at(self, budget: int) -> tuple[int, float]:
+        rows = budget * self.rows_per_user
+        steps = steps_for([math.ceil(rows / self.workers)], self.batch_size)
+        epochs = max(self.epochs, -(-self.min_steps // steps))
+        return epochs, epochs * rows
+
+
+def adapter_work(cfg: BenchConfig) -> AdapterWork:
+    """From the data's users.parquet and the adapter's settings in this bench (else the stage's defaults)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(AdapterStageConfig)}
+    knobs = {**defaults, **adapter_defaults(cfg)}
+    n_train = pq.read_table(Path(cfg.data) / "users.parquet", columns=["n_train"]).column(0).to_numpy()
+    return AdapterWork(float(n_train.mean()) if len(n_train) else 0.0, knobs["epochs"], knobs["min_steps"],
+                       knobs["batch_size"], cfg.workers)
+
+
+def with_adapter_work(runs: pd.DataFrame) -> pd.DataFrame:
+    """adapter_samples / adapter_epochs of every migration trial, read from its adapter's cost record where the
+    trial's result predates them."""
+    runs = runs.copy()
+    for col in ("adapter_samples", "adapter_epochs"):
+        if col not in runs:
+            runs[col] = np.nan
+    for i, r in runs.iterrows():
+        if isinstance(r.get("trial_path"), str) and not np.isfinite(float(r["adapter_samples"])):
+            c = stage_cost(Path(r["trial_path"]) / "adapter")
+            runs.loc[i, ["adapter_samples", "adapter_epochs"]] = [c.get("samples"), (c.get("extra") or {}).get("epochs")]
+    return runs
+
+
+def adapter_fit(runs: pd.DataFrame) -> AdapterCost:
+    """fixed + per epoch + per sample over the migration trials; per sample at least full retraining's marginal
+    cost per sample (every adapter sample runs the same frozen target forward and backward, plus the adapter)."""
+    full = runs[(runs["method"] == RETRAINED)].dropna(subset=["prompts_samples"]) if "prompts_samples" in runs \
+        else runs.iloc[:0]
+    floor = per_unit_rate(full["prompts_samples"], full["prompts_device_s"],
+                          full["prompts_startup_device_s"].fillna(0.0)) if len(full) else 0.0
+    trials = runs.dropna(subset=["adapter_samples", "adapter_epochs", "adapter_device_s"])
+    return fit_adapter_cost(trials["adapter_epochs"], trials["adapter_samples"], trials["adapter_device_s"], floor)
 
 
 def fit_components(runs: pd.DataFrame) -> dict[str, LinearCost]:
@@ -195,15 +252,19 @@ def fit_components(runs: pd.DataFrame) -> dict[str, LinearCost]:
             per = max(float(np.mean(cost)) - start, 0.0) / float(units[0])
             rel = float(np.max(np.abs(np.asarray(cost) - (start + per * units[0])) / np.asarray(cost)))
             fits[key] = LinearCost(start, per, len(units), rel)
+    if "adapter_samples" in runs and runs["adapter_samples"].notna().any():
+        fits["adapter"] = adapter_fit(runs)
     return fits
 
 
-def projection(fits: dict[str, LinearCost], strategy: str, users: int, budget: int) -> dict:
+def projection(fits: dict, strategy: str, users: int, budget: int, work: AdapterWork) -> dict:
     """Projected device-seconds at `users` with `budget` selected users: strategy vs full retraining."""
-    ours = fits[f"select/{strategy}"](users) + fits["adapter"](budget) + fits["migrate"](users)
+    epochs, samples = work.at(budget)
+    adapter = fits["adapter"](epochs, samples)
+    ours = fits[f"select/{strategy}"](users) + adapter + fits["migrate"](users)
     full = fits["prompts"](users)
     return {"users": users, "budget": budget, "strategy": strategy, "device_s": ours, "retraining_device_s": full,
-            "ratio": ours / full}
+            "ratio": ours / full, "adapter_device_s": adapter, "adapter_epochs": epochs, "adapter_samples": samples}
 
 
 def method_color(method: str) -> str:
@@ -233,7 +294,7 @@ def plot_metrics(table: pd.DataFrame, metric: str, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def plot_cost(runs: pd.DataFrame, fits: dict[str, LinearCost], cfg: BenchConfig, path: Path) -> None:
+def plot_cost(runs: pd.DataFrame, fits: dict, cfg: BenchConfig, work: AdapterWork, path: Path) -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7.5, 5))
@@ -245,7 +306,7 @@ def plot_cost(runs: pd.DataFrame, fits: dict[str, LinearCost], cfg: BenchConfig,
     ax.plot(grid, [fits["prompts"](u) for u in grid], color="#c44e52", lw=1, label="full retraining (fit / projected)")
     ours = runs[runs["method"] == methods_of(cfg)[0][0]]
     ax.scatter(ours["size"], ours["cost_device_s"], color="#4c72b0", label=f"{strategy} at B={cfg.budget} (measured)")
-    ax.plot(grid, [projection(fits, strategy, int(u), min(cfg.project_budget, int(u)))["device_s"] for u in grid],
+    ax.plot(grid, [projection(fits, strategy, int(u), min(cfg.project_budget, int(u)), work)["device_s"] for u in grid],
             color="#4c72b0", lw=1, ls="--", label=f"{strategy}, budget min({cfg.project_budget}, users) (projected)")
     ax.axvspan(runs["size"].max() * 1.05, max(cfg.project_users), color="0.93", label="projected region")
     ax.set_xscale("log")
@@ -288,8 +349,12 @@ def write_report(out: Path, cfg: BenchConfig, table: pd.DataFrame, paired: list[
     lines += ["", "## Cost at scale: measured, fitted, projected", "",
               "| component | unit | fixed device-s | per unit device-s | points | max rel. residual |", "|---|---|---:|---:|---:|---:|"]
     for key, f in fits.items():
-        unit = "users trained on" if key == "adapter" else "users"
-        lines.append(f"| {key} | {unit} | {f.fixed:.2f} | {f.per_unit:.5f} | {f.points} | {f.max_rel_residual:.2f} |")
+        if isinstance(f, AdapterCost):
+            per = f"{f.per_epoch:.2f} per epoch + {f.per_sample:.6f} per sample" + (" (floor)" if f.floored else "")
+            lines.append(f"| {key} | epochs, training samples | {f.fixed:.2f} | {per} | {f.points} | "
+                         f"{f.max_rel_residual:.2f} |")
+        else:
+            lines.append(f"| {key} | users | {f.fixed:.2f} | {f.per_unit:.5f} | {f.points} | {f.max_rel_residual:.2f} |")
     lines += ["", "| users (projected) | budget | method | projected device-s | full retraining device-s | ratio |",
               "|---:|---:|---|---:|---:|---:|"]
     lines += [f"| {p['users']:,} | {p['budget']:,} | {p['strategy']} | {p['device_s']:.0f} | "
@@ -297,7 +362,13 @@ def write_report(out: Path, cfg: BenchConfig, table: pd.DataFrame, paired: list[
     lines += ["", "Projected figures extend the fitted lines far beyond the measured sizes: estimates of how the "
               "measured fixed and per-user costs add up at scale, not measurements. With one size, a component's "
               "fixed part is its measured start-up (the part of its cost record not spent on users) and the rest "
-              "is counted per user.", "",
+              "is counted per user. The adapter's cost is fitted on its epochs and training samples (it takes at "
+              "least min_steps steps, so small selections run many short epochs); at the projected budget it runs "
+              "the epochs and samples `puma-ray adapter` would choose there"
+              + (f" ({projected[-1]['adapter_epochs']} epochs, {projected[-1]['adapter_samples']:,.0f} samples at "
+                 f"budget {projected[-1]['budget']:,})" if projected else "")
+              + ". Per sample it costs at least what a full-retraining sample costs in the same run (the same frozen "
+              "target forward and backward): where the fit gives less, that floor is used (marked `floor`).", "",
               "![metrics](metrics.png)", "", "![cost](cost.png)"]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
@@ -332,23 +403,23 @@ def run_bench(cfg: BenchConfig) -> dict:
             rows += size_runs(cfg, str(Path(d).resolve()), n, root, metric)
         meter.samples = len(rows)
     open_run(out, "bench", cfg)
-    runs = pd.DataFrame(rows)
+    runs = with_adapter_work(pd.DataFrame(rows))
     runs.to_csv(out / "runs.csv", index=False)
     table = summary_table(runs, metric, cfg.split)
     table.to_csv(out / "table.csv", index=False)
     paired = paired_rows(runs, cfg, metric)
     fits = fit_components(runs)
+    work = adapter_work(cfg)
     strategy = methods_of(cfg)[0][1]
-    projected = [projection(fits, strategy, u, cfg.project_budget) for u in cfg.project_users]
+    projected = [projection(fits, strategy, u, cfg.project_budget, work) for u in cfg.project_users]
     plot_metrics(table, metric, out / "metrics.png")
-    plot_cost(runs, fits, cfg, out / "cost.png")
+    plot_cost(runs, fits, cfg, work, out / "cost.png")
     note = f"Data `{cfg.data}` ({data['source']}, {data['users']} users), sizes {', '.join(map(str, sizes))}."
     notes = gap_notes(runs, metric, cfg.split)
     report = write_report(out, cfg, table, paired, fits, projected, metric, note, notes)
     summary = {"out": str(out), "report": str(report), "sizes": sizes, "seeds": cfg.seeds, "metric": metric, "notes": notes,
                "paired": paired, "projected": projected,
-               "fits": {k: {"fixed": f.fixed, "per_unit": f.per_unit, "max_rel_residual": f.max_rel_residual}
-                        for k, f in fits.items()},
+               "fits": {k: dataclasses.asdict(f) for k, f in fits.items()}, "adapter_work": dataclasses.asdict(work),
                "table": table.to_dict(orient="records"), "wall_s": meter.record.wall_s}
     write_json_atomic(out / "bench.json", summary)
     log.info("bench: projected %s / full retraining at %d users: %.3f -> %s", strategy, projected[-1]["users"],

@@ -137,6 +137,8 @@ def trial_row(setup: TrialSetup, params: dict, steps: dict[str, Path]) -> dict[s
         total_dev += c["device_seconds"]
         total_wall += c["wall_s"]
         total_start += c["startup_device_s"]
+        if stage == "adapter":  # its work: the projection's adapter cost model needs epochs and samples
+            row["adapter_samples"], row["adapter_epochs"] = c.get("samples"), (c.get("extra") or {}).get("epochs")
     row.update({"cost_device_s": round(total_dev, 3), "cost_wall_s": round(total_wall, 3),
                 "cost_startup_device_s": round(total_start, 3),
                 "eval_device_s": stage_cost(steps["eval"])["device_seconds"]})
