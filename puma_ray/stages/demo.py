@@ -154,7 +154,8 @@ def write_report(out: Path, cfg: DemoConfig, data: dict[str, dict], results: dic
         lines += ["", f"**Cost of {first['method']} vs full retraining: measured here {first['device_s_mean'] / full:.3f} "
                       f"({res['users']} users, budget {res['budget']}); projected at {proj['users']:,} users with a "
                       f"{proj['budget']:,}-user budget: {proj['ratio']:.3f} (1/{1 / proj['ratio']:.0f})**, from "
-                      "each stage's cost split into its measured start-up and a per-user part (bench's "
+                      "each stage's measured start-up plus its per-user cost (the adapter's per epoch and per "
+                      "training sample, at the epochs it would run for that budget; bench's "
                       f"`report.md` in `bench/{name}/` has the fit).", ""]
     lines += ["Gap closure = (floor - method) / (floor - full retraining); 1.0 matches full retraining. A "
               "migration's cost is select + adapter + migrate (cost records, data loading and Ray Train start-up "
