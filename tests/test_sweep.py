@@ -18,7 +18,7 @@ import yaml
 
 from puma_ray.config import AdapterStageConfig, SweepConfig, load_config
 from puma_ray.errors import ConfigError, PumaError
-from puma_ray.stages.sweep import run_sweep
+from puma_ray.stages.sweep import run_sweep, with_reference
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parent.parent
@@ -100,3 +100,14 @@ def test_sweep_refuses_bad_spaces_and_references_before_running(workspace, tmp_p
     with pytest.raises(PumaError, match="no reference.json"):
         run_sweep(SweepConfig(**base, space=str(REPO / "tune_spaces" / "ci.yaml"), reference=str(tmp_path)))
     assert not (tmp_path / "s").exists()  # nothing was written
+
+
+def test_closure_and_cost_ratio_follow_the_reference_given_now():
+    # a resumed sweep re-reports its finished trials against the --reference of this run
+    df = pd.DataFrame({"test_rmse": [1.30, 1.25, 1.35], "cost_device_s": [20.0, 40.0, 10.0],
+                       "test_closure": [9.0, 9.0, 9.0]})
+    ref = {"split": "test", "floor": {"value": 1.34}, "retrained": {"value": 1.24, "device_s": 200.0}}
+    out = with_reference(df, ref, "test_rmse", "rmse")
+    assert out["test_closure"].tolist() == pytest.approx([0.4, 0.9, -0.1])
+    assert out["cost_vs_retraining"].tolist() == pytest.approx([0.1, 0.2, 0.05])
+    assert with_reference(df, None, "test_rmse", "rmse") is df

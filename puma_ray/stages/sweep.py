@@ -38,7 +38,7 @@ from puma_ray.prompt_store import read_manifest as read_store_manifest
 from puma_ray.ray_utils import init_ray, quiet_ray_data_console
 from puma_ray.runs import CostMeter, log, open_run
 from puma_ray.space import TRIAL_KEYS, SearchSpace, load_space
-from puma_ray.stages.trial import TrialSetup, run_trial
+from puma_ray.stages.trial import TrialSetup, closure, run_trial
 from puma_ray.stats import pareto_front
 from puma_ray.training import TASKS
 
@@ -143,6 +143,19 @@ def results_table(grid, space: SearchSpace) -> pd.DataFrame:
         rows.append({**params, **metrics, "budget_requested": r.config.get("budget"), "trial_dir": key, "status": status,
                      "error": str(r.error).splitlines()[0] if r.error else ""})
     return pd.DataFrame(rows)
+
+
+def with_reference(df: pd.DataFrame, ref: dict | None, metric: str, task_metric: str) -> pd.DataFrame:
+    """Closure and cost vs retraining of every trial against this run's --reference (a resumed sweep may be
+    given a better reference than the one its first trials reported against)."""
+    if not ref or metric not in df:
+        return df
+    df = df.copy()
+    df[f"{ref['split']}_closure"] = [closure(ref["floor"]["value"], ref["retrained"]["value"], v, task_metric)
+                                     for v in df[metric]]
+    if ref["retrained"].get("device_s") and "cost_device_s" in df:
+        df["cost_vs_retraining"] = df["cost_device_s"] / ref["retrained"]["device_s"]
+    return df
 
 
 def plot_cost_accuracy(df: pd.DataFrame, front: np.ndarray, metric: str, ref: dict | None, path: Path) -> None:
@@ -254,7 +267,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
              cfg.scheduler or space.scheduler, cfg.max_concurrent, out)
     with CostMeter(out, "sweep", cfg, workers=cfg.workers) as meter:
         grid = _tuner(cfg, space, setup, out, choose, task.mode).fit()
-        df = results_table(grid, space)
+        df = with_reference(results_table(grid, space), ref, metric, task.metric)
         meter.samples = len(df)
     open_run(out, "sweep", cfg)
     done = df[df["status"] == "finished"].reset_index(drop=True)
