@@ -126,3 +126,13 @@ def test_bench_end_to_end_on_a_user_subset(workspace, tmp_path):
     with pytest.raises(PumaError, match="holds a trial with other settings"):
         run_bench(BenchConfig(**{**cfg.to_dict(), "adapter_lr": 1e-2}))
     assert (tmp_path / "b" / "table.csv").read_bytes() == before
+
+
+def test_closure_says_over_how_many_seeds_it_is_defined():
+    from puma_ray.stages.bench import _closure
+
+    runs = fixed_runs()
+    runs.loc[(runs["seed"] == 1) & (runs["size"] == 100), "test_closure"] = float("nan")  # retraining lost there
+    table = summary_table(runs, "rmse", "test").set_index(["size", "method"])
+    assert _closure(table.loc[(100, "puma (20)")]) == "0.90 (1 of 2 seeds)"
+    assert _closure(table.loc[(400, "puma (20)")]).startswith("0.90 ± ")

@@ -133,11 +133,11 @@ def summary_table(runs: pd.DataFrame, metric: str, split: str) -> pd.DataFrame:
     rows = []
     for (size, method), g in runs.groupby(["size", "method"], sort=False):
         mm, ms, n = mean_std(g[f"{split}_{metric}"])
-        cm, cs, _ = mean_std(g.get(f"{split}_closure", pd.Series(dtype=float)).fillna(np.nan))
+        cm, cs, cn = mean_std(g.get(f"{split}_closure", pd.Series(dtype=float)).fillna(np.nan))
         dm, ds, _ = mean_std(g["cost_device_s"])
         rows.append({"size": size, "method": method, "users_trained": int(g["users_trained"].iloc[0]), "seeds": n,
                      f"{metric}_mean": mm, f"{metric}_std": ms, "closure_mean": cm, "closure_std": cs,
-                     "device_s_mean": dm, "device_s_std": ds, "paid": bool(g["paid"].iloc[0])})
+                     "closure_seeds": cn, "device_s_mean": dm, "device_s_std": ds, "paid": bool(g["paid"].iloc[0])})
     return pd.DataFrame(rows)
 
 
@@ -326,6 +326,14 @@ def _pm(mean, std, seeds: int, spec: str) -> str:
     return _fmt(mean, spec) + (f" ± {_fmt(std, spec)}" if seeds > 1 and _fmt(mean, spec) != "-" else "")
 
 
+def _closure(r: pd.Series) -> str:
+    """Closure over the seeds where it is defined (retraining beat the floor), saying so when that is not all."""
+    text = _pm(r["closure_mean"], r["closure_std"], r["closure_seeds"], ".2f")
+    if 0 < r["closure_seeds"] < r["seeds"]:
+        text += f" ({r['closure_seeds']} of {r['seeds']} seeds)"
+    return text
+
+
 def write_report(out: Path, cfg: BenchConfig, table: pd.DataFrame, paired: list[dict], fits: dict[str, LinearCost],
                  projected: list[dict], metric: str, data_note: str, notes: list[str]) -> Path:
     lines = [f"# Bench: {cfg.source_model} -> {cfg.target_model}", "", data_note, "",
@@ -340,7 +348,7 @@ def write_report(out: Path, cfg: BenchConfig, table: pd.DataFrame, paired: list[
             ratio = "- (already paid)" if r["paid"] else f"{r['device_s_mean'] / full:.2f}x"
             lines.append(f"| {size} | {r['method']} | {r['users_trained']} | "
                          f"{_pm(r[f'{metric}_mean'], r[f'{metric}_std'], r['seeds'], '.4f')} | "
-                         f"{_pm(r['closure_mean'], r['closure_std'], r['seeds'], '.2f')} | "
+                         f"{_closure(r)} | "
                          f"{_pm(r['device_s_mean'], r['device_s_std'], r['seeds'], '.1f')} | {ratio} |")
     lines += [""] + [f"Note: {n}" for n in notes]
     lines += ["", f"## Paired differences (test {metric}, same seed; 95% t-interval)", "",
