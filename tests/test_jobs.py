@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,15 @@ def test_no_job_file_shadows_the_standard_library():
     assert not clash, f"jobs/ files named like standard-library modules: {clash}"
 
 
+def free_ports(n: int) -> list[int]:
+    """n TCP ports nobody listens on now (bound together, so they differ)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+
+
 @contextlib.contextmanager
 def local_head(port: int, dashboard_port: int):
     """A Ray head started with `ray start` in its own temp dir; stopped by killing exactly its processes
@@ -33,8 +43,13 @@ def local_head(port: int, dashboard_port: int):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    # the agents' ports too: their defaults (52365 for the dashboard agent) belong to the test session's own Ray,
+    # and a head whose job agent cannot bind refuses every submit with "No available agent" (seen in CI)
+    agent, grpc, runtime_env, metrics = free_ports(4)
     subprocess.run([ray_cli, "start", "--head", "--port", str(port), "--dashboard-host", "127.0.0.1",
-                    "--dashboard-port", str(dashboard_port), "--num-cpus", "2", "--temp-dir", temp],
+                    "--dashboard-port", str(dashboard_port), "--dashboard-agent-listen-port", str(agent),
+                    "--dashboard-agent-grpc-port", str(grpc), "--runtime-env-agent-port", str(runtime_env),
+                    "--metrics-export-port", str(metrics), "--num-cpus", "2", "--temp-dir", temp],
                    env=env, check=True, capture_output=True)
     try:
         yield ray_cli, env, f"http://127.0.0.1:{dashboard_port}"
@@ -47,9 +62,9 @@ def local_head(port: int, dashboard_port: int):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def submit_when_agent_ready(cmd: list[str], env: dict, patience_s: float = 120.0) -> subprocess.CompletedProcess:
-    """`ray start` returns before the head's job agent has registered; until then a submit is refused with
-    "No available agent" (seen in CI). Retry only that refusal, for at most `patience_s`."""
+def submit_when_agent_ready(cmd: list[str], env: dict, patience_s: float = 60.0) -> subprocess.CompletedProcess:
+    """`ray start` can return before the head's job agent has registered; until then a submit is refused with
+    "No available agent". Retry only that refusal, for at most `patience_s`."""
     deadline = time.monotonic() + patience_s
     while True:
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
