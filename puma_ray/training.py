@@ -80,6 +80,11 @@ def steps_for(rows_per_rank: list[int], batch_size: int) -> int:
     return max(1, math.ceil(max(rows_per_rank) / batch_size))
 
 
+def epochs_for(epochs: int, min_steps: int, steps_per_epoch: int) -> int:
+    """`epochs`, raised so that the run takes at least `min_steps` optimizer steps (small selections converge)."""
+    return max(epochs, -(-min_steps // steps_per_epoch))
+
+
 def rows_per_rank(users: pd.DataFrame, column: str, world: int) -> list[int]:
     """Rows each rank will see, from users.parquet counts (no pass over the interactions)."""
     ranks = np.fromiter((owner(u, world) for u in users["user_id"]), dtype=np.int64, count=len(users))

@@ -268,3 +268,10 @@ def test_prompt_table_updates_only_the_rows_of_a_batch_like_a_lazy_adam_referenc
     untouched[[1, 7, 21, 22, 23, 24, 25]] = False
     fresh = SoftPromptTable(50, 1, 8, generator=torch.Generator().manual_seed(3)).weight.detach()
     assert torch.equal(table.weight.detach()[untouched], fresh[untouched])  # never-seen rows never move
+
+
+def test_epochs_are_raised_until_the_run_takes_min_steps():
+    from puma_ray.training import epochs_for
+
+    assert epochs_for(4, 200, 13) == 16  # 30 users x 27 rows on 2 ranks, batch 32: 13 steps an epoch
+    assert epochs_for(4, 200, 60) == 4 and epochs_for(4, 0, 1) == 4

@@ -25,9 +25,8 @@ def unsafe_loads(source: str) -> list[str]:
         kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
         if re.fullmatch(r"(c?pickle|cloudpickle|joblib|dill)\.(load|loads|Unpickler)|(pd|pandas)\.read_pickle", name):
             found.append(name)
-        elif name.endswith("torch.load") or name == "load" and "weights_only" in kw:
-            if kw.get("weights_only") != "True":
-                found.append(f"{name} without weights_only=True")
+        elif name.endswith("torch.load") and kw.get("weights_only") != "True":
+            found.append(f"{name} without weights_only=True")
         elif re.fullmatch(r"(np|numpy)\.load", name) and kw.get("allow_pickle") not in (None, "False"):
             found.append(f"{name}(allow_pickle=...)")
     return found

@@ -33,7 +33,7 @@ from puma_ray.train_wiring import (best_checkpoint, build_trainer, check_resume,
 from puma_ray.train_adapter import adapter_loop
 from puma_ray.train_prompts import deepspeed_config
 from puma_ray.templates import load_template_text
-from puma_ray.training import TASKS, rank_rows, steps_for
+from puma_ray.training import TASKS, epochs_for, rank_rows, steps_for
 
 
 def selected_users(users_arg: str, data_dir: str) -> list[str]:
@@ -117,7 +117,7 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
         counts = pq.read_table(Path(cfg.data) / "users.parquet", columns=["user_id", "n_train", "n_valid"]).to_pandas()
         counts = counts[counts["user_id"].isin(set(users))]
         train_steps = steps_for([-(-int(counts["n_train"].sum()) // W)], cfg.batch_size)
-        epochs = max(cfg.epochs, -(-cfg.min_steps // train_steps))  # small selections: enough steps to converge
+        epochs = epochs_for(cfg.epochs, cfg.min_steps, train_steps)
         valid_rows = int(counts["n_valid"].sum())
         valid_steps = steps_for([valid_rows], cfg.batch_size) if valid_rows else 0  # upper bound for every rank
         base = read_columns([str(p.resolve()) for p in shard_paths(cfg.data)],

@@ -39,7 +39,7 @@ from puma_ray.stages.trial import TrialSetup, claim, closure, run_trial, stage_c
 from puma_ray.stats import AdapterCost, LinearCost, fit_adapter_cost, fit_linear_cost, mean_std, paired_interval, \
     per_unit_rate
 from puma_ray.strategies import STRATEGIES
-from puma_ray.training import TASKS, steps_for
+from puma_ray.training import TASKS, epochs_for, steps_for
 
 FLOOR, RETRAINED, SOURCE = "random init (floor)", "full retraining", "source model"
 
@@ -69,7 +69,8 @@ def trained(cfg: BenchConfig, data: str, model: str, out: Path, seed: int, split
     metrics = json.loads((ev / "metrics.json").read_text())
     cost = stage_cost(store)
     return {"store": str(store), "metrics": metrics, "device_s": cost["device_seconds"], "wall_s": cost["wall_s"],
-            "startup_device_s": cost["startup_device_s"], "samples": cost.get("samples"), "users": json.loads((store / MANIFEST).read_text())["num_users"]}
+            "startup_device_s": cost["startup_device_s"], "samples": cost.get("samples"),
+            "users": json.loads((store / MANIFEST).read_text())["num_users"]}
 
 
 def size_runs(cfg: BenchConfig, data: str, users: int, root: Path, metric: str) -> list[dict]:
@@ -201,8 +202,7 @@ class AdapterWork:
 
     def at(self, budget: int) -> tuple[int, float]:
         rows = budget * self.rows_per_user
-        steps = steps_for([math.ceil(rows / self.workers)], self.batch_size)
-        epochs = max(self.epochs, -(-self.min_steps // steps))
+        epochs = epochs_for(self.epochs, self.min_steps, steps_for([math.ceil(rows / self.workers)], self.batch_size))
         return epochs, epochs * rows
 
 
@@ -240,7 +240,7 @@ def adapter_fit(runs: pd.DataFrame) -> AdapterCost:
     return fit_adapter_cost(trials["adapter_epochs"], trials["adapter_samples"], trials["adapter_device_s"], floor)
 
 
-def fit_components(runs: pd.DataFrame) -> dict[str, LinearCost]:
+def fit_components(runs: pd.DataFrame) -> dict[str, LinearCost | AdapterCost]:
     """Each component's fixed + per-unit cost: least squares over >= 2 unit counts; with one, the fixed
     part is the stage's measured start-up (the time it did not spend on users) and the rest is per unit."""
     fits = {}
@@ -334,7 +334,7 @@ def _closure(r: pd.Series) -> str:
     return text
 
 
-def write_report(out: Path, cfg: BenchConfig, table: pd.DataFrame, paired: list[dict], fits: dict[str, LinearCost],
+def write_report(out: Path, cfg: BenchConfig, table: pd.DataFrame, paired: list[dict], fits: dict,
                  projected: list[dict], metric: str, data_note: str, notes: list[str]) -> Path:
     lines = [f"# Bench: {cfg.source_model} -> {cfg.target_model}", "", data_note, "",
              f"Seeds {', '.join(map(str, cfg.seeds))}; every figure is test-split {metric} (best epochs chosen on "
@@ -425,8 +425,8 @@ def run_bench(cfg: BenchConfig) -> dict:
     note = f"Data `{cfg.data}` ({data['source']}, {data['users']} users), sizes {', '.join(map(str, sizes))}."
     notes = gap_notes(runs, metric, cfg.split)
     report = write_report(out, cfg, table, paired, fits, projected, metric, note, notes)
-    summary = {"out": str(out), "report": str(report), "sizes": sizes, "seeds": cfg.seeds, "metric": metric, "notes": notes,
-               "paired": paired, "projected": projected,
+    summary = {"out": str(out), "report": str(report), "sizes": sizes, "seeds": cfg.seeds, "metric": metric,
+               "notes": notes, "paired": paired, "projected": projected,
                "fits": {k: dataclasses.asdict(f) for k, f in fits.items()}, "adapter_work": dataclasses.asdict(work),
                "table": table.to_dict(orient="records"), "wall_s": meter.record.wall_s}
     write_json_atomic(out / "bench.json", summary)
