@@ -48,6 +48,22 @@ def read_columns(paths: list[str], columns: list[str]) -> ray.data.Dataset:
     return ray.data.read_parquet(paths).select_columns(columns)
 
 
+def dataset_parts(tagged: ray.data.Dataset, names: list[str], cache: bool) -> dict[str, ray.data.Dataset]:
+    """One dataset per name, the rows whose `part` column holds it.
+
+    With `cache` the tagged rows are materialized once (object store, spilling to disk): one read
+    of the shards serves every part, and each part is materialized from those blocks, so an epoch
+    iterates blocks without re-running a filter. Without it, every part streams from the files
+    each time it is iterated.
+    """
+    from ray.data.expressions import col
+
+    if cache:
+        tagged = tagged.materialize()
+    parts = {n: tagged.filter(expr=col("part").is_in([n])).drop_columns(["part"]) for n in names}
+    return {n: p.materialize() for n, p in parts.items()} if cache else parts
+
+
 def split_is(*splits: str):
     """Ray Data predicate expression: the row's `split` is one of `splits`."""
     from ray.data.expressions import col

@@ -18,6 +18,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -103,35 +104,87 @@ def train_totals(epoch: int, loss_sum: float, seen: int, tokens: int) -> dict:
             "train_tokens": int(totals[2]), "worker_peak_rss_bytes": int(peak[0])}
 
 
-def train_epoch(lm, engine, soft_fn, shard, index, config: dict, epoch: int, device, after_step=None) -> dict:
+class FrozenLogits:
+    """The answer logits of a rank's training rows, kept when nothing before the head trains.
+
+    With frozen prompts (the random-init floor) the LM is frozen and in eval mode and so are
+    the prompts, so each row's answer logits are the same in every epoch: the first epoch runs
+    the LM over the rows once and keeps (logits, labels); later epochs train the head on them,
+    batch_size rows a step from a seeded permutation, the same number of steps. Memory: rows x
+    answers x 4 B per rank (5 answers: 20 B a row). Not checkpointed: a resumed run refills it.
+    """
+
+    def __init__(self) -> None:
+        self.logits: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+        self.filled = False
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.logits.append(logits.detach().float().cpu())
+        self.labels.append(labels.detach().float().cpu())
+
+    def batches(self, steps: int, batch_size: int, seed: int) -> Iterator[tuple]:
+        """`steps` (logits, labels, tokens=0) batches; (None, None, 0) padding steps on a rank without rows."""
+        logits = torch.cat(self.logits) if self.logits else torch.zeros(0)
+        labels = torch.cat(self.labels) if self.labels else torch.zeros(0)
+        n, gen, order, at = len(labels), torch.Generator().manual_seed(seed), torch.zeros(0, dtype=torch.long), 0
+        for _ in range(steps):
+            if not n:
+                yield None, None, 0
+                continue
+            if at >= len(order):
+                order, at = torch.randperm(n, generator=gen), 0
+            take = order[at:at + batch_size]
+            at += batch_size
+            yield logits[take], labels[take], 0
+
+
+def step_logits(lm, soft_fn, shard, index, config: dict, epoch: int, device, cache: FrozenLogits | None):
+    """(answer logits [B, A], labels [B] or None on a padding step, LM tokens) for each of the epoch's steps."""
+    if cache is not None and cache.filled:
+        yield from cache.batches(config["train_steps"], config["batch_size"], config["seed"] + epoch)
+        return
+    B = config["batch_size"]
+    for batch, first_pass in cycled(lambda: shard.iter_batches(batch_size=B, batch_format="numpy",
+                                                               local_shuffle_buffer_size=4 * B,
+                                                               local_shuffle_seed=config["seed"] + epoch),
+                                    config["train_steps"]):
+        rows, titles, hist, labels = _to_tensors(batch, index)
+        enc = lm.encode(titles, hist)
+        logits = lm.answer_logits(soft_fn(rows.to(device)), enc)
+        if cache is not None and first_pass and labels is not None:
+            cache.add(logits, labels)
+        n = len(titles) if labels is not None else 0
+        yield logits, labels, int(enc.lengths.sum()) + len(lm.template.prefix_ids) * n
+    if cache is not None:
+        cache.filled = True
+
+
+def train_epoch(lm, engine, soft_fn, shard, index, config: dict, epoch: int, device, after_step=None,
+                cache: FrozenLogits | None = None) -> dict:
     """One epoch of exactly config["train_steps"] steps (equal on every rank); returns train_totals.
 
     soft_fn: [B] int64 rows -> [B, l, d] soft prompts (table lookup, or adapter(source prompts)).
     A padding step of a rank without rows joins the collectives with a zero loss.
+    cache: frozen prompts only (FrozenLogits): epochs after the first train the head on kept logits.
     """
     engine.train()
     dtype = next(engine.module.parameters(), torch.zeros(())).dtype
-    B = config["batch_size"]
     loss_sum, seen, tokens = 0.0, 0, 0
-    for batch, _ in cycled(lambda: shard.iter_batches(batch_size=B, batch_format="numpy",
-                                                      local_shuffle_buffer_size=4 * B,
-                                                      local_shuffle_seed=config["seed"] + epoch),
-                           config["train_steps"]):
-        rows, titles, hist, labels = _to_tensors(batch, index)
-        enc = lm.encode(titles, hist)
-        logits = lm.answer_logits(soft_fn(rows.to(device)), enc).to(dtype)
+    for logits, labels, n_tokens in step_logits(lm, soft_fn, shard, index, config, epoch, device, cache):
         if labels is None:
-            loss = engine.module.loss(logits, torch.ones(1, device=device, dtype=dtype))[0] * 0.0
+            logits = logits if logits is not None else torch.zeros(1, len(lm.template.answer_ids))
+            loss = engine.module.loss(logits.to(device, dtype), torch.ones(1, device=device, dtype=dtype))[0] * 0.0
             labels = torch.zeros(0)
         else:
-            loss, _ = engine.module.loss(logits, labels.to(device, dtype))
+            loss, _ = engine.module.loss(logits.to(device, dtype), labels.to(device, dtype))
         engine.backward(loss)
         engine.step()
         if after_step is not None:
             after_step()
         loss_sum += float(loss.detach()) * len(labels)
         seen += len(labels)
-        tokens += int(enc.lengths.sum()) + len(lm.template.prefix_ids) * len(labels)
+        tokens += n_tokens
     return train_totals(epoch, loss_sum, seen, tokens)
 
 
@@ -200,11 +253,13 @@ def prompts_loop(config: dict) -> None:
             table_opt.step()
             table_opt.zero_grad(set_to_none=True)
 
+    cache = FrozenLogits() if config["freeze_prompts"] else None
     ready = time.time()  # model loaded, engine built: what came before is start-up
     for epoch in range(start_epoch, config["epochs"]):
         empty = torch.zeros(1, config["prompt_len"], lm.hidden, device=device)
         soft = table if len(users) else (lambda rows: empty)  # a rank without users still joins collectives
-        totals = train_epoch(lm, engine, soft, train_shard, index, config, epoch, device, after_step=table_step)
+        totals = train_epoch(lm, engine, soft, train_shard, index, config, epoch, device, after_step=table_step,
+                             cache=cache)
         metrics = evaluate(lm, soft, engine, valid_shard, index, task, config["valid_steps"], B, device)
         metrics.update(totals, ready_unix=ready)
         history.append(metrics)

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
 from puma_ray.errors import PumaError
+
+
+HEALTH_CHECK_ENV, HEALTH_CHECK_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
 
 
 def run_name(stage: str, out: str | Path) -> str:
@@ -38,6 +42,10 @@ def build_trainer(loop, loop_config: dict, cfg, name: str, storage: str, metric:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    # Ray Train's controller polls its workers every 2 s by default, so a run's start and end each wait
+    # up to one interval; our runs are short. Ray Train passes this variable on to its controller; one
+    # set by the operator wins.
+    os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_S)
     resources = {"GPU": 1} if cfg.use_gpu else {"CPU": cfg.cpus_per_worker}
     return TorchTrainer(
         loop, train_loop_config=loop_config,

@@ -91,7 +91,16 @@ def rows_per_rank(users: pd.DataFrame, column: str, world: int) -> list[int]:
     return np.bincount(ranks, weights=users[column].to_numpy(), minlength=world).astype(int).tolist()
 
 
-def rank_rows(batch: pd.DataFrame, split: str, rank: int, world: int) -> pd.DataFrame:
-    """Ray Data map_batches: the rows of `split` whose user rank `rank` owns."""
-    keep = (batch["split"] == split) & batch["user_id"].map(lambda u: owner(u, world) == rank)
-    return batch.loc[keep, ["user_id", "item_text", "history_text", "label"]]
+def tag_parts(batch: pd.DataFrame, world: int, train_part: str | None = None) -> pd.DataFrame:
+    """Ray Data map_batches: each train/valid row with a `part` column naming the dataset it belongs to.
+
+    `{split}_r{rank}` for the rank that owns the row's user; with `train_part`, every train row goes
+    to that one part instead (the adapter's train rows are split by Ray Train, not by owner).
+    Rows of other splits are dropped.
+    """
+    batch = batch[batch["split"].isin(["train", "valid"])]
+    ranks = batch["user_id"].map(lambda u: owner(u, world)).astype(str)
+    part = batch["split"] + "_r" + ranks
+    if train_part is not None:
+        part = part.where(batch["split"] != "train", train_part)
+    return batch.drop(columns=["split"]).assign(part=part)

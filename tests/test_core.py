@@ -275,3 +275,73 @@ def test_epochs_are_raised_until_the_run_takes_min_steps():
 
     assert epochs_for(4, 200, 13) == 16  # 30 users x 27 rows on 2 ranks, batch 32: 13 steps an epoch
     assert epochs_for(4, 200, 60) == 4 and epochs_for(4, 0, 1) == 4
+
+
+class _CountingLM:
+    """Stands in for FrozenLM in step_logits: answer logits = the row index, and a count of LM calls."""
+
+    class template:  # noqa: N801 - mimics FrozenLM.template
+        prefix_ids = [0, 1]
+        answer_ids = [5, 6]
+
+    calls = 0
+
+    def encode(self, titles, hist):
+        from puma_ray.llm import Batch
+        return Batch(ids=torch.zeros(len(titles), 3, dtype=torch.long), lengths=torch.full((len(titles),), 3))
+
+    def answer_logits(self, soft, enc):
+        self.calls += 1
+        return soft.reshape(len(soft), -1)[:, :2].float()
+
+
+class _Shard:
+    def __init__(self, users):
+        self.users = users
+
+    def iter_batches(self, batch_size, **_):
+        for i in range(0, len(self.users), batch_size):
+            u = self.users[i:i + batch_size]
+            yield {"user_id": np.array(u), "label": np.arange(i, i + len(u), dtype=np.float32),
+                   "item_text": np.array(["t"] * len(u)), "history_text": [[] for _ in u]}
+
+
+@pytest.mark.parametrize("rows", [7, 0])
+def test_frozen_prompts_run_the_lm_once_and_later_epochs_reuse_every_row(rows):
+    from puma_ray.train_prompts import FrozenLogits, step_logits
+
+    users = [f"u{k}" for k in range(rows)]
+    index = {u: k for k, u in enumerate(users)}
+    lm, cache = _CountingLM(), FrozenLogits()
+    soft = lambda r: r.float()[:, None, None].expand(-1, 1, 2)  # noqa: E731 - logits carry the row index
+    config = {"batch_size": 3, "train_steps": 4, "seed": 1}  # 4 steps x 3 > 7 rows: the pass repeats some
+    first = list(step_logits(lm, soft, _Shard(users), index, config, 0, "cpu", cache))
+    assert len(first) == 4 and lm.calls == 4 and cache.filled
+    later = [list(step_logits(lm, soft, _Shard(users), index, config, e, "cpu", cache)) for e in (1, 2)]
+    assert lm.calls == 4, "the LM ran again although nothing before the head trains"
+    for epoch in later:
+        assert len(epoch) == 4 and all(tokens == 0 for *_, tokens in epoch)
+        if not rows:
+            assert all(logits is None and labels is None for logits, labels, _ in epoch)
+            continue
+        seen = torch.cat([labels for _, labels, _ in epoch])
+        assert sorted(seen[:rows].tolist()) == list(range(rows))  # one full permutation before any repeat
+        # each kept row's logits stay paired with its own label
+        assert all(torch.equal(logits[:, 0], labels) for logits, labels, _ in epoch)
+    if rows:  # reshuffled every epoch
+        assert [b[1].tolist() for b in later[0]] != [b[1].tolist() for b in later[1]]
+
+
+def test_rows_are_tagged_with_the_part_their_rank_reads():
+    import pandas as pd
+
+    from puma_ray.training import owner, tag_parts
+
+    users = [f"user{k}" for k in range(12)]
+    batch = pd.DataFrame({"user_id": users * 3, "split": ["train"] * 12 + ["valid"] * 12 + ["test"] * 12,
+                          "label": np.arange(36.0)})
+    tagged = tag_parts(batch, world=3)
+    assert "split" not in tagged and len(tagged) == 24  # test rows never reach a training stage
+    assert tagged["part"].tolist() == [f"{s}_r{owner(u, 3)}" for s in ("train", "valid") for u in users]
+    pooled = tag_parts(batch, world=3, train_part="train")  # the adapter: Ray Train splits train rows itself
+    assert set(pooled["part"][:12]) == {"train"} and pooled["part"][12:].tolist() == tagged["part"][12:].tolist()

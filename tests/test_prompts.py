@@ -128,13 +128,17 @@ def test_killed_worker_resumes_from_its_checkpoint(setup):
     assert res["users"] == 120 and [c["epoch"] for c in res["curve"]] == [0, 1, 2]
 
 
-def test_freeze_prompts_is_the_floor(setup):
+def test_freeze_prompts_is_the_floor(setup, zero2):
     root, _ = setup
-    res = run_prompts(cfg(root, "floor", freeze_prompts=True, epochs=1))
+    res = run_prompts(cfg(root, "floor", freeze_prompts=True, epochs=3))
     prompts = np.concatenate([p for _, p in ps.iter_prompts(root / "floor")])
     assert np.abs(prompts).max() <= 0.1  # still the uniform(-0.1, 0.1) initialisation
     assert ps.read_manifest(root / "floor")["lineage"][0]["freeze_prompts"] is True
     assert res["users"] == 120
+    # the LM runs over the training rows in the first epoch only; the head trains on the kept logits after it
+    floor, full = (json.loads((root / d / "costs.jsonl").read_text().splitlines()[-1]) for d in ("floor", "zero2"))
+    assert floor["samples"] > 0 and floor["tokens"] / floor["samples"] < 0.5 * full["tokens"] / full["samples"]
+    assert res["curve"][-1]["train_loss"] < res["curve"][0]["train_loss"]
 
 
 def test_store_of_another_model_is_refused(setup, zero2, tmp_path):

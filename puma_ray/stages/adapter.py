@@ -26,14 +26,14 @@ from puma_ray.errors import PumaError
 from puma_ray.hf import describe_model, load_causal_lm, model_ref
 from puma_ray.modules import AdapterConfig, adapter_param_count
 from puma_ray.prompt_store import iter_prompts, read_head, verify
-from puma_ray.ray_utils import init_ray, read_columns, split_is
+from puma_ray.ray_utils import dataset_parts, init_ray, read_columns
 from puma_ray.runs import CostMeter, log, open_run
 from puma_ray.train_wiring import (best_checkpoint, build_trainer, check_resume, fit_trainer, record_training,
                                    run_history, run_name)
 from puma_ray.train_adapter import adapter_loop
 from puma_ray.train_prompts import deepspeed_config
 from puma_ray.templates import load_template_text
-from puma_ray.training import TASKS, epochs_for, rank_rows, steps_for
+from puma_ray.training import TASKS, epochs_for, steps_for, tag_parts
 
 
 def selected_users(users_arg: str, data_dir: str) -> list[str]:
@@ -123,12 +123,8 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
         base = read_columns([str(p.resolve()) for p in shard_paths(cfg.data)],
                             ["user_id", "item_text", "history_text", "label", "split"])
         base = base.map_batches(_select_rows, batch_format="pandas", fn_kwargs={"users_ref": ray.put(set(users))})
-        datasets = {"train": base.filter(expr=split_is("train")).drop_columns(["split"])}
-        datasets.update({f"valid_r{r}": base.map_batches(rank_rows, batch_format="pandas",
-                                                         fn_kwargs={"split": "valid", "rank": r, "world": W})
-                         for r in range(W)})
-        if cfg.cache_data:
-            datasets = {k: v.materialize() for k, v in datasets.items()}
+        tagged = base.map_batches(tag_parts, batch_format="pandas", fn_kwargs={"world": W, "train_part": "train"})
+        datasets = dataset_parts(tagged, ["train"] + [f"valid_r{r}" for r in range(W)], cfg.cache_data)
         metric = f"valid_{task.metric}"
         loop_config = {
             "task": task.name, "target_model": model_ref(cfg.target_model), "template_text": load_template_text(template),

@@ -46,7 +46,7 @@ class Size:
     """K-means clusters of the puma selection."""
 
 
-SIZES = {"tiny": Size(150, 150, 100, 2, 2, 0.2, 4), "default": Size(600, 400, 400, 6, 6, 0.2, 8),
+SIZES = {"tiny": Size(150, 150, 100, 2, 2, 0.2, 4), "default": Size(600, 300, 400, 6, 6, 0.2, 8),
          "large": Size(5000, 0, 800, 15, 4, 0.05, 10)}
 
 

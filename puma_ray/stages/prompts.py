@@ -21,28 +21,23 @@ from puma_ray.data.schema import shard_paths
 from puma_ray.hf import describe_model, model_ref
 from puma_ray.prompt_store import check_model, finalize, write_shard
 from puma_ray.prompt_store import read_manifest as read_store_manifest
-from puma_ray.ray_utils import init_ray, read_columns
+from puma_ray.ray_utils import dataset_parts, init_ray, read_columns
 from puma_ray.runs import CostMeter, check_out, log, open_run
 from puma_ray.templates import load_template_text
 from puma_ray.train_prompts import deepspeed_config, prompts_loop
 from puma_ray.train_wiring import (best_checkpoint, build_trainer, check_resume, fit_trainer, record_training,
                                    run_history, run_name)
-from puma_ray.training import TASKS, rank_rows, rows_per_rank, steps_for
+from puma_ray.training import TASKS, rows_per_rank, steps_for, tag_parts
 
 _COLUMNS = ["user_id", "item_text", "history_text", "label", "split"]
 
 
 def rank_datasets(data_dir: str, world: int, cache: bool) -> dict:
-    """`train_r{k}` / `valid_r{k}`: the rows of the users rank k owns (Ray Data, streamed).
-
-    With `cache`, each is materialized once (object store, spilling to disk) so that epochs
-    iterate blocks instead of re-reading and re-filtering every shard.
-    """
+    """`train_r{k}` / `valid_r{k}`: the rows of the users rank k owns (Ray Data; with `cache`,
+    the shards are read once for all of them, see ray_utils.dataset_parts)."""
     base = read_columns([str(p.resolve()) for p in shard_paths(data_dir)], _COLUMNS)
-    sets = {f"{split}_r{r}": base.map_batches(rank_rows, batch_format="pandas",
-                                              fn_kwargs={"split": split, "rank": r, "world": world})
-            for split in ("train", "valid") for r in range(world)}
-    return {k: v.materialize() for k, v in sets.items()} if cache else sets
+    tagged = base.map_batches(tag_parts, batch_format="pandas", fn_kwargs={"world": world})
+    return dataset_parts(tagged, [f"{split}_r{r}" for split in ("train", "valid") for r in range(world)], cache)
 
 
 def write_store(ckpt, out: Path, world: int, manifest_fields: dict) -> dict:
