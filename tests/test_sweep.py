@@ -111,3 +111,12 @@ def test_closure_and_cost_ratio_follow_the_reference_given_now():
     assert out["test_closure"].tolist() == pytest.approx([0.4, 0.9, -0.1])
     assert out["cost_vs_retraining"].tolist() == pytest.approx([0.1, 0.2, 0.05])
     assert with_reference(df, None, "test_rmse", "rmse") is df
+
+
+def test_a_corrupt_trial_marker_is_one_line_and_nothing_is_reused(tmp_path):
+    from puma_ray.stages.trial import IDENTITY, claim
+
+    (tmp_path / IDENTITY).write_text('{"params": {"budget": 3')  # cut short by a crash
+    with pytest.raises(PumaError, match="corrupt"):
+        claim(tmp_path, {"params": {"budget": 3}}, "trial")
+    assert (tmp_path / IDENTITY).read_text() == '{"params": {"budget": 3'

@@ -17,13 +17,12 @@ included); evaluation is reported apart, since retraining's cost does not includ
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from puma_ray.config import AdapterStageConfig, EvaluateConfig, MigrateConfig, SelectConfig
-from puma_ray.data.schema import write_json_atomic
+from puma_ray.data.schema import read_required_json, write_json_atomic
 from puma_ray.errors import PumaError
 from puma_ray.prompt_store import MANIFEST
 from puma_ray.prompt_store import read_manifest as read_store_manifest
@@ -118,9 +117,10 @@ def run_steps(setup: TrialSetup, params: dict, d: Path, callbacks: tuple = ()) -
 def trial_row(setup: TrialSetup, params: dict, steps: dict[str, Path]) -> dict[str, Any]:
     """One flat record: parameters, metrics (choice split, report split, adapter), closure, cost."""
     m = setup.task_metric
-    adapter = json.loads((steps["adapter"] / "adapter.json").read_text())
-    chosen = json.loads((steps["eval"] / setup.choose_split / "metrics.json").read_text())
-    reported = json.loads((steps["eval"] / setup.report_split / "metrics.json").read_text())
+    adapter = read_required_json(steps["adapter"] / "adapter.json", f"{steps['adapter']} holds no finished adapter")
+    chosen, reported = (read_required_json(steps["eval"] / split / "metrics.json",
+                                           f"{steps['eval']} holds no {split} metrics")
+                        for split in (setup.choose_split, setup.report_split))
     row: dict[str, Any] = {**params, "users_trained": adapter["users"], "adapter_width": adapter["adapter"]["width"],
                            f"adapter_valid_{m}": adapter.get(f"valid_{m}"), "best_epoch": adapter["best_epoch"],
                            f"{setup.choose_split}_{m}": chosen[m], f"{setup.report_split}_{m}": reported[m],
@@ -151,7 +151,7 @@ def claim(d: Path, identity: dict, what: str) -> None:
     """Mark `d` as holding `identity` (what would be computed there); refuse a directory that holds another."""
     marker = d / IDENTITY
     if marker.is_file():
-        if json.loads(marker.read_text()) != identity:
+        if read_required_json(marker, f"{marker} is missing") != identity:
             raise PumaError(f"{d} holds a {what} with other settings; nothing there was reused or changed "
                             "(choose a new --out, or delete that directory to recompute it)")
         return
@@ -172,7 +172,7 @@ def run_trial(setup: TrialSetup, params: dict, d: str | Path, callbacks: tuple =
     done = d / RESULT
     if done.is_file():
         log.info("trial %s: already finished, reusing its result", d.name)
-        return json.loads(done.read_text())
+        return read_required_json(done, f"{done} is missing")
     steps = run_steps(setup, params, d, callbacks)
     row = {**trial_row(setup, params, steps), "trial_dir": d.name}
     write_json_atomic(done, row)
