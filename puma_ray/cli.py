@@ -81,7 +81,7 @@ def _add_field_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{docs.get(f.name, '')} (default: {f.default!r})"
+        help_text = f"{docs.get(f.name, '')} (default: {f.default!r})".replace("%", "%%")  # argparse formats help
         tp = hints[f.name]
         if tp is bool:
             parser.add_argument(flag, dest=f.name, action="store_const", const=True, default=argparse.SUPPRESS,

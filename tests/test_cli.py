@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from puma_ray.cli import COMMANDS, build_parser
+
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "puma_ray.cli", *args], capture_output=True, text=True, timeout=300)
@@ -18,6 +20,13 @@ def test_help_lists_only_working_commands():
     assert res.returncode == 0
     for name in ("data", "models", "demo"):
         assert name in res.stdout
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_subcommand_prints_its_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_:  # what `puma-ray NAME --help` runs, in-process
+        build_parser().parse_args([name, "--help"])
+    assert exit_.value.code == 0 and "--config FILE.yaml" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args,needle", [
