@@ -618,6 +618,8 @@ class ChainConfig(StageConfig):
     """Users every cluster gets first (puma); null = the select stage's default."""
     workers: int = 1
     """Ray Train workers (adapter) and Ray Data actors (migrate, evaluate)."""
+    use_gpu: bool = False
+    """One GPU per adapter worker and per migrate/evaluate actor (bf16 on GPU, fp32 on CPU)."""
     epochs: int = 4
     """Adapter epochs per hop (raised to reach min_steps)."""
     min_steps: int = 200
@@ -667,6 +669,8 @@ class DemoConfig(StageConfig):
     """Catalogue pretraining steps of each tiny model; null = by size (tiny 100, default 400, large 800)."""
     workers: int = 2
     """Ray Train workers of every training stage."""
+    use_gpu: bool = False
+    """One GPU per training worker and per scoring actor in every stage (bf16 on GPU, fp32 on CPU)."""
     prompt_lr: float = 5e-3
     """Learning rate of prompt training (above the paper's 5e-4: tiny models, few epochs)."""
     adapter_lr: Optional[float] = None

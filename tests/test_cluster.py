@@ -1,0 +1,93 @@
+"""The cluster files, checked statically (no docker, no cloud here): they parse, pin the Ray version the
+package runs on, scale and share storage for real, and every entrypoint in them names a job that exists
+and whose flags and config load."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+from packaging.requirements import Requirement
+
+from puma_ray.cli import COMMANDS, build_parser, job_file
+from puma_ray.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+CLUSTER = REPO / "cluster"
+
+
+def entrypoints(text: str) -> list[str]:
+    """Every `python .../jobs/<file>.py ...` command line in a file."""
+    return [m.group(0) for m in re.finditer(r"python3? (?:/app/)?jobs/\w+\.py[^\n`'\"]*", text)]
+
+
+def load_entrypoint(command: str):
+    """The stage config a job entrypoint would run with (as cli.main builds it), without running it."""
+    words = shlex.split(command)
+    job = next(w for w in words if w.endswith(".py")).removeprefix("/app/")
+    name = next(n for n in COMMANDS if job_file(n) == job)
+    args = [w.replace("/app/", f"{REPO}/") for w in words[words.index(next(w for w in words if w.endswith(".py"))) + 1:]]
+    parsed = vars(build_parser().parse_args([name, *args]))
+    parsed.pop("command")
+    return load_config(COMMANDS[name][0], parsed.pop("_config", None), parsed, tuple(parsed.pop("overrides", ())))
+
+
+def test_every_cluster_file_parses_and_pins_the_installed_ray():
+    ray_req = next(Requirement(r) for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+                   ["dependencies"] if Requirement(r).name == "ray")
+    assert ray_req.specifier.contains(ray.__version__)
+    image = re.search(r"^FROM rayproject/ray:([\d.]+)-", (CLUSTER / "Containerfile").read_text(), re.M)
+    assert image and image.group(1) == ray.__version__, "Containerfile's Ray image differs from the installed Ray"
+    job = yaml.safe_load((CLUSTER / "kuberay-rayjob.yaml").read_text())
+    assert job["spec"]["rayClusterSpec"]["rayVersion"] == ray.__version__
+
+
+def test_kuberay_autoscales_gpu_workers_on_shared_storage():
+    spec = yaml.safe_load((CLUSTER / "kuberay-rayjob.yaml").read_text())["spec"]["rayClusterSpec"]
+    assert spec["enableInTreeAutoscaling"] is True  # without it min/max replicas change nothing
+    group = spec["workerGroupSpecs"][0]
+    assert group["minReplicas"] < group["maxReplicas"]
+    container = group["template"]["spec"]["containers"][0]
+    assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+    pods = [spec["headGroupSpec"]["template"]["spec"], group["template"]["spec"]]
+    assert all(p["containers"][0]["volumeMounts"][0]["mountPath"] == "/mnt/puma" for p in pods)
+
+
+def test_the_launcher_mounts_shared_storage_or_fails_loudly():
+    cfg = yaml.safe_load((CLUSTER / "cluster-launcher.yaml").read_text())
+    assert cfg["head_node_type"] in cfg["available_node_types"]
+    assert any(t.get("max_workers", 0) > 0 for t in cfg["available_node_types"].values())
+    mount = next(c for c in cfg["setup_commands"] if "/mnt/puma" in c)
+    assert "|| true" not in mount and mount.rstrip().endswith("mountpoint -q /mnt/puma")
+
+
+def test_the_image_leaves_local_state_out():
+    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".git", ".venv", "runs"} <= ignored
+
+
+ENTRYPOINTS = sorted({(p.relative_to(REPO).as_posix(), c) for p in [*CLUSTER.iterdir(), REPO / "README.md"]
+                      if p.is_file() for c in entrypoints(p.read_text())})
+
+
+GPU_CLUSTERS = {"cluster/kuberay-rayjob.yaml", "cluster/cluster-launcher.yaml"}  # they request GPU workers
+
+
+def test_the_cluster_files_hold_entrypoints():
+    files = {f for f, _ in ENTRYPOINTS}
+    assert GPU_CLUSTERS | {"cluster/local-start.sh", "README.md"} <= files
+
+
+@pytest.mark.parametrize("where,command", ENTRYPOINTS)
+def test_every_entrypoint_names_a_job_whose_flags_and_config_load(where, command):
+    job = next(w for w in shlex.split(command) if w.endswith(".py")).removeprefix("/app/")
+    assert (REPO / job).is_file(), f"{where}: {job} does not exist"
+    cfg = load_entrypoint(command)
+    if where in GPU_CLUSTERS and "use_gpu" in vars(cfg):
+        assert cfg.use_gpu, f"{where}: the cluster requests GPUs but its entrypoint leaves use_gpu off"
