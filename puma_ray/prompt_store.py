@@ -5,9 +5,15 @@
                                fingerprint, shards [{name, rows, sha256}], quarantine count
     STORE/part-NNNNN.parquet   user_id string, prompt fixed_size_list<float32>[l*d]
     STORE/quarantine.parquet   users whose prompt was not finite (never written to a shard)
+    STORE/head.safetensors, head.json   the task head (prompts and migrate stores)
 
 Shards are written under a temporary name and renamed, so an interrupted writer leaves
-no half shard; a store without a manifest is incomplete. Prompts are read in batches,
+no half shard; a store without a manifest is incomplete. A store re-written in place
+(`prompts` on an existing store) names every new file with a generation
+(part-NNNNN-GEN.parquet, quarantine-GEN.parquet, head-GEN.safetensors; the manifest's
+`quarantine_file` and `head` name them), writes them beside the old ones, then replaces
+the manifest and only then deletes the files no manifest names: killed at any moment,
+the store is the old one or the new one, complete. Prompts are read in batches,
 never all at once. Loading prompts for a model whose fingerprint differs is refused
 unless the caller is migrating them.
 """
@@ -43,7 +49,14 @@ def split_finite(user_ids: list[str], prompts: np.ndarray) -> tuple[list[str], n
     return users[ok].tolist(), prompts[ok], users[~ok].tolist()
 
 
-def write_shard(store: str | Path, index: int, user_ids: list[str], prompts: np.ndarray) -> tuple[dict, list[str]]:
+def generation_name(name: str, generation: str) -> str:
+    """`part-00000.parquet` -> `part-00000-GEN.parquet` (unchanged without a generation)."""
+    stem, dot, ext = name.partition(".")
+    return f"{stem}-{generation}{dot}{ext}" if generation else name
+
+
+def write_shard(store: str | Path, index: int, user_ids: list[str], prompts: np.ndarray,
+                generation: str = "") -> tuple[dict, list[str]]:
     """Write shard `index` atomically; returns ({name, rows, sha256}, quarantined user ids).
 
     prompts: [n, l, d] or [n, l*d] float (stored as float32).
@@ -56,23 +69,50 @@ def write_shard(store: str | Path, index: int, user_ids: list[str], prompts: np.
     values = pa.array(flat.reshape(-1), type=pa.float32())
     table = pa.table({"user_id": pa.array(users, pa.string()),
                       "prompt": pa.FixedSizeListArray.from_arrays(values, width)}, schema=prompt_schema(width))
-    path = store / shard_name(index)
+    path = store / generation_name(shard_name(index), generation)
     write_parquet_atomic(table, path)
     return {"name": path.name, "rows": len(users), "sha256": file_sha256(path)}, bad
 
 
 def finalize(store: str | Path, *, task: str, prompt_len: int, dim: int, model: dict, lineage: list[dict],
-             dataset_fingerprint: str | None, shards: list[dict], quarantined: list[str]) -> dict:
-    """Write quarantine.parquet and then the manifest (last: it marks the store complete)."""
+             dataset_fingerprint: str | None, shards: list[dict], quarantined: list[str], generation: str = "",
+             head: dict | None = None) -> dict:
+    """Write the quarantine list and then the manifest (last: it marks the store complete).
+
+    generation: the new files' generation (see the module doc); the manifest then names the quarantine file
+    and `head` ({"weights": file, **head.json fields}), and files no longer named are deleted after it lands.
+    """
     store = Path(store)
     shards = sorted(shards, key=lambda s: s["name"])
-    write_parquet_atomic(pa.table({"user_id": pa.array(sorted(quarantined), pa.string())}), store / QUARANTINE)
+    quarantine = generation_name(QUARANTINE, generation)
+    write_parquet_atomic(pa.table({"user_id": pa.array(sorted(quarantined), pa.string())}), store / quarantine)
     manifest = {"format_version": FORMAT_VERSION, "created_by": f"puma-ray {__version__}", "task": task,
                 "prompt_len": prompt_len, "dim": dim, "dtype": "float32",
                 "num_users": sum(s["rows"] for s in shards), "quarantined": len(quarantined), "model": model,
                 "lineage": lineage, "dataset_fingerprint": dataset_fingerprint, "shards": shards}
+    if generation:
+        manifest["quarantine_file"] = quarantine
+    if head is not None:
+        manifest["head"] = head
     write_json_atomic(store / MANIFEST, manifest)
+    if generation:
+        drop_unnamed(store, manifest)
     return manifest
+
+
+def named_files(manifest: dict) -> set[str]:
+    """Every file a manifest names (shards, quarantine list, head weights)."""
+    names = {s["name"] for s in manifest["shards"]} | {manifest.get("quarantine_file", QUARANTINE)}
+    return names | ({manifest["head"]["weights"]} if "head" in manifest else {"head.safetensors", "head.json"})
+
+
+def drop_unnamed(store: Path, manifest: dict) -> None:
+    """Delete the store files of earlier generations (shards, quarantine lists, heads) the manifest no longer names."""
+    keep = named_files(manifest)
+    for pattern in ("part-*.parquet", "quarantine*.parquet", "head*.safetensors", "head.json"):
+        for path in store.glob(pattern):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
 
 
 def read_manifest(store: str | Path) -> dict:
@@ -130,14 +170,23 @@ def load_prompts(store: str | Path, user_ids: list[str]) -> np.ndarray:
     return out
 
 
+def _manifest_if_any(store: str | Path) -> dict:
+    return read_manifest(store) if (Path(store) / MANIFEST).is_file() else {}
+
+
 def read_quarantine(store: str | Path) -> list[str]:
     """User ids the store quarantined (non-finite prompts); empty when it has none."""
-    path = Path(store) / QUARANTINE
+    path = Path(store) / _manifest_if_any(store).get("quarantine_file", QUARANTINE)
     return pq.read_table(path).column("user_id").to_pylist() if path.is_file() else []
 
 
 def read_head(store: str | Path) -> tuple[Path, dict] | None:
-    """(head.safetensors, head.json contents) of a store written by `prompts` or `migrate`, or None."""
+    """(head weights, head fields {task, lam, template, yes_minus_no}) of a store written by `prompts` or
+    `migrate`, or None: named by the manifest's `head`, else the store's head.safetensors and head.json."""
+    head = _manifest_if_any(store).get("head")
+    if head is not None:
+        path = Path(store) / head["weights"]
+        return (path, {k: v for k, v in head.items() if k != "weights"}) if path.is_file() else None
     path, meta = Path(store) / "head.safetensors", Path(store) / "head.json"
     if not path.is_file() or not meta.is_file():
         return None

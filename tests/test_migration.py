@@ -22,7 +22,8 @@ from conftest import kill_when
 from puma_ray.config import AdapterStageConfig, ChainConfig, EvaluateConfig, MigrateConfig, SelectConfig
 from puma_ray.data.schema import file_sha256, shard_paths, write_parquet_atomic
 from puma_ray.errors import PumaError
-from puma_ray.prompt_store import finalize, iter_prompts, prompt_schema, read_manifest, verify, write_shard
+from puma_ray.prompt_store import (finalize, iter_prompts, prompt_schema, read_head, read_manifest, verify,
+                                  write_shard)
 from puma_ray.stages.adapter import run_adapter
 from puma_ray.stages.chain import run_chain
 from puma_ray.stages.evaluate import run_evaluate
@@ -57,8 +58,9 @@ def restore(store, out, transform=None, shards=6, users=None):
         info, q = write_shard(out, i, [ids[j] for j in chunk], prompts[chunk])
         infos.append(info)
         bad += q
-    for f in ("head.safetensors", "head.json"):
-        (out / f).write_bytes((store / f).read_bytes())
+    head_path, head = read_head(store)
+    (out / "head.safetensors").write_bytes(head_path.read_bytes())
+    (out / "head.json").write_text(json.dumps(head))
     finalize(out, task=m["task"], prompt_len=m["prompt_len"], dim=m["dim"], model=m["model"], lineage=m["lineage"],
              dataset_fingerprint=m["dataset_fingerprint"], shards=infos, quarantined=bad)
     return out
@@ -294,11 +296,12 @@ def prompt_value_strings(store, users=3, values=24) -> set[str]:
     return found
 
 
-def test_migrate_and_evaluate_logs_hold_no_prompt_values(setup, tmp_path):
+def test_migrate_and_evaluate_logs_hold_no_prompt_values_or_user_text(setup, tmp_path):
     root, _ = setup
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     logs = ""
-    for args in (["migrate", "--adapter", str(root / "adapter"), "--source", str(root / "src"), "--out",
+    for args in (["data", "--source", "synthetic", "--users", "40", "--out", str(tmp_path / "d")],
+                 ["migrate", "--adapter", str(root / "adapter"), "--source", str(root / "src"), "--out",
                   str(tmp_path / "m")],
                  ["evaluate", "--data", str(root / "data"), "--model", str(root / "qwen2"), "--prompts",
                   str(tmp_path / "m"), "--out", str(tmp_path / "e")]):
@@ -307,6 +310,11 @@ def test_migrate_and_evaluate_logs_hold_no_prompt_values(setup, tmp_path):
         assert res.returncode == 0, res.stderr[-2000:]
         logs += res.stdout + res.stderr
     values = prompt_value_strings(root / "src") | prompt_value_strings(tmp_path / "m")
-    assert "migrate:" in logs and "evaluate:" in logs and len(values) > 20
+    assert "data:" in logs and "migrate:" in logs and "evaluate:" in logs and len(values) > 20
     leaked = sorted(v for v in values if v in logs)
     assert not leaked, f"prompt values in the logs: {leaked[:5]}"
+    # nor raw user text: the item titles that users' histories and the scored rows are made of
+    titles = {t for d in (root / "data", tmp_path / "d") for t in pd.read_parquet(d / "items.parquet")["item_text"]}
+    assert len(titles) > 20
+    shown = sorted(t for t in titles if t in logs)
+    assert not shown, f"item titles in the logs: {shown[:5]}"

@@ -66,3 +66,50 @@ def test_prompts_of_another_model_are_refused(tmp_path):
     ps.check_model(manifest, "abc123", tmp_path)
     with pytest.raises(PumaError, match="migrate it with an adapter"):
         ps.check_model(manifest, "other", tmp_path)
+
+
+def write_generation(path, generation, scale, finish=True):
+    """A store generation: 6 users' prompts (all = scale, user u3 poisoned), a head file, then (finish) the manifest."""
+    prompts = np.full((6, 1, 4), scale, dtype=np.float32)
+    prompts[3, 0, 0] = np.nan
+    users = [f"u{i}" for i in range(6)]
+    shards, bad = [], []
+    for k in (0, 1):
+        info, q = ps.write_shard(path, k, users[3 * k:3 * k + 3], prompts[3 * k:3 * k + 3], generation)
+        shards.append(info)
+        bad += q
+    weights = ps.generation_name("head.safetensors", generation)
+    (path / weights).write_bytes(f"head {scale}".encode())
+    if finish:
+        ps.finalize(path, task="rating", prompt_len=1, dim=4, model=MODEL, lineage=[{"step": "trained"}],
+                    dataset_fingerprint="data1", shards=shards, quarantined=bad, generation=generation,
+                    head={"weights": weights, "task": "rating", "lam": 0.2})
+
+
+def store_state(path):
+    ps.verify(path)
+    values = {float(p.max()) for _, prompts in ps.iter_prompts(path) for p in prompts}
+    head_path, head = ps.read_head(path)
+    return values, head_path.read_bytes(), head["lam"], ps.read_quarantine(path)
+
+
+def test_a_store_rewritten_in_place_is_the_old_one_until_the_new_manifest_lands(tmp_path):
+    write_generation(tmp_path, "a1", 1.0)
+    old = store_state(tmp_path)
+    assert old == ({1.0}, b"head 1.0", 0.2, ["u3"])
+    write_generation(tmp_path, "b2", 2.0, finish=False)  # a run killed after writing every new file
+    assert store_state(tmp_path) == old
+    write_generation(tmp_path, "c3", 3.0)  # the next complete run swaps in and clears both earlier generations
+    assert store_state(tmp_path) == ({3.0}, b"head 3.0", 0.2, ["u3"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "head-c3.safetensors", "manifest.json", "part-00000-c3.parquet", "part-00001-c3.parquet",
+        "quarantine-c3.parquet"]
+
+
+def test_stores_without_generations_keep_their_plain_head_files(tmp_path):
+    make_store(tmp_path)
+    assert ps.read_head(tmp_path) is None  # no head written: e.g. a store built by hand
+    (tmp_path / "head.safetensors").write_bytes(b"w")
+    (tmp_path / "head.json").write_text('{"task": "rating", "lam": 0.5}')
+    path, head = ps.read_head(tmp_path)
+    assert path.name == "head.safetensors" and head["lam"] == 0.5

@@ -58,7 +58,7 @@ def test_two_workers_learn_and_write_a_complete_store(setup, zero2):
     assert manifest["model"]["fingerprint"] == model["fingerprint"] and manifest["dim"] == 64
     assert manifest["lineage"][0]["step"] == "trained" and manifest["lineage"][0]["best_epoch"] == zero2["best_epoch"]
     assert len(manifest["shards"]) == 2  # one per worker: each owns its users' rows
-    assert (root / "zero2" / "head.safetensors").is_file()
+    assert ps.read_head(root / "zero2")[0].is_file() and ps.read_head(root / "zero2")[1]["task"] == "rating"
     cost = json.loads((root / "zero2" / "costs.jsonl").read_text().splitlines()[-1])
     assert cost["stage"] == "prompts" and cost["workers"] == 2 and cost["samples"] > 0 and cost["tokens"] > 0
 
@@ -147,3 +147,39 @@ def test_store_of_another_model_is_refused(setup, zero2, tmp_path):
                                     pretrain_steps=0))
     with pytest.raises(PumaError, match="migrate it with an adapter"):
         run_prompts(cfg(root, "warm", model=other["path"], init_from=str(root / "zero2")))
+
+
+def test_a_rerun_killed_mid_training_leaves_the_old_store_whole(setup, zero2, tmp_path):
+    """SIGKILL of the `prompts` driver while it re-trains an existing store: the old store is still complete
+    and unchanged; the next run finishes (resuming) and swaps in a new, complete one."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    import ray
+    from conftest import REPO
+
+    root, _ = setup
+    out = tmp_path / "store"
+    shutil.copytree(root / "zero2", out, ignore=shutil.ignore_patterns("_train"))  # a store, no run to resume
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name.startswith(("part-", "quarantine", "head",
+                                                                                    "manifest"))}
+    old = ps.verify(out)
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    cmd = [sys.executable, "-m", "puma_ray.cli", "prompts", "--data", str(root / "data"), "--model",
+           str(root / "llama"), "--out", str(out), "--workers", "2", "--epochs", "3", "--lr", "0.02"]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("_train/*/checkpoint_*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.kill()  # mid-training: an epoch's checkpoint exists, the store has not been rewritten
+    proc.wait()
+    assert ps.verify(out) == old and len(before) >= 5
+    assert all((out / name).read_bytes() == data for name, data in before.items())
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    new = ps.verify(out)
+    assert new["shards"] != old["shards"] and ps.read_head(out)[1]["lam"] == 0.2
+    assert not any((out / name).exists() for name in before if name != "manifest.json")  # old files cleared

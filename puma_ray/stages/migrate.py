@@ -14,6 +14,7 @@ shards already done (progress record + checksum) are skipped.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -124,16 +125,17 @@ def run_migrate(cfg: MigrateConfig) -> dict:
         quarantined = sorted({u for r in records for u in r["quarantined"]} |
                              {u for s in cfg.source for u in read_quarantine(s)})
         target = meta["target"]
+        # the head goes in before the manifest, which names it: a complete store always has its head
+        shutil.copy(adapter_dir / "head.safetensors", out / ".head.safetensors.tmp")
+        os.replace(out / ".head.safetensors.tmp", out / "head.safetensors")
         manifest = finalize(out, task=meta["task"], prompt_len=meta["prompt_len"], dim=target["hidden_size"],
                             model={k: target[k] for k in ("name", "family", "hidden_size", "fingerprint")},
                             lineage=lineage_of(cfg.source, manifests, cfg.adapter, meta),
                             dataset_fingerprint=manifests[0]["dataset_fingerprint"],
                             shards=[{k: r[k] for k in ("name", "rows", "sha256")} for r in records],
-                            quarantined=quarantined)
-        shutil.copy(adapter_dir / "head.safetensors", out / "head.safetensors")
-        (out / "head.json").write_text(json.dumps({"task": meta["task"], "lam": meta["lam"],
-                                                  "template": meta["template"],
-                                                  "yes_minus_no": meta["yes_minus_no"]}, indent=2) + "\n")
+                            quarantined=quarantined,
+                            head={"weights": "head.safetensors", "task": meta["task"], "lam": meta["lam"],
+                                  "template": meta["template"], "yes_minus_no": meta["yes_minus_no"]})
         shutil.rmtree(out / PROGRESS_DIR, ignore_errors=True)
         params = adapter_param_count(AdapterConfig(**meta["adapter"]))
         meter.samples = total_rows

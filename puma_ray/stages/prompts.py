@@ -7,7 +7,7 @@ Creates the SOURCE prompts, and on the target model it is the FULL RETRAINING ba
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -19,7 +19,7 @@ from puma_ray.config import PromptsConfig
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import shard_paths
 from puma_ray.hf import describe_model, model_ref
-from puma_ray.prompt_store import check_model, finalize, write_shard
+from puma_ray.prompt_store import check_model, finalize, generation_name, write_shard
 from puma_ray.prompt_store import read_manifest as read_store_manifest
 from puma_ray.ray_utils import dataset_parts, init_ray, read_columns
 from puma_ray.runs import CostMeter, check_out, log, open_run
@@ -40,8 +40,10 @@ def rank_datasets(data_dir: str, world: int, cache: bool) -> dict:
     return dataset_parts(tagged, [f"{split}_r{r}" for split in ("train", "valid") for r in range(world)], cache)
 
 
-def write_store(ckpt, out: Path, world: int, manifest_fields: dict) -> dict:
-    """Prompt store from a checkpoint: one shard per rank (streamed rank by rank) + head weights."""
+def write_store(ckpt, out: Path, world: int, head: dict, manifest_fields: dict) -> dict:
+    """Prompt store from a checkpoint: one shard per rank (streamed rank by rank) + head weights, all of a new
+    generation written beside the store's current files; the manifest swaps them in (prompt_store module doc)."""
+    generation = f"{time.time_ns():x}"
     shards, quarantined = [], []
     with ckpt.as_directory() as d:
         for r in range(world):
@@ -49,11 +51,14 @@ def write_store(ckpt, out: Path, world: int, manifest_fields: dict) -> dict:
             if not users:
                 continue
             weight = load_file(f"{d}/table-r{r:05d}.safetensors")["weight"].numpy()
-            info, bad = write_shard(out, r, users, weight)
+            info, bad = write_shard(out, r, users, weight, generation)
             shards.append(info)
             quarantined += bad
-        shutil.copy(f"{d}/head.safetensors", out / "head.safetensors")
-    return finalize(out, shards=shards, quarantined=quarantined, **manifest_fields)
+        weights = generation_name("head.safetensors", generation)
+        shutil.copy(f"{d}/head.safetensors", out / f".{weights}.tmp")
+        os.replace(out / f".{weights}.tmp", out / weights)
+    return finalize(out, shards=shards, quarantined=quarantined, generation=generation,
+                    head={"weights": weights, **head}, **manifest_fields)
 
 
 def run_prompts(cfg: PromptsConfig) -> dict:
@@ -70,8 +75,7 @@ def run_prompts(cfg: PromptsConfig) -> dict:
     name = cfg.run_name or run_name("prompts", cfg.out)
     storage = cfg.storage_path or str((Path(cfg.out) / "_train").resolve())
     check_resume(storage, name, cfg.workers)  # before anything in --out changes
-    out = open_run(cfg.out, "prompts", cfg)
-    (out / "manifest.json").unlink(missing_ok=True)  # the store is incomplete until this run finishes
+    out = open_run(cfg.out, "prompts", cfg)  # a store already there stays whole until the new one replaces it
     W = cfg.workers
     with CostMeter(out, "prompts", cfg, workers=W) as meter:
         meter.startup_s = init_ray()
@@ -100,11 +104,10 @@ def run_prompts(cfg: PromptsConfig) -> dict:
         ckpt, best = best_checkpoint(result, metric, task.mode)
         history = run_history(result)
         lineage[-1]["best_epoch"] = int(best["epoch"])
-        manifest = write_store(ckpt, out, W, {
+        head = {"task": task.name, "lam": cfg.lam, "template": template, "yes_minus_no": cfg.yes_minus_no}
+        manifest = write_store(ckpt, out, W, head, {
             "task": task.name, "prompt_len": cfg.prompt_len, "dim": model["hidden_size"], "model": model,
             "lineage": lineage, "dataset_fingerprint": data["fingerprint"]})
-        (out / "head.json").write_text(json.dumps({"task": task.name, "lam": cfg.lam, "template": template,
-                                                  "yes_minus_no": cfg.yes_minus_no}, indent=2) + "\n")
         record_training(meter, history, fit_start, model["parameters"])
         meter.extra = {"best_epoch": int(best["epoch"]), metric: best[metric], "users": len(users)}
     log.info("prompts: best epoch %d, %s %.4f -> store %s", best["epoch"], metric, best[metric], out)
