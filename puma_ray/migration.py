@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file
 
-from puma_ray.data.schema import file_sha256, write_json_atomic
+from puma_ray.data.schema import file_sha256, read_required_json, write_json_atomic
 from puma_ray.errors import PumaError
 from puma_ray.modules import AdapterConfig, MigrationAdapter
 from puma_ray.prompt_store import load_prompts, prompt_schema
@@ -36,7 +36,7 @@ PROGRESS_DIR = "_progress"
 def load_adapter(adapter_dir: str | Path, device: torch.device | str = "cpu") -> MigrationAdapter:
     """The adapter of an `adapter` output directory in eval mode (dropout off), weights checked against adapter.json."""
     adapter_dir = Path(adapter_dir)
-    meta = json.loads((adapter_dir / "adapter.json").read_text())
+    meta = read_required_json(adapter_dir / "adapter.json", f"{adapter_dir} holds no adapter.json")
     weights = adapter_dir / "adapter.safetensors"
     if file_sha256(weights) != meta["sha256"]:
         raise PumaError(f"{weights} does not match the checksum in adapter.json: the adapter is damaged")

@@ -318,3 +318,12 @@ def test_migrate_and_evaluate_logs_hold_no_prompt_values_or_user_text(setup, tmp
     assert len(titles) > 20
     shown = sorted(t for t in titles if t in logs)
     assert not shown, f"item titles in the logs: {shown[:5]}"
+
+
+def test_a_truncated_adapter_json_is_one_line_and_out_is_untouched(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter.json").write_text('{"adapter": {"source_dim": 6')  # a write cut short
+    with pytest.raises(PumaError, match="adapter.json is corrupt"):
+        run_migrate(MigrateConfig(adapter=str(adapter), source=[str(tmp_path / "src")], out=str(tmp_path / "m")))
+    assert not (tmp_path / "m").exists()

@@ -9,7 +9,6 @@ A selection directory holds `selected.parquet` with a `user_id` column (what
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import ray
 from safetensors.torch import load_file
 
 from puma_ray.config import AdapterStageConfig
-from puma_ray.data.schema import file_sha256, shard_paths
+from puma_ray.data.schema import file_sha256, shard_paths, write_json_atomic
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.errors import PumaError
 from puma_ray.hf import describe_model, load_causal_lm, model_ref
@@ -160,7 +159,7 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
                          "lineage": m["lineage"]} for s, m in zip(cfg.source, sources)],
             "users": len(users), "best_epoch": int(best["epoch"]), metric: best[metric],
             "dataset_fingerprint": data["fingerprint"], "sha256": file_sha256(out / "adapter.safetensors")}
-    (out / "adapter.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json_atomic(out / "adapter.json", meta)  # last: it marks the adapter complete
     log.info("adapter: best epoch %d, %s %.4f -> %s", best["epoch"], metric, best[metric], out)
     curve = [{k: row[k] for k in ("epoch", "train_loss", metric)} for row in history]
     return {"out": str(out), "users": len(users), "best_epoch": int(best["epoch"]), metric: best[metric],

@@ -21,6 +21,7 @@ from pathlib import Path
 import ray
 
 from puma_ray.config import MigrateConfig
+from puma_ray.data.schema import read_required_json, write_json_atomic
 from puma_ray.errors import PumaError
 from puma_ray.migration import PROGRESS_DIR, ShardMigrator, done_shard
 from puma_ray.modules import AdapterConfig, adapter_param_count
@@ -69,20 +70,19 @@ def claim_output(out: Path, identity: dict) -> dict | None:
                 [f["store"] for f in m["lineage"][-1]["from"]] == identity["sources"]:
             return m
         raise PumaError(f"--out {out} is already a complete prompt store of another run; choose a new --out")
-    if marker.is_file() and json.loads(marker.read_text()) != identity:
+    if marker.is_file() and read_required_json(marker, f"{marker} is missing") != identity:
         raise PumaError(f"--out {out} holds a partial migration with another adapter or sources; "
                         "delete it or choose a new --out")
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(identity))
+    write_json_atomic(marker, identity)
     return None
 
 
 def run_migrate(cfg: MigrateConfig) -> dict:
     """Migrate every user of cfg.source into the store cfg.out; returns the JSON summary."""
     adapter_dir = Path(cfg.adapter)
-    if not (adapter_dir / "adapter.json").is_file():
-        raise PumaError(f"--adapter {cfg.adapter}: no adapter.json there (give a `puma-ray adapter` output)")
-    meta = json.loads((adapter_dir / "adapter.json").read_text())
+    meta = read_required_json(adapter_dir / "adapter.json",
+                              f"--adapter {cfg.adapter}: no adapter.json there (give a `puma-ray adapter` output)")
     manifests = check_stores(cfg.source, meta)
     sources = [str(Path(s).resolve()) for s in cfg.source]
     out = Path(cfg.out)
