@@ -110,18 +110,24 @@ def resolve(name: str) -> Callable[[Any], dict]:
     return getattr(importlib.import_module(module), func)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def parse_command(argv: Optional[list[str]] = None) -> tuple[str, Callable[[], Any]]:
+    """(subcommand, a function that builds its validated config) from a command line, as `main` runs it."""
     args = vars(build_parser().parse_args(argv))
     name = args.pop("command")
-    prog = f"puma-ray {name}"
     config_path, overrides = args.pop("_config", None), list(args.pop("overrides", ()))
     for key, value in args.items():  # a list flag's values swallow the trailing key=value overrides: give them back
         if isinstance(value, list):
             args[key] = [v for v in value if not _OVERRIDE.match(v)]
             overrides = [v for v in value if _OVERRIDE.match(v)] + overrides
+    return name, lambda: load_config(COMMANDS[name][0], config_path, args, tuple(overrides))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    name, config = parse_command(argv)
+    prog = f"puma-ray {name}"
     setup_logging()
     try:
-        cfg = load_config(COMMANDS[name][0], config_path, args, tuple(overrides))
+        cfg = config()
         summary = resolve(name)(cfg)
     except ConfigError as exc:
         _fail(prog, str(exc), 2)

@@ -123,10 +123,15 @@ class FrozenLogits:
         self.logits.append(logits.detach().float().cpu())
         self.labels.append(labels.detach().float().cpu())
 
+    def seal(self) -> None:
+        """The first epoch is over: the kept batches become one tensor each, once."""
+        self.logits = [torch.cat(self.logits)] if self.logits else []
+        self.labels = [torch.cat(self.labels)] if self.labels else []
+        self.filled = True
+
     def batches(self, steps: int, batch_size: int, seed: int) -> Iterator[tuple]:
         """`steps` (logits, labels, tokens=0) batches; (None, None, 0) padding steps on a rank without rows."""
-        logits = torch.cat(self.logits) if self.logits else torch.zeros(0)
-        labels = torch.cat(self.labels) if self.labels else torch.zeros(0)
+        logits, labels = (self.logits[0], self.labels[0]) if self.labels else (None, torch.zeros(0))
         n, gen, order, at = len(labels), torch.Generator().manual_seed(seed), torch.zeros(0, dtype=torch.long), 0
         for _ in range(steps):
             if not n:
@@ -157,7 +162,7 @@ def step_logits(lm, soft_fn, shard, index, config: dict, epoch: int, device, cac
         n = len(titles) if labels is not None else 0
         yield logits, labels, int(enc.lengths.sum()) + len(lm.template.prefix_ids) * n
     if cache is not None:
-        cache.filled = True
+        cache.seal()
 
 
 def train_epoch(lm, engine, soft_fn, shard, index, config: dict, epoch: int, device, after_step=None,

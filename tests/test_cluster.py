@@ -14,8 +14,7 @@ import ray
 import yaml
 from packaging.requirements import Requirement
 
-from puma_ray.cli import COMMANDS, build_parser, job_file
-from puma_ray.config import load_config
+from puma_ray.cli import COMMANDS, job_file, parse_command
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER = REPO / "cluster"
@@ -27,14 +26,12 @@ def entrypoints(text: str) -> list[str]:
 
 
 def load_entrypoint(command: str):
-    """The stage config a job entrypoint would run with (as cli.main builds it), without running it."""
-    words = shlex.split(command)
-    job = next(w for w in words if w.endswith(".py")).removeprefix("/app/")
+    """The stage config a job entrypoint would run with (cli.parse_command, as cli.main builds it), not run."""
+    words = [w.replace("/app/", f"{REPO}/") for w in shlex.split(command)]
+    script = next(i for i, w in enumerate(words) if w.endswith(".py"))
+    job = Path(words[script]).relative_to(REPO).as_posix() if words[script].startswith(str(REPO)) else words[script]
     name = next(n for n in COMMANDS if job_file(n) == job)
-    args = [w.replace("/app/", f"{REPO}/") for w in words[words.index(next(w for w in words if w.endswith(".py"))) + 1:]]
-    parsed = vars(build_parser().parse_args([name, *args]))
-    parsed.pop("command")
-    return load_config(COMMANDS[name][0], parsed.pop("_config", None), parsed, tuple(parsed.pop("overrides", ())))
+    return parse_command([name, *words[script + 1:]])[1]()
 
 
 def test_every_cluster_file_parses_and_pins_the_installed_ray():

@@ -14,14 +14,13 @@ shards already done (progress record + checksum) are skipped.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import ray
 
 from puma_ray.config import MigrateConfig
-from puma_ray.data.schema import read_required_json, write_json_atomic
+from puma_ray.data.schema import copy_atomic, read_required_json, write_json_atomic
 from puma_ray.errors import PumaError
 from puma_ray.migration import PROGRESS_DIR, ShardMigrator, done_shard
 from puma_ray.modules import AdapterConfig, adapter_param_count
@@ -126,8 +125,7 @@ def run_migrate(cfg: MigrateConfig) -> dict:
                              {u for s in cfg.source for u in read_quarantine(s)})
         target = meta["target"]
         # the head goes in before the manifest, which names it: a complete store always has its head
-        shutil.copy(adapter_dir / "head.safetensors", out / ".head.safetensors.tmp")
-        os.replace(out / ".head.safetensors.tmp", out / "head.safetensors")
+        copy_atomic(adapter_dir / "head.safetensors", out / "head.safetensors")
         manifest = finalize(out, task=meta["task"], prompt_len=meta["prompt_len"], dim=target["hidden_size"],
                             model={k: target[k] for k in ("name", "family", "hidden_size", "fingerprint")},
                             lineage=lineage_of(cfg.source, manifests, cfg.adapter, meta),

@@ -7,8 +7,6 @@ Creates the SOURCE prompts, and on the target model it is the FULL RETRAINING ba
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from safetensors.torch import load_file
 
 from puma_ray.config import PromptsConfig
 from puma_ray.data.schema import read_manifest as read_data_manifest
-from puma_ray.data.schema import shard_paths
+from puma_ray.data.schema import copy_atomic, shard_paths
 from puma_ray.hf import describe_model, model_ref
 from puma_ray.prompt_store import check_model, finalize, generation_name, write_shard
 from puma_ray.prompt_store import read_manifest as read_store_manifest
@@ -55,8 +53,7 @@ def write_store(ckpt, out: Path, world: int, head: dict, manifest_fields: dict) 
             shards.append(info)
             quarantined += bad
         weights = generation_name("head.safetensors", generation)
-        shutil.copy(f"{d}/head.safetensors", out / f".{weights}.tmp")
-        os.replace(out / f".{weights}.tmp", out / weights)
+        copy_atomic(f"{d}/head.safetensors", out / weights)
     return finalize(out, shards=shards, quarantined=quarantined, generation=generation,
                     head={"weights": weights, **head}, **manifest_fields)
 
