@@ -1,4 +1,5 @@
-# .venv/bin/python benchmarks/forward_speed.py [--model DIR ...] [--batch 32] [--steps 30]
+# .venv/bin/python benchmarks/forward_speed.py [--model DIR ...] [--batch 32] [--steps 30] [--dtype float32 bfloat16]
+#     [--reference-code] [--threads 2]
 """Training-step throughput: fast answer path vs the reference-style path (a benchmark, not a test).
 
 One step = forward + rating loss + backward into the soft prompts + AdamW step, batch 32,
@@ -6,17 +7,25 @@ same model, same batch. Reference style = prompt + appended answer token through
 full model, full-vocabulary logits at every position (what the paper's code does).
 Fast = final hidden state at the answer position only, projected on the 5 answer rows,
 with and without the prefix key/value cache. Prints samples/s and the ratios, one JSON
-line per model. Default models: a tiny llama whose tokenizer is trained on the synthetic
+line per model and dtype. Default models: a tiny llama whose tokenizer is trained on the synthetic
 titles (vocabulary ~900: per-op overhead dominates, the honest worst case) and, when the
 MIND sample is in ../shared/data, the same architecture with an 8,192-token vocabulary
 trained on its news text (closer to real LLMs, whose 32k-256k vocabularies make the
 reference path's full-vocabulary logits the dominant cost).
+
+--dtype runs the fast path with the frozen model in each dtype (bfloat16 uses the CPU's AMX
+units where it has them) and reports its achieved FLOP/s (4 x non-embedding parameters x
+real tokens after the cached prefix: forward plus activation gradients, no weight gradients) against this machine's
+matmul rate for that dtype, measured in the same run. --reference-code also runs the paper
+authors' own training step (../shared/bench/ref_step_bench.py, float32, same batch and
+threads) in the same run and reports fast / reference-code.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +43,10 @@ from puma_ray.stages.models import run_models  # noqa: E402
 from puma_ray.templates import RATING_ANSWERS, load_template_text  # noqa: E402
 
 
-NEWS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mind-small-sample" / "news.tsv"
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+NEWS = SHARED / "data" / "mind-small-sample" / "news.tsv"
+REFERENCE_BENCH = SHARED / "bench" / "ref_step_bench.py"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def default_models(family: str, workdir: Path) -> list[Path]:
@@ -50,16 +62,19 @@ def default_models(family: str, workdir: Path) -> list[Path]:
     return models
 
 
-def steps_per_second(lm: FrozenLM, path: str, titles: list[str], batch: int, steps: int) -> float:
+def steps_per_second(lm: FrozenLM, path: str, titles: list[str], batch: int, steps: int) -> tuple[float, int]:
+    """(samples/s, real tokens per step on average) of `steps` timed steps after 3 warm-up steps."""
     torch.manual_seed(0)
     table = SoftPromptTable(1000, 1, lm.hidden, generator=torch.Generator().manual_seed(0))
     head = RatingHead()
     opts = [sparse_adam(table, 5e-4), torch.optim.AdamW(head.parameters(), lr=5e-4)]
     g = torch.Generator().manual_seed(1)
+    tokens = []
 
     def step() -> None:
         users = torch.randint(0, 1000, (batch,), generator=g)
         b = lm.encode([titles[i % len(titles)] for i in users.tolist()])
+        tokens.append(int(b.lengths.sum()))  # computed per step: the cached prefix is not
         soft = table(users)
         logits = lm.answer_logits(soft, b) if path == "fast" else lm.reference_logits(soft, b)
         loss, _ = head.loss(logits, torch.randint(1, 6, (batch,), generator=g).float())
@@ -74,7 +89,27 @@ def steps_per_second(lm: FrozenLM, path: str, titles: list[str], batch: int, ste
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    return batch * steps / (time.perf_counter() - t0)
+    return batch * steps / (time.perf_counter() - t0), round(sum(tokens[3:]) / steps)
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
+    """This machine's measured FLOP/s of an n x n matmul in `dtype` (current thread count)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        done += 1
+    return 2 * n ** 3 * done / (time.perf_counter() - t0)
+
+
+def reference_code(model: Path, batch: int, steps: int, threads: int) -> float | None:
+    """samples/s of the paper authors' training step on `model` (None when their code is not beside us)."""
+    if not REFERENCE_BENCH.is_file():
+        return None
+    out = subprocess.run([sys.executable, str(REFERENCE_BENCH), "--model", str(model), "--batch", str(batch),
+                          "--steps", str(steps), "--threads", str(threads)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["samples_per_s"]
 
 
 def main() -> None:
@@ -84,26 +119,50 @@ def main() -> None:
     ap.add_argument("--family", default="llama")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--dtype", nargs="+", choices=list(DTYPES), default=["float32"],
+                    help="dtype(s) of the frozen model for the fast path (the reference-style path runs in float32)")
+    ap.add_argument("--reference-code", action="store_true",
+                    help="also time the paper authors' training step in this run (../shared/bench/ref_step_bench.py)")
+    ap.add_argument("--skip-reference-style", action="store_true",
+                    help="do not time our reference-style path (slow on deep models)")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    rates = {d: matmul_rate(DTYPES[d]) for d in args.dtype}
     titles = list(make_catalogue(0, 400, 8, 8).titles)
     with tempfile.TemporaryDirectory() as tmp:
         for path in [Path(m) for m in args.model] if args.model else default_models(args.family, Path(tmp)):
-            model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+            tok = AutoTokenizer.from_pretrained(path)
             text = load_template_text("rating_amazon")
-            cached = FrozenLM(model, tok, text, RATING_ANSWERS, prefix_cache=True)
-            plain = FrozenLM(model, tok, text, RATING_ANSWERS, prefix_cache=False)
-            ref = steps_per_second(plain, "reference", titles, args.batch, args.steps)
-            fast_plain = steps_per_second(plain, "fast", titles, args.batch, args.steps)
-            fast = steps_per_second(cached, "fast", titles, args.batch, args.steps)
-            print(json.dumps({"model": path.name, "family": model.config.model_type,
-                              "hidden": model.config.hidden_size, "vocab": model.config.vocab_size,
-                              "batch": args.batch, "reference_samples_per_s": round(ref, 1),
-                              "fast_no_cache_samples_per_s": round(fast_plain, 1),
-                              "fast_samples_per_s": round(fast, 1), "speedup_fast_vs_reference": round(fast / ref, 2),
-                              "speedup_prefix_cache": round(fast / fast_plain, 2)}), flush=True)
+            row = {"model": path.name, "batch": args.batch, "threads": args.threads}
+            ref_code = reference_code(path, args.batch, args.steps, args.threads) if args.reference_code else None
+            if ref_code is not None:
+                row["reference_code_samples_per_s"] = ref_code
+            for name in args.dtype:
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[name])
+                body = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+                cached = FrozenLM(model, tok, text, RATING_ANSWERS, prefix_cache=True)
+                plain = FrozenLM(model, tok, text, RATING_ANSWERS, prefix_cache=False)
+                fast, tokens = steps_per_second(cached, "fast", titles, args.batch, args.steps)
+                flops = 4.0 * body * tokens * fast / args.batch
+                out = {**row, "dtype": name, "family": model.config.model_type, "hidden": model.config.hidden_size,
+                       "layers": model.config.num_hidden_layers, "vocab": model.config.vocab_size,
+                       "fast_samples_per_s": round(fast, 1), "tokens_per_sample": round(tokens / args.batch, 1),
+                       "achieved_gflops": round(flops / 1e9, 1), "matmul_gflops": round(rates[name] / 1e9, 1),
+                       "fraction_of_matmul_rate": round(flops / rates[name], 3)}
+                if not args.skip_reference_style:
+                    ref, _ = steps_per_second(plain, "reference", titles, args.batch, args.steps)
+                    fast_plain, _ = steps_per_second(plain, "fast", titles, args.batch, args.steps)
+                    out.update({"reference_samples_per_s": round(ref, 1),
+                                "fast_no_cache_samples_per_s": round(fast_plain, 1),
+                                "speedup_fast_vs_reference": round(fast / ref, 2),
+                                "speedup_prefix_cache": round(fast / fast_plain, 2)})
+                if ref_code is not None:
+                    out["speedup_vs_reference_code"] = round(fast / ref_code, 2)
+                print(json.dumps(out), flush=True)
+
 
 if __name__ == "__main__":
     main()

@@ -365,7 +365,9 @@ class TrainingConfig(StageConfig):
     workers: int = 1
     """Ray Train workers."""
     use_gpu: bool = False
-    """One GPU per worker (bf16 on GPU, fp32 on CPU)."""
+    """One GPU per worker (the frozen LLM in bf16 on GPU unless --dtype says otherwise)."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Frozen LLM's dtype: auto = bfloat16 on GPU, float32 on CPU (bfloat16 on AMX CPUs: ~2x faster on real LLMs)."""
     cpus_per_worker: float = 0.5
     """CPUs reserved per worker; below 1 leaves room for Ray Data's readers on small machines."""
     zero_stage: int = 2
@@ -494,6 +496,9 @@ class MigrateConfig(StageConfig):
     """CPUs per actor (also its torch threads)."""
     use_gpu: bool = False
     """One GPU per actor."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Adapter arithmetic: auto = bfloat16 on GPU, float32 on CPU (bfloat16 on AMX CPUs is several times faster;
+    stored prompts stay float32)."""
     batch_size: int = 1024
     """Prompts per adapter forward (bounds memory with the shard's row-group size)."""
 
@@ -528,6 +533,8 @@ class EvaluateConfig(StageConfig):
     """Rows per model forward."""
     use_gpu: bool = False
     """One GPU per actor (bf16)."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Frozen LLM's dtype: auto = bfloat16 on GPU, float32 on CPU (bfloat16 on AMX CPUs: ~2x faster on real LLMs)."""
     prefix_cache: bool = True
     """Reuse the key/values of the template's constant prefix."""
     broadcast_mb: int = 256
@@ -636,6 +643,8 @@ class ChainConfig(StageConfig):
     """Ray Train workers (adapter) and Ray Data actors (migrate, evaluate)."""
     use_gpu: bool = False
     """One GPU per adapter worker and per migrate/evaluate actor (bf16 on GPU, fp32 on CPU)."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Frozen LLM's dtype: auto = bfloat16 on GPU, float32 on CPU (bfloat16 on AMX CPUs: ~2x faster on real LLMs)."""
     epochs: int = 4
     """Adapter epochs per hop (raised to reach min_steps)."""
     min_steps: int = 200
@@ -687,6 +696,8 @@ class DemoConfig(StageConfig):
     """Ray Train workers of every training stage."""
     use_gpu: bool = False
     """One GPU per training worker and per scoring actor in every stage (bf16 on GPU, fp32 on CPU)."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Frozen LLM's dtype: auto = bfloat16 on GPU, float32 on CPU (bfloat16 on AMX CPUs: ~2x faster on real LLMs)."""
     prompt_lr: float = 5e-3
     """Learning rate of prompt training (above the paper's 5e-4: tiny models, few epochs)."""
     adapter_lr: Optional[float] = None
@@ -735,6 +746,8 @@ class SweepConfig(StageConfig):
     """CPUs each adapter worker reserves."""
     use_gpu: bool = False
     """One GPU per adapter worker and migrate/evaluate actor (bf16)."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Frozen LLM's dtype: auto = bfloat16 on GPU, float32 on CPU (bfloat16 on AMX CPUs: ~2x faster on real LLMs)."""
     seed: int = 0
     """Seed of the random draws of the space (each trial's own seed is the `seed` parameter)."""
 
@@ -779,6 +792,8 @@ class BenchConfig(StageConfig):
     """CPUs each training worker reserves."""
     use_gpu: bool = False
     """One GPU per training worker and migrate/evaluate actor (bf16)."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Frozen LLM's dtype: auto = bfloat16 on GPU, float32 on CPU (bfloat16 on AMX CPUs: ~2x faster on real LLMs)."""
     prompt_epochs: int = 15
     """Epochs of source prompts, floor and full retraining (paper: 15)."""
     prompt_lr: float = 5e-4

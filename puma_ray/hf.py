@@ -40,6 +40,18 @@ def load_tokenizer(name: str):
     return _friendly_load(AutoTokenizer.from_pretrained, name, "tokenizer")
 
 
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The frozen LLM's dtype for a config's `dtype` (auto = bfloat16 on GPU, float32 elsewhere)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def dtype_name(name: str, use_gpu: bool) -> str:
+    """What `resolve_dtype` gives on a GPU worker (use_gpu) or a CPU one, as a name ("bfloat16")."""
+    return str(resolve_dtype(name, torch.device("cuda" if use_gpu else "cpu"))).removeprefix("torch.")
+
+
 def load_causal_lm(name: str, dtype: torch.dtype = torch.float32):
     """AutoModelForCausalLM in eval mode with every parameter frozen.
 

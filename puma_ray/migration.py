@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 
 from puma_ray.data.schema import file_sha256, read_required_json, write_json_atomic
 from puma_ray.errors import PumaError
+from puma_ray.hf import resolve_dtype
 from puma_ray.modules import AdapterConfig, MigrationAdapter
 from puma_ray.prompt_store import load_prompts, prompt_schema
 from puma_ray.scoring import prompt_matrix
@@ -65,11 +66,12 @@ class ShardMigrator:
     """Ray Data callable: rows {index, path, sha256} of source shards -> their target shards' records."""
 
     def __init__(self, adapter_dir: str, sources: list[str], out: str, prompt_len: int, dims: list[int],
-                 batch_size: int, threads: int, use_gpu: bool = False) -> None:
+                 batch_size: int, threads: int, use_gpu: bool = False, dtype: str = "auto") -> None:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, threads))
-        self.adapter = load_adapter(adapter_dir, self.device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.adapter = load_adapter(adapter_dir, self.device).to(self.dtype)
         self.sources, self.out, self.l, self.dims = sources, Path(out), prompt_len, dims
         self.batch_size = batch_size
         self.target_dim = self.adapter.cfg.target_dim
@@ -95,7 +97,7 @@ class ShardMigrator:
                 x = prompt_matrix(batch.column("prompt"), self.l * self.dims[0]).reshape(len(users), self.l, -1)
                 if len(self.sources) > 1:  # aggregated: the same users' prompts from every other store
                     x = np.concatenate([x] + [load_prompts(s, users) for s in self.sources[1:]], axis=-1)
-                y = self.adapter(torch.from_numpy(x).to(self.device)).float().cpu().numpy().reshape(len(users), -1)
+                y = self.adapter(torch.from_numpy(x).to(self.device, self.dtype)).float().cpu().numpy().reshape(len(users), -1)
                 ok = np.isfinite(x.reshape(len(users), -1)).all(axis=1) & np.isfinite(y).all(axis=1)
                 bad += [u for u, good in zip(users, ok) if not good]
                 kept = np.flatnonzero(ok)

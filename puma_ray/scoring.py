@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from puma_ray.errors import PumaError
-from puma_ray.hf import load_causal_lm, load_tokenizer
+from puma_ray.hf import load_causal_lm, load_tokenizer, resolve_dtype
 from puma_ray.llm import FrozenLM
 from puma_ray.training import TASKS
 
@@ -41,7 +41,7 @@ class PromptScorer:
 
     def __init__(self, model: str, template_text: str, task: str, head_path: str, lam: float, yes_minus_no: bool,
                  prompt_len: int, dim: int, prefix_cache: bool = True, use_gpu: bool = False,
-                 prompts_ref=None) -> None:
+                 prompts_ref=None, dtype: str = "auto") -> None:
         """prompts_ref: an object ref of the whole store's (user_id, prompt) table (broadcast join: rows
         arrive without their prompt and find it here); None when rows come joined."""
         self.lookup = None
@@ -53,9 +53,8 @@ class PromptScorer:
             self.lookup = (pd.Index(table.column("user_id").to_pylist()),
                            prompt_matrix(table.column("prompt"), prompt_len * dim))
         self.device = _device(use_gpu)
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.task = TASKS[task]
-        self.lm = FrozenLM(load_causal_lm(model, dtype=dtype).to(self.device), load_tokenizer(model), template_text,
+        self.lm = FrozenLM(load_causal_lm(model, dtype=resolve_dtype(dtype, self.device)).to(self.device), load_tokenizer(model), template_text,
                            self.task.answers, prompt_len=prompt_len, prefix_cache=prefix_cache)
         self.head = self.task.head(lam, yes_minus_no)
         self.head.load_state_dict(load_file(head_path))

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from puma_ray.hf import load_causal_lm, load_tokenizer
+from puma_ray.hf import load_causal_lm, load_tokenizer, resolve_dtype
 from puma_ray.llm import FrozenLM
 from puma_ray.modules import AdapterConfig, MigrationAdapter
 from puma_ray.prompt_store import load_prompts
@@ -65,7 +65,7 @@ def adapter_loop(config: dict) -> None:
     task = TASKS[config["task"]]
     torch.manual_seed(config["seed"])
     device = torch.device("cuda" if config["use_gpu"] and torch.cuda.is_available() else "cpu")
-    model = load_causal_lm(config["target_model"], dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    model = load_causal_lm(config["target_model"], dtype=resolve_dtype(config["dtype"], device))
     lora = config.get("lora")
     if lora:
         from peft import LoraConfig, get_peft_model
@@ -112,7 +112,7 @@ def adapter_loop(config: dict) -> None:
     for epoch in range(start_epoch, config["epochs"]):
         totals = train_epoch(lm, engine, soft, train_shard, index, config, epoch, device)
         metrics = evaluate(lm, soft, engine, valid_shard, index, task, config["valid_steps"], B, device)
-        metrics.update(totals, ready_unix=ready)
+        metrics.update(totals, ready_unix=ready, lm_dtype=str(lm.model.dtype).removeprefix("torch."))
         history.append(metrics)
         state = gathered_state(engine)
         with tempfile.TemporaryDirectory() as d:

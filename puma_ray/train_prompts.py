@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
-from puma_ray.hf import load_causal_lm, load_tokenizer
+from puma_ray.hf import load_causal_lm, load_tokenizer, resolve_dtype
 from puma_ray.llm import FrozenLM
 from puma_ray.modules import SoftPromptTable, sparse_adam
 from puma_ray.prompt_store import load_prompts
@@ -219,7 +219,7 @@ def prompts_loop(config: dict) -> None:
     task = TASKS[config["task"]]
     torch.manual_seed(config["seed"])
     device = torch.device("cuda" if config["use_gpu"] and torch.cuda.is_available() else "cpu")
-    model = load_causal_lm(config["model"], dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    model = load_causal_lm(config["model"], dtype=resolve_dtype(config["dtype"], device))
     lm = FrozenLM(model.to(device), load_tokenizer(config["model"]), config["template_text"],
                   task.answers, prompt_len=config["prompt_len"], prefix_cache=config["prefix_cache"])
     users = owned_users(config["users_path"], rank, world)
@@ -266,7 +266,7 @@ def prompts_loop(config: dict) -> None:
         totals = train_epoch(lm, engine, soft, train_shard, index, config, epoch, device, after_step=table_step,
                              cache=cache)
         metrics = evaluate(lm, soft, engine, valid_shard, index, task, config["valid_steps"], B, device)
-        metrics.update(totals, ready_unix=ready)
+        metrics.update(totals, ready_unix=ready, lm_dtype=str(lm.model.dtype).removeprefix("torch."))
         history.append(metrics)
         head_state = gathered_state(engine)
         with tempfile.TemporaryDirectory() as d:

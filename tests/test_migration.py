@@ -327,3 +327,26 @@ def test_a_truncated_adapter_json_is_one_line_and_out_is_untouched(tmp_path):
     with pytest.raises(PumaError, match="adapter.json is corrupt"):
         run_migrate(MigrateConfig(adapter=str(adapter), source=[str(tmp_path / "src")], out=str(tmp_path / "m")))
     assert not (tmp_path / "m").exists()
+
+
+def test_bfloat16_migration_matches_float32_within_tolerance(setup, tmp_path):
+    """dtype=bfloat16 (AMX CPUs, GPUs) rounds the adapter's arithmetic only: every user's migrated prompt is
+    within 2% (relative L2) of the float32 one, the store stays float32, the lineage says which dtype ran,
+    and a partial migration is never resumed in another dtype."""
+    root, _ = setup
+    runs = {d: run_migrate(MigrateConfig(adapter=str(root / "adapter"), source=[str(root / "src")],
+                                         out=str(tmp_path / d), dtype=d)) for d in ("float32", "bfloat16")}
+    assert runs["bfloat16"]["users"] == runs["float32"]["users"] == 120
+    p32, p16 = ({u: p for us, ps in iter_prompts(tmp_path / d) for u, p in zip(us, ps)} for d in ("float32", "bfloat16"))
+    assert set(p32) == set(p16)
+    rel = max(float(np.linalg.norm(p16[u] - p32[u]) / np.linalg.norm(p32[u])) for u in p32)
+    assert 0 < rel < 0.02  # different (it ran in bf16), and close
+    assert verify(tmp_path / "bfloat16")["lineage"][-1]["dtype"] == "bfloat16"
+    assert verify(tmp_path / "float32")["lineage"][-1]["dtype"] == "float32"
+    (tmp_path / "partial" / "_progress").mkdir(parents=True)
+    (tmp_path / "partial" / "_progress" / "identity.json").write_text(json.dumps(
+        {"adapter_sha256": json.loads((root / "adapter" / "adapter.json").read_text())["sha256"],
+         "sources": [str((root / "src").resolve())], "dtype": "float32"}))
+    with pytest.raises(PumaError, match="partial migration"):
+        run_migrate(MigrateConfig(adapter=str(root / "adapter"), source=[str(root / "src")], out=str(tmp_path / "partial"),
+                                  dtype="bfloat16"))

@@ -183,3 +183,25 @@ def test_a_rerun_killed_mid_training_leaves_the_old_store_whole(setup, zero2, tm
     new = ps.verify(out)
     assert new["shards"] != old["shards"] and ps.read_head(out)[1]["lam"] == 0.2
     assert not any((out / name).exists() for name in before if name != "manifest.json")  # old files cleared
+
+
+def test_a_bfloat16_frozen_model_trains_and_scores_like_float32(setup, zero2, tmp_path):
+    """dtype=bfloat16 (the AMX/GPU fast path) only rounds the frozen model's arithmetic: the same run in
+    float32 (zero2) reaches the same validation RMSE within 2%, and evaluating the bf16-trained store
+    in either dtype agrees within 1%."""
+    from puma_ray.config import EvaluateConfig
+    from puma_ray.stages.evaluate import run_evaluate
+
+    root, _ = setup
+    bf16 = run_prompts(cfg(root, "bf16", epochs=4, dtype="bfloat16"))
+    assert bf16["curve"][-1]["train_loss"] < bf16["curve"][0]["train_loss"]
+    assert bf16["lm_dtype"] == "bfloat16" and zero2["lm_dtype"] == "float32"
+    assert bf16["valid_rmse"] == pytest.approx(zero2["valid_rmse"], rel=0.02)
+    assert bf16["valid_rmse"] != zero2["valid_rmse"]  # it did run in another dtype
+    evals = {d: run_evaluate(EvaluateConfig(data=str(root / "data"), model=str(root / "llama"),
+                                            prompts=str(root / "bf16"), out=str(tmp_path / d), dtype=d))
+             for d in ("bfloat16", "float32")}
+    assert [evals[d]["lm_dtype"] for d in ("bfloat16", "float32")] == ["bfloat16", "float32"]
+    scores = {d: e["rmse"] for d, e in evals.items()}
+    assert scores["bfloat16"] == pytest.approx(scores["float32"], rel=0.01) and scores["bfloat16"] != scores["float32"]
+    assert scores["float32"] == pytest.approx(bf16["valid_rmse"], rel=0.01)

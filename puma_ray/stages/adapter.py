@@ -129,7 +129,7 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
             "task": task.name, "target_model": model_ref(cfg.target_model), "template_text": load_template_text(template),
             "prompt_len": prompt_len, "users": users, "sources": [str(Path(s).resolve()) for s in cfg.source],
             "adapter": adapter_cfg, "seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": epochs,
-            "lam": cfg.lam, "yes_minus_no": cfg.yes_minus_no, "prefix_cache": cfg.prefix_cache, "use_gpu": cfg.use_gpu,
+            "lam": cfg.lam, "yes_minus_no": cfg.yes_minus_no, "prefix_cache": cfg.prefix_cache, "use_gpu": cfg.use_gpu, "dtype": cfg.dtype,
             "train_steps": train_steps, "valid_steps": valid_steps,
             "lora": {"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "target_modules": "all-linear",
                      "lora_dropout": 0.0} if cfg.lora_rank else None,
@@ -151,7 +151,8 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
                 save_lora(cfg.target_model, loop_config["lora"], load_file(Path(d) / "lora.safetensors"), out / "lora")
         history = run_history(result)
         record_training(meter, history, fit_start, target["parameters"])
-        meter.extra = {"best_epoch": int(best["epoch"]), metric: best[metric], "users": len(users), "epochs": epochs}
+        meter.extra = {"best_epoch": int(best["epoch"]), metric: best[metric], "users": len(users), "epochs": epochs,
+                       "lm_dtype": history[-1].get("lm_dtype")}
     meta = {"adapter": adapter_cfg, "lora": {**loop_config["lora"], "path": "lora"} if cfg.lora_rank else None,
             "task": task.name, "template": template, "prompt_len": prompt_len,
             "lam": cfg.lam, "yes_minus_no": cfg.yes_minus_no, "target": target,

@@ -58,14 +58,16 @@ def trained(cfg: BenchConfig, data: str, model: str, out: Path, seed: int, split
 
     store, ev = out / "store", out / f"eval-{split}"
     claim(out, {"data": data, "model": model, "seed": seed, "freeze_prompts": freeze, "epochs": cfg.prompt_epochs,
-                "lr": cfg.prompt_lr, "workers": cfg.workers, "split": split}, "prompt training")
+                "lr": cfg.prompt_lr, "workers": cfg.workers, "split": split,
+                **({"dtype": cfg.dtype} if cfg.dtype != "auto" else {})}, "prompt training")
     if not (store / MANIFEST).is_file():
         run_prompts(PromptsConfig(data=data, model=model, out=str(store), workers=cfg.workers,
-                                  cpus_per_worker=cfg.cpus_per_worker, use_gpu=cfg.use_gpu, epochs=cfg.prompt_epochs,
+                                  cpus_per_worker=cfg.cpus_per_worker, use_gpu=cfg.use_gpu, dtype=cfg.dtype,
+                                  epochs=cfg.prompt_epochs,
                                   lr=cfg.prompt_lr, seed=seed, freeze_prompts=freeze))
     if not (ev / "metrics.json").is_file():
         run_evaluate(EvaluateConfig(data=data, model=model, prompts=str(store), split=split, out=str(ev),
-                                    use_gpu=cfg.use_gpu))
+                                    use_gpu=cfg.use_gpu, dtype=cfg.dtype))
     metrics = json.loads((ev / "metrics.json").read_text())
     cost = stage_cost(store)
     return {"store": str(store), "metrics": metrics, "device_s": cost["device_seconds"], "wall_s": cost["wall_s"],
@@ -98,7 +100,7 @@ def size_runs(cfg: BenchConfig, data: str, users: int, root: Path, metric: str) 
                          "paid": False})
         setup = TrialSetup(data=data, sources=[src["store"]], target_model=cfg.target_model, task_metric=m,
                            workers=cfg.workers, cpus_per_worker=cfg.cpus_per_worker, use_gpu=cfg.use_gpu,
-                           report_split=split, reference=ref, defaults=adapter_defaults(cfg))
+                           dtype=cfg.dtype, report_split=split, reference=ref, defaults=adapter_defaults(cfg))
         for name, strategy, budget in methods_of(cfg):
             log.info("bench: %d users, seed %d: %s", users, seed, name)
             trial_path = root / f"seed{seed}" / name.replace(" ", "").replace("(", "-").replace(")", "")

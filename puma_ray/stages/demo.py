@@ -103,7 +103,7 @@ def bench_dataset(cfg: DemoConfig, name: str, data: dict, size: Size, out: Path)
     summary = run_bench(BenchConfig(
         data=data["out"], source_model=models["source"]["path"], target_model=models["target"]["path"],
         budget=budget, seeds=[cfg.seed], out=str(out / "bench" / name),
-        sizes=[] if users == data["users"] else [users], workers=cfg.workers, use_gpu=cfg.use_gpu,
+        sizes=[] if users == data["users"] else [users], workers=cfg.workers, use_gpu=cfg.use_gpu, dtype=cfg.dtype,
         prompt_epochs=size.prompt_epochs,
         prompt_lr=cfg.prompt_lr, adapter_epochs=size.adapter_epochs, adapter_lr=cfg.adapter_lr,
         adapter_width=cfg.adapter_width, clusters=size.clusters))

@@ -26,7 +26,7 @@ from puma_ray.config import EvaluateConfig
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import shard_paths, write_parquet_atomic
 from puma_ray.errors import PumaError
-from puma_ray.hf import describe_model, model_ref
+from puma_ray.hf import describe_model, dtype_name, model_ref
 from puma_ray.metrics import RatingSums, auc, uauc
 from puma_ray.prompt_store import check_model, read_head, read_quarantine, verify
 from puma_ray.ray_utils import actor_cpus, actor_pool, init_ray, read_columns, split_is
@@ -149,7 +149,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     scorer_args = dict(model=model_ref(cfg.model), template_text=load_template_text(head["template"]),
                        task=task.name, head_path=str(head_path.resolve()), lam=head["lam"],
                        yes_minus_no=head["yes_minus_no"], prompt_len=store["prompt_len"], dim=store["dim"],
-                       prefix_cache=cfg.prefix_cache, use_gpu=cfg.use_gpu)
+                       prefix_cache=cfg.prefix_cache, use_gpu=cfg.use_gpu, dtype=cfg.dtype)
     with CostMeter(out, "evaluate", cfg, workers=cfg.workers) as meter:
         meter.startup_s = init_ray(dashboard=False)
         if store_bytes(store) <= cfg.broadcast_mb * 2**20:  # small store: sent whole to each scorer, no shuffle
@@ -170,7 +170,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         write_parquet_atomic(rows, out / "rows.parquet")
     frame = rows.to_pandas()
     quarantined = set(read_quarantine(cfg.prompts))
-    extra = {"model": model["name"], "prompts": str(Path(cfg.prompts).resolve()), "wall_s": meter.record.wall_s}
+    extra = {"model": model["name"], "prompts": str(Path(cfg.prompts).resolve()), "wall_s": meter.record.wall_s,
+             "lm_dtype": dtype_name(cfg.dtype, cfg.use_gpu)}
     results = {split: score_split(cfg, task, split, frame[frame["split"] == split], quarantined,
                                   out if len(cfg.split) == 1 else out / split, extra) for split in cfg.split}
     if len(cfg.split) == 1:

@@ -22,6 +22,7 @@ import ray
 from puma_ray.config import MigrateConfig
 from puma_ray.data.schema import copy_atomic, read_required_json, write_json_atomic
 from puma_ray.errors import PumaError
+from puma_ray.hf import dtype_name
 from puma_ray.migration import PROGRESS_DIR, ShardMigrator, done_shard
 from puma_ray.modules import AdapterConfig, adapter_param_count
 from puma_ray.prompt_store import MANIFEST, finalize, read_quarantine, verify
@@ -49,12 +50,12 @@ def check_stores(sources: list[str], meta: dict) -> list[dict]:
     return manifests
 
 
-def lineage_of(sources: list[str], manifests: list[dict], adapter_dir: str, meta: dict) -> list[dict]:
+def lineage_of(sources: list[str], manifests: list[dict], adapter_dir: str, meta: dict, dtype: str) -> list[dict]:
     """The first source's lineage + this step (every source and the adapter checksum), so chains show."""
     step = {"step": "migrated", "from": [{"store": str(Path(s).resolve()), "model": m["model"]["fingerprint"]}
                                          for s, m in zip(sources, manifests)],
             "adapter": str(Path(adapter_dir).resolve()), "adapter_sha256": meta["sha256"],
-            "model": meta["target"]["fingerprint"]}
+            "model": meta["target"]["fingerprint"], "dtype": dtype}
     if len(sources) > 1:
         step["aggregated_lineages"] = [m["lineage"] for m in manifests[1:]]
     return manifests[0]["lineage"] + [step]
@@ -85,7 +86,8 @@ def run_migrate(cfg: MigrateConfig) -> dict:
     manifests = check_stores(cfg.source, meta)
     sources = [str(Path(s).resolve()) for s in cfg.source]
     out = Path(cfg.out)
-    identity = {"adapter_sha256": meta["sha256"], "sources": sources}
+    identity = {"adapter_sha256": meta["sha256"], "sources": sources,
+                **({"dtype": cfg.dtype} if cfg.dtype != "auto" else {})}  # a resumed run keeps one dtype
     out.mkdir(parents=True, exist_ok=True)
     finished = claim_output(out, identity)
     if finished:
@@ -109,7 +111,7 @@ def run_migrate(cfg: MigrateConfig) -> dict:
                 fn_constructor_kwargs={"adapter_dir": str(adapter_dir.resolve()), "sources": sources, "out": str(out.resolve()),
                                        "prompt_len": meta["prompt_len"], "dims": [m["dim"] for m in manifests],
                                        "batch_size": cfg.batch_size, "threads": max(1, int(cfg.cpus_per_worker)),
-                                       "use_gpu": cfg.use_gpu})
+                                       "use_gpu": cfg.use_gpu, "dtype": cfg.dtype})
             progress = Progress("migrate: users", sum(s["rows"] for i, s in enumerate(shards) if done[i] is None))
             for row in ds.iter_rows():
                 progress.step(json.loads(row["record"])["source_rows"])
@@ -128,7 +130,8 @@ def run_migrate(cfg: MigrateConfig) -> dict:
         copy_atomic(adapter_dir / "head.safetensors", out / "head.safetensors")
         manifest = finalize(out, task=meta["task"], prompt_len=meta["prompt_len"], dim=target["hidden_size"],
                             model={k: target[k] for k in ("name", "family", "hidden_size", "fingerprint")},
-                            lineage=lineage_of(cfg.source, manifests, cfg.adapter, meta),
+                            lineage=lineage_of(cfg.source, manifests, cfg.adapter, meta,
+                                              dtype_name(cfg.dtype, cfg.use_gpu)),
                             dataset_fingerprint=manifests[0]["dataset_fingerprint"],
                             shards=[{k: r[k] for k in ("name", "rows", "sha256")} for r in records],
                             quarantined=quarantined,

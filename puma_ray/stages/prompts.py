@@ -88,7 +88,7 @@ def run_prompts(cfg: PromptsConfig) -> dict:
             "seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "lam": cfg.lam,
             "yes_minus_no": cfg.yes_minus_no, "freeze_prompts": cfg.freeze_prompts,
             "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from else None,
-            "prefix_cache": cfg.prefix_cache, "use_gpu": cfg.use_gpu, "train_steps": train_steps,
+            "prefix_cache": cfg.prefix_cache, "use_gpu": cfg.use_gpu, "dtype": cfg.dtype, "train_steps": train_steps,
             "valid_steps": valid_steps,
             "ds_config": deepspeed_config(cfg.batch_size, cfg.zero_stage, cfg.use_gpu, cfg.zero3_persistence_threshold),
         }
@@ -106,9 +106,11 @@ def run_prompts(cfg: PromptsConfig) -> dict:
             "task": task.name, "prompt_len": cfg.prompt_len, "dim": model["hidden_size"], "model": model,
             "lineage": lineage, "dataset_fingerprint": data["fingerprint"]})
         record_training(meter, history, fit_start, model["parameters"])
-        meter.extra = {"best_epoch": int(best["epoch"]), metric: best[metric], "users": len(users)}
+        meter.extra = {"best_epoch": int(best["epoch"]), metric: best[metric], "users": len(users),
+                       "lm_dtype": history[-1].get("lm_dtype")}
     log.info("prompts: best epoch %d, %s %.4f -> store %s", best["epoch"], metric, best[metric], out)
     curve = [{k: row[k] for k in ("epoch", "train_loss", metric)} for row in history]
     return {"out": str(out), "users": manifest["num_users"], "quarantined": manifest["quarantined"],
             "best_epoch": int(best["epoch"]), metric: best[metric], "curve": curve, "run_name": name,
+            "lm_dtype": history[-1].get("lm_dtype"),
             "wall_s": meter.record.wall_s, "startup_s": meter.record.startup_s}

@@ -46,6 +46,7 @@ class TrialSetup:
     workers: int = 1
     cpus_per_worker: float = 0.5
     use_gpu: bool = False
+    dtype: str = "auto"
     report_split: str = "test"
     choose_split: str = "valid"
     reference: Optional[dict] = None
@@ -101,7 +102,7 @@ def run_steps(setup: TrialSetup, params: dict, d: Path, callbacks: tuple = ()) -
     if not _complete(steps["adapter"] / "adapter.json"):
         run_adapter(AdapterStageConfig(data=setup.data, source=list(setup.sources), target_model=setup.target_model,
                                        users=str(steps["select"]), out=str(steps["adapter"]), workers=setup.workers,
-                                       cpus_per_worker=setup.cpus_per_worker, use_gpu=setup.use_gpu,
+                                       cpus_per_worker=setup.cpus_per_worker, use_gpu=setup.use_gpu, dtype=setup.dtype,
                                        seed=p.get("seed", 0), **{k: p[k] for k in ADAPTER_KEYS if k in p}),
                     callbacks=callbacks)
     if not _complete(steps["store"] / MANIFEST):
@@ -110,7 +111,8 @@ def run_steps(setup: TrialSetup, params: dict, d: Path, callbacks: tuple = ()) -
     splits = [setup.choose_split, setup.report_split]
     if not all(_complete(steps["eval"] / s / "metrics.json") for s in splits):
         run_evaluate(EvaluateConfig(data=setup.data, model=setup.target_model, prompts=str(steps["store"]),
-                                    split=splits, out=str(steps["eval"]), use_gpu=setup.use_gpu))
+                                    split=splits, out=str(steps["eval"]), use_gpu=setup.use_gpu,
+                                    dtype=setup.dtype))
     return steps
 
 
@@ -168,7 +170,8 @@ def run_trial(setup: TrialSetup, params: dict, d: str | Path, callbacks: tuple =
     if "budget" in params:
         params["budget"] = resolve_budget(params["budget"], users)
     claim(d, {"params": params, "defaults": setup.defaults, "data": setup.data, "sources": setup.sources,
-              "target_model": setup.target_model, "splits": [setup.choose_split, setup.report_split]}, "trial")
+              "target_model": setup.target_model, "splits": [setup.choose_split, setup.report_split],
+              **({"dtype": setup.dtype} if setup.dtype != "auto" else {})}, "trial")
     done = d / RESULT
     if done.is_file():
         log.info("trial %s: already finished, reusing its result", d.name)
