@@ -1,4 +1,4 @@
-# .venv/bin/python benchmarks/migrate_throughput.py --prompts 1000000 --work /tmp/puma-bench-migrate
+# .venv/bin/python benchmarks/migrate_throughput.py --prompts 1000000 --work /tmp/puma-bench-migrate [--dtype float32 bfloat16]
 """Throughput of `puma-ray migrate` on CPU (a benchmark, not a test).
 
 Migrates --prompts synthetic prompts d_s = 2048 -> d_t = 3072 with the paper-size adapter
@@ -10,6 +10,9 @@ Migrates --prompts synthetic prompts d_s = 2048 -> d_t = 3072 with the paper-siz
   - the peak resident memory of the migration's whole process tree (a child process with
     its own local Ray: driver + raylet + GCS + the actor).
 The source store is built once in --work (--prompts x 8 KB) and reused.
+With several --dtype (default float32 and bfloat16) each is measured in the same run, the
+bfloat16 prompts are compared with the float32 ones of the same shards (relative L2 error per
+prompt), and the last line is one JSON object with every rate and the bf16 / fp32 speedup.
 """
 
 from __future__ import annotations
@@ -69,11 +72,14 @@ def make_adapter(out: Path, store_model: dict) -> int:
     return adapter_param_count(cfg)
 
 
-def matmul_limit(batch: int, threads: int, seconds: float = 10.0) -> float:
-    """Sustained FLOP/s of torch.mm over the adapter's 8 linear shapes at this batch size."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def matmul_limit(batch: int, threads: int, dtype: str, seconds: float = 10.0) -> float:
+    """Sustained FLOP/s of torch.mm over the adapter's 8 linear shapes at this batch size, in `dtype`."""
     torch.set_num_threads(threads)
     shapes = [(DS, WIDTH), (WIDTH, DS), (DS, WIDTH), (WIDTH, DT), (DT, WIDTH), (WIDTH, DT), (DT, WIDTH), (WIDTH, DT)]
-    mats = [(torch.randn(batch, a), torch.randn(a, b)) for a, b in shapes]
+    mats = [(torch.randn(batch, a).to(DTYPES[dtype]), torch.randn(a, b).to(DTYPES[dtype])) for a, b in shapes]
     flops_per_round = sum(2.0 * batch * a * b for a, b in shapes)
     for x, w in mats:  # warm-up
         torch.mm(x, w)
@@ -85,16 +91,53 @@ def matmul_limit(batch: int, threads: int, seconds: float = 10.0) -> float:
     return rounds * flops_per_round / (time.perf_counter() - t0)
 
 
-def single_process(adapter: Path, store: Path, out: Path, shards: int, batch: int, threads: int) -> tuple[int, float]:
+def single_process(adapter: Path, store: Path, out: Path, shards: int, batch: int, threads: int,
+                   dtype: str) -> tuple[int, float]:
     """The same ShardMigrator, called directly on the first `shards` shards: (prompts, seconds)."""
     shutil.rmtree(out, ignore_errors=True)
     (out / "_progress").mkdir(parents=True)
     m = read_manifest(store)
-    mig = ShardMigrator(str(adapter), [str(store)], str(out), 1, [DS], batch, threads)
+    mig = ShardMigrator(str(adapter), [str(store)], str(out), 1, [DS], batch, threads, dtype=dtype)
     t0, rows = time.perf_counter(), 0
     for i, s in enumerate(m["shards"][:shards]):
         rows += mig.migrate_shard(i, str(store / s["name"]), s["sha256"])["source_rows"]
     return rows, time.perf_counter() - t0
+
+
+def shard_prompts(out: Path, shards: int) -> np.ndarray:
+    """The migrated prompts of the first `shards` target shards, in row order."""
+    import pyarrow.parquet as pq
+
+    return np.concatenate([pq.read_table(out / f"part-{i:05d}.parquet").column("prompt").combine_chunks()
+                           .values.to_numpy().reshape(-1, DT) for i in range(shards)])
+
+
+def measure(args, work: Path, params: int, threads: int, dtype: str) -> dict:
+    """Matmul limit, single-process and Ray Data rates of one dtype (printed as it goes)."""
+    flop_per_prompt = 2.0 * params
+    limit = matmul_limit(args.batch_size, threads, dtype)
+    print(f"[bench] {dtype}: matmul limit at the adapter's shapes (batch {args.batch_size}, {threads} threads): "
+          f"{limit / 1e9:.1f} GFLOP/s = {limit / flop_per_prompt:.0f} prompts/s", flush=True)
+    rows, secs = single_process(work / "adapter", work / "source", work / f"single-{dtype}", args.single_shards,
+                                args.batch_size, threads, dtype)
+    single = rows / secs
+    print(f"[bench] {dtype}: single process, {rows:,} prompts: {single:.0f} prompts/s, "
+          f"{single * flop_per_prompt / 1e9:.1f} GFLOP/s", flush=True)
+    shutil.rmtree(work / "target", ignore_errors=True)
+    # in a child process with its own local Ray: the peak RSS covers exactly the migration's process tree
+    out, wall, peak = run_cli_measured("migrate", "--adapter", str(work / "adapter"), "--source", str(work / "source"),
+                                       "--out", str(work / "target"), "workers=1", f"cpus_per_worker={threads}",
+                                       f"batch_size={args.batch_size}", f"dtype={dtype}")
+    rate = out["users"] / wall
+    achieved = rate * flop_per_prompt
+    print(f"[bench] {dtype}: Ray Data migrate of {out['users']:,} prompts 2048->3072 (child process, Ray start "
+          f"included): {wall:.0f} s, {rate:.0f} prompts/s, {achieved / 1e9:.1f} GFLOP/s achieved; achieved / matmul "
+          f"limit = {achieved / limit:.2f}; Ray Data overhead vs the single-process pass = "
+          f"{100 * (single / rate - 1):.1f}%; peak RSS (process tree) {peak / 1e9:.2f} GB", flush=True)
+    return {"prompts": out["users"], "wall_s": round(wall, 1), "prompts_per_s": round(rate, 1),
+            "single_process_prompts_per_s": round(single, 1), "achieved_gflops": round(achieved / 1e9, 1),
+            "matmul_limit_gflops": round(limit / 1e9, 1), "fraction_of_matmul_limit": round(achieved / limit, 3),
+            "peak_rss_gb": round(peak / 1e9, 2)}
 
 
 def main() -> None:
@@ -103,6 +146,7 @@ def main() -> None:
     ap.add_argument("--shard-rows", type=int, default=20_000)
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--single-shards", type=int, default=3, help="shards of the single-process reference pass")
+    ap.add_argument("--dtype", nargs="+", choices=list(DTYPES), default=["float32", "bfloat16"])
     ap.add_argument("--work", default="/tmp/puma-bench-migrate")
     args = ap.parse_args()
     setup_logging()
@@ -113,28 +157,16 @@ def main() -> None:
     params = make_adapter(work / "adapter", read_manifest(work / "source")["model"])
     print(f"[bench] source store of {args.prompts:,} prompts ready ({time.perf_counter() - t0:.0f} s); adapter "
           f"{params / 1e6:.1f} M parameters", flush=True)
-    flop_per_prompt = 2.0 * params
-    limit = matmul_limit(args.batch_size, threads)
-    print(f"[bench] matmul limit at the adapter's shapes (batch {args.batch_size}, {threads} threads): "
-          f"{limit / 1e9:.1f} GFLOP/s = {limit / flop_per_prompt:.0f} prompts/s", flush=True)
-    rows, secs = single_process(work / "adapter", work / "source", work / "single", args.single_shards,
-                                args.batch_size, threads)
-    single = rows / secs
-    print(f"[bench] single process, {rows:,} prompts: {single:.0f} prompts/s, "
-          f"{single * flop_per_prompt / 1e9:.1f} GFLOP/s", flush=True)
-    shutil.rmtree(work / "target", ignore_errors=True)
-    # in a child process with its own local Ray: the peak RSS covers exactly the migration's process tree
-    out, wall, peak = run_cli_measured("migrate", "--adapter", str(work / "adapter"), "--source", str(work / "source"),
-                                       "--out", str(work / "target"), "workers=1", f"cpus_per_worker={threads}",
-                                       f"batch_size={args.batch_size}")
-    rate = out["users"] / wall
-    achieved = rate * flop_per_prompt
-    print(f"[bench] Ray Data migrate of {out['users']:,} prompts 2048->3072 (child process, Ray start included): "
-          f"{wall:.0f} s, {rate:.0f} prompts/s, "
-          f"{achieved / 1e9:.1f} GFLOP/s achieved")
-    print(f"[bench] achieved / matmul limit = {achieved / limit:.2f} (goal >= 0.7); Ray Data overhead vs the "
-          f"single-process pass = {100 * (single / rate - 1):.1f}% ; peak RSS (process tree) "
-          f"{peak / 1e9:.2f} GB (goal < 2 GB)")
+    results = {d: measure(args, work, params, threads, d) for d in args.dtype}
+    line = {"bench": "migrate_throughput", "adapter_params": params, "threads": threads, **results}
+    if {"float32", "bfloat16"} <= set(results):
+        y32, y16 = (shard_prompts(work / f"single-{d}", args.single_shards) for d in ("float32", "bfloat16"))
+        rel = np.linalg.norm(y16 - y32, axis=1) / np.linalg.norm(y32, axis=1)
+        line.update({"speedup_bf16_vs_fp32": round(results["bfloat16"]["prompts_per_s"] /
+                                                   results["float32"]["prompts_per_s"], 2),
+                     "bf16_rel_l2_error_mean": float(f"{rel.mean():.3g}"),
+                     "bf16_rel_l2_error_max": float(f"{rel.max():.3g}"), "compared_prompts": int(len(rel))})
+    print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":
