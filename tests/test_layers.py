@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "puma_ray"
 LAYERS = {
     1: ["errors", "config", "runs", "space", "data.schema", "prompt_store"],  # contracts
     2: ["templates", "llm", "modules", "metrics", "training", "selection", "strategies", "stats", "tokenizer",
-        "tiny_models", "hf", "pretrain", "data.prep", "data.sources", "data.synthetic", "data.index",
+        "tiny_models", "gguf_models", "hf", "pretrain", "data.prep", "data.sources", "data.synthetic", "data.index",
         "data.subset"],  # core: no Ray
     3: ["ray_utils", "data.pipeline", "train_prompts", "train_adapter", "train_wiring", "scoring", "migration"],
     4: ["stages.data", "stages.models", "stages.prompts", "stages.evaluate", "stages.migrate", "stages.adapter"],
