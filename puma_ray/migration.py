@@ -38,7 +38,7 @@ def load_adapter(adapter_dir: str | Path, device: torch.device | str = "cpu") ->
     """The adapter of an `adapter` output directory in eval mode (dropout off), weights checked against adapter.json."""
     adapter_dir = Path(adapter_dir)
     meta = read_required_json(adapter_dir / "adapter.json", f"{adapter_dir} holds no adapter.json")
-    weights = adapter_dir / "adapter.safetensors"
+    weights = adapter_dir / meta.get("weights", "adapter.safetensors")  # adapters before generations: unnamed
     if file_sha256(weights) != meta["sha256"]:
         raise PumaError(f"{weights} does not match the checksum in adapter.json: the adapter is damaged")
     module = MigrationAdapter(AdapterConfig(**meta["adapter"]))

@@ -56,7 +56,7 @@ def test_two_workers_zero2_train_an_adapter(setup):
     assert meta["adapter"]["source_dim"] == 64 and meta["adapter"]["target_dim"] == 48
     assert meta["target"]["family"] == "qwen2" and meta["sources"][0]["model"]["family"] == "llama"
     adapter = MigrationAdapter(AdapterConfig(**meta["adapter"]))
-    adapter.load_state_dict(load_file(setup / "a2" / "adapter.safetensors"))
+    adapter.load_state_dict(load_file(setup / "a2" / meta["weights"]))
     assert res["adapter_params"] == sum(p.numel() for p in adapter.parameters())
     assert res["curve"][-1]["train_loss"] < res["curve"][0]["train_loss"]
     df = pd.read_parquet(setup / "data" / "interactions")
@@ -67,9 +67,9 @@ def test_two_workers_zero2_train_an_adapter(setup):
 
 def test_zero3_saves_consolidated_weights(setup):
     run_adapter(acfg(setup, "a3", zero_stage=3, zero3_persistence_threshold=0, epochs=1))
-    weights = load_file(setup / "a3" / "adapter.safetensors")
-    assert all(t.numel() > 0 for t in weights.values())
     meta = json.loads((setup / "a3" / "adapter.json").read_text())
+    weights = load_file(setup / "a3" / meta["weights"])
+    assert all(t.numel() > 0 for t in weights.values())
     MigrationAdapter(AdapterConfig(**meta["adapter"])).load_state_dict(weights)
 
 
@@ -93,7 +93,8 @@ def test_lora_co_adaptation_saves_in_peft_format(setup):
     run_adapter(acfg(setup, "lora", workers=1, epochs=1, lora_rank=4))
     meta = json.loads((setup / "lora" / "adapter.json").read_text())
     assert meta["lora"]["r"] == 4
-    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(setup / "qwen2"), setup / "lora" / "lora")
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(setup / "qwen2"),
+                                           setup / "lora" / meta["lora"]["path"])
     lora_b = [p for n, p in peft_model.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: non-zero means it trained
 
@@ -103,3 +104,44 @@ def test_lora_refuses_zero3():
 
     with pytest.raises(ConfigError, match="lora_rank"):
         AdapterStageConfig(data="d", source=["s"], target_model="m", out="o", lora_rank=4, zero_stage=3)
+
+
+def test_a_rerun_killed_mid_training_leaves_the_old_adapter_whole(setup, tmp_path):
+    """SIGKILL of the `adapter` driver while it re-trains an existing adapter: adapter.json and the files it
+    names are unchanged (old or new, never neither); the next run finishes and swaps in a new adapter, leaving
+    no file of another generation behind."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    import ray
+    from conftest import REPO
+
+    from puma_ray.migration import load_adapter
+
+    if not (setup / "a2" / "adapter.json").is_file():
+        run_adapter(acfg(setup, "a2"))
+    out = tmp_path / "adapter"
+    shutil.copytree(setup / "a2", out, ignore=shutil.ignore_patterns("_train"))  # an adapter, no run to resume
+    old = json.loads((out / "adapter.json").read_text())
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name.startswith(("adapter", "head"))}
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    cmd = [sys.executable, "-m", "puma_ray.cli", "adapter", "--data", str(setup / "data"), "--source",
+           str(setup / "src"), "--target-model", str(setup / "qwen2"), "--out", str(out), "--workers", "2",
+           "--epochs", "3", "min_steps=0", "width=64", "lr=0.003"]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("_train/*/checkpoint_*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.kill()  # mid-training: an epoch's checkpoint exists, the adapter has not been rewritten
+    proc.wait()
+    assert len(before) == 3 and all((out / name).read_bytes() == data for name, data in before.items())
+    load_adapter(out)  # still complete: its weights match adapter.json's checksum
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    new = json.loads((out / "adapter.json").read_text())
+    assert new["weights"] != old["weights"] and new["head"] != old["head"]
+    assert sorted(p.name for p in out.glob("*.safetensors")) == sorted([new["weights"], new["head"]])
+    load_adapter(out)

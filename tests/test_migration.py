@@ -212,9 +212,9 @@ def test_migrate_quarantines_non_finite_inputs(setup, tmp_path):
     (store / "manifest.json").write_text(json.dumps(m))
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    for f in ("adapter.safetensors", "head.safetensors"):
-        (adapter / f).write_bytes((root / "adapter" / f).read_bytes())
     meta = json.loads((root / "adapter" / "adapter.json").read_text())
+    for f in (meta["weights"], meta["head"]):
+        (adapter / f).write_bytes((root / "adapter" / f).read_bytes())
     (adapter / "adapter.json").write_text(json.dumps(meta))
     out = run_migrate(MigrateConfig(adapter=str(adapter), source=[str(store)], out=str(tmp_path / "m")))
     assert out["quarantined"] == 1 and out["users"] == 119

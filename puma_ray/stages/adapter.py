@@ -19,7 +19,7 @@ import ray
 from safetensors.torch import load_file
 
 from puma_ray.config import AdapterStageConfig
-from puma_ray.data.schema import file_sha256, shard_paths, write_json_atomic
+from puma_ray.data.schema import copy_atomic, file_sha256, shard_paths, write_json_atomic
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.errors import PumaError
 from puma_ray.hf import describe_model, load_causal_lm, model_ref
@@ -87,6 +87,30 @@ def save_lora(target_model: str, lora_cfg: dict, weights: dict, path: Path) -> N
     peft_model.save_pretrained(path)
 
 
+def write_adapter_files(ckpt, out: Path, cfg: AdapterStageConfig, lora_cfg: dict | None) -> dict[str, str]:
+    """The best checkpoint's adapter, head (and LoRA) under names of a new generation, beside whatever adapter
+    `out` already holds: adapter.json names the new files only once they are complete (old or new, never neither)."""
+    generation = f"{time.time_ns():x}"
+    files = {"weights": f"adapter-{generation}.safetensors", "head": f"head-{generation}.safetensors",
+             "lora": f"lora-{generation}" if cfg.lora_rank else None}
+    with ckpt.as_directory() as d:
+        copy_atomic(Path(d) / "adapter.safetensors", out / files["weights"])
+        copy_atomic(Path(d) / "head.safetensors", out / files["head"])
+        if cfg.lora_rank:
+            save_lora(cfg.target_model, lora_cfg, load_file(Path(d) / "lora.safetensors"), out / files["lora"])
+    return files
+
+
+def drop_other_generations(out: Path, files: dict) -> None:
+    """Delete the adapter files adapter.json no longer names (earlier generations, and the unnamed files of
+    adapters written before generations existed)."""
+    keep = {v for v in files.values() if v}
+    for pattern in ("adapter*.safetensors", "head*.safetensors", "lora*"):
+        for path in out.glob(pattern):
+            if path.name not in keep:
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
 def _select_rows(batch: pd.DataFrame, users_ref) -> pd.DataFrame:
     keep = ray.get(users_ref)
     return batch[batch["user_id"].isin(keep)]
@@ -102,8 +126,7 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
     name = cfg.run_name or run_name("adapter", cfg.out)
     storage = cfg.storage_path or str((Path(cfg.out) / "_train").resolve())
     check_resume(storage, name, cfg.workers)
-    out = open_run(cfg.out, "adapter", cfg)
-    (out / "adapter.json").unlink(missing_ok=True)  # the adapter is incomplete until this run finishes
+    out = open_run(cfg.out, "adapter", cfg)  # an adapter already there stays whole until adapter.json is replaced
     W = cfg.workers
     with CostMeter(out, "adapter", cfg, workers=W) as meter:
         meter.startup_s = init_ray()
@@ -144,23 +167,21 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
         fit_start = time.time()
         result = fit_trainer(trainer, "adapter training", f"{storage}/{name}")
         ckpt, best = best_checkpoint(result, metric, task.mode)
-        with ckpt.as_directory() as d:
-            for f in ("adapter.safetensors", "head.safetensors"):
-                shutil.copy(Path(d) / f, out / f)
-            if cfg.lora_rank:
-                save_lora(cfg.target_model, loop_config["lora"], load_file(Path(d) / "lora.safetensors"), out / "lora")
+        files = write_adapter_files(ckpt, out, cfg, loop_config["lora"])
         history = run_history(result)
         record_training(meter, history, fit_start, target["parameters"])
         meter.extra = {"best_epoch": int(best["epoch"]), metric: best[metric], "users": len(users), "epochs": epochs,
                        "lm_dtype": history[-1].get("lm_dtype")}
-    meta = {"adapter": adapter_cfg, "lora": {**loop_config["lora"], "path": "lora"} if cfg.lora_rank else None,
+    meta = {"adapter": adapter_cfg, "lora": {**loop_config["lora"], "path": files["lora"]} if cfg.lora_rank else None,
+            "weights": files["weights"], "head": files["head"],
             "task": task.name, "template": template, "prompt_len": prompt_len,
             "lam": cfg.lam, "yes_minus_no": cfg.yes_minus_no, "target": target,
             "sources": [{"path": str(Path(s).resolve()), "model": m["model"], "dim": m["dim"],
                          "lineage": m["lineage"]} for s, m in zip(cfg.source, sources)],
             "users": len(users), "best_epoch": int(best["epoch"]), metric: best[metric],
-            "dataset_fingerprint": data["fingerprint"], "sha256": file_sha256(out / "adapter.safetensors")}
-    write_json_atomic(out / "adapter.json", meta)  # last: it marks the adapter complete
+            "dataset_fingerprint": data["fingerprint"], "sha256": file_sha256(out / files["weights"])}
+    write_json_atomic(out / "adapter.json", meta)  # last: it marks the adapter complete and names its files
+    drop_other_generations(out, files)
     log.info("adapter: best epoch %d, %s %.4f -> %s", best["epoch"], metric, best[metric], out)
     curve = [{k: row[k] for k in ("epoch", "train_loss", metric)} for row in history]
     return {"out": str(out), "users": len(users), "best_epoch": int(best["epoch"]), metric: best[metric],

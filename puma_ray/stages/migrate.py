@@ -127,7 +127,7 @@ def run_migrate(cfg: MigrateConfig) -> dict:
                              {u for s in cfg.source for u in read_quarantine(s)})
         target = meta["target"]
         # the head goes in before the manifest, which names it: a complete store always has its head
-        copy_atomic(adapter_dir / "head.safetensors", out / "head.safetensors")
+        copy_atomic(adapter_dir / meta.get("head", "head.safetensors"), out / "head.safetensors")
         manifest = finalize(out, task=meta["task"], prompt_len=meta["prompt_len"], dim=target["hidden_size"],
                             model={k: target[k] for k in ("name", "family", "hidden_size", "fingerprint")},
                             lineage=lineage_of(cfg.source, manifests, cfg.adapter, meta,
