@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/puma-real")
     ap.add_argument("--movielens", default=str(SHARED / "data" / "ml-100k"))
     ap.add_argument("--users", type=int, default=30,
-                    help="seeded subset of ml-100k's users (0 = all); 30 takes about 35 minutes on 2 CPUs")
+                    help="seeded subset of ml-100k's users (0 = all); 30 took 27 minutes on 2 CPUs")
     ap.add_argument("--budget", type=float, default=0.2, help="adapter's users: a fraction of --users")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--workers", type=int, default=2)
