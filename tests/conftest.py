@@ -107,6 +107,30 @@ def kill_when(ready, target, timeout: float = 600.0, poll: float = 0.2):
     return thread
 
 
+def cli_in_ray(args: list[str]):
+    """(argv, env) running `python -m puma_ray.cli ARGS` as a client of this session's Ray."""
+    import os
+    import sys
+
+    import ray
+
+    return [sys.executable, "-m", "puma_ray.cli", *args], {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+
+
+def kill_at_first_checkpoint(cmd: list[str], env: dict, out: Path, timeout: float = 300.0) -> None:
+    """Start a training stage's CLI, SIGKILL it once `out` holds a Ray Train checkpoint (mid-training: its
+    output has not been rewritten yet), and wait for it to die (a fault injected from outside)."""
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not list(out.glob("_train/*/checkpoint_*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+
+
 def ray_processes(title: str) -> list:
     """This test session's processes titled `ray::<title>` (Ray names actor processes after their class):
     descendants of this process, which started the local Ray, so other Ray instances are never touched."""

@@ -110,14 +110,10 @@ def test_a_rerun_killed_mid_training_leaves_the_old_adapter_whole(setup, tmp_pat
     """SIGKILL of the `adapter` driver while it re-trains an existing adapter: adapter.json and the files it
     names are unchanged (old or new, never neither); the next run finishes and swaps in a new adapter, leaving
     no file of another generation behind."""
-    import os
     import shutil
     import subprocess
-    import sys
-    import time
 
-    import ray
-    from conftest import REPO
+    from conftest import REPO, cli_in_ray, kill_at_first_checkpoint
 
     from puma_ray.migration import load_adapter
 
@@ -127,16 +123,10 @@ def test_a_rerun_killed_mid_training_leaves_the_old_adapter_whole(setup, tmp_pat
     shutil.copytree(setup / "a2", out, ignore=shutil.ignore_patterns("_train"))  # an adapter, no run to resume
     old = json.loads((out / "adapter.json").read_text())
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.name.startswith(("adapter", "head"))}
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    cmd = [sys.executable, "-m", "puma_ray.cli", "adapter", "--data", str(setup / "data"), "--source",
-           str(setup / "src"), "--target-model", str(setup / "qwen2"), "--out", str(out), "--workers", "2",
-           "--epochs", "3", "min_steps=0", "width=64", "lr=0.003"]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not list(out.glob("_train/*/checkpoint_*")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    proc.kill()  # mid-training: an epoch's checkpoint exists, the adapter has not been rewritten
-    proc.wait()
+    cmd, env = cli_in_ray(["adapter", "--data", str(setup / "data"), "--source", str(setup / "src"), "--target-model",
+                           str(setup / "qwen2"), "--out", str(out), "--workers", "2", "--epochs", "3", "min_steps=0",
+                           "width=64", "lr=0.003"])
+    kill_at_first_checkpoint(cmd, env, out)  # mid-training: an epoch's checkpoint exists, the adapter is not rewritten
     assert len(before) == 3 and all((out / name).read_bytes() == data for name, data in before.items())
     load_adapter(out)  # still complete: its weights match adapter.json's checksum
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -152,14 +152,10 @@ def test_store_of_another_model_is_refused(setup, zero2, tmp_path):
 def test_a_rerun_killed_mid_training_leaves_the_old_store_whole(setup, zero2, tmp_path):
     """SIGKILL of the `prompts` driver while it re-trains an existing store: the old store is still complete
     and unchanged; the next run finishes (resuming) and swaps in a new, complete one."""
-    import os
     import shutil
     import subprocess
-    import sys
-    import time
 
-    import ray
-    from conftest import REPO
+    from conftest import REPO, cli_in_ray, kill_at_first_checkpoint
 
     root, _ = setup
     out = tmp_path / "store"
@@ -167,15 +163,9 @@ def test_a_rerun_killed_mid_training_leaves_the_old_store_whole(setup, zero2, tm
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.name.startswith(("part-", "quarantine", "head",
                                                                                     "manifest"))}
     old = ps.verify(out)
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    cmd = [sys.executable, "-m", "puma_ray.cli", "prompts", "--data", str(root / "data"), "--model",
-           str(root / "llama"), "--out", str(out), "--workers", "2", "--epochs", "3", "--lr", "0.02"]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not list(out.glob("_train/*/checkpoint_*")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    proc.kill()  # mid-training: an epoch's checkpoint exists, the store has not been rewritten
-    proc.wait()
+    cmd, env = cli_in_ray(["prompts", "--data", str(root / "data"), "--model", str(root / "llama"), "--out", str(out),
+                           "--workers", "2", "--epochs", "3", "--lr", "0.02"])
+    kill_at_first_checkpoint(cmd, env, out)  # mid-training: an epoch's checkpoint exists, the store is not rewritten
     assert ps.verify(out) == old and len(before) >= 5
     assert all((out / name).read_bytes() == data for name, data in before.items())
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
