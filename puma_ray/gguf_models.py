@@ -12,7 +12,6 @@ No Ray here.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import shutil
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from puma_ray.data.schema import file_sha256
 from puma_ray.errors import PumaError
 
 
@@ -62,14 +62,6 @@ def _module_dir(module: str, pip_name: str, key: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def package_gguf(key: str, workdir: Path) -> Path:
     """The GGUF file of an installed package: the file itself, or its chunks joined under `workdir`.
 
@@ -87,7 +79,7 @@ def package_gguf(key: str, workdir: Path) -> Path:
             for part in parts:
                 with part.open("rb") as fh:
                     shutil.copyfileobj(fh, out, 1 << 22)
-    digest = sha256_file(path)
+    digest = file_sha256(path)
     if digest != pkg.sha256:
         raise PumaError(f"--package {key}: {path} has sha256 {digest[:16]}..., the published file "
                         f"{pkg.sha256[:16]}...; reinstall {' '.join(pkg.pip)}")

@@ -18,8 +18,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from puma_ray.config import ConfigError, ModelsConfig
+from puma_ray.data.schema import file_sha256
 from puma_ray.errors import PumaError
-from puma_ray.gguf_models import PACKAGES, GGUFPackage, sha256_file
+from puma_ray.gguf_models import PACKAGES, GGUFPackage
 from puma_ray.hf import load_causal_lm, load_tokenizer, model_fingerprint
 from puma_ray.llm import FrozenLM
 from puma_ray.stages.models import run_models
@@ -109,7 +110,7 @@ def test_the_imported_directory_computes_what_the_original_model_computes(tiny_g
     assert summary["model_type"] == "llama" and summary["hidden_size"] == original.config.hidden_size
     assert summary["parameters"] == sum(p.numel() for p in model.parameters())
     assert summary["fingerprint"] == model_fingerprint(model, tok)
-    assert summary["source"]["sha256"] == sha256_file(tiny_gguf[0])
+    assert summary["source"]["sha256"] == file_sha256(tiny_gguf[0])
     assert summary["smoke"]["new_tokens"] == 4 and summary["smoke"]["max_abs_logit_diff"] <= 1e-5
     assert set(summary["template_answers"]) == {"rating_amazon", "rating_yelp", "click_mind"}
     assert all(isinstance(v, list) for v in summary["template_answers"].values())
@@ -187,7 +188,7 @@ def test_a_package_split_in_chunks_is_joined_checked_and_imported(tiny_gguf, tmp
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.setitem(PACKAGES, "smollm2-135m", pkg)
     summary = run_models(ModelsConfig(package="smollm2-135m", out=str(tmp_path / "m"), smoke_tokens=2))
-    assert summary["source"]["package"] == "smollm2-135m" and summary["source"]["sha256"] == sha256_file(tiny_gguf[0])
+    assert summary["source"]["package"] == "smollm2-135m" and summary["source"]["sha256"] == file_sha256(tiny_gguf[0])
     assert not any(m.startswith("puma_fake_gguf") for m in sys.modules)  # found, never imported
     assert not list((tmp_path / "m").glob("*.gguf"))  # the joined file stayed in the staging area
 

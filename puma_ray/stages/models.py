@@ -25,9 +25,9 @@ import torch
 
 from puma_ray import __version__
 from puma_ray.config import ModelsConfig
-from puma_ray.data.schema import iter_item_texts, read_required_json
+from puma_ray.data.schema import file_sha256, iter_item_texts, read_required_json
 from puma_ray.errors import PumaError
-from puma_ray.gguf_models import PACKAGES, load_gguf, package_gguf, sha256_file, smoke_test
+from puma_ray.gguf_models import PACKAGES, load_gguf, package_gguf, smoke_test
 from puma_ray.hf import load_causal_lm, load_tokenizer, model_fingerprint
 from puma_ray.pretrain import pretrain
 from puma_ray.runs import CostMeter, log, open_run
@@ -152,7 +152,7 @@ def gguf_source(cfg: ModelsConfig, workdir: Path) -> tuple[Path, dict]:
     path = Path(cfg.gguf)
     if not path.is_file():
         raise PumaError(f"--gguf {path}: no such file")
-    return path.resolve(), {"gguf": str(path.resolve()), "sha256": sha256_file(path)}
+    return path.resolve(), {"gguf": str(path.resolve()), "sha256": file_sha256(path)}
 
 
 def import_model(cfg: ModelsConfig) -> dict:
