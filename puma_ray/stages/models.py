@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from importlib import resources
@@ -30,7 +29,7 @@ from puma_ray.errors import PumaError
 from puma_ray.gguf_models import PACKAGES, load_gguf, package_gguf, smoke_test
 from puma_ray.hf import load_causal_lm, load_tokenizer, model_fingerprint
 from puma_ray.pretrain import pretrain
-from puma_ray.runs import CostMeter, log, open_run
+from puma_ray.runs import CostMeter, log, open_run, swap_in
 from puma_ray.templates import encode_template, load_template_text
 from puma_ray.tiny_models import FAMILIES, build_config, build_model
 from puma_ray.tokenizer import check_answers_single_token, train_tokenizer
@@ -180,9 +179,9 @@ def import_model(cfg: ModelsConfig) -> dict:
             max_length = getattr(saved.config, "max_position_embeddings", None) or 2048
             answers = template_answers(saved_tok, max_length)
             fingerprint = model_fingerprint(saved, saved_tok)
-        cfg_dict = saved.config
-        summary = {"path": str(out), "family": cfg_dict.model_type, "model_type": cfg_dict.model_type,
-                   "hidden_size": cfg_dict.hidden_size, "layers": cfg_dict.num_hidden_layers,
+        mcfg = saved.config
+        summary = {"path": str(out), "family": mcfg.model_type, "model_type": mcfg.model_type,
+                   "hidden_size": mcfg.hidden_size, "layers": mcfg.num_hidden_layers,
                    "vocab_size": len(saved_tok), "parameters": sum(p.numel() for p in saved.parameters()),
                    "tokenizer_class": type(saved_tok).__name__, "template_answers": answers, "source": source,
                    "smoke": smoke, "pretrain_steps": 0, "pretrain": {}, "fingerprint": fingerprint,
@@ -192,14 +191,3 @@ def import_model(cfg: ModelsConfig) -> dict:
     log.info("models: %s (%s, hidden %d, %d layers, %d parameters) -> %s", source.get("package") or path.name,
              summary["model_type"], summary["hidden_size"], summary["layers"], summary["parameters"], out)
     return summary
-
-
-def swap_in(staging: Path, out: Path) -> None:
-    """Replace `out` by the complete `staging` directory (the old one is removed only after the rename)."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    staging.rename(out)
-    if old is not None:
-        shutil.rmtree(old)
