@@ -14,6 +14,7 @@ answer logits [B, A] float32, A = number of answers.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,17 @@ class Batch:
     """[B, T] int64; -1 marks soft-prompt slots, pad_id fills the tail."""
     lengths: torch.Tensor
     """[B] int64 real length of each row (answer position = length - 1)."""
+
+
+def cache_keyword(decoder) -> str:
+    """The keyword the decoder's forward takes a KV cache under: transformers 5.24 renamed
+    `past_key_values` to `cache`; an older release would pass an unknown `cache=` on in its kwargs."""
+    params = inspect.signature(decoder.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    raise PumaError(f"{type(decoder).__name__}.forward takes no KV cache (neither `cache` nor `past_key_values`): "
+                    "run with prefix_cache off")
 
 
 class FrozenLM(nn.Module):
@@ -57,6 +69,7 @@ class FrozenLM(nn.Module):
         self.softcap = getattr(cfg, "final_logit_softcapping", None)
         self.logit_scale = getattr(cfg, "logit_scale", None)
         self.use_prefix_cache = prefix_cache
+        self.cache_arg = cache_keyword(self.decoder) if prefix_cache else None
         self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     # ----------------------------------------------------------------------- batching
@@ -112,7 +125,7 @@ class FrozenLM(nn.Module):
         if self.use_prefix_cache:
             out = self.decoder(inputs_embeds=rest, attention_mask=mask, use_cache=True,
                                position_ids=torch.arange(P, P + T, device=device)[None].expand(B, -1),
-                               cache=self._prefix_cache(B))
+                               **{self.cache_arg: self._prefix_cache(B)})
             hidden = out.last_hidden_state
             index = batch.lengths.to(device) - 1
         else:
@@ -151,7 +164,7 @@ class FrozenLM(nn.Module):
             ans = self.embed(self.answer_ids[:1].to(device)).expand(B, 1, -1)
             embeds = torch.cat([embeds, ans], 1)
             embeds = embeds.clone()
-            embeds[torch.arange(B), lengths] = ans[:, 0]
+            embeds[torch.arange(B, device=device), lengths] = ans[:, 0]
         L = embeds.shape[1]
         mask = (torch.arange(L, device=device)[None] < (lengths + int(append_answer))[:, None]).long()
         logits = self.model(inputs_embeds=embeds, attention_mask=mask,

@@ -50,6 +50,34 @@ def test_fast_path_equals_full_forward(loaded, family, template, answers, prompt
     torch.testing.assert_close(plain, ref, rtol=1e-4, atol=ATOL)
 
 
+class OlderDecoder(torch.nn.Module):
+    """A decoder with the pre-5.24 transformers keyword for its KV cache (`past_key_values`)."""
+
+    def __init__(self, decoder) -> None:
+        super().__init__()
+        self.inner = decoder
+
+    def forward(self, inputs_embeds, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None):
+        out = self.inner(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=use_cache, cache=past_key_values)
+        return out
+
+
+def test_prefix_cache_goes_under_the_keyword_the_decoder_takes(loaded, monkeypatch):
+    model, tok = loaded["llama"]
+    older = OlderDecoder(model.get_decoder())
+    monkeypatch.setattr(model, "get_decoder", lambda: older)
+    lm = FrozenLM(model, tok, load_template_text("rating_amazon"), RATING_ANSWERS)
+    assert lm.cache_arg == "past_key_values"
+    batch = lm.encode(TITLES, HISTORIES)
+    soft = torch.zeros(3, 1, model.config.hidden_size)
+    with torch.no_grad():
+        torch.testing.assert_close(lm.answer_logits(soft, batch), lm.reference_logits(soft, batch), rtol=1e-4, atol=ATOL)
+    monkeypatch.setattr(older, "forward", lambda inputs_embeds, attention_mask=None: None)
+    with pytest.raises(PumaError, match="no KV cache"):
+        FrozenLM(model, tok, load_template_text("rating_amazon"), RATING_ANSWERS)
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_gradients_reach_only_the_soft_prompts(loaded, family):
     model, tok = loaded[family]
