@@ -679,8 +679,8 @@ class DemoConfig(StageConfig):
 
     out: str = "runs/demo"
     """Directory all demo outputs go under (one sub-directory per stage)."""
-    size: Literal["tiny", "default", "large"] = "default"
-    """Scale of the synthetic data and models."""
+    size: Literal["tiny", "default", "large", "real"] = "default"
+    """Scale of data and models; real = MovieLens users between two real LLMs (needs the real-models extra)."""
     seed: int = 0
     """Seed passed to every stage."""
     source_family: Literal["llama", "qwen2", "gemma3", "phi3", "stablelm"] = "llama"
@@ -696,7 +696,7 @@ class DemoConfig(StageConfig):
     use_gpu: bool = False
     """One GPU per training worker and per scoring actor in every stage (bf16 on GPU, fp32 on CPU)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Frozen LLM's dtype: auto = bfloat16 on GPU, float32 on CPU (bfloat16 on AMX CPUs: ~2x faster on real LLMs)."""
+    """Frozen LLM's dtype: auto = bf16 on GPU, fp32 on CPU, bf16 at size real (AMX CPUs: ~2x on real LLMs)."""
     prompt_lr: float = 5e-3
     """Learning rate of prompt training (above the paper's 5e-4: tiny models, few epochs)."""
     adapter_lr: Optional[float] = None

@@ -62,6 +62,13 @@ def _module_dir(module: str, pip_name: str, key: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def check_installed(key: str) -> None:
+    """Raise a one-line PumaError (with the pip command) unless every distribution of `key` is installed."""
+    pkg = PACKAGES[key]
+    for module, pip_name in zip(pkg.modules, pkg.pip):
+        _module_dir(module, pip_name, key)
+
+
 def package_gguf(key: str, workdir: Path) -> Path:
     """The GGUF file of an installed package: the file itself, or its chunks joined under `workdir`.
 

