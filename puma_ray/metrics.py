@@ -105,3 +105,71 @@ class ClickScores:
         u, used, skipped = uauc(users, scores, labels)
         return {"auc": auc(scores, labels), "uauc": u, "uauc_users": used, "uauc_users_skipped": skipped,
                 "n": int(len(labels))}
+
+
+# --------------------------------------------------------------------------- per user, streamed totals
+
+USER_SUMS = {"rating": ("n", "n_bad", "loss_sum", "sse", "sae", "hits"),
+             "click": ("n", "n_bad", "loss_sum", "auc_sum", "auc_used", "auc_skipped")}
+"""Columns of a per-user row that add up across users into a split's totals."""
+
+
+def user_row(task: str, finite: np.ndarray, pred: np.ndarray, label: np.ndarray, loss: np.ndarray) -> dict:
+    """One user's scored rows -> the per-user metrics and the sums that add up across users.
+
+    Rows whose prompt is not finite are counted (n_bad) and left out of everything else; n is
+    the scored rows. rating: rmse, mae and the sums RatingSums keeps; click: the user's AUC
+    (nan with one class) and auc_sum/auc_used/auc_skipped for uAUC."""
+    finite = np.asarray(finite, dtype=bool)
+    pred, label, loss = (np.asarray(a, dtype=np.float64)[finite] for a in (pred, label, loss))
+    n = len(label)
+    row = {"n": n, "n_bad": len(finite) - n, "loss_sum": float(loss.sum()),
+           "loss": float(loss.mean()) if n else float("nan")}
+    if task == "rating":
+        err = pred - label
+        row.update(sse=float((err * err).sum()), sae=float(np.abs(err).sum()),
+                   hits=float((np.clip(np.round(pred), 1, 5) == label).sum()),
+                   rmse=float(np.sqrt((err * err).mean())) if n else float("nan"),
+                   mae=float(np.abs(err).mean()) if n else float("nan"))
+    else:
+        value = auc(pred, label) if n else float("nan")
+        used = bool(np.isfinite(value))
+        row.update(auc=value, auc_sum=value if used else 0.0, auc_used=int(used), auc_skipped=int(n > 0 and not used))
+    return row
+
+
+def split_metrics(task: str, sums: dict) -> dict:
+    """A split's exact metrics from the per-user sums added over its users (USER_SUMS[task] keys)."""
+    n = int(sums.get("n") or 0)
+    loss = sums["loss_sum"] / n if n else float("nan")
+    if task == "rating":
+        out = RatingSums(sse=sums.get("sse") or 0.0, sae=sums.get("sae") or 0.0, hits=sums.get("hits") or 0.0,
+                         n=n).compute()
+    else:
+        used = int(sums.get("auc_used") or 0)
+        out = {"uauc": sums["auc_sum"] / used if used else float("nan"), "uauc_users": used,
+               "uauc_users_skipped": int(sums.get("auc_skipped") or 0), "n": n}
+    return {**out, "loss": loss}
+
+
+class SortedAUC:
+    """Exact ROC AUC from (score, positives, count) runs fed in ascending score order, one run per
+    distinct score (ties counted half, as `auc`): memory is one batch, whatever the rows."""
+
+    def __init__(self) -> None:
+        self.num = 0.0
+        self.neg_below = 0.0
+        self.pos = 0.0
+
+    def add(self, positives: np.ndarray, counts: np.ndarray) -> None:
+        """positives, counts: [k] per distinct score of this batch, scores ascending across calls."""
+        pos = np.asarray(positives, dtype=np.float64)
+        neg = np.asarray(counts, dtype=np.float64) - pos
+        below = self.neg_below + np.concatenate([[0.0], np.cumsum(neg)[:-1]])
+        self.num += float((pos * (below + 0.5 * neg)).sum())
+        self.neg_below += float(neg.sum())
+        self.pos += float(pos.sum())
+
+    def value(self) -> float:
+        neg = self.neg_below
+        return self.num / (self.pos * neg) if self.pos and neg else float("nan")

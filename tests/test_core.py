@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from puma_ray.errors import PumaError
 from puma_ray.llm import FrozenLM
-from puma_ray.metrics import ClickScores, RatingSums, auc, uauc
+from puma_ray.metrics import USER_SUMS, ClickScores, RatingSums, SortedAUC, auc, split_metrics, uauc, user_row
 from puma_ray.modules import (AdapterConfig, ClickHead, MigrationAdapter, RatingHead, SoftPromptTable, sparse_adam,
                               adapter_param_count)
 from puma_ray.templates import (CLICK_ANSWERS, HISTORY, RATING_ANSWERS, SampleEncoder, encode_template,
@@ -223,6 +223,45 @@ def test_auc_and_uauc_match_sklearn_with_ties():
     value, used, skipped = uauc(users, scores, labels)
     assert value == pytest.approx(np.mean(per_user)) and used == len(per_user)
     assert used + skipped == len(np.unique(users))
+
+
+def test_per_user_sums_give_the_same_split_metrics_as_all_rows_at_once():
+    """evaluate's distributed path: per-user rows (metrics.user_row) added up (split_metrics) equal
+    the metrics over every finite row at once; rows of non-finite prompts are counted, not scored."""
+    rng = np.random.default_rng(3)
+    users = rng.integers(0, 60, 3000)
+    finite = users % 17 != 0  # a few users' prompts are not finite
+    loss = rng.random(3000)
+    for task in ("rating", "click"):
+        label = rng.integers(1, 6, 3000).astype(float) if task == "rating" else (rng.random(3000) < 0.3).astype(float)
+        pred = rng.uniform(0, 6, 3000) if task == "rating" else rng.integers(0, 10, 3000) / 10.0  # ties
+        rows = [user_row(task, finite[users == u], pred[users == u], label[users == u], loss[users == u])
+                for u in np.unique(users)]
+        sums = {k: sum(r[k] for r in rows) for k in USER_SUMS[task]}
+        got = split_metrics(task, sums)
+        assert sums["n_bad"] == (~finite).sum() and got["n"] == finite.sum()
+        assert got["loss"] == pytest.approx(loss[finite].mean())
+        if task == "rating":
+            want = RatingSums()
+            want.update(torch.tensor(pred[finite]), torch.tensor(label[finite]))
+            for k, v in want.compute().items():
+                assert got[k] == pytest.approx(v)
+        else:
+            value, used, skipped = uauc(users[finite], pred[finite], label[finite])
+            assert (got["uauc"], got["uauc_users"], got["uauc_users_skipped"]) == (pytest.approx(value), used, skipped)
+
+
+def test_auc_from_sorted_score_runs_in_batches_equals_auc_with_ties():
+    rng = np.random.default_rng(4)
+    scores = rng.integers(0, 50, 5000) / 50.0
+    labels = rng.random(5000) < 0.2
+    values, inverse = np.unique(scores, return_inverse=True)  # ascending distinct scores
+    positives, counts = np.bincount(inverse, weights=labels), np.bincount(inverse)
+    folded = SortedAUC()
+    for lo in range(0, len(values), 7):  # batches split the runs anywhere
+        folded.add(positives[lo:lo + 7], counts[lo:lo + 7])
+    assert folded.value() == pytest.approx(auc(scores, labels)) == pytest.approx(roc_auc_score(labels, scores))
+    assert np.isnan(SortedAUC().value())
 
 
 def _distributed_worker(rank: int, world: int, port: int, queue) -> None:

@@ -3,8 +3,11 @@
 config -> checks (store complete and verified, model fingerprint, task, head) ->
 Ray Data: interactions of the split(s) joined to the store's prompts on user_id (a
 broadcast join when the store is at most --broadcast-mb: every scorer holds the whole
-store; a hash-shuffle join otherwise) -> map_batches(PromptScorer) -> exact dataset
-metrics, per-user metrics, report.
+store; a hash-shuffle join otherwise) -> map_batches(PromptScorer), whose actors write the
+scored rows (rows.parquet) -> per-user metrics in Ray Data groups of (split, user), written
+by the workers (per_user.parquet) -> each split's exact metrics from the per-user sums (AUC
+from per-score counts sorted by score) -> report. Only sums, the five highest-loss users and
+the quarantined users reach the driver: its memory does not grow with the rows.
 
 Prompts that are not finite are never scored: the store's quarantine list and any
 non-finite row met here are reported (users, rows), and the metrics cover the rest.
@@ -13,24 +16,25 @@ non-finite row met here are reported (users, rows), and the metrics cover the re
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
-import torch
 
 from puma_ray.config import EvaluateConfig
 from puma_ray.data.schema import read_manifest as read_data_manifest
-from puma_ray.data.schema import shard_paths, write_parquet_atomic
+from puma_ray.data.schema import shard_paths
 from puma_ray.errors import PumaError
 from puma_ray.hf import describe_model, dtype_name, model_ref
-from puma_ray.metrics import RatingSums, auc, uauc
+from puma_ray.metrics import USER_SUMS, SortedAUC, split_metrics, user_row
 from puma_ray.prompt_store import check_model, read_head, read_quarantine, verify
 from puma_ray.ray_utils import actor_cpus, actor_pool, init_ray, read_columns, split_is
-from puma_ray.runs import CostMeter, log, open_run
+from puma_ray.runs import CostMeter, log, open_run, swap_in
 from puma_ray.scoring import PromptScorer
 from puma_ray.templates import load_template_text
 from puma_ray.training import TASKS
@@ -70,40 +74,81 @@ def store_table(store: str | Path, manifest: dict) -> pa.Table:
                              for s in manifest["shards"]])
 
 
-def summarize(task: str, rows: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
-    """Exact metrics over scored rows (columns user_id, label, pred, loss) and one row per user."""
-    by_user = rows.groupby("user_id", sort=True)
-    per_user = pd.DataFrame({"n": by_user.size(), "loss": by_user["loss"].mean()})
-    if task == "rating":
-        sums = RatingSums()
-        sums.update(torch.from_numpy(rows["pred"].to_numpy(np.float64)), torch.from_numpy(rows["label"].to_numpy(np.float64)))
-        metrics = sums.compute()
-        err = rows["pred"] - rows["label"]
-        per_user["rmse"] = (err ** 2).groupby(rows["user_id"]).mean() ** 0.5
-        per_user["mae"] = err.abs().groupby(rows["user_id"]).mean()
-    else:
-        users, scores, labels = rows["user_id"].to_numpy(), rows["pred"].to_numpy(), rows["label"].to_numpy()
-        value, used, skipped = uauc(users, scores, labels)
-        metrics = {"auc": auc(scores, labels), "uauc": value, "uauc_users": used, "uauc_users_skipped": skipped,
-                   "n": len(rows)}
-        per_user["auc"] = by_user.apply(lambda g: auc(g["pred"].to_numpy(), g["label"].to_numpy()))
-    metrics["loss"] = float(rows["loss"].mean()) if len(rows) else float("nan")
-    return metrics, per_user.reset_index()
+SCORED = pa.schema([("user_id", pa.string()), ("split", pa.string()), ("label", pa.float32()), ("pred", pa.float32()),
+                    ("loss", pa.float32()), ("finite", pa.bool_())])
+"""Columns of every scored row (rows.parquet)."""
+PER_USER = {"rating": ["user_id", "n", "loss", "rmse", "mae"], "click": ["user_id", "n", "loss", "auc"]}
+"""Columns of per_user.parquet."""
 
 
-def missing_users(data_dir: str, split: str, scored: set[str], quarantined: set[str]) -> list[str]:
-    """Users with rows in `split` that the store has no prompt for."""
-    users = pq.read_table(Path(data_dir) / "users.parquet", columns=["user_id", f"n_{split}"]).to_pandas()
-    have = users.loc[users[f"n_{split}"] > 0, "user_id"]
-    return sorted(set(have) - scored - quarantined)
+def write_dataset(ds: ray.data.Dataset, path: Path, schema: pa.Schema) -> Path:
+    """`ds` as a Parquet directory at `path`, each block written by the worker that holds it; written
+    beside and swapped in (a rerun replaces the old directory whole); an empty dataset leaves one empty file."""
+    work = path.with_name(f".{path.name}.partial")
+    shutil.rmtree(work, ignore_errors=True)
+    ds.write_parquet(str(work), min_rows_per_file=1_000_000)
+    if not any(work.glob("*.parquet")):
+        work.mkdir(parents=True, exist_ok=True)
+        pq.write_table(schema.empty_table(), work / "empty.parquet")
+    return swap_in(work, path)
 
 
-def write_report(out: Path, cfg: EvaluateConfig, split: str, metrics: dict, per_user: pd.DataFrame) -> None:
+def per_user_rows(task: str):
+    """map_groups callable: one (split, user)'s scored rows -> one row of metrics.user_row."""
+    def one_user(g: dict) -> dict:
+        row = user_row(task, g["finite"], g["pred"], g["label"], g["loss"])
+        return {"split": g["split"][:1], "user_id": g["user_id"][:1], **{k: np.array([v]) for k, v in row.items()}}
+    return one_user
+
+
+def global_auc(rows: ray.data.Dataset, partitions: int) -> float:
+    """Exact AUC over `rows` (pred, label): positives and count per distinct score, sorted by score in
+    Ray Data, folded in order by SortedAUC; the driver holds one batch at a time."""
+    from ray.data.aggregate import Count, Sum
+
+    runs = rows.groupby("pred", num_partitions=partitions).aggregate(Sum("label"), Count()).sort("pred")
+    folded = SortedAUC()
+    for b in runs.iter_batches(batch_size=65536, batch_format="numpy"):
+        folded.add(np.nan_to_num(b["sum(label)"]), b["count()"])
+    return folded.value()
+
+
+def missing_users(data_dir: str, split: str, scored: int, quarantined: set[str]) -> int:
+    """Users with rows in `split` that were neither scored nor quarantined (the store lacks them)."""
+    users = pq.read_table(Path(data_dir) / "users.parquet", columns=["user_id", f"n_{split}"])
+    have = users.filter(pc.greater(users.column(f"n_{split}"), 0)).column("user_id")
+    held = int(pc.sum(pc.is_in(have, value_set=pa.array(sorted(quarantined), pa.string()))).as_py() or 0)
+    return len(have) - scored - held
+
+
+def split_stats(task: str, per_user: ray.data.Dataset, split: str, rows: ray.data.Dataset, where: Path,
+                partitions: int) -> tuple[dict, set[str], pd.DataFrame]:
+    """(exact metrics, users with non-finite prompts, the 5 highest-loss users) of one split, from the
+    per-user rows; writes where/per_user.parquet. Only sums and those few users reach the driver."""
+    from ray.data.expressions import col
+
+    mine = per_user.filter(expr=col("split") == split)
+    sums = {k: 0.0 for k in USER_SUMS[task]}
+    sums.update({k.removeprefix("sum(").removesuffix(")"): v for k, v in (mine.sum(list(USER_SUMS[task])) or {}).items()
+                 if v is not None})
+    sums["users"] = mine.filter(expr=col("n") > 0).count()
+    bad = set(mine.filter(expr=col("n_bad") > 0).unique("user_id")) if sums["n_bad"] else set()
+    scored = mine.filter(expr=col("n") > 0)
+    write_dataset(scored.select_columns(PER_USER[task]), where / "per_user.parquet",
+                  pa.schema([(c, pa.string() if c == "user_id" else pa.float64()) for c in PER_USER[task]]))
+    worst = scored.select_columns(PER_USER[task]).sort("loss", descending=True).limit(5).to_pandas()
+    metrics = split_metrics(task, sums)
+    if task == "click":
+        good = rows.filter(expr=(col("split") == split) & col("finite")).select_columns(["pred", "label"])
+        metrics = {"auc": global_auc(good, partitions), **metrics}
+    return {**metrics, "users": int(sums["users"]), "quarantined_rows_skipped": int(sums["n_bad"])}, bad, worst
+
+
+def write_report(out: Path, cfg: EvaluateConfig, split: str, metrics: dict, worst: pd.DataFrame) -> None:
     lines = [f"# Evaluation of {cfg.prompts}", "", f"model `{cfg.model}`, split `{split}`, data `{cfg.data}`", "",
              "| metric | value |", "|---|---:|"]
     lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
               for k, v in metrics.items() if not isinstance(v, (list, dict))]
-    worst = per_user.sort_values("loss", ascending=False).head(5)
     lines += ["", "Highest per-user loss (all users are in per_user.parquet):", "",
               "| " + " | ".join(worst.columns) + " |", "|" + "---|" * len(worst.columns)]
     lines += ["| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |"
@@ -111,22 +156,19 @@ def write_report(out: Path, cfg: EvaluateConfig, split: str, metrics: dict, per_
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
-def score_split(cfg: EvaluateConfig, task, split: str, frame: pd.DataFrame, quarantined: set[str], out: Path,
-                extra: dict) -> dict:
-    """metrics.json, per_user.parquet and report.md of one split's scored rows under `out`."""
-    bad = frame[~frame["finite"]]
-    quarantined = quarantined | set(bad["user_id"])
-    metrics, per_user = summarize(task.name, frame[frame["finite"]])
-    missing = missing_users(cfg.data, split, set(per_user["user_id"]), quarantined)
-    metrics.update({"users": len(per_user), "quarantined_users": len(quarantined), "quarantined_rows_skipped": len(bad),
-                    "missing_users": len(missing), "split": split, **extra})
+def report_split(cfg: EvaluateConfig, split: str, stats: tuple[dict, set[str], pd.DataFrame], quarantined: set[str],
+                 out: Path, extra: dict) -> dict:
+    """metrics.json and report.md of one split (per_user.parquet is already there)."""
+    metrics, bad, worst = stats
+    quarantined = quarantined | bad
+    metrics.update({"quarantined_users": len(quarantined),
+                    "missing_users": missing_users(cfg.data, split, metrics["users"], quarantined), "split": split,
+                    **extra})
     if quarantined:
         log.warning("evaluate: %s: %d user(s) have non-finite prompts and were not scored (e.g. %s)", split,
                     len(quarantined), sorted(quarantined)[:3])
-    out.mkdir(parents=True, exist_ok=True)
-    write_parquet_atomic(pa.Table.from_pandas(per_user, preserve_index=False), out / "per_user.parquet")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    write_report(out, cfg, split, metrics, per_user)
+    write_report(out, cfg, split, metrics, worst)
     log.info("evaluate: %s: %s", split, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     return metrics
 
@@ -162,18 +204,19 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             PromptScorer, fn_constructor_kwargs=scorer_args, batch_size=cfg.batch_size, batch_format="pyarrow",
             compute=actor_pool(cfg.workers), num_cpus=actor_cpus(cfg.cpus_per_worker, cfg.workers),
             num_gpus=1 if cfg.use_gpu else None)
-        tables = list(scored.iter_batches(batch_size=65536, batch_format="pyarrow"))
-        rows = pa.concat_tables(tables) if tables else pa.table({k: pa.array([], t) for k, t in (
-            ("user_id", pa.string()), ("split", pa.string()), ("label", pa.float32()), ("pred", pa.float32()),
-            ("loss", pa.float32()), ("finite", pa.bool_()))})
-        meter.samples = rows.num_rows
-        write_parquet_atomic(rows, out / "rows.parquet")
-    frame = rows.to_pandas()
+        rows = ray.data.read_parquet(str(write_dataset(scored, out / "rows.parquet", SCORED)))
+        meter.samples = rows.count()
+        partitions = max(1, min(64, meter.samples // 2_000_000 + 1))
+        per_user = rows.groupby(["split", "user_id"], num_partitions=partitions).map_groups(
+            per_user_rows(task.name), batch_format="numpy").materialize()
+        where = {s: out if len(cfg.split) == 1 else out / s for s in cfg.split}
+        for path in where.values():
+            path.mkdir(parents=True, exist_ok=True)
+        stats = {s: split_stats(task.name, per_user, s, rows, where[s], partitions) for s in cfg.split}
     quarantined = set(read_quarantine(cfg.prompts))
     extra = {"model": model["name"], "prompts": str(Path(cfg.prompts).resolve()), "wall_s": meter.record.wall_s,
              "lm_dtype": dtype_name(cfg.dtype, cfg.use_gpu)}
-    results = {split: score_split(cfg, task, split, frame[frame["split"] == split], quarantined,
-                                  out if len(cfg.split) == 1 else out / split, extra) for split in cfg.split}
+    results = {s: report_split(cfg, s, stats[s], quarantined, where[s], extra) for s in cfg.split}
     if len(cfg.split) == 1:
         return {"out": str(out), **results[cfg.split[0]]}
     return {"out": str(out), "splits": results, "wall_s": meter.record.wall_s}

@@ -1,0 +1,92 @@
+# .venv/bin/python benchmarks/evaluate_scale.py --users 1000000 --work /tmp/puma-bench-eval [--workers 2]
+"""`puma-ray evaluate` of a large prompt store over every interaction (a benchmark, not a test).
+
+Builds (or reuses, same --users) synthetic data at --users users (`puma-ray data --source
+synthetic`: ~35 interactions per user), a tiny llama of the catalogue (`puma-ray models`, no
+pretraining: speed and memory do not depend on its weights) and a store of seeded random
+prompts for every user with a rating head; then times `evaluate` over the train, valid and
+test splits in one pass while sampling the resident memory of the whole process tree (driver
++ raylet + Ray workers) every 0.25 s. Prints one JSON line with rows, rows_per_s, wall_s and
+peak_rss_tree_gb (only the evaluate run is sampled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from memory import TreePeakRSS  # noqa: E402
+from puma_ray.config import DataConfig, EvaluateConfig, ModelsConfig  # noqa: E402
+from puma_ray.hf import describe_model  # noqa: E402
+from puma_ray.modules import RatingHead  # noqa: E402
+from puma_ray.prompt_store import finalize, read_manifest, write_shard  # noqa: E402
+from puma_ray.ray_utils import init_ray  # noqa: E402
+from puma_ray.runs import setup_logging  # noqa: E402
+from puma_ray.stages.data import run_data  # noqa: E402
+from puma_ray.stages.evaluate import run_evaluate  # noqa: E402
+from puma_ray.stages.models import run_models  # noqa: E402
+
+
+def make_store(out: Path, data: Path, model: str, shard_rows: int = 50_000, seed: int = 0) -> int:
+    """Seeded uniform(-0.1, 0.1) prompts (the paper's init) for every user of `data`, with a rating head."""
+    users = pq.read_table(data / "users.parquet", columns=["user_id"]).column("user_id").to_pylist()
+    if (out / "manifest.json").is_file() and read_manifest(out)["num_users"] == len(users):
+        return len(users)
+    shutil.rmtree(out, ignore_errors=True)
+    desc = describe_model(model)
+    rng = np.random.default_rng(seed)
+    shards = []
+    for i, lo in enumerate(range(0, len(users), shard_rows)):
+        part = users[lo:lo + shard_rows]
+        x = rng.uniform(-0.1, 0.1, (len(part), 1, desc["hidden_size"])).astype(np.float32)
+        shards.append(write_shard(out, i, part, x)[0])
+    torch.manual_seed(seed)
+    save_file(RatingHead().state_dict(), out / "head.safetensors")
+    finalize(out, task="rating", prompt_len=1, dim=desc["hidden_size"], model=desc, lineage=[{"step": "random"}],
+             dataset_fingerprint=None, shards=shards, quarantined=[],
+             head={"weights": "head.safetensors", "task": "rating", "lam": 0.2, "template": "rating_amazon",
+                   "yes_minus_no": False})
+    return len(users)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--users", type=int, default=1_000_000)
+    ap.add_argument("--work", default="/tmp/puma-bench-eval")
+    ap.add_argument("--workers", type=int, default=2, help="scoring actors")
+    ap.add_argument("--batch-size", type=int, default=1024)
+    args = ap.parse_args()
+    setup_logging()
+    work = Path(args.work)
+    init_ray()
+    data = work / f"data-{args.users}"
+    if not (data / "manifest.json").is_file():
+        run_data(DataConfig(source="synthetic", out=str(data), users=args.users, items=2000))
+    model = run_models(ModelsConfig(family="llama", data=str(data), pretrain_steps=0, out=str(work / "model")))["path"]
+    users = make_store(work / f"store-{args.users}", data, model)
+    with TreePeakRSS() as mem:
+        t0 = time.perf_counter()
+        summary = run_evaluate(EvaluateConfig(data=str(data), model=model, prompts=str(work / f"store-{args.users}"),
+                                              split=["train", "valid", "test"], out=str(work / "eval"),
+                                              workers=args.workers, batch_size=args.batch_size))
+        wall = time.perf_counter() - t0
+    rows = sum(s["n"] for s in summary["splits"].values())
+    print(json.dumps({"users": users, "rows": rows, "workers": args.workers, "wall_s": round(wall, 1),
+                      "rows_per_s": round(rows / wall), "peak_rss_tree_gb": round(mem.peak_bytes / 2**30, 2),
+                      "test_rmse": summary["splits"]["test"]["rmse"]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
