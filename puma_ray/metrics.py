@@ -138,6 +138,34 @@ def user_row(task: str, finite: np.ndarray, pred: np.ndarray, label: np.ndarray,
     return row
 
 
+class UserTotals:
+    """Folds a split's per-user rows (user_row dicts as column arrays, any batches) into its sums, the
+    users with non-finite prompts and the `worst` highest-loss scored users; memory is one batch."""
+
+    def __init__(self, task: str, worst: int = 5) -> None:
+        self.task, self.keep = task, worst
+        self.sums = {k: 0.0 for k in USER_SUMS[task]}
+        self.users = 0
+        self.bad: set[str] = set()
+        self.worst: dict[str, np.ndarray] | None = None
+
+    def add(self, batch: dict[str, np.ndarray]) -> None:
+        for k in self.sums:
+            self.sums[k] += float(np.sum(batch[k]))
+        scored = np.asarray(batch["n"]) > 0
+        self.users += int(scored.sum())
+        self.bad.update(np.asarray(batch["user_id"])[np.asarray(batch["n_bad"]) > 0].tolist())
+        cand = {k: np.asarray(v)[scored] for k, v in batch.items()}
+        if self.worst is not None:
+            cand = {k: np.concatenate([self.worst[k], cand[k]]) for k in cand}
+        top = np.argsort(-cand["loss"], kind="stable")[: self.keep]
+        self.worst = {k: v[top] for k, v in cand.items()}
+
+    def metrics(self) -> dict:
+        return {**split_metrics(self.task, self.sums), "users": self.users,
+                "quarantined_rows_skipped": int(self.sums["n_bad"])}
+
+
 def split_metrics(task: str, sums: dict) -> dict:
     """A split's exact metrics from the per-user sums added over its users (USER_SUMS[task] keys)."""
     n = int(sums.get("n") or 0)

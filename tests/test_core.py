@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from puma_ray.errors import PumaError
 from puma_ray.llm import FrozenLM
-from puma_ray.metrics import USER_SUMS, ClickScores, RatingSums, SortedAUC, auc, split_metrics, uauc, user_row
+from puma_ray.metrics import USER_SUMS, ClickScores, RatingSums, SortedAUC, UserTotals, auc, split_metrics, uauc, user_row
 from puma_ray.modules import (AdapterConfig, ClickHead, MigrationAdapter, RatingHead, SoftPromptTable, sparse_adam,
                               adapter_param_count)
 from puma_ray.templates import (CLICK_ANSWERS, HISTORY, RATING_ANSWERS, SampleEncoder, encode_template,
@@ -235,10 +235,20 @@ def test_per_user_sums_give_the_same_split_metrics_as_all_rows_at_once():
     for task in ("rating", "click"):
         label = rng.integers(1, 6, 3000).astype(float) if task == "rating" else (rng.random(3000) < 0.3).astype(float)
         pred = rng.uniform(0, 6, 3000) if task == "rating" else rng.integers(0, 10, 3000) / 10.0  # ties
-        rows = [user_row(task, finite[users == u], pred[users == u], label[users == u], loss[users == u])
-                for u in np.unique(users)]
+        rows = [{"user_id": str(u), **user_row(task, finite[users == u], pred[users == u], label[users == u],
+                                               loss[users == u])} for u in np.unique(users)]
+        folded = UserTotals(task, worst=3)
+        for lo in (0, 25):  # the per-user rows arrive in batches
+            chunk = rows[lo:lo + 25] if lo == 0 else rows[lo:]
+            folded.add({k: np.array([r[k] for r in chunk]) for k in chunk[0]})
         sums = {k: sum(r[k] for r in rows) for k in USER_SUMS[task]}
-        got = split_metrics(task, sums)
+        assert folded.sums == pytest.approx(sums)
+        got = folded.metrics()
+        assert got == pytest.approx(split_metrics(task, sums) | {"users": len(np.unique(users[finite])),
+                                                                 "quarantined_rows_skipped": (~finite).sum()})
+        assert folded.bad == {str(u) for u in np.unique(users[~finite])}
+        by_loss = sorted((r for r in rows if r["n"]), key=lambda r: -r["loss"])[:3]
+        assert folded.worst["user_id"].tolist() == [r["user_id"] for r in by_loss]
         assert sums["n_bad"] == (~finite).sum() and got["n"] == finite.sum()
         assert got["loss"] == pytest.approx(loss[finite].mean())
         if task == "rating":

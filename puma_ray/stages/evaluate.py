@@ -4,10 +4,10 @@ config -> checks (store complete and verified, model fingerprint, task, head) ->
 Ray Data: interactions of the split(s) joined to the store's prompts on user_id (a
 broadcast join when the store is at most --broadcast-mb: every scorer holds the whole
 store; a hash-shuffle join otherwise) -> map_batches(PromptScorer), whose actors write the
-scored rows (rows.parquet) -> per-user metrics in Ray Data groups of (split, user), written
-by the workers (per_user.parquet) -> each split's exact metrics from the per-user sums (AUC
-from per-score counts sorted by score) -> report. Only sums, the five highest-loss users and
-the quarantined users reach the driver: its memory does not grow with the rows.
+scored rows (rows.parquet, a directory) -> per-user metrics in Ray Data groups of (split,
+user) -> one streamed pass over those per-user rows: per_user.parquet, each split's exact
+metrics from the per-user sums, the five highest-loss users (click: AUC from per-score counts
+sorted by score) -> report. The driver holds one batch at a time, never the scored rows.
 
 Prompts that are not finite are never scored: the store's quarantine list and any
 non-finite row met here are reported (users, rows), and the metrics cover the rest.
@@ -16,6 +16,7 @@ non-finite row met here are reported (users, rows), and the metrics cover the re
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import shard_paths
 from puma_ray.errors import PumaError
 from puma_ray.hf import describe_model, dtype_name, model_ref
-from puma_ray.metrics import USER_SUMS, SortedAUC, split_metrics, user_row
+from puma_ray.metrics import SortedAUC, UserTotals, user_row
 from puma_ray.prompt_store import check_model, read_head, read_quarantine, verify
 from puma_ray.ray_utils import actor_cpus, actor_pool, init_ray, read_columns, split_is
 from puma_ray.runs import CostMeter, log, open_run, swap_in
@@ -101,16 +102,44 @@ def per_user_rows(task: str):
     return one_user
 
 
-def global_auc(rows: ray.data.Dataset, partitions: int) -> float:
-    """Exact AUC over `rows` (pred, label): positives and count per distinct score, sorted by score in
-    Ray Data, folded in order by SortedAUC; the driver holds one batch at a time."""
+def split_aucs(rows: ray.data.Dataset, splits: list[str], partitions: int) -> dict[str, float]:
+    """Exact AUC of each split's scored rows: positives and count per (split, distinct score), sorted in
+    Ray Data, folded in score order by SortedAUC; the driver holds one batch of runs at a time."""
     from ray.data.aggregate import Count, Sum
+    from ray.data.expressions import col
 
-    runs = rows.groupby("pred", num_partitions=partitions).aggregate(Sum("label"), Count()).sort("pred")
-    folded = SortedAUC()
+    runs = (rows.filter(expr=col("finite")).groupby(["split", "pred"], num_partitions=partitions)
+            .aggregate(Sum("label"), Count()).sort(["split", "pred"]))
+    folded = {s: SortedAUC() for s in splits}
     for b in runs.iter_batches(batch_size=65536, batch_format="numpy"):
-        folded.add(np.nan_to_num(b["sum(label)"]), b["count()"])
-    return folded.value()
+        for split, fold in folded.items():
+            mine = b["split"] == split
+            fold.add(np.nan_to_num(b["sum(label)"][mine]), b["count()"][mine])
+    return {s: f.value() for s, f in folded.items()}
+
+
+def fold_per_user(per_user: ray.data.Dataset, task: str, where: dict[str, Path]) -> dict[str, UserTotals]:
+    """One streamed pass over the per-user rows: each split's go to where[split]/per_user.parquet (written
+    beside, renamed when complete) and into its UserTotals; the driver holds one batch at a time."""
+    cols = PER_USER[task]
+    schema = pa.schema([(c, pa.string() if c == "user_id" else pa.int64() if c == "n" else pa.float64())
+                        for c in cols])
+    totals = {s: UserTotals(task) for s in where}
+    parts = {s: where[s] / ".per_user.parquet.partial" for s in where}
+    writers = {s: pq.ParquetWriter(parts[s], schema, compression="zstd") for s in where}
+    try:
+        for b in per_user.iter_batches(batch_size=65536, batch_format="numpy"):
+            for split, fold in totals.items():
+                mine = {k: v[b["split"] == split] for k, v in b.items()}
+                fold.add(mine)
+                scored = mine["n"] > 0
+                writers[split].write_table(pa.table({c: mine[c][scored] for c in cols}, schema=schema))
+    finally:
+        for w in writers.values():
+            w.close()
+    for s in where:
+        os.replace(parts[s], where[s] / "per_user.parquet")
+    return totals
 
 
 def missing_users(data_dir: str, split: str, scored: int, quarantined: set[str]) -> int:
@@ -119,29 +148,6 @@ def missing_users(data_dir: str, split: str, scored: int, quarantined: set[str])
     have = users.filter(pc.greater(users.column(f"n_{split}"), 0)).column("user_id")
     held = int(pc.sum(pc.is_in(have, value_set=pa.array(sorted(quarantined), pa.string()))).as_py() or 0)
     return len(have) - scored - held
-
-
-def split_stats(task: str, per_user: ray.data.Dataset, split: str, rows: ray.data.Dataset, where: Path,
-                partitions: int) -> tuple[dict, set[str], pd.DataFrame]:
-    """(exact metrics, users with non-finite prompts, the 5 highest-loss users) of one split, from the
-    per-user rows; writes where/per_user.parquet. Only sums and those few users reach the driver."""
-    from ray.data.expressions import col
-
-    mine = per_user.filter(expr=col("split") == split)
-    sums = {k: 0.0 for k in USER_SUMS[task]}
-    sums.update({k.removeprefix("sum(").removesuffix(")"): v for k, v in (mine.sum(list(USER_SUMS[task])) or {}).items()
-                 if v is not None})
-    sums["users"] = mine.filter(expr=col("n") > 0).count()
-    bad = set(mine.filter(expr=col("n_bad") > 0).unique("user_id")) if sums["n_bad"] else set()
-    scored = mine.filter(expr=col("n") > 0)
-    write_dataset(scored.select_columns(PER_USER[task]), where / "per_user.parquet",
-                  pa.schema([(c, pa.string() if c == "user_id" else pa.float64()) for c in PER_USER[task]]))
-    worst = scored.select_columns(PER_USER[task]).sort("loss", descending=True).limit(5).to_pandas()
-    metrics = split_metrics(task, sums)
-    if task == "click":
-        good = rows.filter(expr=(col("split") == split) & col("finite")).select_columns(["pred", "label"])
-        metrics = {"auc": global_auc(good, partitions), **metrics}
-    return {**metrics, "users": int(sums["users"]), "quarantined_rows_skipped": int(sums["n_bad"])}, bad, worst
 
 
 def write_report(out: Path, cfg: EvaluateConfig, split: str, metrics: dict, worst: pd.DataFrame) -> None:
@@ -156,11 +162,11 @@ def write_report(out: Path, cfg: EvaluateConfig, split: str, metrics: dict, wors
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
-def report_split(cfg: EvaluateConfig, split: str, stats: tuple[dict, set[str], pd.DataFrame], quarantined: set[str],
-                 out: Path, extra: dict) -> dict:
+def report_split(cfg: EvaluateConfig, task: str, split: str, totals: UserTotals, split_auc: float | None,
+                 quarantined: set[str], out: Path, extra: dict) -> dict:
     """metrics.json and report.md of one split (per_user.parquet is already there)."""
-    metrics, bad, worst = stats
-    quarantined = quarantined | bad
+    metrics = ({"auc": split_auc} if split_auc is not None else {}) | totals.metrics()
+    quarantined = quarantined | totals.bad
     metrics.update({"quarantined_users": len(quarantined),
                     "missing_users": missing_users(cfg.data, split, metrics["users"], quarantined), "split": split,
                     **extra})
@@ -168,7 +174,8 @@ def report_split(cfg: EvaluateConfig, split: str, stats: tuple[dict, set[str], p
         log.warning("evaluate: %s: %d user(s) have non-finite prompts and were not scored (e.g. %s)", split,
                     len(quarantined), sorted(quarantined)[:3])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    write_report(out, cfg, split, metrics, worst)
+    worst = pd.DataFrame(totals.worst if totals.worst is not None else {c: [] for c in PER_USER[task]})
+    write_report(out, cfg, split, metrics, worst[PER_USER[task]])
     log.info("evaluate: %s: %s", split, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     return metrics
 
@@ -208,15 +215,17 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         meter.samples = rows.count()
         partitions = max(1, min(64, meter.samples // 2_000_000 + 1))
         per_user = rows.groupby(["split", "user_id"], num_partitions=partitions).map_groups(
-            per_user_rows(task.name), batch_format="numpy").materialize()
+            per_user_rows(task.name), batch_format="numpy")
         where = {s: out if len(cfg.split) == 1 else out / s for s in cfg.split}
         for path in where.values():
             path.mkdir(parents=True, exist_ok=True)
-        stats = {s: split_stats(task.name, per_user, s, rows, where[s], partitions) for s in cfg.split}
+        totals = fold_per_user(per_user, task.name, where)
+        aucs = split_aucs(rows, cfg.split, partitions) if task.name == "click" else {}
     quarantined = set(read_quarantine(cfg.prompts))
     extra = {"model": model["name"], "prompts": str(Path(cfg.prompts).resolve()), "wall_s": meter.record.wall_s,
              "lm_dtype": dtype_name(cfg.dtype, cfg.use_gpu)}
-    results = {s: report_split(cfg, s, stats[s], quarantined, where[s], extra) for s in cfg.split}
+    results = {s: report_split(cfg, task.name, s, totals[s], aucs.get(s), quarantined, where[s], extra)
+               for s in cfg.split}
     if len(cfg.split) == 1:
         return {"out": str(out), **results[cfg.split[0]]}
     return {"out": str(out), "splits": results, "wall_s": meter.record.wall_s}

@@ -216,8 +216,8 @@ def source_losses(cfg: SelectConfig, store: dict, out: Path) -> pd.Series:
         where = str(out / "source_loss")
         run_evaluate(EvaluateConfig(data=cfg.data, model=store["model"]["name"], prompts=cfg.prompts, split="train",
                                     out=where, workers=cfg.workers, batch_size=cfg.batch_size))
-    path = Path(where) / "per_user.parquet"  # a Parquet directory (a single file from older versions)
-    if not path.exists():
+    path = Path(where) / "per_user.parquet"
+    if not path.is_file():
         raise PumaError(f"--losses {where}: no per_user.parquet there (give a `puma-ray evaluate` output)")
     table = pq.read_table(path, columns=["user_id", "loss"]).to_pandas()
     return table.set_index("user_id")["loss"]

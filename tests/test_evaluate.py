@@ -1,0 +1,57 @@
+"""evaluate's distributed aggregation against the same metrics computed from every scored row at once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from puma_ray.config import DataConfig, EvaluateConfig, ModelsConfig
+from puma_ray.hf import describe_model
+from puma_ray.metrics import auc, uauc
+from puma_ray.prompt_store import finalize, write_shard
+from puma_ray.stages.data import run_data
+from puma_ray.stages.evaluate import run_evaluate
+from puma_ray.stages.models import run_models
+from puma_ray.training import TASKS
+
+
+@pytest.fixture(scope="module")
+def click_store(ray_local, tmp_path_factory):
+    """Synthetic click data (40 users), a tiny llama, random prompts for all but 3 users, one of them NaN."""
+    root = tmp_path_factory.mktemp("click")
+    run_data(DataConfig(source="synthetic", task="click", out=str(root / "data"), users=40, items=60, seed=5))
+    model = run_models(ModelsConfig(family="llama", data=str(root / "data"), pretrain_steps=0, out=str(root / "m")))
+    desc = describe_model(model["path"])
+    users = sorted(pq.read_table(root / "data" / "users.parquet").column("user_id").to_pylist())[3:]
+    prompts = np.random.default_rng(0).uniform(-0.1, 0.1, (len(users), 1, desc["hidden_size"])).astype(np.float32)
+    prompts[0] = np.nan
+    shard, quarantined = write_shard(root / "store", 0, users, prompts)
+    torch.manual_seed(0)
+    save_file(TASKS["click"].head(0.2, True).state_dict(), root / "store" / "head.safetensors")
+    finalize(root / "store", task="click", prompt_len=1, dim=desc["hidden_size"], model=desc, lineage=[],
+             dataset_fingerprint=None, shards=[shard], quarantined=quarantined,
+             head={"weights": "head.safetensors", "task": "click", "lam": 0.2, "template": "click_mind",
+                   "yes_minus_no": True})
+    return root, model["path"], users
+
+
+def test_click_metrics_from_groups_equal_metrics_over_all_rows(click_store, tmp_path):
+    root, model, users = click_store
+    out = run_evaluate(EvaluateConfig(data=str(root / "data"), model=model, prompts=str(root / "store"),
+                                      split=["valid", "test"], out=str(tmp_path / "ev"), workers=1))
+    rows = pq.read_table(tmp_path / "ev" / "rows.parquet").to_pandas()
+    for split in ("valid", "test"):
+        m, part = out["splits"][split], rows[(rows["split"] == split) & rows["finite"]]
+        assert m["n"] == len(part) and m["users"] == part["user_id"].nunique()
+        assert m["auc"] == pytest.approx(auc(part["pred"].to_numpy(), part["label"].to_numpy()))
+        value, used, skipped = uauc(part["user_id"].to_numpy(), part["pred"].to_numpy(), part["label"].to_numpy())
+        assert (m["uauc"], m["uauc_users"], m["uauc_users_skipped"]) == (pytest.approx(value), used, skipped)
+        assert m["loss"] == pytest.approx(part["loss"].mean(), rel=1e-6)
+        per_user = pq.read_table(tmp_path / "ev" / split / "per_user.parquet").to_pandas().set_index("user_id")
+        assert per_user["n"].sum() == m["n"] and len(per_user) == m["users"]
+        assert m["quarantined_users"] == 1 and m["missing_users"] == 3  # users[0] is NaN; 3 have no prompt
+        assert m["quarantined_rows_skipped"] == (rows[(rows["split"] == split)]["finite"] == 0).sum()
+    assert (tmp_path / "ev" / "test" / "report.md").is_file()
