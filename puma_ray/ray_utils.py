@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import logging
 import os
 import time
@@ -90,3 +92,17 @@ def actor_cpus(per_actor: float, actors: int) -> float:
         "%d actor(s) x %.2g CPU would leave Ray Data no CPU to read with; reserving %.2g CPU each",
         actors, per_actor, share)
     return share
+
+
+@contextmanager
+def sort_shuffle():
+    """Ray Data shuffles (groupby, sort) inside the block use the sort-based strategy: no aggregator
+    actors to start, which Ray 2.60's default hash shuffle needs (~3 s per small groupby on 2 CPUs)."""
+    from ray.data.context import ShuffleStrategy
+
+    ctx = ray.data.DataContext.get_current()
+    before, ctx.shuffle_strategy = ctx.shuffle_strategy, ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    try:
+        yield
+    finally:
+        ctx.shuffle_strategy = before

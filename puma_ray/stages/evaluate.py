@@ -34,7 +34,7 @@ from puma_ray.errors import PumaError
 from puma_ray.hf import describe_model, dtype_name, model_ref
 from puma_ray.metrics import SortedAUC, UserTotals, user_row
 from puma_ray.prompt_store import check_model, read_head, read_quarantine, verify
-from puma_ray.ray_utils import actor_cpus, actor_pool, init_ray, read_columns, split_is
+from puma_ray.ray_utils import actor_cpus, actor_pool, init_ray, read_columns, sort_shuffle, split_is
 from puma_ray.runs import CostMeter, log, open_run, swap_in
 from puma_ray.scoring import PromptScorer
 from puma_ray.templates import load_template_text
@@ -211,16 +211,18 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             PromptScorer, fn_constructor_kwargs=scorer_args, batch_size=cfg.batch_size, batch_format="pyarrow",
             compute=actor_pool(cfg.workers), num_cpus=actor_cpus(cfg.cpus_per_worker, cfg.workers),
             num_gpus=1 if cfg.use_gpu else None)
-        rows = ray.data.read_parquet(str(write_dataset(scored, out / "rows.parquet", SCORED)))
-        meter.samples = rows.count()
-        partitions = max(1, min(64, meter.samples // 2_000_000 + 1))
-        per_user = rows.groupby(["split", "user_id"], num_partitions=partitions).map_groups(
-            per_user_rows(task.name), batch_format="numpy")
+        written = write_dataset(scored, out / "rows.parquet", SCORED)
         where = {s: out if len(cfg.split) == 1 else out / s for s in cfg.split}
         for path in where.values():
             path.mkdir(parents=True, exist_ok=True)
-        totals = fold_per_user(per_user, task.name, where)
-        aucs = split_aucs(rows, cfg.split, partitions) if task.name == "click" else {}
+        with sort_shuffle():  # a dataset keeps the context it was created in
+            rows = ray.data.read_parquet(str(written))
+            meter.samples = rows.count()
+            partitions = max(1, min(64, meter.samples // 2_000_000 + 1))
+            per_user = rows.groupby(["split", "user_id"], num_partitions=partitions).map_groups(
+                per_user_rows(task.name), batch_format="numpy")
+            totals = fold_per_user(per_user, task.name, where)
+            aucs = split_aucs(rows, cfg.split, partitions) if task.name == "click" else {}
     quarantined = set(read_quarantine(cfg.prompts))
     extra = {"model": model["name"], "prompts": str(Path(cfg.prompts).resolve()), "wall_s": meter.record.wall_s,
              "lm_dtype": dtype_name(cfg.dtype, cfg.use_gpu)}
