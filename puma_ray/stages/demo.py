@@ -221,7 +221,8 @@ def write_report(out: Path, cfg: DemoConfig, size: Size, data: dict[str, dict], 
             p = s.get("pretrain") or {}
             loss = f"{p['loss_first']:.2f} -> {p['loss_last']:.2f}" if p else "-"
             lines.append(f"| {name} | {role} | {s['family']} | {s['hidden_size']} | {s['parameters']} | "
-                         f"{s['vocab_size']} | {s['pretrain_steps']} | {loss} |")
+                         f"{s['vocab_size']} | {'pretrained (imported)' if 'smoke' in s else s['pretrain_steps']} | "
+                         f"{loss} |")
     lines += ["", "## Measured cost of each stage run", "",
               "| stage | run | wall s | of which start-up s | workers | samples | peak memory MB |",
               "|---|---|---:|---:|---:|---:|---:|"]
