@@ -218,7 +218,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         with sort_shuffle():  # a dataset keeps the context it was created in
             rows = ray.data.read_parquet(str(written))
             meter.samples = rows.count()
-            partitions = max(1, min(64, meter.samples // 2_000_000 + 1))
+            partitions = max(1, min(256, meter.samples // 250_000))  # a sort reducer holds its partition
             per_user = rows.groupby(["split", "user_id"], num_partitions=partitions).map_groups(
                 per_user_rows(task.name), batch_format="numpy")
             totals = fold_per_user(per_user, task.name, where)
