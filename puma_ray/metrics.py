@@ -127,10 +127,9 @@ def user_row(task: str, finite: np.ndarray, pred: np.ndarray, label: np.ndarray,
            "loss": float(loss.mean()) if n else float("nan")}
     if task == "rating":
         err = pred - label
-        row.update(sse=float((err * err).sum()), sae=float(np.abs(err).sum()),
-                   hits=float((np.clip(np.round(pred), 1, 5) == label).sum()),
-                   rmse=float(np.sqrt((err * err).mean())) if n else float("nan"),
-                   mae=float(np.abs(err).mean()) if n else float("nan"))
+        sse, sae = float((err * err).sum()), float(np.abs(err).sum())
+        row.update(sse=sse, sae=sae, hits=float((np.clip(np.round(pred), 1, 5) == label).sum()),
+                   rmse=(sse / n) ** 0.5 if n else float("nan"), mae=sae / n if n else float("nan"))
     else:
         value = auc(pred, label) if n else float("nan")
         used = bool(np.isfinite(value))
@@ -168,15 +167,14 @@ class UserTotals:
 
 def split_metrics(task: str, sums: dict) -> dict:
     """A split's exact metrics from the per-user sums added over its users (USER_SUMS[task] keys)."""
-    n = int(sums.get("n") or 0)
+    n = int(sums["n"])
     loss = sums["loss_sum"] / n if n else float("nan")
     if task == "rating":
-        out = RatingSums(sse=sums.get("sse") or 0.0, sae=sums.get("sae") or 0.0, hits=sums.get("hits") or 0.0,
-                         n=n).compute()
+        out = RatingSums(sse=sums["sse"], sae=sums["sae"], hits=sums["hits"], n=n).compute()
     else:
-        used = int(sums.get("auc_used") or 0)
+        used = int(sums["auc_used"])
         out = {"uauc": sums["auc_sum"] / used if used else float("nan"), "uauc_users": used,
-               "uauc_users_skipped": int(sums.get("auc_skipped") or 0), "n": n}
+               "uauc_users_skipped": int(sums["auc_skipped"]), "n": n}
     return {**out, "loss": loss}
 
 

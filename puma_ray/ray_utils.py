@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import logging
 import os
 import time
+from contextlib import contextmanager
 
 import ray
 import ray.data
