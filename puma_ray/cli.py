@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 from puma_ray.config import (AdapterStageConfig, BenchConfig, ChainConfig, DataConfig, DemoConfig, EvaluateConfig,
                              MigrateConfig, ModelsConfig, PromptsConfig, SelectConfig, SweepConfig, field_docs,
                              load_config)
-from puma_ray.errors import ConfigError, PumaError
+from puma_ray.errors import ConfigError, PumaError, worker_error_line
 from puma_ray.runs import setup_logging
 
 # name -> (config class, "module:function", one-line description)
@@ -129,14 +129,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         cfg = config()
         summary = resolve(name)(cfg)
-    except ConfigError as exc:
-        _fail(prog, str(exc), 2)
-    except PumaError as exc:
-        _fail(prog, str(exc), 1)
     except KeyboardInterrupt:
         _fail(prog, "interrupted", 130)
-    except Exception as exc:  # a bug, not a user error: keep the traceback for the report
-        traceback.print_exc()
+    except Exception as exc:
+        worker = worker_error_line(exc)  # first: Ray re-raises a worker's PumaError as a subclass of it
+        if worker:
+            _fail(prog, f"in a Ray worker: {worker} (worker logs: /tmp/ray/session_latest/logs)", 1)
+        if isinstance(exc, PumaError):
+            _fail(prog, str(exc), 2 if isinstance(exc, ConfigError) else 1)
+        traceback.print_exc()  # a bug, not a user error: keep the traceback for the report
         _fail(prog, f"{type(exc).__name__}: {exc}", 1)
     print(json.dumps({"command": prog, "ok": True, **summary}, default=str), flush=True)
     return 0

@@ -34,13 +34,20 @@ from puma_ray.scoring import prompt_matrix
 PROGRESS_DIR = "_progress"
 
 
+def checked_weights(adapter_dir: Path, meta: dict) -> Path:
+    """The adapter's weights file, after checking it against the checksum adapter.json holds."""
+    weights = adapter_dir / meta.get("weights", "adapter.safetensors")  # adapters before generations: unnamed
+    if not weights.is_file() or file_sha256(weights) != meta["sha256"]:
+        raise PumaError(f"{weights} is missing or does not match the checksum in adapter.json: the adapter is "
+                        "damaged; train it again with puma-ray adapter")
+    return weights
+
+
 def load_adapter(adapter_dir: str | Path, device: torch.device | str = "cpu") -> MigrationAdapter:
     """The adapter of an `adapter` output directory in eval mode (dropout off), weights checked against adapter.json."""
     adapter_dir = Path(adapter_dir)
     meta = read_required_json(adapter_dir / "adapter.json", f"{adapter_dir} holds no adapter.json")
-    weights = adapter_dir / meta.get("weights", "adapter.safetensors")  # adapters before generations: unnamed
-    if file_sha256(weights) != meta["sha256"]:
-        raise PumaError(f"{weights} does not match the checksum in adapter.json: the adapter is damaged")
+    weights = checked_weights(adapter_dir, meta)
     module = MigrationAdapter(AdapterConfig(**meta["adapter"]))
     module.load_state_dict(load_file(weights))
     return module.to(device).eval()

@@ -120,15 +120,21 @@ def cli_in_ray(args: list[str]):
 def kill_at_first_checkpoint(cmd: list[str], env: dict, out: Path, timeout: float = 300.0) -> None:
     """Start a training stage's CLI, SIGKILL it once `out` holds a Ray Train checkpoint (mid-training: its
     output has not been rewritten yet), and wait for it to die (a fault injected from outside)."""
+    kill_cli_when(cmd, env, lambda: bool(list(out.glob("_train/*/checkpoint_*"))), timeout)
+
+
+def kill_cli_when(cmd: list[str], env: dict, ready, timeout: float = 300.0) -> int:
+    """Start a stage's CLI, SIGKILL it once ready() holds, wait for it to die; its exit status
+    (-9 when the kill landed, anything else when it ended first)."""
     import subprocess
     import time
 
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
-    while not list(out.glob("_train/*/checkpoint_*")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     proc.kill()
-    proc.wait()
+    return proc.wait()
 
 
 def ray_processes(title: str) -> list:

@@ -164,6 +164,42 @@ def test_source_fixture(ray_local, tmp_path, source, writer, expected):
         assert df.loc[df["user_id"] == "3", "label"].tolist() == [1.0]  # 0.5 -> 1, not dropped
 
 
+SECRET = "Xylo-secret review 7731"  # a phrase no log line has any other reason to hold
+
+
+def write_reviews_with_text(d: Path, source: str) -> None:
+    """A source's raw reviews whose free text (and a malformed line) hold SECRET."""
+    if source == "amazon":
+        write_amazon(d, 2018)
+        with gzip.open(d / "reviews.jsonl.gz", "at") as fh:
+            fh.write(json.dumps({"reviewerID": "U9", "asin": "B1", "overall": 4.0, "unixReviewTime": 1400000009,
+                                 "reviewText": SECRET, "summary": SECRET}) + "\n" + SECRET + " {broken\n")
+    else:
+        write_yelp(d)
+        with (d / "yelp_academic_dataset_review.json").open("a") as fh:
+            fh.write(json.dumps({"review_id": "s", "user_id": "U9", "business_id": "B1", "stars": 4.0,
+                                 "date": "2018-01-09 10:00:00", "text": SECRET}) + "\n" + SECRET + " {broken\n")
+
+
+@pytest.mark.parametrize("source", ["amazon", "yelp"])
+def test_review_text_never_reaches_the_logs(ray_local, tmp_path, source):
+    """The data stage's stdout and stderr (Ray's worker output included) hold no raw review text, neither from a
+    parsed review nor from a malformed line it drops."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, cli_in_ray
+
+    write_reviews_with_text(tmp_path / "raw", source)
+    cmd, env = cli_in_ray(["data", "--source", source, "--input", str(tmp_path / "raw"), "--out", str(tmp_path / "d"),
+                           "min_item_interactions=0", "min_user_interactions=0"])
+    res = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "data:" in res.stdout + res.stderr and sys.executable  # the stage did log
+    assert read_manifest(tmp_path / "d")["lines_dropped"] >= 1  # the malformed line was read and dropped
+    assert "7731" not in res.stdout + res.stderr and "Xylo" not in res.stdout + res.stderr
+
+
 def test_mind_history_is_a_seeded_sample_of_titled_items(ray_local, tmp_path):
     write_mind(tmp_path / "raw")
     cfg = dict(source="mind", input=str(tmp_path / "raw"), history_len=3, **NO_FILTER)

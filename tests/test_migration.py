@@ -85,6 +85,27 @@ def test_select_writes_exactly_b_users_for_every_strategy(setup, tmp_path, strat
         assert sorted(again["user_id"]) == sorted(sel["user_id"])
 
 
+def test_a_rerun_of_select_killed_mid_run_leaves_the_old_selection_whole(setup, tmp_path):
+    """SIGKILL of `select` while it re-selects into an existing selection: the old one is byte-identical (the
+    new one is built beside it), and the next run swaps in a complete new selection."""
+    from conftest import cli_in_ray, kill_cli_when
+
+    root, _ = setup
+    out = tmp_path / "sel"
+    run_select(scfg(root, out, strategy="random"))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    cmd, env = cli_in_ray(["select", "--data", str(root / "data"), "--prompts", str(root / "src"), "--out", str(out),
+                           "--strategy", "kmeans", "--budget", "30", "clusters=3", "min_per_cluster=2"])
+    status = kill_cli_when(cmd, env, lambda: (tmp_path / ".sel.partial" / "config.yaml").is_file())
+    assert status == -9, "select ended before the kill"
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "report.json").is_file() and json.loads((out / "report.json").read_text())["strategy"] == "kmeans"
+    assert pd.read_parquet(out / "selected.parquet")["user_id"].nunique() == 30
+    assert not list(tmp_path.glob(".sel.*"))
+
+
 def test_select_budget_above_eligible_is_a_clear_error(setup, tmp_path):
     root, _ = setup
     with pytest.raises(PumaError, match="--budget 121 exceeds the 120 eligible users"):
@@ -326,6 +347,27 @@ def test_a_truncated_adapter_json_is_one_line_and_out_is_untouched(tmp_path):
     (adapter / "adapter.json").write_text('{"adapter": {"source_dim": 6')  # a write cut short
     with pytest.raises(PumaError, match="adapter.json is corrupt"):
         run_migrate(MigrateConfig(adapter=str(adapter), source=[str(tmp_path / "src")], out=str(tmp_path / "m")))
+    assert not (tmp_path / "m").exists()
+
+
+def test_damaged_adapter_weights_are_refused_before_out_is_touched(setup, tmp_path):
+    """Weights that no longer match adapter.json's checksum: one line from the driver (not a Ray actor's
+    failure), exit 1, and no --out created."""
+    import shutil
+
+    root, _ = setup
+    adapter = tmp_path / "adapter"
+    shutil.copytree(root / "adapter", adapter, ignore=shutil.ignore_patterns("_train"))
+    weights = adapter / json.loads((adapter / "adapter.json").read_text()).get("weights", "adapter.safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF  # one flipped byte, from outside
+    weights.write_bytes(bytes(data))
+    res = subprocess.run([sys.executable, "-m", "puma_ray.cli", "migrate", "--adapter", str(adapter), "--source",
+                          str(root / "src"), "--out", str(tmp_path / "m")], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    message = json.loads(res.stdout.strip().splitlines()[-1])["error"]
+    assert "does not match the checksum in adapter.json" in message and "in a Ray worker" not in message
     assert not (tmp_path / "m").exists()
 
 

@@ -80,6 +80,29 @@ def test_other_inputs_in_same_dir_need_overwrite(built, text_file, tmp_path):
     assert run_models(ModelsConfig(family="qwen2", text=str(text_file), out=out, layers=1, overwrite=True))["layers"] == 1
 
 
+def test_an_overwrite_killed_mid_build_leaves_the_old_model_whole(synthetic_dataset, text_file, tmp_path):
+    """SIGKILL of `models ... overwrite=true` while it pretrains a new model: the old model is byte-identical
+    (the new one is built beside it and swapped in when complete); the next run replaces it whole."""
+    import subprocess
+
+    from conftest import REPO, cli_in_ray, kill_cli_when
+
+    out = tmp_path / "m"
+    run_models(ModelsConfig(family="llama", text=str(text_file), out=str(out)))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    cmd, env = cli_in_ray(["models", "--family", "qwen2", "--data", str(synthetic_dataset), "--out", str(out),
+                           "pretrain_steps=400", "overwrite=true"])
+    status = kill_cli_when(cmd, env, lambda: (tmp_path / ".m.partial" / "model.safetensors").is_file() or
+                           (tmp_path / ".m.partial" / "tokenizer.json").is_file())
+    assert status == -9, "models ended before the kill"
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    done = subprocess.run(cmd[:-2] + ["pretrain_steps=2", "overwrite=true"], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "qwen2"
+    assert not list(tmp_path.glob(".m.*"))
+
+
 def test_bad_shapes_fail_clearly(text_file, tmp_path):
     with pytest.raises(PumaError, match="not divisible"):
         run_models(ModelsConfig(family="llama", text=str(text_file), out=str(tmp_path / "a"), hidden=50, heads=4))

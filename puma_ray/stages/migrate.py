@@ -23,7 +23,7 @@ from puma_ray.config import MigrateConfig
 from puma_ray.data.schema import copy_atomic, read_required_json, write_json_atomic
 from puma_ray.errors import PumaError
 from puma_ray.hf import dtype_name
-from puma_ray.migration import PROGRESS_DIR, ShardMigrator, done_shard
+from puma_ray.migration import PROGRESS_DIR, ShardMigrator, checked_weights, done_shard
 from puma_ray.modules import AdapterConfig, adapter_param_count
 from puma_ray.prompt_store import MANIFEST, finalize, read_quarantine, verify
 from puma_ray.prompt_store import read_manifest as read_store_manifest
@@ -83,6 +83,7 @@ def run_migrate(cfg: MigrateConfig) -> dict:
     adapter_dir = Path(cfg.adapter)
     meta = read_required_json(adapter_dir / "adapter.json",
                               f"--adapter {cfg.adapter}: no adapter.json there (give a `puma-ray adapter` output)")
+    checked_weights(adapter_dir, meta)  # before --out is touched (the actors check again when they load it)
     manifests = check_stores(cfg.source, meta)
     sources = [str(Path(s).resolve()) for s in cfg.source]
     out = Path(cfg.out)

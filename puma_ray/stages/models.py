@@ -29,7 +29,7 @@ from puma_ray.errors import PumaError
 from puma_ray.gguf_models import PACKAGES, load_gguf, package_gguf, smoke_test
 from puma_ray.hf import load_causal_lm, load_tokenizer, model_fingerprint
 from puma_ray.pretrain import pretrain
-from puma_ray.runs import CostMeter, log, open_run, swap_in
+from puma_ray.runs import CostMeter, beside, log, open_run, swap_in
 from puma_ray.templates import encode_template, load_template_text
 from puma_ray.tiny_models import FAMILIES, build_config, build_model
 from puma_ray.tokenizer import check_answers_single_token, train_tokenizer
@@ -84,11 +84,20 @@ def run_models(cfg: ModelsConfig) -> dict:
     cached = reusable(out, key, cfg.overwrite)
     if cached is not None:
         return cached
-    if (out / MARKER).is_file():  # another model, and overwrite was given
-        shutil.rmtree(out)
+    final, out = out, open_run(beside(out), "models", cfg, final=out)  # built beside, swapped in when complete
+    try:
+        summary = build_tiny_model(cfg, key, out, final)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    out = swap_in(out, final)  # another model there (overwrite=true) is replaced only now
+    return {**summary, "path": str(out)}
 
+
+def build_tiny_model(cfg: ModelsConfig, key: str, out: Path, final: Path) -> dict:
+    """A tiny model of cfg.family (tokenizer trained on the catalogue, optionally pretrained) saved in `out`,
+    the directory that becomes `final`."""
     spec = FAMILIES[cfg.family]
-    open_run(out, "models", cfg)
     with CostMeter(out, "models", cfg) as meter:
         log.info("models: training a %d-token BPE tokenizer for %s", cfg.vocab_size, cfg.family)
         tokenizer = train_tokenizer(_texts(cfg), cfg.vocab_size, add_bos=spec.add_bos, bos_is_eos=spec.bos_is_eos,
@@ -119,7 +128,7 @@ def run_models(cfg: ModelsConfig) -> dict:
                  cfg.layers, n_params, out)
         model.save_pretrained(out)
         fingerprint = model_fingerprint(load_causal_lm(str(out)), reloaded)
-    summary = {"path": str(out), "family": cfg.family, "model_type": model_cfg.model_type,
+    summary = {"path": str(final), "family": cfg.family, "model_type": model_cfg.model_type,
                "hidden_size": model_cfg.hidden_size, "layers": cfg.layers, "vocab_size": len(tokenizer),
                "parameters": n_params, "tokenizer_class": type(reloaded).__name__,
                "space_answers_single_token": space_answers, "pretrain_steps": steps,

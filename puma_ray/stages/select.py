@@ -35,7 +35,7 @@ from puma_ray.data.schema import shard_paths, write_parquet_atomic
 from puma_ray.errors import PumaError
 from puma_ray.prompt_store import verify
 from puma_ray.ray_utils import actor_cpus, actor_pool, init_ray, read_columns, split_is
-from puma_ray.runs import CostMeter, Progress, log, open_run
+from puma_ray.runs import CostMeter, Progress, beside, check_out, log, open_run, swap_in
 from puma_ray.scoring import FFNFeatures, prompt_matrix
 from puma_ray.selection import stratum_weights
 from puma_ray.strategies import select_users
@@ -346,8 +346,21 @@ def run_select(cfg: SelectConfig) -> dict:
     """Select cfg.budget users of the store with cfg.strategy; returns the JSON summary."""
     read_data_manifest(cfg.data)
     store = verify(cfg.prompts)  # every shard's checksum: a corrupt store is one line, not a traceback
-    out = open_run(cfg.out, "select", cfg)
-    (out / "selected.parquet").unlink(missing_ok=True)  # the selection is incomplete until this run finishes
+    check_out(cfg.out, "selection", lambda p: (p / "selected.parquet").is_file() or (p / "assignments.parquet").is_file())
+    # built beside --out and swapped in whole when complete: an old selection there survives any failure
+    out = open_run(beside(cfg.out), "select", cfg, final=cfg.out)
+    try:
+        report, timings = build_selection(cfg, store, out)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    out = swap_in(out, cfg.out)
+    log.info("select: %d users -> %s (%.1f s)", cfg.budget, out, report["wall_s"])
+    return {"out": str(out), **{k: v for k, v in report.items() if k != "timings_s"}, "timings_s": timings}
+
+
+def build_selection(cfg: SelectConfig, store: dict, out: Path) -> tuple[dict, dict]:
+    """The selection's files in `out` (assignments, selected users, plot, reports); its report and timings."""
     with CostMeter(out, "select", cfg) as meter:
         meter.startup_s = init_ray(dashboard=False)
         users = eligible_users(cfg.data, cfg.prompts, store)
@@ -372,6 +385,7 @@ def run_select(cfg: SelectConfig) -> dict:
         per_user = sum(v for k, v in inputs.timings.items() if k != "plot")  # passes over every user
         meter.startup_s = max(0.0, meter.elapsed() - per_user)
         # written last: an adapter run reads selected.parquet, so its presence means "complete"
+        # (the whole directory is swapped in only after it)
         write_parquet_atomic(pa.Table.from_pandas(table[table["selected"]].drop(columns=["selected"]),
                                                   preserve_index=False), out / "selected.parquet")
     shutil.rmtree(out / "_ffn", ignore_errors=True)
@@ -379,5 +393,4 @@ def run_select(cfg: SelectConfig) -> dict:
     report["peak_memory_bytes"] = meter.record.peak_memory_bytes
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_report_md(out / "report.md", report)
-    log.info("select: %d users -> %s (%.1f s)", len(chosen), out, meter.record.wall_s)
-    return {"out": str(out), **{k: v for k, v in report.items() if k != "timings_s"}, "timings_s": inputs.timings}
+    return report, inputs.timings
