@@ -64,6 +64,7 @@ def write_ml100k(d: Path) -> None:
     (d / "u.data").write_text("\n".join(lines) + "\n")
     items = [f"{i}|Movie {i} (199{i})|01-Jan-1995||http://x|0|1" for i in range(1, 7)]
     items[0] = "1|Á köldum klaka (Cold Fever) (1994)|01-Jan-1995||x|0|1"
+    items.append("a title line cut short")  # no id|title: skipped and counted
     (d / "u.item").write_bytes("\n".join(items).encode("latin-1"))
 
 
@@ -116,7 +117,7 @@ def write_yelp(d: Path) -> None:
                     "date": "2018-02-01 10:00:00"})
     (d / "yelp_academic_dataset_review.json").write_text("\n".join(json.dumps(r) for r in reviews) + "\n")
     (d / "yelp_academic_dataset_business.json").write_text(
-        "\n".join(json.dumps({"business_id": f"B{k}", "name": f"Cafe {k}"}) for k in range(2)) + "\n")
+        "\n".join(json.dumps({"business_id": f"B{k}", "name": f"Cafe {k}"}) for k in range(2)) + "\n{not json\n")
 
 
 NO_FILTER = {"min_item_interactions": 0, "min_user_interactions": 0}
@@ -124,7 +125,7 @@ NO_FILTER = {"min_item_interactions": 0, "min_user_interactions": 0}
 SOURCE_TABLE = [
     ("movielens", write_ml100k, dict(rows_read=18, lines_dropped=2, users=3, items=6,
                                      dropped={"label_out_of_range": 1, "malformed_line": 1},
-                                     text=("1", "Á köldum klaka (Cold Fever) (1994)"))),
+                                     text=("1", "Á köldum klaka (Cold Fever) (1994)"), titles_skipped=1)),
     ("movielens", write_ml_latest, dict(rows_read=11, lines_dropped=0, users=3, items=5, dropped={},
                                         text=("1", "Film, 1"))),
     ("amazon", lambda d: write_amazon(d, 2018), dict(rows_read=13, lines_dropped=2, users=3, items=4,
@@ -137,7 +138,7 @@ SOURCE_TABLE = [
     ("mind", write_mind, dict(rows_read=6, lines_dropped=2, users=2, items=5,
                               dropped={"malformed_impression": 1, "malformed_line": 1}, text=("N4", "Headline 4"))),
     ("yelp", write_yelp, dict(rows_read=6, lines_dropped=1, users=2, items=3, dropped={"label_out_of_range": 1},
-                              text=("B2", "B2"))),
+                              text=("B2", "B2"), titles_skipped=1)),
 ]
 
 
@@ -159,6 +160,7 @@ def test_source_fixture(ray_local, tmp_path, source, writer, expected):
     assert set(df.loc[df["item_id"] == item, "item_text"]) == {text}
     assert summary["rows"] == len(df) == m["rows"]
     assert m["records_read"] == m["rows_read"] + m["lines_dropped"]
+    assert m["notes"]["title_lines_skipped"] == expected.get("titles_skipped", 0)  # malformed title lines counted
     if source == "movielens" and "ratings.csv" in {p.name for p in (tmp_path / "raw").iterdir()}:
         assert set(df["label"]) <= {1.0, 2.0, 3.0, 4.0, 5.0}  # half stars rounded up
         assert df.loc[df["user_id"] == "3", "label"].tolist() == [1.0]  # 0.5 -> 1, not dropped

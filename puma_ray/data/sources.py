@@ -39,30 +39,57 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
-def _delimited_titles(path: Path, sep: str, title_col: int, encoding: str = "utf-8") -> dict[str, str]:
+class Titles(dict):
+    """item_id -> title, and how many lines of the title file(s) gave none (malformed, or no id or title)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped = 0
+
+    def take(self, item, title) -> None:
+        """Record one line's (id, title), or count it as skipped when either is missing."""
+        if item and title:
+            self[str(item)] = str(title)
+        else:
+            self.skipped += 1
+
+
+def _delimited_titles(path: Path, sep: str, title_col: int, encoding: str = "utf-8") -> Titles:
     """id (first column) -> title (column `title_col`) of a delimited text file."""
-    titles = {}
+    titles = Titles()
     with open(path, encoding=encoding) as fh:
         for line in fh:
-            parts = line.rstrip("\n").split(sep)
-            if len(parts) > title_col and parts[title_col]:
-                titles[parts[0]] = parts[title_col]
+            if line.strip():
+                parts = line.rstrip("\n").split(sep)
+                titles.take(parts[0], parts[title_col] if len(parts) > title_col else None)
     return titles
 
 
-def _json_titles(paths: list[Path], id_keys: tuple[str, ...], title_key: str) -> dict[str, str]:
+def _csv_titles(path: Path, id_key: str, title_key: str) -> Titles:
+    """id -> title of a CSV file with a header row."""
+    titles = Titles()
+    with open(path, encoding="utf-8", newline="") as fh:
+        for row in csv.DictReader(fh):
+            titles.take(row.get(id_key), row.get(title_key))
+    return titles
+
+
+def _json_titles(paths: list[Path], id_keys: tuple[str, ...], title_key: str) -> Titles:
     """id -> title from json-lines files; the first of `id_keys` present is the id."""
-    titles: dict[str, str] = {}
+    titles = Titles()
     for path in paths:
         with open_text(path) as fh:
             for line in fh:
+                if not line.strip():
+                    continue
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
+                    rec = None
+                if not isinstance(rec, dict):
+                    titles.skipped += 1
                     continue
-                item = next((rec[k] for k in id_keys if rec.get(k)), None) if isinstance(rec, dict) else None
-                if item and rec.get(title_key):
-                    titles[str(item)] = str(rec[title_key])
+                titles.take(next((rec[k] for k in id_keys if rec.get(k)), None), rec.get(title_key))
     return titles
 
 
@@ -146,8 +173,8 @@ class MovieLens(LineSource):
 
     def titles(self, input_path: Path) -> tuple[dict[str, str], str]:
         if self._latest(input_path):
-            with open(_need(input_path / "movies.csv", "movielens movies.csv"), encoding="utf-8") as fh:
-                return {r["movieId"]: r["title"] for r in csv.DictReader(fh) if r.get("title")}, "movies.csv title"
+            return _csv_titles(_need(input_path / "movies.csv", "movielens movies.csv"), "movieId", "title"), \
+                "movies.csv title"
         return _delimited_titles(_need(input_path / "u.item", "movielens u.item"), "|", 1, "latin-1"), "u.item title"
 
     def parse(self, line: str, titles: dict[str, str], seed: int) -> list[Row | str]:
