@@ -117,6 +117,8 @@ def test_a_worker_error_is_one_line_with_the_workers_own_message(setup, tmp_path
     assert not (root / "bad" / "manifest.json").exists()
 
 
+@pytest.mark.slow  # in CI: test_multinode.py kills a worker node under the same FailureConfig wiring, and
+# test_a_rerun_killed_mid_training_leaves_the_old_store_whole resumes this loop from its checkpoint
 def test_killed_worker_resumes_from_its_checkpoint(setup):
     root, _ = setup
     # from outside: once the first epoch's checkpoint exists, SIGKILL one Ray Train worker process
