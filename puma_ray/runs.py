@@ -92,7 +92,8 @@ def check_out(out: str | Path, kind: str, is_kind, flag: str = "--out") -> Path:
     if path.exists() and not path.is_dir():
         raise PumaError(f"{flag} {path} is a file; give a directory")
     if path.is_dir() and not is_kind(path) and {p.name for p in path.iterdir()} - RUN_FILES:
-        raise PumaError(f"{flag} {path} already holds something other than a {kind}; nothing was changed "
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise PumaError(f"{flag} {path} already holds something other than {article} {kind}; nothing was changed "
                         "(choose a new directory or empty it)")
     return path
 

@@ -377,6 +377,26 @@ def test_damaged_adapter_weights_are_refused_before_out_is_touched(setup, tmp_pa
     assert not (tmp_path / "m").exists()
 
 
+def test_adapter_and_migrate_refuse_an_out_of_another_kind(setup, tmp_path):
+    """--out a dataset directory, or a folder of someone's files: refused before anything is written there."""
+    import shutil
+
+    root, _ = setup
+    dataset = tmp_path / "dataset"
+    shutil.copytree(root / "data", dataset)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"\xff\xd8 not really")
+    for out in (dataset, photos):
+        before = sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file())
+        with pytest.raises(PumaError, match="already holds something other than a prompt store"):
+            run_migrate(MigrateConfig(adapter=str(root / "adapter"), source=[str(root / "src")], out=str(out)))
+        with pytest.raises(PumaError, match="already holds something other than an adapter"):
+            run_adapter(AdapterStageConfig(data=str(root / "data"), source=[str(root / "src")],
+                                           target_model=str(root / "qwen2"), out=str(out), epochs=1, min_steps=0))
+        assert sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file()) == before
+
+
 def test_bfloat16_migration_matches_float32_within_tolerance(setup, tmp_path):
     """dtype=bfloat16 (AMX CPUs, GPUs) rounds the adapter's arithmetic only: every user's migrated prompt is
     within 2% (relative L2) of the float32 one, the store stays float32, the lineage says which dtype ran,

@@ -26,7 +26,7 @@ from puma_ray.hf import describe_model, load_causal_lm, model_ref
 from puma_ray.modules import AdapterConfig, adapter_param_count
 from puma_ray.prompt_store import iter_prompts, read_head, verify
 from puma_ray.ray_utils import dataset_parts, init_ray, read_columns
-from puma_ray.runs import CostMeter, log, open_run
+from puma_ray.runs import CostMeter, check_out, log, open_run
 from puma_ray.train_wiring import (best_checkpoint, build_trainer, check_resume, fit_trainer, record_training,
                                    run_history, run_name)
 from puma_ray.train_adapter import adapter_loop
@@ -126,6 +126,7 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
     name = cfg.run_name or run_name("adapter", cfg.out)
     storage = cfg.storage_path or str((Path(cfg.out) / "_train").resolve())
     check_resume(storage, name, cfg.workers)
+    check_out(cfg.out, "adapter", lambda p: (p / "adapter.json").is_file() or (p / "_train").is_dir())
     out = open_run(cfg.out, "adapter", cfg)  # an adapter already there stays whole until adapter.json is replaced
     W = cfg.workers
     with CostMeter(out, "adapter", cfg, workers=W) as meter:

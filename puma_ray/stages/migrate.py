@@ -28,7 +28,7 @@ from puma_ray.modules import AdapterConfig, adapter_param_count
 from puma_ray.prompt_store import MANIFEST, finalize, read_quarantine, verify
 from puma_ray.prompt_store import read_manifest as read_store_manifest
 from puma_ray.ray_utils import actor_cpus, actor_pool, init_ray
-from puma_ray.runs import CostMeter, Progress, log, open_run
+from puma_ray.runs import CostMeter, Progress, check_out, log, open_run
 
 
 def check_stores(sources: list[str], meta: dict) -> list[dict]:
@@ -78,6 +78,16 @@ def claim_output(out: Path, identity: dict) -> dict | None:
     return None
 
 
+def is_store_or_partial(path: Path) -> bool:
+    """A prompt store (its manifest names a prompt length) or a migration interrupted before its manifest."""
+    if (path / PROGRESS_DIR).is_dir():
+        return True
+    try:
+        return "prompt_len" in json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def run_migrate(cfg: MigrateConfig) -> dict:
     """Migrate every user of cfg.source into the store cfg.out; returns the JSON summary."""
     adapter_dir = Path(cfg.adapter)
@@ -86,7 +96,7 @@ def run_migrate(cfg: MigrateConfig) -> dict:
     checked_weights(adapter_dir, meta)  # before --out is touched (the actors check again when they load it)
     manifests = check_stores(cfg.source, meta)
     sources = [str(Path(s).resolve()) for s in cfg.source]
-    out = Path(cfg.out)
+    out = check_out(cfg.out, "prompt store", is_store_or_partial)
     identity = {"adapter_sha256": meta["sha256"], "sources": sources,
                 **({"dtype": cfg.dtype} if cfg.dtype != "auto" else {})}  # a resumed run keeps one dtype
     out.mkdir(parents=True, exist_ok=True)
