@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import yaml
 
@@ -121,6 +121,21 @@ def swap_in(work: Path, out: str | Path) -> Path:
     work.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def build_beside(out: str | Path, stage: str, cfg: Any, build: Callable[[Path], Any]) -> tuple[Path, Any]:
+    """Run build(work) in a fresh directory beside `out` (its resolved config written there first), then swap it
+    in as `out`; on any failure the work directory is removed and `out` is left as it was.
+    Returns (the final path, what build returned)."""
+    import shutil
+
+    work = open_run(beside(out), stage, cfg, final=out)
+    try:
+        result = build(work)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return swap_in(work, out), result
 
 
 def peak_rss_bytes() -> int:

@@ -24,7 +24,7 @@ from puma_ray.data.sources import make_source
 from puma_ray.data.synthetic import make_catalogue
 from puma_ray.errors import PumaError
 from puma_ray.ray_utils import init_ray
-from puma_ray.runs import CostMeter, Progress, beside, check_out, log, open_run, swap_in
+from puma_ray.runs import CostMeter, Progress, build_beside, check_out, log
 
 # Paper defaults: rating datasets drop items < 10 and users < 20; click data is not filtered.
 _PAPER_MIN = {"rating": (10, 20), "click": (0, 0)}
@@ -185,12 +185,7 @@ def run_data(cfg: DataConfig) -> dict:
     check_out(cfg.out, "dataset", is_dataset)
     task = (cfg.task or "rating") if cfg.source == "synthetic" else make_source(cfg).task
     prep = resolve_preprocessing(cfg, task)
-    work = open_run(beside(cfg.out), "data", cfg, final=cfg.out)  # absolute: Ray tasks write from elsewhere
-    try:
-        summary = build(cfg, prep, task, work)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    out = swap_in(work, cfg.out)
+    # the work directory is absolute: Ray tasks write there from elsewhere
+    out, summary = build_beside(cfg.out, "data", cfg, lambda work: build(cfg, prep, task, work))
     log.info("data: %d rows, %d users, %d items -> %s", summary["rows"], summary["users"], summary["items"], out)
     return {"out": str(out), **summary}

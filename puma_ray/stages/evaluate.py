@@ -35,7 +35,7 @@ from puma_ray.hf import describe_model, dtype_name, model_ref
 from puma_ray.metrics import SortedAUC, UserTotals, user_row
 from puma_ray.prompt_store import check_model, read_head, read_quarantine, verify
 from puma_ray.ray_utils import actor_cpus, actor_pool, init_ray, read_columns, sort_shuffle, split_is
-from puma_ray.runs import CostMeter, beside, check_out, log, open_run, swap_in
+from puma_ray.runs import CostMeter, build_beside, check_out, log, swap_in
 from puma_ray.scoring import PromptScorer
 from puma_ray.templates import load_template_text
 from puma_ray.training import TASKS
@@ -194,13 +194,9 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     head_path, head = store_head(cfg.prompts)
     check_out(cfg.out, "evaluation", lambda p: (p / "metrics.json").is_file() or (p / "rows.parquet").exists())
     # built beside --out and swapped in whole when complete: an old evaluation there survives any failure
-    work = open_run(beside(cfg.out), "evaluate", cfg, final=cfg.out)
-    try:
-        summary = score_and_report(cfg, task, store, model, head_path, head, work)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return {**summary, "out": str(swap_in(work, cfg.out))}
+    out, summary = build_beside(cfg.out, "evaluate", cfg,
+                                lambda work: score_and_report(cfg, task, store, model, head_path, head, work))
+    return {**summary, "out": str(out)}
 
 
 def score_and_report(cfg: EvaluateConfig, task, store: dict, model: dict, head_path: Path, head: dict,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -29,7 +28,7 @@ from puma_ray.errors import PumaError
 from puma_ray.gguf_models import PACKAGES, load_gguf, package_gguf, smoke_test
 from puma_ray.hf import load_causal_lm, load_tokenizer, model_fingerprint
 from puma_ray.pretrain import pretrain
-from puma_ray.runs import CostMeter, beside, log, open_run, swap_in
+from puma_ray.runs import CostMeter, build_beside, log, open_run, swap_in
 from puma_ray.templates import encode_template, load_template_text
 from puma_ray.tiny_models import FAMILIES, build_config, build_model
 from puma_ray.tokenizer import check_answers_single_token, train_tokenizer
@@ -84,14 +83,9 @@ def run_models(cfg: ModelsConfig) -> dict:
     cached = reusable(out, key, cfg.overwrite)
     if cached is not None:
         return cached
-    final, out = out, open_run(beside(out), "models", cfg, final=out)  # built beside, swapped in when complete
-    try:
-        summary = build_tiny_model(cfg, key, out, final)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    out = swap_in(out, final)  # another model there (overwrite=true) is replaced only now
-    return {**summary, "path": str(out)}
+    # built beside, swapped in when complete: another model there (overwrite=true) is replaced only then
+    final, summary = build_beside(out, "models", cfg, lambda work: build_tiny_model(cfg, key, work, out))
+    return {**summary, "path": str(final)}
 
 
 def build_tiny_model(cfg: ModelsConfig, key: str, out: Path, final: Path) -> dict:

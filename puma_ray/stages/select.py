@@ -35,7 +35,7 @@ from puma_ray.data.schema import shard_paths, write_parquet_atomic
 from puma_ray.errors import PumaError
 from puma_ray.prompt_store import verify
 from puma_ray.ray_utils import actor_cpus, actor_pool, init_ray, read_columns, split_is
-from puma_ray.runs import CostMeter, Progress, beside, check_out, log, open_run, swap_in
+from puma_ray.runs import CostMeter, Progress, build_beside, check_out, log
 from puma_ray.scoring import FFNFeatures, prompt_matrix
 from puma_ray.selection import stratum_weights
 from puma_ray.strategies import select_users
@@ -348,13 +348,7 @@ def run_select(cfg: SelectConfig) -> dict:
     store = verify(cfg.prompts)  # every shard's checksum: a corrupt store is one line, not a traceback
     check_out(cfg.out, "selection", lambda p: (p / "selected.parquet").is_file() or (p / "assignments.parquet").is_file())
     # built beside --out and swapped in whole when complete: an old selection there survives any failure
-    out = open_run(beside(cfg.out), "select", cfg, final=cfg.out)
-    try:
-        report, timings = build_selection(cfg, store, out)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    out = swap_in(out, cfg.out)
+    out, (report, timings) = build_beside(cfg.out, "select", cfg, lambda work: build_selection(cfg, store, work))
     log.info("select: %d users -> %s (%.1f s)", cfg.budget, out, report["wall_s"])
     return {"out": str(out), **{k: v for k, v in report.items() if k != "timings_s"}, "timings_s": timings}
 
