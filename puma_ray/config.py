@@ -538,11 +538,14 @@ class EvaluateConfig(StageConfig):
     """Reuse the key/values of the template's constant prefix."""
     broadcast_mb: int = 256
     """Stores up to this many MB of prompts are sent whole to each scorer (no shuffle); larger ones are hash-joined."""
+    one_task_rows: int = 200_000
+    """With one worker, at most this many rows are scored in one Ray task, without a Ray Data pipeline (0: never)."""
 
     def validate(self) -> None:
         _required(self.data, "data", "--data DIR")
         _required(self.model, "model", "--model MODEL")
         _required(self.prompts, "prompts", "--prompts STORE")
+        check(self.one_task_rows >= 0, "one_task_rows", "must be >= 0")
         _required(self.out, "out", "--out DIR")
         check(len(self.split) >= 1 and len(set(self.split)) == len(self.split), "split", "give distinct splits")
         check(self.workers >= 1, "workers", "must be >= 1")

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -50,10 +51,13 @@ def store_head(store: str | Path) -> tuple[Path, dict]:
     return head
 
 
+SCORE_COLUMNS = ["user_id", "item_text", "history_text", "label", "split"]
+"""Columns of the interaction shards that scoring reads."""
+
+
 def split_rows(data_dir: str, splits: list[str]) -> ray.data.Dataset:
     """Interaction rows of `splits` (the columns scoring needs)."""
-    rows = read_columns([str(p.resolve()) for p in shard_paths(data_dir)],
-                        ["user_id", "item_text", "history_text", "label", "split"])
+    rows = read_columns([str(p.resolve()) for p in shard_paths(data_dir)], SCORE_COLUMNS)
     return rows.filter(expr=split_is(*splits))
 
 
@@ -118,9 +122,10 @@ def split_aucs(rows: ray.data.Dataset, splits: list[str], partitions: int) -> di
     return {s: f.value() for s, f in folded.items()}
 
 
-def fold_per_user(per_user: ray.data.Dataset, task: str, where: dict[str, Path]) -> dict[str, UserTotals]:
-    """One streamed pass over the per-user rows: each split's go to where[split]/per_user.parquet (written
-    beside, renamed when complete) and into its UserTotals; the driver holds one batch at a time."""
+def fold_per_user(batches: Iterable[dict], task: str, where: dict[str, Path]) -> dict[str, UserTotals]:
+    """One streamed pass over per-user rows (batches of column arrays): each split's go to
+    where[split]/per_user.parquet (written beside, renamed when complete) and into its UserTotals;
+    memory is one batch."""
     cols = PER_USER[task]
     schema = pa.schema([(c, pa.string() if c == "user_id" else pa.int64() if c == "n" else pa.float64())
                         for c in cols])
@@ -128,7 +133,7 @@ def fold_per_user(per_user: ray.data.Dataset, task: str, where: dict[str, Path])
     parts = {s: where[s] / ".per_user.parquet.partial" for s in where}
     writers = {s: pq.ParquetWriter(parts[s], schema, compression="zstd") for s in where}
     try:
-        for b in per_user.iter_batches(batch_size=65536, batch_format="numpy"):
+        for b in batches:
             for split, fold in totals.items():
                 mine = {k: v[b["split"] == split] for k, v in b.items()}
                 fold.add(mine)
@@ -140,6 +145,57 @@ def fold_per_user(per_user: ray.data.Dataset, task: str, where: dict[str, Path])
     for s in where:
         os.replace(parts[s], where[s] / "per_user.parquet")
     return totals
+
+
+def split_row_count(data_dir: str, splits: list[str]) -> int:
+    """Interaction rows of `splits` (users.parquet's per-user counts; no shard is read)."""
+    users = pq.read_table(Path(data_dir) / "users.parquet", columns=[f"n_{s}" for s in splits])
+    return int(sum(pc.sum(users.column(c)).as_py() or 0 for c in users.column_names))
+
+
+def user_groups(rows: pa.Table, task: str, chunk: int = 65536) -> Iterator[dict]:
+    """Scored rows (in memory) -> per-user rows of metrics.user_row, `chunk` users a batch, in (split, user) order."""
+    rows = rows.sort_by([("split", "ascending"), ("user_id", "ascending")])
+    cols = {c: rows.column(c).to_numpy(zero_copy_only=False) for c in ("split", "user_id", "finite", "pred",
+                                                                         "label", "loss")}
+    key = np.char.add(cols["split"].astype(str), np.char.add("\0", cols["user_id"].astype(str)))
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, dtype=int)
+    bounds = np.r_[starts, len(key)]
+    one_user = per_user_rows(task)
+    for first in range(0, len(starts), chunk):
+        users = [one_user({k: v[a:b] for k, v in cols.items()})
+                 for a, b in zip(bounds[first:first + chunk], bounds[first + 1:first + chunk + 1])]
+        yield {k: np.concatenate([u[k] for u in users]) for k in users[0]}
+
+
+def table_aucs(rows: pa.Table, splits: list[str]) -> dict[str, float]:
+    """Exact AUC of each split's scored rows (in memory): the same (split, score) runs split_aucs folds."""
+    runs = (rows.filter(pc.field("finite")).group_by(["split", "pred"])
+            .aggregate([("label", "sum"), ("label", "count")]).sort_by([("split", "ascending"), ("pred", "ascending")]))
+    folded = {s: SortedAUC() for s in splits}
+    for split, fold in folded.items():
+        mine = runs.filter(pc.equal(runs.column("split"), split))
+        fold.add(np.nan_to_num(mine.column("label_sum").to_numpy()), mine.column("label_count").to_numpy())
+    return {s: f.value() for s, f in folded.items()}
+
+
+@ray.remote
+def score_in_one_task(shards: list[str], splits: list[str], scorer_args: dict, batch_size: int, out: str, task: str,
+                      where: dict[str, str]) -> tuple[dict[str, UserTotals], dict[str, float], int]:
+    """The pipeline's work for a small evaluation, in one task: score `splits`' rows shard by shard, write
+    rows.parquet, fold per user (per_user.parquet of each split) -> (totals, AUCs, rows scored). It runs on a
+    pooled Ray worker, which keeps its imports from one evaluation to the next."""
+    scorer, scored = PromptScorer(**scorer_args), []
+    for path in shards:  # one shard's rows of `splits` at a time, in full batches as the pipeline forms them
+        mine = pq.read_table(path, columns=SCORE_COLUMNS, filters=[("split", "in", splits)])
+        scored += [scorer(mine.slice(at, batch_size)) for at in range(0, mine.num_rows, batch_size)]
+    rows = pa.concat_tables(scored) if scored else SCORED.empty_table()
+    work = Path(out) / ".rows.parquet.partial"
+    work.mkdir(parents=True, exist_ok=True)
+    pq.write_table(rows, work / "part-00000.parquet")
+    swap_in(work, Path(out) / "rows.parquet")
+    totals = fold_per_user(user_groups(rows, task), task, {s: Path(p) for s, p in where.items()})
+    return totals, table_aucs(rows, splits) if task == "click" else {}, rows.num_rows
 
 
 def missing_users(data_dir: str, split: str, scored: int, quarantined: set[str]) -> int:
@@ -199,6 +255,33 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     return {**summary, "out": str(out)}
 
 
+def score_in_pipeline(cfg: EvaluateConfig, task: str, store: dict, scorer_args: dict, out: Path,
+                      where: dict[str, Path], meter) -> tuple[dict[str, UserTotals], dict[str, float]]:
+    """Ray Data: rows (broadcast or hash-joined to their prompts) -> PromptScorer actors -> rows.parquet
+    -> per-user groups -> per_user.parquet of each split; returns (totals, AUCs)."""
+    if "prompts_ref" in scorer_args:
+        rows = split_rows(cfg.data, cfg.split)
+    else:
+        rows = joined_rows(cfg.data, cfg.split, cfg.prompts, store)
+    # Blocks of 16 batches (streamed, no shuffle): a data shard is one ~700k-row block, and with a few
+    # of them one scoring actor got all the work (10k users: 128 s -> 81 s with 2 actors).
+    rows = rows.repartition(target_num_rows_per_block=16 * cfg.batch_size)
+    scored = rows.map_batches(
+        PromptScorer, fn_constructor_kwargs=scorer_args, batch_size=cfg.batch_size, batch_format="pyarrow",
+        compute=actor_pool(cfg.workers), num_cpus=actor_cpus(cfg.cpus_per_worker, cfg.workers),
+        num_gpus=1 if cfg.use_gpu else None)
+    written = write_dataset(scored, out / "rows.parquet", SCORED)
+    with sort_shuffle():  # a dataset keeps the context it was created in
+        rows = ray.data.read_parquet(str(written))
+        meter.samples = rows.count()
+        partitions = max(1, min(256, meter.samples // 250_000))  # a sort reducer holds its partition
+        per_user = rows.groupby(["split", "user_id"], num_partitions=partitions).map_groups(
+            per_user_rows(task), batch_format="numpy")
+        totals = fold_per_user(per_user.iter_batches(batch_size=65536, batch_format="numpy"), task, where)
+        aucs = split_aucs(rows, cfg.split, partitions) if task == "click" else {}
+    return totals, aucs
+
+
 def score_and_report(cfg: EvaluateConfig, task, store: dict, model: dict, head_path: Path, head: dict,
                      out: Path) -> dict:
     """Score cfg.split's rows with the store's prompts, fold them per user, write metrics and reports in `out`."""
@@ -208,33 +291,25 @@ def score_and_report(cfg: EvaluateConfig, task, store: dict, model: dict, head_p
                        task=task.name, head_path=str(head_path.resolve()), lam=head["lam"],
                        yes_minus_no=head["yes_minus_no"], prompt_len=store["prompt_len"], dim=store["dim"],
                        prefix_cache=cfg.prefix_cache, use_gpu=cfg.use_gpu, dtype=cfg.dtype)
+    where = {s: out if len(cfg.split) == 1 else out / s for s in cfg.split}
+    for path in where.values():
+        path.mkdir(parents=True, exist_ok=True)
     with CostMeter(out, "evaluate", cfg, workers=cfg.workers) as meter:
         meter.startup_s = init_ray(dashboard=False)
         if store_bytes(store) <= cfg.broadcast_mb * 2**20:  # small store: sent whole to each scorer, no shuffle
-            rows = split_rows(cfg.data, cfg.split)
             scorer_args["prompts_ref"] = ray.put(store_table(cfg.prompts, store))
+        one_task = ("prompts_ref" in scorer_args and cfg.workers == 1
+                    and split_row_count(cfg.data, cfg.split) <= cfg.one_task_rows)
+        meter.extra = {"join": "broadcast" if "prompts_ref" in scorer_args else "shuffle",
+                       "path": "one task" if one_task else "pipeline"}
+        if one_task:
+            task_cpus = {"num_cpus": cfg.cpus_per_worker, "num_gpus": 1 if cfg.use_gpu else 0}
+            shards = [str(p.resolve()) for p in shard_paths(cfg.data)]
+            totals, aucs, meter.samples = ray.get(score_in_one_task.options(**task_cpus).remote(
+                shards, cfg.split, scorer_args, cfg.batch_size, str(out), task.name,
+                {s: str(p) for s, p in where.items()}))
         else:
-            rows = joined_rows(cfg.data, cfg.split, cfg.prompts, store)
-        meter.extra = {"join": "broadcast" if "prompts_ref" in scorer_args else "shuffle"}
-        # Blocks of 16 batches (streamed, no shuffle): a data shard is one ~700k-row block, and with a few
-        # of them one scoring actor got all the work (10k users: 128 s -> 81 s with 2 actors).
-        rows = rows.repartition(target_num_rows_per_block=16 * cfg.batch_size)
-        scored = rows.map_batches(
-            PromptScorer, fn_constructor_kwargs=scorer_args, batch_size=cfg.batch_size, batch_format="pyarrow",
-            compute=actor_pool(cfg.workers), num_cpus=actor_cpus(cfg.cpus_per_worker, cfg.workers),
-            num_gpus=1 if cfg.use_gpu else None)
-        written = write_dataset(scored, out / "rows.parquet", SCORED)
-        where = {s: out if len(cfg.split) == 1 else out / s for s in cfg.split}
-        for path in where.values():
-            path.mkdir(parents=True, exist_ok=True)
-        with sort_shuffle():  # a dataset keeps the context it was created in
-            rows = ray.data.read_parquet(str(written))
-            meter.samples = rows.count()
-            partitions = max(1, min(256, meter.samples // 250_000))  # a sort reducer holds its partition
-            per_user = rows.groupby(["split", "user_id"], num_partitions=partitions).map_groups(
-                per_user_rows(task.name), batch_format="numpy")
-            totals = fold_per_user(per_user, task.name, where)
-            aucs = split_aucs(rows, cfg.split, partitions) if task.name == "click" else {}
+            totals, aucs = score_in_pipeline(cfg, task.name, store, scorer_args, out, where, meter)
     quarantined = set(read_quarantine(cfg.prompts))
     extra = {"model": model["name"], "prompts": str(Path(cfg.prompts).resolve()), "wall_s": meter.record.wall_s,
              "lm_dtype": dtype_name(cfg.dtype, cfg.use_gpu)}
