@@ -142,9 +142,9 @@ class LineSource:
         """The files whose lines are interactions."""
         raise NotImplementedError
 
-    def titles(self, input_path: Path) -> tuple[dict[str, str], str]:
-        """item_id -> title, and a one-line note on where item texts come from."""
-        return {}, "item id (no titles)"
+    def titles(self, input_path: Path) -> tuple[Titles, str]:
+        """item_id -> title (with its count of skipped lines), and a one-line note on where item texts come from."""
+        return Titles(), "item id (no titles)"
 
     def parse(self, line: str, titles: dict[str, str], seed: int) -> list[Row | str]:
         """Canonical rows (or drop reasons) from one line; a header line returns []."""
@@ -171,7 +171,7 @@ class MovieLens(LineSource):
     def files(self, input_path: Path) -> list[Path]:
         return [input_path / ("ratings.csv" if self._latest(input_path) else "u.data")]
 
-    def titles(self, input_path: Path) -> tuple[dict[str, str], str]:
+    def titles(self, input_path: Path) -> tuple[Titles, str]:
         if self._latest(input_path):
             return _csv_titles(_need(input_path / "movies.csv", "movielens movies.csv"), "movieId", "title"), \
                 "movies.csv title"
@@ -214,11 +214,11 @@ class Amazon(LineSource):
     def files(self, input_path: Path) -> list[Path]:
         return self._split(input_path)[0]
 
-    def titles(self, input_path: Path) -> tuple[dict[str, str], str]:
+    def titles(self, input_path: Path) -> tuple[Titles, str]:
         titles = _json_titles(self._split(input_path)[1], ("parent_asin", "asin"), "title")
         if titles:
             return titles, "meta title"
-        return {}, "review summary/title (no meta file: item titles unavailable), else item id"
+        return Titles(), "review summary/title (no meta file: item titles unavailable), else item id"
 
     def parse(self, line: str, titles: dict[str, str], seed: int) -> list[Row | str]:
         if not line.strip():
@@ -262,7 +262,7 @@ class Yelp(LineSource):
     def files(self, input_path: Path) -> list[Path]:
         return [self._find(input_path, "review")]
 
-    def titles(self, input_path: Path) -> tuple[dict[str, str], str]:
+    def titles(self, input_path: Path) -> tuple[Titles, str]:
         return _json_titles([self._find(input_path, "business")], ("business_id",), "name"), "business name"
 
     def parse(self, line: str, titles: dict[str, str], seed: int) -> list[Row | str]:
@@ -298,7 +298,7 @@ class Mind(LineSource):
     def files(self, input_path: Path) -> list[Path]:
         return [_need(input_path / "behaviors.tsv", "mind behaviors.tsv")]
 
-    def titles(self, input_path: Path) -> tuple[dict[str, str], str]:
+    def titles(self, input_path: Path) -> tuple[Titles, str]:
         return _delimited_titles(_need(input_path / "news.tsv", "mind news.tsv"), "\t", 3), "news.tsv title"
 
     def parse(self, line: str, titles: dict[str, str], seed: int) -> list[Row | str]:

@@ -100,7 +100,7 @@ def _real_source(cfg: DataConfig, prep: Preprocessing, out: Path) -> dict:
             "users_read": table.users, "items_read": len(table.count),
             "lines_dropped": sum(n for r, n in table.drops.items() if r != "duplicate_user_item_ts"),
             "notes": {"item_text_source": text_note, "items_without_title": len(without_title),
-                      "title_lines_skipped": getattr(titles, "skipped", 0),  # malformed, or no id or no title
+                      "title_lines_skipped": titles.skipped,  # malformed, or no id or no title
                       "rows_of_items_without_title": sum(table.count[i] for i in without_title),
                       "kept_items_with_id_as_text": fallback}}
 
