@@ -14,6 +14,8 @@ answer logits [B, A] float32, A = number of answers.
 
 from __future__ import annotations
 
+import copy
+
 import inspect
 from dataclasses import dataclass
 
@@ -70,7 +72,7 @@ class FrozenLM(nn.Module):
         self.logit_scale = getattr(cfg, "logit_scale", None)
         self.use_prefix_cache = prefix_cache
         self.cache_arg = cache_keyword(self.decoder) if prefix_cache else None
-        self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._prefix_kv = None  # transformers Cache of the template prefix at batch size 1 (built on first use)
 
     # ----------------------------------------------------------------------- batching
 
@@ -102,17 +104,18 @@ class FrozenLM(nn.Module):
     # ----------------------------------------------------------------------- forward paths
 
     def _prefix_cache(self, batch_size: int):
-        from transformers import DynamicCache
-
+        """The template prefix's KV cache for a batch: computed once at batch size 1, then each batch gets a copy
+        repeated along the batch (`copy.deepcopy` + `Cache.batch_repeat_interleave`, the public way
+        transformers documents for re-using a prompt's cache; the forward extends the copy, never the original)."""
         if self._prefix_kv is None:
             with torch.no_grad():
                 n = len(self.template.prefix_ids)
                 out = self.decoder(inputs_embeds=self._prefix_embeds(1), use_cache=True,
                                    position_ids=torch.arange(n, device=self.embed.weight.device)[None])
-            cache = getattr(out, "cache", None) or out.past_key_values
-            self._prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
-        layers = [(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1)) for k, v in self._prefix_kv]
-        return DynamicCache(ddp_cache_data=layers, config=self.model.config)
+            self._prefix_kv = getattr(out, "cache", None) or out.past_key_values
+        cache = copy.deepcopy(self._prefix_kv)
+        cache.batch_repeat_interleave(batch_size)
+        return cache
 
     def hidden_at_answer(self, soft: torch.Tensor, batch: Batch) -> torch.Tensor:
         """[B, d] final hidden state (after the final norm) at each sample's answer position."""

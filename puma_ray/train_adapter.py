@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,8 @@ from puma_ray.llm import FrozenLM
 from puma_ray.modules import AdapterConfig, MigrationAdapter
 from puma_ray.prompt_store import load_prompts
 from puma_ray.ray_utils import quiet_ray_data_console
-from puma_ray.train_prompts import evaluate, gathered_state, init_deepspeed, train_epoch
+from puma_ray.train_prompts import (evaluate, gathered_state, init_deepspeed, quiet_deprecated_collectives,
+                                    train_epoch)
 from puma_ray.training import TASKS
 
 
@@ -57,10 +57,15 @@ def source_prompts(stores: list[str], users: list[str]) -> np.ndarray:
 
 def adapter_loop(config: dict) -> None:
     """train_loop_per_worker of `puma-ray adapter`."""
+    with quiet_deprecated_collectives():
+        adapter_worker(config)
+
+
+def adapter_worker(config: dict) -> None:
+    """Every epoch of one worker's adapter training (adapter_loop)."""
     import ray.train
 
     quiet_ray_data_console()
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     rank = ray.train.get_context().get_world_rank()
     task = TASKS[config["task"]]
     torch.manual_seed(config["seed"])

@@ -11,6 +11,7 @@ ray.train.get_checkpoint().
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import resource
@@ -67,8 +68,10 @@ def init_deepspeed(module: torch.nn.Module, lr: float, ds_cfg: dict):
     """deepspeed.initialize on the process group Ray Train set up (gloo on CPU)."""
     if not any(p.requires_grad for p in module.parameters()):
         return PlainEngine(module)
-    # The first initialize JIT-builds a shared-memory collective op (~50 s on CPU); gloo needs none.
-    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    if next(module.parameters()).device.type == "cpu":
+        # On the CPU accelerator the first initialize JIT-builds a shared-memory collective op (~50 s) that
+        # gloo never uses; on GPUs DeepSpeed builds none, so nothing is changed there.
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     import deepspeed
 
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=make_optimizer(module, lr), config=ds_cfg)
@@ -207,13 +210,26 @@ def _to_tensors(batch, index: dict[str, int]):
     return rows, list(batch["item_text"]), [list(h) for h in batch["history_text"]], labels
 
 
+@contextlib.contextmanager
+def quiet_deprecated_collectives() -> Iterator[None]:
+    """While a training loop runs: DeepSpeed calls torch.distributed names torch has deprecated, a
+    FutureWarning per collective, hidden here (the warnings state is restored after)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+        yield
+
+
 def prompts_loop(config: dict) -> None:
     """train_loop_per_worker of `puma-ray prompts`."""
+    with quiet_deprecated_collectives():
+        prompts_worker(config)
+
+
+def prompts_worker(config: dict) -> None:
+    """Every epoch of one worker's prompt training (prompts_loop)."""
     import ray.train
 
     quiet_ray_data_console()
-    # DeepSpeed calls torch.distributed names torch has deprecated, once per collective
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     task = TASKS[config["task"]]

@@ -150,3 +150,14 @@ def ray_processes(title: str) -> list:
         except psutil.Error:
             pass
     return found
+
+
+def warnings_of_ours(log: str) -> list[str]:
+    """Warning lines a run's console output owes to our own calls: a warning attributed to a file of the
+    package (Python names the calling frame), or torch.distributed's deprecation FutureWarnings that
+    DeepSpeed's collectives raise in our training loops (quieted there, so never shown)."""
+    import re
+
+    ours = re.compile(r"puma_ray/[\w/]+\.py:\d+: \w*Warning")
+    return [line for line in log.splitlines()
+            if ours.search(line) or ("FutureWarning" in line and "torch.distributed" in line)]

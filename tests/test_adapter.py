@@ -113,7 +113,7 @@ def test_a_rerun_killed_mid_training_leaves_the_old_adapter_whole(setup, tmp_pat
     import shutil
     import subprocess
 
-    from conftest import REPO, cli_in_ray, kill_at_first_checkpoint
+    from conftest import REPO, cli_in_ray, kill_at_first_checkpoint, warnings_of_ours
 
     from puma_ray.migration import load_adapter
 
@@ -131,6 +131,7 @@ def test_a_rerun_killed_mid_training_leaves_the_old_adapter_whole(setup, tmp_pat
     load_adapter(out)  # still complete: its weights match adapter.json's checksum
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert not warnings_of_ours(done.stdout + done.stderr)  # no deprecated call of ours, no collective warnings
     new = json.loads((out / "adapter.json").read_text())
     assert new["weights"] != old["weights"] and new["head"] != old["head"]
     assert sorted(p.name for p in out.glob("*.safetensors")) == sorted([new["weights"], new["head"]])

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import psutil
 import pytest
 import ray
-from conftest import kill_when
+from conftest import kill_when, warnings_of_ours
 
 from puma_ray.config import AdapterStageConfig, ChainConfig, EvaluateConfig, MigrateConfig, SelectConfig
 from puma_ray.data.schema import file_sha256, shard_paths, write_parquet_atomic
@@ -338,6 +338,7 @@ def test_migrate_and_evaluate_logs_hold_no_prompt_values_or_user_text(setup, tmp
         logs += res.stdout + res.stderr
     values = prompt_value_strings(root / "src") | prompt_value_strings(tmp_path / "m")
     assert "data:" in logs and "migrate:" in logs and "evaluate:" in logs and len(values) > 20
+    assert not warnings_of_ours(logs)
     leaked = sorted(v for v in values if v in logs)
     assert not leaked, f"prompt values in the logs: {leaked[:5]}"
     # nor raw user text: the item titles that users' histories and the scored rows are made of

@@ -157,7 +157,7 @@ def test_a_rerun_killed_mid_training_leaves_the_old_store_whole(setup, zero2, tm
     import shutil
     import subprocess
 
-    from conftest import REPO, cli_in_ray, kill_at_first_checkpoint
+    from conftest import REPO, cli_in_ray, kill_at_first_checkpoint, warnings_of_ours
 
     root, _ = setup
     out = tmp_path / "store"
@@ -172,6 +172,7 @@ def test_a_rerun_killed_mid_training_leaves_the_old_store_whole(setup, zero2, tm
     assert all((out / name).read_bytes() == data for name, data in before.items())
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert not warnings_of_ours(done.stdout + done.stderr)  # no deprecated call of ours, no collective warnings
     new = ps.verify(out)
     assert new["shards"] != old["shards"] and ps.read_head(out)[1]["lam"] == 0.2
     assert not any((out / name).exists() for name in before if name != "manifest.json")  # old files cleared
