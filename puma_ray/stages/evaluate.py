@@ -8,6 +8,8 @@ scored rows (rows.parquet, a directory) -> per-user metrics in Ray Data groups o
 user) -> one streamed pass over those per-user rows: per_user.parquet, each split's exact
 metrics from the per-user sums, the five highest-loss users (click: AUC from per-score counts
 sorted by score) -> report. The driver holds one batch at a time, never the scored rows.
+Small evaluations (one worker, a broadcast store, at most --one-task-rows rows) do the same
+work in one Ray task on a pooled worker instead (score_in_one_task): same batches, same files.
 
 Prompts that are not finite are never scored: the store's quarantine list and any
 non-finite row met here are reported (users, rows), and the metrics cover the rest.
