@@ -545,12 +545,12 @@ class EvaluateConfig(StageConfig):
         _required(self.data, "data", "--data DIR")
         _required(self.model, "model", "--model MODEL")
         _required(self.prompts, "prompts", "--prompts STORE")
-        check(self.one_task_rows >= 0, "one_task_rows", "must be >= 0")
         _required(self.out, "out", "--out DIR")
         check(len(self.split) >= 1 and len(set(self.split)) == len(self.split), "split", "give distinct splits")
         check(self.workers >= 1, "workers", "must be >= 1")
         check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.one_task_rows >= 0, "one_task_rows", "must be >= 0")
 
 
 @dataclasses.dataclass

@@ -15,7 +15,6 @@ answer logits [B, A] float32, A = number of answers.
 from __future__ import annotations
 
 import copy
-
 import inspect
 from dataclasses import dataclass
 

@@ -115,12 +115,17 @@ def split_aucs(rows: ray.data.Dataset, splits: list[str], partitions: int) -> di
     from ray.data.expressions import col
 
     runs = (rows.filter(expr=col("finite")).groupby(["split", "pred"], num_partitions=partitions)
-            .aggregate(Sum("label"), Count()).sort(["split", "pred"]))
+            .aggregate(Sum("label", alias_name="positives"), Count(alias_name="count")).sort(["split", "pred"]))
+    return fold_aucs(runs.iter_batches(batch_size=65536, batch_format="numpy"), splits)
+
+
+def fold_aucs(runs: Iterable[dict], splits: list[str]) -> dict[str, float]:
+    """Each split's exact AUC from (split, positives, count) runs in ascending score order, a batch at a time."""
     folded = {s: SortedAUC() for s in splits}
-    for b in runs.iter_batches(batch_size=65536, batch_format="numpy"):
+    for b in runs:
         for split, fold in folded.items():
             mine = b["split"] == split
-            fold.add(np.nan_to_num(b["sum(label)"][mine]), b["count()"][mine])
+            fold.add(np.nan_to_num(b["positives"][mine]), b["count"][mine])
     return {s: f.value() for s, f in folded.items()}
 
 
@@ -171,14 +176,12 @@ def user_groups(rows: pa.Table, task: str, chunk: int = 65536) -> Iterator[dict]
 
 
 def table_aucs(rows: pa.Table, splits: list[str]) -> dict[str, float]:
-    """Exact AUC of each split's scored rows (in memory): the same (split, score) runs split_aucs folds."""
+    """Exact AUC of each split's scored rows (in memory): the same runs split_aucs folds, made by pyarrow."""
     runs = (rows.filter(pc.field("finite")).group_by(["split", "pred"])
             .aggregate([("label", "sum"), ("label", "count")]).sort_by([("split", "ascending"), ("pred", "ascending")]))
-    folded = {s: SortedAUC() for s in splits}
-    for split, fold in folded.items():
-        mine = runs.filter(pc.equal(runs.column("split"), split))
-        fold.add(np.nan_to_num(mine.column("label_sum").to_numpy()), mine.column("label_count").to_numpy())
-    return {s: f.value() for s, f in folded.items()}
+    return fold_aucs([{"split": runs.column("split").to_numpy(zero_copy_only=False),
+                       "positives": runs.column("label_sum").to_numpy(),
+                       "count": runs.column("label_count").to_numpy()}], splits)
 
 
 @ray.remote
@@ -192,10 +195,8 @@ def score_in_one_task(shards: list[str], splits: list[str], scorer_args: dict, b
         mine = pq.read_table(path, columns=SCORE_COLUMNS, filters=[("split", "in", splits)])
         scored += [scorer(mine.slice(at, batch_size)) for at in range(0, mine.num_rows, batch_size)]
     rows = pa.concat_tables(scored) if scored else SCORED.empty_table()
-    work = Path(out) / ".rows.parquet.partial"
-    work.mkdir(parents=True, exist_ok=True)
-    pq.write_table(rows, work / "part-00000.parquet")
-    swap_in(work, Path(out) / "rows.parquet")
+    (Path(out) / "rows.parquet").mkdir()  # `out` is the work directory beside --out, swapped in whole
+    pq.write_table(rows, Path(out) / "rows.parquet" / "part-00000.parquet")
     totals = fold_per_user(user_groups(rows, task), task, {s: Path(p) for s, p in where.items()})
     return totals, table_aucs(rows, splits) if task == "click" else {}, rows.num_rows
 
