@@ -20,13 +20,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from puma_ray.config import BenchConfig, DataConfig, ModelsConfig  # noqa: E402
-from puma_ray.ray_utils import init_ray  # noqa: E402
-from puma_ray.runs import setup_logging  # noqa: E402
-from puma_ray.stages.bench import trained  # noqa: E402
+from puma_ray.runtime.ray_utils import init_ray  # noqa: E402
+from puma_ray.runtime.runs import setup_logging  # noqa: E402
 from puma_ray.stages.data import run_data  # noqa: E402
 from puma_ray.stages.models import run_models  # noqa: E402
-from puma_ray.stages.trial import TrialSetup, closure, run_trial  # noqa: E402
-from puma_ray.stats import mean_std  # noqa: E402
+from puma_ray.tune.bench import trained  # noqa: E402
+from puma_ray.tune.stats import mean_std  # noqa: E402
+from puma_ray.tune.trial import TrialSetup, closure, run_trial  # noqa: E402
 
 
 def main() -> None:

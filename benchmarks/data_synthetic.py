@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import TreePeakRSS  # noqa: E402
 
 from puma_ray.config import DataConfig  # noqa: E402
-from puma_ray.ray_utils import init_ray  # noqa: E402
-from puma_ray.runs import setup_logging  # noqa: E402
+from puma_ray.runtime.ray_utils import init_ray  # noqa: E402
+from puma_ray.runtime.runs import setup_logging  # noqa: E402
 from puma_ray.stages.data import run_data  # noqa: E402
 
 

@@ -29,14 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from memory import TreePeakRSS  # noqa: E402
 from puma_ray.config import DataConfig, EvaluateConfig, ModelsConfig  # noqa: E402
-from puma_ray.hf import describe_model  # noqa: E402
-from puma_ray.modules import RatingHead  # noqa: E402
-from puma_ray.prompt_store import finalize, read_manifest, write_shard  # noqa: E402
-from puma_ray.ray_utils import init_ray  # noqa: E402
-from puma_ray.runs import setup_logging  # noqa: E402
+from puma_ray.core.hf import describe_model  # noqa: E402
+from puma_ray.core.modules import RatingHead  # noqa: E402
+from puma_ray.runtime.ray_utils import init_ray  # noqa: E402
+from puma_ray.runtime.runs import setup_logging  # noqa: E402
 from puma_ray.stages.data import run_data  # noqa: E402
 from puma_ray.stages.evaluate import run_evaluate  # noqa: E402
 from puma_ray.stages.models import run_models  # noqa: E402
+from puma_ray.store.prompt_store import finalize, read_manifest, write_shard  # noqa: E402
 
 
 def make_store(out: Path, data: Path, model: str, shard_rows: int = 50_000, seed: int = 0) -> int:

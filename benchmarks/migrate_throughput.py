@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from memory import run_cli_measured  # noqa: E402
 
+from puma_ray.core.modules import AdapterConfig, MigrationAdapter, RatingHead, adapter_param_count  # noqa: E402
 from puma_ray.data.schema import file_sha256  # noqa: E402
-from puma_ray.migration import ShardMigrator  # noqa: E402
-from puma_ray.modules import AdapterConfig, MigrationAdapter, RatingHead, adapter_param_count  # noqa: E402
-from puma_ray.prompt_store import finalize, read_manifest, write_shard  # noqa: E402
-from puma_ray.runs import setup_logging  # noqa: E402
+from puma_ray.migrate.migration import ShardMigrator  # noqa: E402
+from puma_ray.runtime.runs import setup_logging  # noqa: E402
+from puma_ray.store.prompt_store import finalize, read_manifest, write_shard  # noqa: E402
 
 DS, DT, WIDTH = 2048, 3072, 4096
 

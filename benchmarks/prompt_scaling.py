@@ -24,11 +24,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from puma_ray.config import ModelsConfig  # noqa: E402
-from puma_ray.hf import load_causal_lm, load_tokenizer  # noqa: E402
-from puma_ray.llm import FrozenLM  # noqa: E402
-from puma_ray.modules import RatingHead, SoftPromptTable, sparse_adam  # noqa: E402
+from puma_ray.core.hf import load_causal_lm, load_tokenizer  # noqa: E402
+from puma_ray.core.llm import FrozenLM  # noqa: E402
+from puma_ray.core.modules import RatingHead, SoftPromptTable, sparse_adam  # noqa: E402
+from puma_ray.core.templates import RATING_ANSWERS, load_template_text  # noqa: E402
 from puma_ray.stages.models import run_models  # noqa: E402
-from puma_ray.templates import RATING_ANSWERS, load_template_text  # noqa: E402
 
 TITLES = [f"The Crimson Harbor {i}" for i in range(50)]
 

@@ -25,11 +25,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from puma_ray.config import BenchConfig, DataConfig, ModelsConfig  # noqa: E402
-from puma_ray.ray_utils import init_ray  # noqa: E402
-from puma_ray.runs import setup_logging  # noqa: E402
-from puma_ray.stages.bench import run_bench  # noqa: E402
+from puma_ray.runtime.ray_utils import init_ray  # noqa: E402
+from puma_ray.runtime.runs import setup_logging  # noqa: E402
 from puma_ray.stages.data import run_data  # noqa: E402
 from puma_ray.stages.models import run_models  # noqa: E402
+from puma_ray.tune.bench import run_bench  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from memory import run_cli_measured  # noqa: E402
 
-from puma_ray.prompt_store import finalize, iter_prompts, write_shard  # noqa: E402
+from puma_ray.store.prompt_store import finalize, iter_prompts, write_shard  # noqa: E402
 
 GB = 1e9
 

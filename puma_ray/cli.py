@@ -23,7 +23,7 @@ from puma_ray.config import (AdapterStageConfig, BenchConfig, ChainConfig, DataC
                              MigrateConfig, ModelsConfig, PromptsConfig, SelectConfig, SweepConfig, field_docs,
                              load_config)
 from puma_ray.errors import ConfigError, PumaError, worker_error_line
-from puma_ray.runs import setup_logging
+from puma_ray.runtime.runs import setup_logging
 
 # name -> (config class, "module:function", one-line description)
 COMMANDS: dict[str, tuple[type, str, str]] = {
@@ -43,11 +43,11 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
                  "score a prompt store with its model over a split: metrics, per-user metrics, report"),
     "chain": (ChainConfig, "puma_ray.stages.chain:run_chain",
               "chained migration A -> B -> C: select, adapter, migrate and evaluate at every hop"),
-    "sweep": (SweepConfig, "puma_ray.stages.sweep:run_sweep",
+    "sweep": (SweepConfig, "puma_ray.tune.sweep:run_sweep",
               "Ray Tune over budgets, group counts and adapter widths/ranks: the cost/accuracy curve and best.yaml"),
-    "bench": (BenchConfig, "puma_ray.stages.bench:run_bench",
+    "bench": (BenchConfig, "puma_ray.tune.bench:run_bench",
               "PUMA vs full retraining vs random selection over seeds and sizes; cost projected to 1M users"),
-    "demo": (DemoConfig, "puma_ray.stages.demo:run_demo",
+    "demo": (DemoConfig, "puma_ray.tune.demo:run_demo",
              "run every available stage end to end on the offline default"),
 }
 

@@ -25,7 +25,7 @@ def ray_local():
     """A local Ray (2 CPUs, like CI), or the cluster in RAY_ADDRESS; shut down after the session."""
     import ray
 
-    from puma_ray.ray_utils import init_ray
+    from puma_ray.runtime.ray_utils import init_ray
 
     init_ray(num_cpus=2)
     yield ray
@@ -55,8 +55,8 @@ def text_file(tmp_path_factory) -> Path:
 def tiny_models(tmp_path_factory, text_file) -> dict:
     """family -> (models summary, directory): one tiny model of each family, built once."""
     from puma_ray.config import ModelsConfig
+    from puma_ray.core.tiny_models import FAMILIES
     from puma_ray.stages.models import run_models
-    from puma_ray.tiny_models import FAMILIES
 
     root = tmp_path_factory.mktemp("models")
     return {f: (run_models(ModelsConfig(family=f, text=str(text_file), out=str(root / f))), root / f)

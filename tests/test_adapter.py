@@ -14,13 +14,13 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from puma_ray.config import AdapterStageConfig
+from puma_ray.core.llm import FrozenLM
+from puma_ray.core.modules import AdapterConfig, MigrationAdapter, RatingHead, adapter_param_count
+from puma_ray.core.templates import RATING_ANSWERS, load_template_text
 from puma_ray.errors import PumaError
-from puma_ray.llm import FrozenLM
-from puma_ray.modules import AdapterConfig, MigrationAdapter, RatingHead, adapter_param_count
 from puma_ray.stages.adapter import run_adapter
-from puma_ray.templates import RATING_ANSWERS, load_template_text
-from puma_ray.train_adapter import AdapterWithHead
-from puma_ray.train_prompts import make_optimizer
+from puma_ray.train.adapter_loop import AdapterWithHead
+from puma_ray.train.prompts_loop import make_optimizer
 
 pytestmark = pytest.mark.ray
 
@@ -115,7 +115,7 @@ def test_a_rerun_killed_mid_training_leaves_the_old_adapter_whole(setup, tmp_pat
 
     from conftest import REPO, cli_in_ray, kill_at_first_checkpoint, warnings_of_ours
 
-    from puma_ray.migration import load_adapter
+    from puma_ray.migrate.migration import load_adapter
 
     if not (setup / "a2" / "adapter.json").is_file():
         run_adapter(acfg(setup, "a2"))

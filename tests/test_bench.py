@@ -12,7 +12,7 @@ from puma_ray.config import BenchConfig
 from puma_ray.data.schema import read_manifest
 from puma_ray.data.subset import subset_dataset
 from puma_ray.errors import PumaError
-from puma_ray.stages.bench import (FLOOR, RETRAINED, SOURCE, AdapterWork, fit_components, methods_of, paired_rows, projection,
+from puma_ray.tune.bench import (FLOOR, RETRAINED, SOURCE, AdapterWork, fit_components, methods_of, paired_rows, projection,
                                    run_bench, summary_table)
 
 
@@ -129,7 +129,7 @@ def test_bench_end_to_end_on_a_user_subset(workspace, tmp_path):
 
 
 def test_closure_says_over_how_many_seeds_it_is_defined():
-    from puma_ray.stages.bench import _closure
+    from puma_ray.tune.bench import _closure
 
     runs = fixed_runs()
     runs.loc[(runs["seed"] == 1) & (runs["size"] == 100), "test_closure"] = float("nan")  # retraining lost there

@@ -98,7 +98,7 @@ def fail_in_an_actor_constructor():
 def fail_in_a_ray_data_actor():
     import ray
 
-    from puma_ray.ray_utils import actor_pool
+    from puma_ray.runtime.ray_utils import actor_pool
 
     ray.data.range(4).map_batches(damaged_class(), compute=actor_pool(1), num_cpus=0.25).materialize()
 

@@ -130,7 +130,7 @@ def test_cluster_definitions_parse(path):
 
 @pytest.mark.parametrize("path", sorted((REPO / "tune_spaces").glob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
 def test_every_tune_space_loads_and_starts_with_its_command(path):
-    from puma_ray.space import load_space
+    from puma_ray.tune.space import load_space
 
     lines = path.read_text().splitlines()
     assert lines[0].startswith("# puma-ray sweep ") and f"--space tune_spaces/{path.name}" in lines[0]

@@ -8,14 +8,14 @@ import torch
 from sklearn.metrics import roc_auc_score
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from puma_ray.core.llm import FrozenLM
+from puma_ray.core.metrics import USER_SUMS, ClickScores, RatingSums, SortedAUC, UserTotals, auc, split_metrics, uauc, user_row
 from puma_ray.errors import PumaError
-from puma_ray.llm import FrozenLM
-from puma_ray.metrics import USER_SUMS, ClickScores, RatingSums, SortedAUC, UserTotals, auc, split_metrics, uauc, user_row
-from puma_ray.modules import (AdapterConfig, ClickHead, MigrationAdapter, RatingHead, SoftPromptTable, sparse_adam,
+from puma_ray.core.modules import (AdapterConfig, ClickHead, MigrationAdapter, RatingHead, SoftPromptTable, sparse_adam,
                               adapter_param_count)
-from puma_ray.templates import (CLICK_ANSWERS, HISTORY, RATING_ANSWERS, SampleEncoder, encode_template,
+from puma_ray.core.templates import (CLICK_ANSWERS, HISTORY, RATING_ANSWERS, SampleEncoder, encode_template,
                                 load_template_text, split_template)
-from puma_ray.tiny_models import FAMILIES
+from puma_ray.core.tiny_models import FAMILIES
 
 TEMPLATES = [("rating_amazon", RATING_ANSWERS), ("rating_yelp", RATING_ANSWERS), ("click_mind", CLICK_ANSWERS)]
 # Different lengths on purpose; the long title pushes past gemma3's 64-token sliding window.
@@ -348,7 +348,7 @@ def test_prompt_table_updates_only_the_rows_of_a_batch_like_a_lazy_adam_referenc
 
 
 def test_epochs_are_raised_until_the_run_takes_min_steps():
-    from puma_ray.training import epochs_for
+    from puma_ray.train.common import epochs_for
 
     assert epochs_for(4, 200, 13) == 16  # 30 users x 27 rows on 2 ranks, batch 32: 13 steps an epoch
     assert epochs_for(4, 200, 60) == 4 and epochs_for(4, 0, 1) == 4
@@ -364,7 +364,7 @@ class _CountingLM:
     calls = 0
 
     def encode(self, titles, hist):
-        from puma_ray.llm import Batch
+        from puma_ray.core.llm import Batch
         return Batch(ids=torch.zeros(len(titles), 3, dtype=torch.long), lengths=torch.full((len(titles),), 3))
 
     def answer_logits(self, soft, enc):
@@ -385,7 +385,7 @@ class _Shard:
 
 @pytest.mark.parametrize("rows", [7, 0])
 def test_frozen_prompts_run_the_lm_once_and_later_epochs_reuse_every_row(rows):
-    from puma_ray.train_prompts import FrozenLogits, step_logits
+    from puma_ray.train.prompts_loop import FrozenLogits, step_logits
 
     users = [f"u{k}" for k in range(rows)]
     index = {u: k for k, u in enumerate(users)}
@@ -412,7 +412,7 @@ def test_frozen_prompts_run_the_lm_once_and_later_epochs_reuse_every_row(rows):
 def test_rows_are_tagged_with_the_part_their_rank_reads():
     import pandas as pd
 
-    from puma_ray.training import owner, tag_parts
+    from puma_ray.train.common import owner, tag_parts
 
     users = [f"user{k}" for k in range(12)]
     batch = pd.DataFrame({"user_id": users * 3, "split": ["train"] * 12 + ["valid"] * 12 + ["test"] * 12,

@@ -11,13 +11,13 @@ import torch
 from safetensors.torch import save_file
 
 from puma_ray.config import DataConfig, EvaluateConfig, ModelsConfig
-from puma_ray.hf import describe_model
-from puma_ray.metrics import auc, uauc
-from puma_ray.prompt_store import finalize, write_shard
+from puma_ray.core.hf import describe_model
+from puma_ray.core.metrics import auc, uauc
+from puma_ray.core.tasks import TASKS
 from puma_ray.stages.data import run_data
 from puma_ray.stages.evaluate import run_evaluate
 from puma_ray.stages.models import run_models
-from puma_ray.training import TASKS
+from puma_ray.store.prompt_store import finalize, write_shard
 
 
 def random_store(root, task: str, template: str):

@@ -18,13 +18,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from puma_ray.config import ConfigError, ModelsConfig
+from puma_ray.core.gguf_models import PACKAGES, GGUFPackage
+from puma_ray.core.hf import load_causal_lm, load_tokenizer, model_fingerprint
+from puma_ray.core.llm import FrozenLM
+from puma_ray.core.templates import CLICK_ANSWERS, RATING_ANSWERS, load_template_text
 from puma_ray.data.schema import file_sha256
 from puma_ray.errors import PumaError
-from puma_ray.gguf_models import PACKAGES, GGUFPackage
-from puma_ray.hf import load_causal_lm, load_tokenizer, model_fingerprint
-from puma_ray.llm import FrozenLM
 from puma_ray.stages.models import run_models
-from puma_ray.templates import CLICK_ANSWERS, RATING_ANSWERS, load_template_text
 
 TEXT = "The Crimson Harbor 12 and A Night at the Opera (1931)"
 

@@ -1,59 +1,75 @@
-"""The package imports only downward (docs/design.md, "Layering"): every module has a layer, and a
-module may import only modules of a lower layer (or its own, for the contracts and core helpers)."""
+"""The package imports only downward (docs/design.md, "Layout"): each folder is one part of the pipeline
+and may import only the folders below it (and itself); the core never imports Ray."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "puma_ray"
 
-# lowest first; a module imports only from layers <= its own (stages strictly below their own)
-LAYERS = {
-    1: ["errors", "config", "runs", "space", "data.schema", "prompt_store"],  # contracts
-    2: ["templates", "llm", "modules", "metrics", "training", "selection", "strategies", "stats", "tokenizer",
-        "tiny_models", "gguf_models", "hf", "pretrain", "data.prep", "data.sources", "data.synthetic", "data.index",
-        "data.subset"],  # core: no Ray
-    3: ["ray_utils", "data.pipeline", "train_prompts", "train_adapter", "train_wiring", "scoring", "migration"],
-    4: ["stages.data", "stages.models", "stages.prompts", "stages.evaluate", "stages.migrate", "stages.adapter"],
-    5: ["stages.select"],  # uses evaluate for the source-loss strategies
-    6: ["stages.trial", "stages.chain"],
-    7: ["stages.sweep", "stages.bench"],
-    8: ["stages.demo"],
-    9: ["cli"],  # the face: nothing imports it
+# lowest first; a unit (a folder, or a module at the package root) imports only from lower ranks and itself
+RANKS = {
+    "errors": 0,
+    "config": 1, "runtime": 1,  # stage schemas; run directories, cost records, logging, Ray start
+    "data": 2,  # the dataset contract, sources, the data pipeline
+    "core": 3,  # models, templates, heads, prompt table, adapter, metrics, tasks, scoring: no Ray
+    "store": 4,  # the prompt store contract
+    "train": 5,  # Ray Train + DeepSpeed wiring and the worker loops
+    "select": 6,  # selection math, inputs and strategies
+    "migrate": 7,  # bulk migration actors
+    "stages": 8,  # one function per stage: config -> build -> run -> report
+    "tune": 9,  # trials, sweep, bench, demo: many stage runs
+    "cli": 10,  # the face: nothing imports it
 }
-LAYER_OF = {m: k for k, mods in LAYERS.items() for m in mods}
-NO_RAY = LAYERS[1] + LAYERS[2]
-SAME_LAYER_OK = {1, 2, 3}  # helpers of one layer may use each other; stages may not
+# inside a folder, modules may use each other, except where an order is given: then only lower ones
+WITHIN = {
+    "stages": {"select": 1, "chain": 2},  # select runs evaluate for the loss strategies; chain runs them all
+    "tune": {"trial": 1, "sweep": 2, "bench": 2, "demo": 3},
+}
+NO_RAY = ("errors", "config", "core", "store")
+
+
+def unit_of(module: str) -> str:
+    return module.split(".")[0]
 
 
 def imports_of(source: str) -> set[str]:
-    """puma_ray modules a source imports (`from puma_ray.x import y` gives x, or x.y when that is a module)."""
+    """puma_ray modules a source imports (`from puma_ray.x import y` gives x and x.y)."""
     found = set()
     for node in ast.walk(ast.parse(source)):
-        names = []
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("puma_ray"):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "puma_ray":
             base = node.module[len("puma_ray"):].lstrip(".")
-            names = [f"{base}.{a.name}" if base else a.name for a in node.names] + ([base] if base else [])
+            found |= {f"{base}.{a.name}" if base else a.name for a in node.names} | ({base} if base else set())
         elif isinstance(node, ast.Import):
-            names = [a.name[len("puma_ray."):] for a in node.names if a.name.startswith("puma_ray.")]
-        found |= {n for n in names if n in LAYER_OF}
-    return found
+            found |= {a.name[len("puma_ray."):] for a in node.names if a.name.startswith("puma_ray.")}
+    modules = set(package_modules())
+    return {m for m in found if m in modules or m in RANKS}
+
+
+def imports_ray(source: str) -> bool:
+    return any((getattr(n, "module", None) or a.name).split(".")[0] == "ray"
+               for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names)
 
 
 def violations(module: str, source: str) -> list[str]:
-    """Upward (or same-layer stage) imports of `module`, and Ray imported by a no-Ray layer."""
-    mine, bad = LAYER_OF[module], []
-    for dep in sorted(imports_of(source) - {module}):
-        theirs = LAYER_OF[dep]
-        if theirs > mine or (theirs == mine and mine not in SAME_LAYER_OK):
-            bad.append(f"{module} (layer {mine}) imports {dep} (layer {theirs})")
-    if module in NO_RAY and any(isinstance(n, (ast.Import, ast.ImportFrom)) and
-                                any((getattr(n, "module", None) or a.name).split(".")[0] == "ray" for a in n.names)
-                                for n in ast.walk(ast.parse(source))):
-        bad.append(f"{module} (layer {mine}) imports ray")
+    """Upward imports of `module` (folder rank, then order inside its folder), and Ray in a no-Ray unit."""
+    unit, bad = unit_of(module), []
+    for dep in sorted(imports_of(source)):
+        theirs = unit_of(dep)
+        if RANKS[theirs] > RANKS[unit] or (theirs != unit and RANKS[theirs] == RANKS[unit]):
+            bad.append(f"{module} ({unit}, rank {RANKS[unit]}) imports {dep} ({theirs}, rank {RANKS[theirs]})")
+        elif theirs == unit and unit in WITHIN and dep.count(".") == 1 and dep != module:
+            order = WITHIN[unit]
+            mine, other = order.get(module.split(".")[1], 0), order.get(dep.split(".")[1], 0)
+            if other >= mine:
+                bad.append(f"{module} imports {dep}: inside {unit}/ only modules of a lower order ({other} >= {mine})")
+    if unit in NO_RAY and imports_ray(source):
+        bad.append(f"{module} ({unit}) imports ray")
     return bad
 
 
@@ -66,9 +82,9 @@ def package_modules() -> dict[str, Path]:
     return out
 
 
-def test_every_module_has_a_layer():
-    assert sorted(set(package_modules()) - set(LAYER_OF)) == [], "add new modules to LAYERS (and docs/design.md)"
-    assert sorted(set(LAYER_OF) - set(package_modules())) == []
+def test_every_module_is_in_a_ranked_folder():
+    assert sorted({unit_of(m) for m in package_modules()} - set(RANKS)) == [], \
+        "a new folder needs its rank here and in docs/design.md"
 
 
 @pytest.mark.parametrize("module", sorted(package_modules()))
@@ -77,10 +93,25 @@ def test_module_imports_only_downward(module):
 
 
 def test_the_check_catches_an_upward_import():
-    # a core module reaching up into a stage, a stage importing its sibling, and Ray in the core
-    assert violations("stats", "from puma_ray.stages.bench import run_bench\n") == \
-        ["stats (layer 2) imports stages.bench (layer 7)"]
+    # the core reaching up into a stage, training wiring taken from a stage, a stage importing its sibling,
+    # the data contract importing the model core, and Ray in the core
+    assert violations("core.metrics", "from puma_ray.tune.bench import run_bench\n") == \
+        ["core.metrics (core, rank 3) imports tune.bench (tune, rank 9)"]
     assert violations("stages.adapter", "from puma_ray.stages.prompts import run_name\n") == \
-        ["stages.adapter (layer 4) imports stages.prompts (layer 4)"]
-    assert violations("modules", "import ray\n") == ["modules (layer 2) imports ray"]
-    assert violations("stages.trial", "from puma_ray.stages import adapter\n") == []  # downward: fine
+        ["stages.adapter imports stages.prompts: inside stages/ only modules of a lower order (0 >= 0)"]
+    assert violations("data.schema", "from puma_ray.core.llm import FrozenLM\n") == \
+        ["data.schema (data, rank 2) imports core.llm (core, rank 3)"]
+    assert violations("config", "from puma_ray.runtime.runs import log\n") == \
+        ["config (config, rank 1) imports runtime.runs (runtime, rank 1)"]
+    assert violations("core.modules", "import ray\n") == ["core.modules (core) imports ray"]
+    assert violations("tune.trial", "from puma_ray.stages import adapter\n") == []  # downward: fine
+    assert violations("stages.chain", "from puma_ray.stages.select import run_select\n") == []
+
+
+def test_the_core_runs_without_ray():
+    """Importing every module of the no-Ray units (and what they import) never loads Ray."""
+    mods = [f"puma_ray.{m}" for m in package_modules() if unit_of(m) in NO_RAY]
+    code = (f"import importlib, sys\nfor m in {mods!r}: importlib.import_module(m)\n"
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -22,14 +22,14 @@ from conftest import kill_when, warnings_of_ours
 from puma_ray.config import AdapterStageConfig, ChainConfig, EvaluateConfig, MigrateConfig, SelectConfig
 from puma_ray.data.schema import file_sha256, shard_paths, write_parquet_atomic
 from puma_ray.errors import PumaError
-from puma_ray.prompt_store import (finalize, iter_prompts, prompt_schema, read_head, read_manifest, verify,
+from puma_ray.store.prompt_store import (finalize, iter_prompts, prompt_schema, read_head, read_manifest, verify,
                                   write_shard)
+from puma_ray.select.strategies import STRATEGIES
 from puma_ray.stages.adapter import run_adapter
 from puma_ray.stages.chain import run_chain
 from puma_ray.stages.evaluate import run_evaluate
 from puma_ray.stages.migrate import run_migrate
 from puma_ray.stages.select import run_select
-from puma_ray.strategies import STRATEGIES
 
 pytestmark = pytest.mark.ray
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -292,8 +292,8 @@ def test_aggregated_migration_concatenates_each_users_prompts(setup, tmp_path):
     """Two source stores with different shard layouts: each target prompt = adapter([p_1, p_2]) of that user."""
     import torch
 
-    from puma_ray.migration import load_adapter
-    from puma_ray.prompt_store import load_prompts
+    from puma_ray.migrate.migration import load_adapter
+    from puma_ray.store.prompt_store import load_prompts
 
     root, _ = setup
     second = restore(root / "src", tmp_path / "second", lambda ids, p: (ids[::-1], p[::-1] * 0.5), shards=3)

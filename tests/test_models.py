@@ -11,10 +11,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from puma_ray.config import ModelsConfig
+from puma_ray.core.tiny_models import FAMILIES
+from puma_ray.core.tokenizer import ANSWERS
 from puma_ray.errors import PumaError
 from puma_ray.stages.models import run_models
-from puma_ray.tiny_models import FAMILIES
-from puma_ray.tokenizer import ANSWERS
 
 PACKAGE = Path(__file__).resolve().parent.parent / "puma_ray"
 
@@ -159,7 +159,7 @@ def test_pretraining_needs_a_dataset(text_file, tmp_path):
 
 
 def test_describe_model_reads_only_the_embedding_and_matches_the_loaded_fingerprint(tiny_models, monkeypatch):
-    from puma_ray import hf
+    from puma_ray.core import hf
 
     loaded = {f: (hf.model_fingerprint(hf.load_causal_lm(str(d)), hf.load_tokenizer(str(d))),
                   sum(p.numel() for p in hf.load_causal_lm(str(d)).parameters())) for f, (_, d) in tiny_models.items()}

@@ -18,9 +18,9 @@ import pytest
 from conftest import kill_when
 
 from puma_ray.config import MigrateConfig
-from puma_ray.prompt_store import iter_prompts, verify
 from puma_ray.stages.adapter import run_adapter
 from puma_ray.stages.migrate import run_migrate
+from puma_ray.store.prompt_store import iter_prompts, verify
 
 pytestmark = pytest.mark.ray
 
@@ -32,7 +32,7 @@ def cluster(workspace):
     import ray
     from ray.cluster_utils import Cluster
 
-    from puma_ray.ray_utils import init_ray
+    from puma_ray.runtime.ray_utils import init_ray
 
     ray.shutdown()
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})

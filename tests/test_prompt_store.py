@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from puma_ray import prompt_store as ps
 from puma_ray.errors import PumaError
+from puma_ray.store import prompt_store as ps
 
 MODEL = {"name": "m", "family": "llama", "hidden_size": 4, "fingerprint": "abc123"}
 

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 from conftest import kill_when, ray_processes
 
-from puma_ray import prompt_store as ps
 from puma_ray.config import DataConfig, ModelsConfig, PromptsConfig
 from puma_ray.errors import PumaError
 from puma_ray.stages.data import run_data
 from puma_ray.stages.models import run_models
 from puma_ray.stages.prompts import run_prompts
+from puma_ray.store import prompt_store as ps
 
 pytestmark = pytest.mark.ray
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from puma_ray.config import DataConfig
-from puma_ray.runs import COSTS_FILE, CostMeter, config_hash, open_run, read_costs
+from puma_ray.runtime.runs import COSTS_FILE, CostMeter, config_hash, open_run, read_costs
 
 
 def test_open_run_writes_a_reloadable_resolved_config(tmp_path):

@@ -7,9 +7,9 @@ import pytest
 
 from puma_ray.config import SelectConfig
 from puma_ray.errors import PumaError
-from puma_ray.selection import (apportion, cluster_quotas, farthest_points, strata_of, stratified_sample,
+from puma_ray.select.strata import (apportion, cluster_quotas, farthest_points, strata_of, stratified_sample,
                                 stratum_weights)
-from puma_ray.strategies import STRATEGIES, select_users
+from puma_ray.select.strategies import STRATEGIES, select_users
 
 
 class FakeInputs:

@@ -18,7 +18,7 @@ import yaml
 
 from puma_ray.config import AdapterStageConfig, SweepConfig, load_config
 from puma_ray.errors import ConfigError, PumaError
-from puma_ray.stages.sweep import run_sweep, with_reference
+from puma_ray.tune.sweep import run_sweep, with_reference
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parent.parent
@@ -114,7 +114,7 @@ def test_closure_and_cost_ratio_follow_the_reference_given_now():
 
 
 def test_a_corrupt_trial_marker_is_one_line_and_nothing_is_reused(tmp_path):
-    from puma_ray.stages.trial import IDENTITY, claim
+    from puma_ray.tune.trial import IDENTITY, claim
 
     (tmp_path / IDENTITY).write_text('{"params": {"budget": 3')  # cut short by a crash
     with pytest.raises(PumaError, match="corrupt"):

@@ -19,20 +19,21 @@ import ray
 from safetensors.torch import load_file
 
 from puma_ray.config import AdapterStageConfig
+from puma_ray.core.hf import describe_model, load_causal_lm, model_ref
+from puma_ray.core.modules import AdapterConfig, adapter_param_count
 from puma_ray.data.schema import copy_atomic, file_sha256, shard_paths, write_json_atomic
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.errors import PumaError
-from puma_ray.hf import describe_model, load_causal_lm, model_ref
-from puma_ray.modules import AdapterConfig, adapter_param_count
-from puma_ray.prompt_store import iter_prompts, read_head, verify
-from puma_ray.ray_utils import dataset_parts, init_ray, read_columns
-from puma_ray.runs import CostMeter, check_out, log, open_run
-from puma_ray.train_wiring import (best_checkpoint, build_trainer, check_resume, fit_trainer, record_training,
+from puma_ray.runtime.ray_utils import dataset_parts, init_ray, read_columns
+from puma_ray.runtime.runs import CostMeter, check_out, log, open_run
+from puma_ray.store.prompt_store import iter_prompts, read_head, verify
+from puma_ray.train.wiring import (best_checkpoint, build_trainer, check_resume, fit_trainer, record_training,
                                    run_history, run_name)
-from puma_ray.train_adapter import adapter_loop
-from puma_ray.train_prompts import deepspeed_config
-from puma_ray.templates import load_template_text
-from puma_ray.training import TASKS, epochs_for, steps_for, tag_parts
+from puma_ray.core.tasks import TASKS
+from puma_ray.core.templates import load_template_text
+from puma_ray.train.adapter_loop import adapter_loop
+from puma_ray.train.common import epochs_for, steps_for, tag_parts
+from puma_ray.train.prompts_loop import deepspeed_config
 
 
 def selected_users(users_arg: str, data_dir: str) -> list[str]:

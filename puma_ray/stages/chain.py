@@ -14,12 +14,12 @@ import json
 from pathlib import Path
 
 from puma_ray.config import AdapterStageConfig, ChainConfig, EvaluateConfig, MigrateConfig, SelectConfig
+from puma_ray.core.tasks import TASKS
 from puma_ray.data.schema import read_manifest as read_data_manifest
-from puma_ray.prompt_store import MANIFEST
-from puma_ray.prompt_store import read_manifest as read_store_manifest
-from puma_ray.ray_utils import init_ray
-from puma_ray.runs import CostMeter, log, open_run
-from puma_ray.training import TASKS
+from puma_ray.runtime.ray_utils import init_ray
+from puma_ray.runtime.runs import CostMeter, log, open_run
+from puma_ray.store.prompt_store import MANIFEST
+from puma_ray.store.prompt_store import read_manifest as read_store_manifest
 
 
 def evaluated(cfg: ChainConfig, model: str, store: str | Path, out: Path) -> dict:

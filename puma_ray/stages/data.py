@@ -23,8 +23,8 @@ from puma_ray.data.schema import FORMAT_VERSION, MANIFEST, fingerprint, write_js
 from puma_ray.data.sources import make_source
 from puma_ray.data.synthetic import make_catalogue
 from puma_ray.errors import PumaError
-from puma_ray.ray_utils import init_ray
-from puma_ray.runs import CostMeter, Progress, build_beside, check_out, log
+from puma_ray.runtime.ray_utils import init_ray
+from puma_ray.runtime.runs import CostMeter, Progress, build_beside, check_out, log
 
 # Paper defaults: rating datasets drop items < 10 and users < 20; click data is not filtered.
 _PAPER_MIN = {"rating": (10, 20), "click": (0, 0)}

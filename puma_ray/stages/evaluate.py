@@ -17,6 +17,7 @@ non-finite row met here are reported (users, rows), and the metrics cover the re
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -31,17 +32,17 @@ import pyarrow.parquet as pq
 import ray
 
 from puma_ray.config import EvaluateConfig
+from puma_ray.core.hf import describe_model, dtype_name, model_ref
+from puma_ray.core.metrics import SortedAUC, UserTotals, user_row
+from puma_ray.core.scoring import PromptScorer
+from puma_ray.core.tasks import TASKS
+from puma_ray.core.templates import load_template_text
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import shard_paths
 from puma_ray.errors import PumaError
-from puma_ray.hf import describe_model, dtype_name, model_ref
-from puma_ray.metrics import SortedAUC, UserTotals, user_row
-from puma_ray.prompt_store import check_model, read_head, read_quarantine, verify
-from puma_ray.ray_utils import actor_cpus, actor_pool, init_ray, read_columns, sort_shuffle, split_is
-from puma_ray.runs import CostMeter, build_beside, check_out, log, swap_in
-from puma_ray.scoring import PromptScorer
-from puma_ray.templates import load_template_text
-from puma_ray.training import TASKS
+from puma_ray.runtime.ray_utils import actor_cpus, actor_pool, init_ray, read_columns, sort_shuffle, split_is
+from puma_ray.runtime.runs import CostMeter, build_beside, check_out, log, swap_in
+from puma_ray.store.prompt_store import check_model, read_head, read_quarantine, verify
 
 
 def store_head(store: str | Path) -> tuple[Path, dict]:
@@ -262,7 +263,7 @@ def score_in_pipeline(cfg: EvaluateConfig, task: str, store: dict, scorer_args: 
                       where: dict[str, Path], meter) -> tuple[dict[str, UserTotals], dict[str, float]]:
     """Ray Data: rows (broadcast or hash-joined to their prompts) -> PromptScorer actors -> rows.parquet
     -> per-user groups -> per_user.parquet of each split; returns (totals, AUCs)."""
-    if "prompts_ref" in scorer_args:
+    if "store_table" in scorer_args:
         rows = split_rows(cfg.data, cfg.split)
     else:
         rows = joined_rows(cfg.data, cfg.split, cfg.prompts, store)
@@ -300,10 +301,10 @@ def score_and_report(cfg: EvaluateConfig, task, store: dict, model: dict, head_p
     with CostMeter(out, "evaluate", cfg, workers=cfg.workers) as meter:
         meter.startup_s = init_ray(dashboard=False)
         if store_bytes(store) <= cfg.broadcast_mb * 2**20:  # small store: sent whole to each scorer, no shuffle
-            scorer_args["prompts_ref"] = ray.put(store_table(cfg.prompts, store))
-        one_task = ("prompts_ref" in scorer_args and cfg.workers == 1
+            scorer_args["store_table"] = functools.partial(ray.get, ray.put(store_table(cfg.prompts, store)))
+        one_task = ("store_table" in scorer_args and cfg.workers == 1
                     and split_row_count(cfg.data, cfg.split) <= cfg.one_task_rows)
-        meter.extra = {"join": "broadcast" if "prompts_ref" in scorer_args else "shuffle",
+        meter.extra = {"join": "broadcast" if "store_table" in scorer_args else "shuffle",
                        "path": "one task" if one_task else "pipeline"}
         if one_task:
             task_cpus = {"num_cpus": cfg.cpus_per_worker, "num_gpus": 1 if cfg.use_gpu else 0}

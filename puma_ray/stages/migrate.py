@@ -20,15 +20,15 @@ from pathlib import Path
 import ray
 
 from puma_ray.config import MigrateConfig
+from puma_ray.core.hf import dtype_name
+from puma_ray.core.modules import AdapterConfig, adapter_param_count
 from puma_ray.data.schema import copy_atomic, read_required_json, write_json_atomic
 from puma_ray.errors import PumaError
-from puma_ray.hf import dtype_name
-from puma_ray.migration import PROGRESS_DIR, ShardMigrator, checked_weights, done_shard
-from puma_ray.modules import AdapterConfig, adapter_param_count
-from puma_ray.prompt_store import MANIFEST, finalize, read_quarantine, verify
-from puma_ray.prompt_store import read_manifest as read_store_manifest
-from puma_ray.ray_utils import actor_cpus, actor_pool, init_ray
-from puma_ray.runs import CostMeter, Progress, check_out, log, open_run
+from puma_ray.migrate.migration import PROGRESS_DIR, ShardMigrator, checked_weights, done_shard
+from puma_ray.runtime.ray_utils import actor_cpus, actor_pool, init_ray
+from puma_ray.runtime.runs import CostMeter, Progress, check_out, log, open_run
+from puma_ray.store.prompt_store import MANIFEST, finalize, read_quarantine, verify
+from puma_ray.store.prompt_store import read_manifest as read_store_manifest
 
 
 def check_stores(sources: list[str], meta: dict) -> list[dict]:

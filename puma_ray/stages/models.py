@@ -23,16 +23,16 @@ import torch
 
 from puma_ray import __version__
 from puma_ray.config import ModelsConfig
+from puma_ray.core.gguf_models import PACKAGES, load_gguf, package_gguf, smoke_test
+from puma_ray.core.hf import load_causal_lm, load_tokenizer, model_fingerprint
+from puma_ray.core.pretrain import pretrain
+from puma_ray.core.tasks import TASKS
+from puma_ray.core.templates import encode_template, load_template_text
+from puma_ray.core.tiny_models import FAMILIES, build_config, build_model
+from puma_ray.core.tokenizer import check_answers_single_token, train_tokenizer
 from puma_ray.data.schema import file_sha256, iter_item_texts, read_required_json
 from puma_ray.errors import PumaError
-from puma_ray.gguf_models import PACKAGES, load_gguf, package_gguf, smoke_test
-from puma_ray.hf import load_causal_lm, load_tokenizer, model_fingerprint
-from puma_ray.pretrain import pretrain
-from puma_ray.runs import CostMeter, build_beside, log, open_run, swap_in
-from puma_ray.templates import encode_template, load_template_text
-from puma_ray.tiny_models import FAMILIES, build_config, build_model
-from puma_ray.tokenizer import check_answers_single_token, train_tokenizer
-from puma_ray.training import TASKS
+from puma_ray.runtime.runs import CostMeter, build_beside, log, open_run, swap_in
 
 MARKER = "puma_model.json"
 
@@ -135,7 +135,7 @@ def template_answers(tokenizer, max_length: int) -> dict[str, list[str] | str]:
     """Each shipped template's answer tokens on this tokenizer (or why they do not resolve)."""
     found = {}
     for task in TASKS.values():
-        for name in sorted(p.name[:-4] for p in (resources.files("puma_ray") / "templates").iterdir()
+        for name in sorted(p.name[:-4] for p in (resources.files("puma_ray.core") / "templates").iterdir()
                            if p.name.startswith(f"{task.name}_") and p.name.endswith(".txt")):
             try:
                 t = encode_template(tokenizer, load_template_text(name), task.answers, max_length)

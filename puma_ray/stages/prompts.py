@@ -14,25 +14,26 @@ import pyarrow.parquet as pq
 from safetensors.torch import load_file
 
 from puma_ray.config import PromptsConfig
+from puma_ray.core.hf import describe_model, model_ref
+from puma_ray.core.templates import load_template_text
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import copy_atomic, shard_paths
-from puma_ray.hf import describe_model, model_ref
-from puma_ray.prompt_store import check_model, finalize, generation_name, write_shard
-from puma_ray.prompt_store import read_manifest as read_store_manifest
-from puma_ray.ray_utils import dataset_parts, init_ray, read_columns
-from puma_ray.runs import CostMeter, check_out, log, open_run
-from puma_ray.templates import load_template_text
-from puma_ray.train_prompts import deepspeed_config, prompts_loop
-from puma_ray.train_wiring import (best_checkpoint, build_trainer, check_resume, fit_trainer, record_training,
+from puma_ray.runtime.ray_utils import dataset_parts, init_ray, read_columns
+from puma_ray.runtime.runs import CostMeter, check_out, log, open_run
+from puma_ray.store.prompt_store import check_model, finalize, generation_name, write_shard
+from puma_ray.store.prompt_store import read_manifest as read_store_manifest
+from puma_ray.train.prompts_loop import deepspeed_config, prompts_loop
+from puma_ray.train.wiring import (best_checkpoint, build_trainer, check_resume, fit_trainer, record_training,
                                    run_history, run_name)
-from puma_ray.training import TASKS, rows_per_rank, steps_for, tag_parts
+from puma_ray.core.tasks import TASKS
+from puma_ray.train.common import rows_per_rank, steps_for, tag_parts
 
 _COLUMNS = ["user_id", "item_text", "history_text", "label", "split"]
 
 
 def rank_datasets(data_dir: str, world: int, cache: bool) -> dict:
     """`train_r{k}` / `valid_r{k}`: the rows of the users rank k owns (Ray Data; with `cache`,
-    the shards are read once for all of them, see ray_utils.dataset_parts)."""
+    the shards are read once for all of them, see runtime.ray_utils.dataset_parts)."""
     base = read_columns([str(p.resolve()) for p in shard_paths(data_dir)], _COLUMNS)
     tagged = base.map_batches(tag_parts, batch_format="pandas", fn_kwargs={"world": world})
     return dataset_parts(tagged, [f"{split}_r{r}" for split in ("train", "valid") for r in range(world)], cache)

@@ -27,12 +27,13 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
-from puma_ray.hf import load_causal_lm, load_tokenizer, resolve_dtype
-from puma_ray.llm import FrozenLM
-from puma_ray.modules import SoftPromptTable, sparse_adam
-from puma_ray.prompt_store import load_prompts
-from puma_ray.ray_utils import quiet_ray_data_console
-from puma_ray.training import TASKS, cycled, owner
+from puma_ray.core.hf import load_causal_lm, load_tokenizer, resolve_dtype
+from puma_ray.core.llm import FrozenLM
+from puma_ray.core.modules import SoftPromptTable, sparse_adam
+from puma_ray.core.tasks import TASKS
+from puma_ray.runtime.ray_utils import quiet_ray_data_console
+from puma_ray.store.prompt_store import load_prompts
+from puma_ray.train.common import cycled, owner
 
 
 def deepspeed_config(batch_size: int, zero_stage: int, use_gpu: bool, persistence: int) -> dict:

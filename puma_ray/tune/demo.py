@@ -24,13 +24,13 @@ import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 
 from puma_ray.config import BenchConfig, DataConfig, DemoConfig, ModelsConfig
+from puma_ray.core.gguf_models import check_installed
 from puma_ray.errors import PumaError
-from puma_ray.gguf_models import check_installed
-from puma_ray.ray_utils import init_ray
-from puma_ray.runs import CostMeter, log, open_run, read_costs
-from puma_ray.stages.bench import RETRAINED, method_color, run_bench
+from puma_ray.runtime.ray_utils import init_ray
+from puma_ray.runtime.runs import CostMeter, log, open_run, read_costs
 from puma_ray.stages.data import run_data
 from puma_ray.stages.models import run_models
+from puma_ray.tune.bench import RETRAINED, method_color, run_bench
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ _ANCHOR_REPEATS = 200
 
 
 def shipped_templates() -> list[str]:
-    """Texts of the prompt templates shipped in puma_ray/templates/."""
-    root = resources.files("puma_ray") / "templates"
+    """Texts of the prompt templates shipped in puma_ray/core/templates/."""
+    root = resources.files("puma_ray.core") / "templates"
     return sorted((p.read_text() for p in root.iterdir() if p.name.endswith(".txt")))
 
 

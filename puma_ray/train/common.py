@@ -1,4 +1,4 @@
-"""Training pieces shared by the prompt and adapter loops; plain torch, no Ray.
+"""Training pieces shared by the prompt and adapter loops (row ownership, step counts, data parts); no Ray.
 
 Row ownership: user u's soft prompt lives on worker crc32(u) % world, and that worker
 sees all of u's interactions, so prompt rows never need gradient communication. For
@@ -12,44 +12,16 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
-import torch
 
-from puma_ray.metrics import ClickScores, RatingSums
-from puma_ray.modules import ClickHead, RatingHead
-from puma_ray.templates import CLICK_ANSWERS, RATING_ANSWERS
 
 
 def owner(user_id: str, world: int) -> int:
     """The worker that owns a user's prompt row (stable across runs and processes)."""
     return zlib.crc32(user_id.encode()) % world
-
-
-@dataclass(frozen=True)
-class Task:
-    """What a task needs: its answers, default template and head."""
-
-    name: str
-    answers: tuple[str, ...]
-    template: str
-    metric: str
-    """Validation metric used for best-epoch selection."""
-    mode: str
-    """'min' or 'max' for that metric."""
-
-    def head(self, lam: float, yes_minus_no: bool) -> torch.nn.Module:
-        return RatingHead(lam) if self.name == "rating" else ClickHead(yes_minus_no)
-
-    def sums(self):
-        return RatingSums() if self.name == "rating" else ClickScores()
-
-
-TASKS = {"rating": Task("rating", RATING_ANSWERS, "rating_amazon", "rmse", "min"),
-         "click": Task("click", CLICK_ANSWERS, "click_mind", "auc", "max")}
 
 
 def cycled(make_iter: Callable[[], Iterable], steps: int) -> Iterator[tuple[object, bool]]:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from puma_ray.core.templates import SampleEncoder, encode_template
 from puma_ray.errors import PumaError
-from puma_ray.templates import SampleEncoder, encode_template
 
 
 @dataclass

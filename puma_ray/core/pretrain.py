@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from puma_ray.core.templates import CLICK_ANSWERS, RATING_ANSWERS, SampleEncoder, encode_template, load_template_text
 from puma_ray.data.schema import read_manifest, shard_paths
-from puma_ray.runs import Progress
-from puma_ray.templates import CLICK_ANSWERS, RATING_ANSWERS, SampleEncoder, encode_template, load_template_text
+from puma_ray.runtime.runs import Progress
 
 
 def item_train_means(data_dir: str) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from puma_ray.selection import check_budget, cluster_quotas, farthest_points, stratified_sample, stratum_weights
+from puma_ray.select.strata import check_budget, cluster_quotas, farthest_points, stratified_sample, stratum_weights
 
 
 @dataclass

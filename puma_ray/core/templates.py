@@ -26,13 +26,13 @@ CLICK_ANSWERS = ("Yes", "No")
 
 def load_template_text(name_or_path: str) -> str:
     """A shipped template by name (rating_amazon, rating_yelp, click_mind) or a text file."""
-    shipped = resources.files("puma_ray") / "templates" / f"{name_or_path}.txt"
+    shipped = resources.files("puma_ray.core") / "templates" / f"{name_or_path}.txt"
     if shipped.is_file():
         return shipped.read_text()
     path = Path(name_or_path)
     if path.is_file():
         return path.read_text()
-    names = sorted(p.name[:-4] for p in (resources.files("puma_ray") / "templates").iterdir() if p.name.endswith(".txt"))
+    names = sorted(p.name[:-4] for p in (resources.files("puma_ray.core") / "templates").iterdir() if p.name.endswith(".txt"))
     raise PumaError(f"template {name_or_path!r} is neither a shipped template ({', '.join(names)}) nor a file")
 
 

@@ -24,10 +24,10 @@ from typing import Any, Optional
 from puma_ray.config import AdapterStageConfig, EvaluateConfig, MigrateConfig, SelectConfig
 from puma_ray.data.schema import read_required_json, write_json_atomic
 from puma_ray.errors import PumaError
-from puma_ray.prompt_store import MANIFEST
-from puma_ray.prompt_store import read_manifest as read_store_manifest
-from puma_ray.runs import log, read_costs
-from puma_ray.space import ADAPTER_KEYS, SELECT_KEYS
+from puma_ray.runtime.runs import log, read_costs
+from puma_ray.store.prompt_store import MANIFEST
+from puma_ray.store.prompt_store import read_manifest as read_store_manifest
+from puma_ray.tune.space import ADAPTER_KEYS, SELECT_KEYS
 
 RESULT = "result.json"
 IDENTITY = "trial.json"

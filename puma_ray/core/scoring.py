@@ -14,10 +14,10 @@ import pyarrow as pa
 import torch
 from safetensors.torch import load_file
 
+from puma_ray.core.hf import load_causal_lm, load_tokenizer, resolve_dtype
+from puma_ray.core.llm import FrozenLM
+from puma_ray.core.tasks import TASKS
 from puma_ray.errors import PumaError
-from puma_ray.hf import load_causal_lm, load_tokenizer, resolve_dtype
-from puma_ray.llm import FrozenLM
-from puma_ray.training import TASKS
 
 
 def prompt_matrix(column: pa.ChunkedArray | pa.Array, width: int) -> np.ndarray:
@@ -41,15 +41,15 @@ class PromptScorer:
 
     def __init__(self, model: str, template_text: str, task: str, head_path: str, lam: float, yes_minus_no: bool,
                  prompt_len: int, dim: int, prefix_cache: bool = True, use_gpu: bool = False,
-                 prompts_ref=None, dtype: str = "auto") -> None:
-        """prompts_ref: an object ref of the whole store's (user_id, prompt) table (broadcast join: rows
-        arrive without their prompt and find it here); None when rows come joined."""
+                 store_table=None, dtype: str = "auto") -> None:
+        """store_table: a zero-argument callable giving the whole store's (user_id, prompt) table (broadcast
+        join: rows arrive without their prompt and find it here; the stage passes one that fetches a Ray
+        object); None when rows come joined."""
         self.lookup = None
-        if prompts_ref is not None:
+        if store_table is not None:
             import pandas as pd
-            import ray
 
-            table = ray.get(prompts_ref)
+            table = store_table()
             self.lookup = (pd.Index(table.column("user_id").to_pylist()),
                            prompt_matrix(table.column("prompt"), prompt_len * dim))
         self.device = _device(use_gpu)

@@ -20,14 +20,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from puma_ray.hf import load_causal_lm, load_tokenizer, resolve_dtype
-from puma_ray.llm import FrozenLM
-from puma_ray.modules import AdapterConfig, MigrationAdapter
-from puma_ray.prompt_store import load_prompts
-from puma_ray.ray_utils import quiet_ray_data_console
-from puma_ray.train_prompts import (evaluate, gathered_state, init_deepspeed, quiet_deprecated_collectives,
+from puma_ray.core.hf import load_causal_lm, load_tokenizer, resolve_dtype
+from puma_ray.core.llm import FrozenLM
+from puma_ray.core.modules import AdapterConfig, MigrationAdapter
+from puma_ray.runtime.ray_utils import quiet_ray_data_console
+from puma_ray.store.prompt_store import load_prompts
+from puma_ray.train.prompts_loop import (evaluate, gathered_state, init_deepspeed, quiet_deprecated_collectives,
                                     train_epoch)
-from puma_ray.training import TASKS
+from puma_ray.core.tasks import TASKS
 
 
 class AdapterWithHead(nn.Module):

@@ -24,12 +24,12 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file
 
+from puma_ray.core.hf import resolve_dtype
+from puma_ray.core.modules import AdapterConfig, MigrationAdapter
+from puma_ray.core.scoring import prompt_matrix
 from puma_ray.data.schema import file_sha256, read_required_json, write_json_atomic
 from puma_ray.errors import PumaError
-from puma_ray.hf import resolve_dtype
-from puma_ray.modules import AdapterConfig, MigrationAdapter
-from puma_ray.prompt_store import load_prompts, prompt_schema
-from puma_ray.scoring import prompt_matrix
+from puma_ray.store.prompt_store import load_prompts, prompt_schema
 
 PROGRESS_DIR = "_progress"
 

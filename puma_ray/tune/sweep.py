@@ -1,7 +1,7 @@
 """`puma-ray sweep`: Ray Tune over selection and adapter knobs -> the cost/accuracy curve.
 
 config -> checks (dataset, source stores, target model, search space, reference) -> Tuner
-(a trial = select -> adapter -> migrate -> evaluate, stages/trial.py; the adapter's
+(a trial = select -> adapter -> migrate -> evaluate, tune/trial.py; the adapter's
 TorchTrainer runs inside the trial and reports every epoch to Tune through
 TuneReportCallback, which ASHA can act on) -> results table, Pareto front, plots, best.yaml.
 
@@ -31,16 +31,16 @@ import pandas as pd
 import yaml
 
 from puma_ray.config import AdapterStageConfig, SweepConfig
+from puma_ray.core.hf import describe_model
+from puma_ray.core.tasks import TASKS
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.errors import ConfigError, PumaError
-from puma_ray.hf import describe_model
-from puma_ray.prompt_store import read_manifest as read_store_manifest
-from puma_ray.ray_utils import init_ray, quiet_ray_data_console
-from puma_ray.runs import CostMeter, log, open_run
-from puma_ray.space import TRIAL_KEYS, SearchSpace, load_space
-from puma_ray.stages.trial import TrialSetup, closure, run_trial
-from puma_ray.stats import pareto_front
-from puma_ray.training import TASKS
+from puma_ray.runtime.ray_utils import init_ray, quiet_ray_data_console
+from puma_ray.runtime.runs import CostMeter, log, open_run
+from puma_ray.store.prompt_store import read_manifest as read_store_manifest
+from puma_ray.tune.space import TRIAL_KEYS, SearchSpace, load_space
+from puma_ray.tune.stats import pareto_front
+from puma_ray.tune.trial import TrialSetup, closure, run_trial
 
 TRIAL_RESOURCES = {"CPU": 0, "memory": 64 * 1024**2}  # the trial driver; its stages reserve their own
 

@@ -3,7 +3,7 @@
 config -> checks -> for each size N (a seeded N-user subset of --data, or all of it):
 source prompts on the source model (already paid: reported, never counted) -> for each seed:
 random-init floor and full retraining on the target, then every method as a migration trial
-(stages/trial.py: select -> adapter -> migrate -> evaluate): each strategy at budget B, and
+(tune/trial.py: select -> adapter -> migrate -> evaluate): each strategy at budget B, and
 random at 3B -> per method mean ± std over seeds of the test metric, gap closure and measured
 cost; the paired difference PUMA - random (same seed: same adapter initialisation and data
 order) with its 95% t-interval -> cost per stage fitted as fixed + per_user x users over the
@@ -27,19 +27,20 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from puma_ray.config import AdapterStageConfig, BenchConfig, EvaluateConfig, PromptsConfig
+from puma_ray.core.hf import describe_model
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import write_json_atomic
 from puma_ray.data.subset import subset_dataset
 from puma_ray.errors import PumaError
-from puma_ray.hf import describe_model
-from puma_ray.prompt_store import MANIFEST
-from puma_ray.ray_utils import init_ray
-from puma_ray.runs import CostMeter, log, open_run
-from puma_ray.stages.trial import TrialSetup, claim, closure, run_trial, stage_cost
-from puma_ray.stats import AdapterCost, LinearCost, fit_adapter_cost, fit_linear_cost, mean_std, paired_interval, \
-    per_unit_rate
-from puma_ray.strategies import STRATEGIES
-from puma_ray.training import TASKS, epochs_for, steps_for
+from puma_ray.runtime.ray_utils import init_ray
+from puma_ray.runtime.runs import CostMeter, log, open_run
+from puma_ray.core.tasks import TASKS
+from puma_ray.select.strategies import STRATEGIES
+from puma_ray.store.prompt_store import MANIFEST
+from puma_ray.train.common import epochs_for, steps_for
+from puma_ray.tune.stats import (AdapterCost, LinearCost, fit_adapter_cost, fit_linear_cost, mean_std,
+                                 paired_interval, per_unit_rate)
+from puma_ray.tune.trial import TrialSetup, claim, closure, run_trial, stage_cost
 
 FLOOR, RETRAINED, SOURCE = "random init (floor)", "full retraining", "source model"
 
