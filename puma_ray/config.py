@@ -1,10 +1,11 @@
 """Typed stage configuration: dataclasses loaded from YAML, flags and `key=value` overrides.
 
-Every stage has one dataclass here. Each field carries a one-line docstring (the
-string literal right under it) that doubles as the CLI help. Values are coerced
-to the annotated type when the dataclass is built, so a YAML file, a flag and a
-`key=value` override all go through the same checks, and every error names the
-offending key and says what is allowed.
+Every stage has one dataclass here (a pydantic dataclass: `stage_config`). Each field
+carries a one-line docstring (the string literal right under it), which pydantic reads
+into the field's description and the CLI shows as its help. pydantic converts values to
+the annotated type when the dataclass is built, so a YAML file, a flag and a `key=value`
+override all go through the same checks, and every error is one line naming the
+offending key and saying what is allowed.
 
 Precedence, lowest first: dataclass defaults < `--config FILE.yaml` < flags <
 trailing `key=value` overrides.
@@ -12,18 +13,17 @@ trailing `key=value` overrides.
 
 from __future__ import annotations
 
-import ast
-import re
 import dataclasses
 import functools
-import inspect
-import textwrap
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+import pydantic.dataclasses
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from puma_ray.errors import ConfigError
 
@@ -32,101 +32,61 @@ SOURCES = ("synthetic", "movielens", "amazon", "mind", "yelp")
 
 
 # --------------------------------------------------------------------------- machinery
+# Types, coercion and field help come from pydantic (its dataclasses, lax mode); what is ours is only
+# what a flag or a YAML value means beyond pydantic's rules (_prepare) and the one-line error.
+
+_PYDANTIC = ConfigDict(use_attribute_docstrings=True, coerce_numbers_to_str=True, extra="forbid")
+_NULL = {"none", "null", "~"}
 
 
-@functools.cache
 def field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings of a dataclass, read from its source (field -> one-line text)."""
+    """Field -> its one-line docstring (pydantic reads attribute docstrings into field descriptions, each
+    class its own: an inherited field's comes from the class that declares it)."""
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass):
-            continue
-        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
-        for node, nxt in zip(body, body[1:]):
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                    and isinstance(nxt.value.value, str)):
-                docs[node.target.id] = nxt.value.value.strip()
+        fields = klass.__dict__.get("__pydantic_fields__", {})
+        docs.update({name: f.description.strip() for name, f in fields.items() if f.description})
     return docs
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
+def _args(tp: Any) -> tuple:
+    return typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
 
 
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
+def _prepare(value: Any, tp: Any, key: str) -> Any:
+    """A flag's or YAML's value as pydantic should see it: "null"/"none"/"~" is None where None is allowed,
+    "a,b" and a single value are lists for list fields, and true/false is never a number."""
+    args = _args(tp)
+    if isinstance(value, str) and value.lower() in _NULL and type(None) in args:
+        return None
+    if isinstance(value, bool) and bool not in args and any(a in (int, float) for a in args):
+        raise ConfigError(f"{key}: got {value!r}, expected a number, not true/false")
+    if any(typing.get_origin(a) is list for a in args) and value is not None:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return [p for v in items for p in ([x for x in v.split(",") if x != ""] if isinstance(v, str) else [v])]
+    return value
+
+
+def _one_line(exc: ValidationError, prefix: str = "") -> str:
+    """The first error of a pydantic ValidationError as `key: got VALUE: what was expected`."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"] if isinstance(p, str)][:1] + [f"[{p}]" for p in err["loc"] if isinstance(p, int)]
+    key = prefix + "".join(loc) if loc else prefix or "config"
+    msg = err["msg"][:1].lower() + err["msg"][1:]
+    return f"{key}: got {err['input']!r}, {msg.replace('input should be', 'expected')}"
+
+
+@functools.cache
+def _adapter(tp: Any) -> TypeAdapter:
+    return TypeAdapter(tp, config=ConfigDict(coerce_numbers_to_str=True))
 
 
 def coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert `value` (from YAML or the command line) to type `tp`, or raise naming `key`."""
-    origin = typing.get_origin(tp)
-    bad = ConfigError(f"{key}: got {value!r}, expected {_type_name(tp)}")
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
-            if type(None) in args:
-                return None
-            raise bad
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise bad
-    if origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-        raise bad
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        # "a,b" (one flag value or YAML string) means two items
-        value = [p for v in value for p in (([x for x in v.split(",") if x != ""]) if isinstance(v, str) else [v])]
-        return [coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-            return value.lower() in _TRUE
-        raise bad
-    if tp is int:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                raise bad from None
-        raise bad
-    if tp is float:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        raise bad
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise bad
-    raise TypeError(f"unsupported config type {tp} for {key}")
+    """`value` (from YAML or the command line) as type `tp`, or a ConfigError naming `key`."""
+    try:
+        return _adapter(tp).validate_python(_prepare(value, tp, key))
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, key)) from None
 
 
 def check(ok: bool, key: str, message: str) -> None:
@@ -135,14 +95,29 @@ def check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
-@dataclasses.dataclass
+def stage_config(cls: type) -> type:
+    """A pydantic dataclass whose constructor reads values the way flags and YAML mean them and fails with
+    one ConfigError line naming the key; `validate()` (range and cross-field checks) runs after."""
+    cls = pydantic.dataclasses.dataclass(config=_PYDANTIC)(cls)
+    validated_init, hints = cls.__init__, typing.get_type_hints(cls)
+
+    @functools.wraps(validated_init)
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs = {k: _prepare(v, hints[k], k) if k in hints else v for k, v in kwargs.items()}
+        try:
+            validated_init(self, **kwargs)
+        except ValidationError as exc:
+            raise ConfigError(_one_line(exc)) from None
+
+    cls.__init__ = __init__
+    return cls
+
+
+@stage_config
 class StageConfig:
-    """Base of every stage config: coerces field types, then runs the stage's `validate`."""
+    """Base of every stage config: typed fields, then the stage's `validate`."""
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, coerce(getattr(self, f.name), hints[f.name], f.name))
         self.validate()
 
     def validate(self) -> None:
@@ -206,7 +181,7 @@ def _required(value: Any, key: str, flag: str) -> None:
 # --------------------------------------------------------------------------- stage configs
 
 
-@dataclasses.dataclass
+@stage_config
 class ModelsConfig(StageConfig):
     """`puma-ray models`: a tiny Hugging Face causal LM of a real family plus its tokenizer, or a real
     pretrained LLM imported from a GGUF file (--gguf FILE or --package NAME)."""
@@ -287,7 +262,7 @@ class ModelsConfig(StageConfig):
         return 800 if self.data is not None else 0
 
 
-@dataclasses.dataclass
+@stage_config
 class DataConfig(StageConfig):
     """`puma-ray data`: raw interactions -> canonical interaction table + user/item index."""
 
@@ -354,7 +329,7 @@ class DataConfig(StageConfig):
         check(self.rows_per_shard >= 1000, "rows_per_shard", "must be >= 1000")
 
 
-@dataclasses.dataclass
+@stage_config
 class TrainingConfig(StageConfig):
     """What every Ray Train + DeepSpeed stage (prompts, adapter) shares."""
 
@@ -407,7 +382,7 @@ class TrainingConfig(StageConfig):
         check(self.max_failures >= 0, "max_failures", "must be >= 0")
 
 
-@dataclasses.dataclass
+@stage_config
 class PromptsConfig(TrainingConfig):
     """`puma-ray prompts`: per-user soft prompts (+ head) on a frozen model, with Ray Train + DeepSpeed.
 
@@ -434,7 +409,7 @@ class PromptsConfig(TrainingConfig):
         check(self.prompt_len >= 1, "prompt_len", "must be >= 1")
 
 
-@dataclasses.dataclass
+@stage_config
 class AdapterStageConfig(TrainingConfig):
     """`puma-ray adapter`: train the migration adapter (+ head) through the frozen target model.
 
@@ -480,7 +455,7 @@ class AdapterStageConfig(TrainingConfig):
               "LoRA co-adaptation runs with zero_stage 0-2 (the answer head reads target weights directly)")
 
 
-@dataclasses.dataclass
+@stage_config
 class MigrateConfig(StageConfig):
     """`puma-ray migrate`: apply a trained adapter to every user of the source store(s)."""
 
@@ -510,7 +485,7 @@ class MigrateConfig(StageConfig):
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
 
 
-@dataclasses.dataclass
+@stage_config
 class EvaluateConfig(StageConfig):
     """`puma-ray evaluate`: score a prompt store with its model over one split of a dataset."""
 
@@ -553,7 +528,7 @@ class EvaluateConfig(StageConfig):
         check(self.one_task_rows >= 0, "one_task_rows", "must be >= 0")
 
 
-@dataclasses.dataclass
+@stage_config
 class SelectConfig(StageConfig):
     """`puma-ray select`: choose the users the adapter trains on (PUMA or a Table 4 baseline)."""
 
@@ -618,7 +593,7 @@ class SelectConfig(StageConfig):
         return max(1, int(0.375 * self.budget / self.clusters))
 
 
-@dataclasses.dataclass
+@stage_config
 class ChainConfig(StageConfig):
     """`puma-ray chain`: select -> adapter -> migrate -> evaluate along a list of models (A -> B -> C ...).
 
@@ -676,7 +651,7 @@ class ChainConfig(StageConfig):
         check(self.width is None or self.width >= 1, "width", "must be >= 1 or null")
 
 
-@dataclasses.dataclass
+@stage_config
 class DemoConfig(StageConfig):
     """`puma-ray demo`: every stage that exists, end to end, on an offline default."""
 
@@ -718,7 +693,7 @@ class DemoConfig(StageConfig):
         check(self.adapter_width is None or self.adapter_width >= 1, "adapter_width", "must be >= 1 or null")
 
 
-@dataclasses.dataclass
+@stage_config
 class SweepConfig(StageConfig):
     """`puma-ray sweep`: Ray Tune over selection and adapter knobs -> the cost/accuracy curve."""
 
@@ -766,7 +741,7 @@ class SweepConfig(StageConfig):
         check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
 
 
-@dataclasses.dataclass
+@stage_config
 class BenchConfig(StageConfig):
     """`puma-ray bench`: PUMA vs full retraining vs random selection, several seeds and sizes, cost projected."""
 
