@@ -3,9 +3,9 @@
 A stage calls `open_run(out, stage, cfg)` to create its output directory and
 write `config.yaml` (the fully resolved config), then wraps its work in
 `CostMeter` from its first read of data to its last write, which appends one JSON
-line to `<out>/costs.jsonl` (DESIGN.md "Cost record"); `startup_s` says which part
+line to `<out>/costs.jsonl` (docs/design.md "Cost record"); `startup_s` says which part
 of the wall time was start-up. `bench` and `sweep` read these records (through
-stages/trial.py); nothing estimates cost from guesses.
+tune/trial.py); nothing estimates cost from guesses.
 
 device_seconds = wall_s x workers x devices-per-worker: the time the stage held
 its devices (GPUs, or CPU worker slots on a CPU run), which is what a cluster bill
@@ -136,6 +136,12 @@ def build_beside(out: str | Path, stage: str, cfg: Any, build: Callable[[Path], 
         shutil.rmtree(work, ignore_errors=True)
         raise
     return swap_in(work, out), result
+
+
+def write_markdown(path: Path, lines: list[str]) -> Path:
+    """A Markdown report, one list item a line; returns its path."""
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def peak_rss_bytes() -> int:

@@ -17,7 +17,7 @@ from puma_ray.config import AdapterStageConfig, ChainConfig, EvaluateConfig, Mig
 from puma_ray.core.tasks import TASKS
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.runtime.ray_utils import init_ray
-from puma_ray.runtime.runs import CostMeter, log, open_run
+from puma_ray.runtime.runs import CostMeter, log, open_run, write_markdown
 from puma_ray.store.prompt_store import MANIFEST
 from puma_ray.store.prompt_store import read_manifest as read_store_manifest
 
@@ -101,6 +101,6 @@ def run_chain(cfg: ChainConfig) -> dict:
     lines += [f"| {r['hop']} | {r['family']} | {r[metric]:.4f} | {r['store']} |" for r in rows]
     lines += ["", f"Lineage of the last store: {' -> '.join(step['step'] for step in lineage)} "
               f"({len(lineage)} steps)."]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    write_markdown(out / "report.md", lines)
     save_chain_plot(out / "chain.png", rows, metric)
     return {"out": str(out), "metric": metric, "hops": rows, "wall_s": meter.record.wall_s}

@@ -41,7 +41,7 @@ from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import shard_paths
 from puma_ray.errors import PumaError
 from puma_ray.runtime.ray_utils import actor_cpus, actor_pool, init_ray, read_columns, sort_shuffle, split_is
-from puma_ray.runtime.runs import CostMeter, build_beside, check_out, log, swap_in
+from puma_ray.runtime.runs import CostMeter, build_beside, check_out, log, swap_in, write_markdown
 from puma_ray.store.prompt_store import check_model, read_head, read_quarantine, verify
 
 
@@ -219,7 +219,7 @@ def write_report(out: Path, cfg: EvaluateConfig, split: str, metrics: dict, wors
               "| " + " | ".join(worst.columns) + " |", "|" + "---|" * len(worst.columns)]
     lines += ["| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |"
               for row in worst.itertuples(index=False)]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    write_markdown(out / "report.md", lines)
 
 
 def report_split(cfg: EvaluateConfig, task: str, split: str, totals: UserTotals, split_auc: float | None,

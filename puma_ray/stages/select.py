@@ -30,7 +30,7 @@ from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import write_parquet_atomic
 from puma_ray.errors import PumaError
 from puma_ray.runtime.ray_utils import actor_cpus, actor_pool, init_ray
-from puma_ray.runtime.runs import CostMeter, build_beside, check_out, log
+from puma_ray.runtime.runs import CostMeter, build_beside, check_out, log, write_markdown
 from puma_ray.select.inputs import PLOT_SAMPLE, SelectionInputs, VectorFiles
 from puma_ray.select.strata import stratum_weights
 from puma_ray.select.strategies import select_users
@@ -169,7 +169,7 @@ def write_report_md(path: Path, report: dict) -> None:
                   enumerate(zip(report["stratum_selected"], report["stratum_target_share"]))]
         lines.append("")
     lines.append("Timings (s): " + ", ".join(f"{k} {v}" for k, v in report["timings_s"].items()))
-    path.write_text("\n".join(lines) + "\n")
+    write_markdown(path, lines)
 
 
 def run_select(cfg: SelectConfig) -> dict:

@@ -33,7 +33,7 @@ from puma_ray.data.schema import write_json_atomic
 from puma_ray.data.subset import subset_dataset
 from puma_ray.errors import PumaError
 from puma_ray.runtime.ray_utils import init_ray
-from puma_ray.runtime.runs import CostMeter, log, open_run
+from puma_ray.runtime.runs import CostMeter, log, open_run, write_markdown
 from puma_ray.core.tasks import TASKS
 from puma_ray.select.strategies import STRATEGIES
 from puma_ray.store.prompt_store import MANIFEST
@@ -381,9 +381,7 @@ def write_report(out: Path, cfg: BenchConfig, table: pd.DataFrame, paired: list[
               + ". Per sample it costs at least what a full-retraining sample costs in the same run (the same frozen "
               "target forward and backward): where the fit gives less, that floor is used (marked `floor`).", "",
               "![metrics](metrics.png)", "", "![cost](cost.png)"]
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_markdown(out / "report.md", lines)
 
 
 def run_bench(cfg: BenchConfig) -> dict:

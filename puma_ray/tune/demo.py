@@ -27,7 +27,7 @@ from puma_ray.config import BenchConfig, DataConfig, DemoConfig, ModelsConfig
 from puma_ray.core.gguf_models import check_installed
 from puma_ray.errors import PumaError
 from puma_ray.runtime.ray_utils import init_ray
-from puma_ray.runtime.runs import CostMeter, log, open_run, read_costs
+from puma_ray.runtime.runs import CostMeter, log, open_run, read_costs, write_markdown
 from puma_ray.stages.data import run_data
 from puma_ray.stages.models import run_models
 from puma_ray.tune.bench import RETRAINED, method_color, run_bench
@@ -229,9 +229,7 @@ def write_report(out: Path, cfg: DemoConfig, size: Size, data: dict[str, dict], 
     for c in costs:
         lines.append(f"| {c['stage']} | {c['run']} | {c['wall_s']:.1f} | {c.get('startup_s', 0.0):.1f} | "
                      f"{c['workers']} | {c['samples']} | {c['peak_memory_bytes'] / 2**20:.0f} |")
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_markdown(out / "report.md", lines)
 
 
 def run_demo(cfg: DemoConfig) -> dict:

@@ -36,7 +36,7 @@ from puma_ray.core.tasks import TASKS
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.errors import ConfigError, PumaError
 from puma_ray.runtime.ray_utils import init_ray, quiet_ray_data_console
-from puma_ray.runtime.runs import CostMeter, log, open_run
+from puma_ray.runtime.runs import CostMeter, log, open_run, write_markdown
 from puma_ray.store.prompt_store import read_manifest as read_store_manifest
 from puma_ray.tune.space import TRIAL_KEYS, SearchSpace, load_space
 from puma_ray.tune.stats import pareto_front
@@ -240,9 +240,7 @@ def write_report(out: Path, cfg: SweepConfig, df: pd.DataFrame, metric: str, cho
                       f"{ref['retrained']['value']:.4f}" + (f" at {ref['retrained']['device_s']:.0f} device-s"
                                                               if ref['retrained'].get('device_s') else "") + "."]
     lines += ["", "![cost vs accuracy](cost_accuracy.png)", "", "![metric vs budget](budget_curve.png)"]
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_markdown(out / "report.md", lines)
 
 
 def run_sweep(cfg: SweepConfig) -> dict:
