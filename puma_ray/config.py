@@ -195,7 +195,7 @@ class ModelsConfig(StageConfig):
     text: Optional[str] = None
     """Plain text file (one or more lines) that trains the tokenizer, alone or with --data."""
     hidden: Optional[int] = None
-    """Hidden size; null picks the family's default (llama 64, qwen2 48, gemma3 96, phi3 80, stablelm 64)."""
+    """Hidden size; null picks the family's default (llama 64, qwen2 48, gemma3 96, phi3 80, stablelm 128)."""
     layers: int = 2
     """Number of transformer layers."""
     heads: int = 4
