@@ -187,17 +187,26 @@ class CostMeter:
     """Measures a stage: `with CostMeter(out, stage, cfg) as m: ...; m.samples = n`."""
 
     out: Path
+    """The run directory whose costs.jsonl gets the record."""
     stage: str
     cfg: Any
+    """The stage's config (its hash goes into the record)."""
     workers: int = 1
+    """Workers (or actors) that held a device for the whole run."""
     devices_per_worker: float = 1.0
     samples: int = 0
+    """Training samples seen, rows scored or users moved: what the stage's work is counted in."""
     tokens: int = 0
+    """LLM tokens processed (training stages)."""
     flops: float = 0.0
+    """Estimated FLOPs of that work."""
     worker_peak_memory_bytes: int = 0
     startup_s: float = 0.0
+    """Part of the wall time that was start-up, set by the stage."""
     extra: dict = field(default_factory=dict)
+    """Stage facts for the record (strategy, budget, the evaluate path, ...)."""
     record: Optional[CostRecord] = None
+    """The record, once the `with` block has ended."""
     _t0: float = 0.0
 
     def __enter__(self) -> "CostMeter":
