@@ -345,10 +345,6 @@ class TrainingConfig(StageConfig):
     """Frozen LLM's dtype: auto = bfloat16 on GPU, float32 on CPU (bfloat16 on AMX CPUs: ~2x faster on real LLMs)."""
     cpus_per_worker: float = 0.5
     """CPUs reserved per worker; below 1 leaves room for Ray Data's readers on small machines."""
-    zero_stage: int = 2
-    """DeepSpeed ZeRO stage (0-3) of the trainable shared parts (head; adapter)."""
-    zero3_persistence_threshold: int = 100000
-    """ZeRO-3 keeps parameters smaller than this unpartitioned (0 partitions everything)."""
     batch_size: int = 32
     """Interactions per worker per step (paper: 32)."""
     template: Optional[str] = None
@@ -375,8 +371,6 @@ class TrainingConfig(StageConfig):
         _required(self.out, "out", "--out DIR")
         check(self.workers >= 1, "workers", "must be >= 1")
         check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
-        check(self.zero_stage in (0, 1, 2, 3), "zero_stage", "must be 0, 1, 2 or 3")
-        check(self.zero3_persistence_threshold >= 0, "zero3_persistence_threshold", "must be >= 0")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(0 <= self.lam <= 1, "lam", "must be in [0, 1]")
         check(self.max_failures >= 0, "max_failures", "must be >= 0")
@@ -413,7 +407,8 @@ class PromptsConfig(TrainingConfig):
 class AdapterStageConfig(TrainingConfig):
     """`puma-ray adapter`: train the migration adapter (+ head) through the frozen target model.
 
-    Data parallel: every worker holds the whole adapter."""
+    A DeepSpeed engine over adapter + head: data parallel, ZeRO stage by --zero-stage (3 partitions
+    the adapter and its optimizer state over the workers)."""
 
     source: list[str] = dataclasses.field(default_factory=list)
     """Source prompt store(s); several = aggregated migration (prompts concatenated per user)."""
@@ -439,9 +434,15 @@ class AdapterStageConfig(TrainingConfig):
     """LoRA scaling numerator (alpha / rank scales the update)."""
     head_init: Literal["source", "fresh"] = "source"
     """Task head's start: the first source store's trained head (source) or a new random one (fresh)."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage (0-3) of adapter + head."""
+    zero3_persistence_threshold: int = 100000
+    """ZeRO-3 keeps parameters smaller than this unpartitioned (0 partitions everything)."""
 
     def validate(self) -> None:
         super().validate()
+        check(self.zero_stage in (0, 1, 2, 3), "zero_stage", "must be 0, 1, 2 or 3")
+        check(self.zero3_persistence_threshold >= 0, "zero3_persistence_threshold", "must be >= 0")
         check(len(self.source) >= 1, "source", "give at least one --source STORE")
         _required(self.target_model, "target_model", "--target-model MODEL")
         check(self.epochs >= 1, "epochs", "must be >= 1")

@@ -1,5 +1,4 @@
-"""`puma-ray prompts` on Ray Train + DeepSpeed with 2 CPU workers: learning, ZeRO-2 = ZeRO-3,
-the floor, resume by run name, recovery from a killed worker, refusing foreign stores."""
+"""`puma-ray prompts` on Ray Train with 2 CPU workers: learning, the floor, resume by run name, recovery from a killed worker, refusing foreign stores."""
 
 from __future__ import annotations
 
@@ -61,13 +60,6 @@ def test_two_workers_learn_and_write_a_complete_store(setup, zero2):
     assert ps.read_head(root / "zero2")[0].is_file() and ps.read_head(root / "zero2")[1]["task"] == "rating"
     cost = json.loads((root / "zero2" / "costs.jsonl").read_text().splitlines()[-1])
     assert cost["stage"] == "prompts" and cost["workers"] == 2 and cost["samples"] > 0 and cost["tokens"] > 0
-
-
-def test_zero3_fully_partitioned_matches_zero2(setup, zero2):
-    root, _ = setup
-    z3 = run_prompts(cfg(root, "zero3", epochs=4, zero_stage=3, zero3_persistence_threshold=0))
-    # same training: only the reduction order differs (fp32 rounding over 4 epochs); another run differs by > 1%
-    assert z3["valid_rmse"] == pytest.approx(zero2["valid_rmse"], rel=1e-3)
 
 
 def test_rerunning_a_finished_run_resumes_instead_of_training_again(setup, zero2):

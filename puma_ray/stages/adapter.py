@@ -33,7 +33,7 @@ from puma_ray.core.tasks import TASKS
 from puma_ray.core.templates import load_template_text
 from puma_ray.train.adapter_loop import adapter_loop
 from puma_ray.train.common import epochs_for, steps_for, tag_parts
-from puma_ray.train.prompts_loop import deepspeed_config
+from puma_ray.train.engines import deepspeed_config
 
 
 def selected_users(users_arg: str, data_dir: str) -> list[str]:

@@ -22,7 +22,7 @@ from puma_ray.runtime.ray_utils import dataset_parts, init_ray, read_columns
 from puma_ray.runtime.runs import CostMeter, check_out, log, open_run
 from puma_ray.store.prompt_store import check_model, finalize, generation_name, write_shard
 from puma_ray.store.prompt_store import read_manifest as read_store_manifest
-from puma_ray.train.prompts_loop import deepspeed_config, prompts_loop
+from puma_ray.train.prompts_loop import prompts_loop
 from puma_ray.train.wiring import (best_checkpoint, build_trainer, check_resume, fit_trainer, record_training,
                                    run_history, run_name)
 from puma_ray.core.tasks import TASKS
@@ -91,10 +91,9 @@ def run_prompts(cfg: PromptsConfig) -> dict:
             "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from else None,
             "prefix_cache": cfg.prefix_cache, "use_gpu": cfg.use_gpu, "dtype": cfg.dtype, "train_steps": train_steps,
             "valid_steps": valid_steps,
-            "ds_config": deepspeed_config(cfg.batch_size, cfg.zero_stage, cfg.use_gpu, cfg.zero3_persistence_threshold),
         }
-        log.info("prompts: %d users, %d workers x %d steps/epoch, %d epochs, ZeRO-%d, run %s", len(users), W,
-                 train_steps, cfg.epochs, cfg.zero_stage, name)
+        log.info("prompts: %d users, %d workers x %d steps/epoch, %d epochs, run %s", len(users), W,
+                 train_steps, cfg.epochs, name)
         trainer = build_trainer(prompts_loop, loop_config, cfg, name, storage, metric, task.mode,
                                 rank_datasets(cfg.data, W, cfg.cache_data), split=[])
         fit_start = time.time()

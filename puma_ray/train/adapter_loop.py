@@ -23,11 +23,11 @@ from torch import nn
 from puma_ray.core.hf import load_causal_lm, load_tokenizer, resolve_dtype
 from puma_ray.core.llm import FrozenLM
 from puma_ray.core.modules import AdapterConfig, MigrationAdapter
+from puma_ray.core.tasks import TASKS
 from puma_ray.runtime.ray_utils import quiet_ray_data_console
 from puma_ray.store.prompt_store import load_prompts
-from puma_ray.train.prompts_loop import (evaluate, gathered_state, init_deepspeed, quiet_deprecated_collectives,
-                                    train_epoch)
-from puma_ray.core.tasks import TASKS
+from puma_ray.train.engines import init_deepspeed
+from puma_ray.train.prompts_loop import evaluate, quiet_deprecated_collectives, train_epoch
 
 
 class AdapterWithHead(nn.Module):
@@ -100,10 +100,7 @@ def adapter_worker(config: dict) -> None:
                      **{f"head.{k}": v for k, v in load_file(f"{d}/head.safetensors").items()}}
             if lora:
                 state.update({f"lora.{k}": v for k, v in load_file(f"{d}/lora.safetensors").items()})
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=0):
-                engine.module.load_state_dict(state, strict=not lora)
+            engine.load(state, strict=not lora)
             saved = json.loads(Path(f"{d}/state.json").read_text())
             start_epoch, history = saved["epoch"] + 1, saved["history"]
 
@@ -119,7 +116,7 @@ def adapter_worker(config: dict) -> None:
         metrics = evaluate(lm, soft, engine, valid_shard, index, task, config["valid_steps"], B, device)
         metrics.update(totals, ready_unix=ready, lm_dtype=str(lm.model.dtype).removeprefix("torch."))
         history.append(metrics)
-        state = gathered_state(engine)
+        state = engine.state()
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if rank == 0:

@@ -1,9 +1,10 @@
 """Ray Train worker loop for per-user soft prompts (source prompts and full retraining).
 
-Each worker owns the prompt rows of its users (training.owner) and reads only their
+Each worker owns the prompt rows of its users (train.common.owner) and reads only their
 interactions from its own Ray Data dataset (`train_r{rank}`, `valid_r{rank}`), so
-prompt gradients stay local; the rating MLP is a DeepSpeed engine whose ZeRO stage
-comes from the config. Every epoch: train a fixed number of steps (equal on every
+prompt gradients stay local (SparseAdam over the batch's rows); the task head is
+replicated on every rank, its gradients averaged by one all-reduce a step
+(engines.ReplicatedHead: no DeepSpeed engine around a few hundred parameters). Every epoch: train a fixed number of steps (equal on every
 rank), validate with exact all-reduced metrics, and report a checkpoint from every
 rank (its table rows + user list; rank 0 adds the head). Resume comes from
 ray.train.get_checkpoint().
@@ -12,7 +13,6 @@ ray.train.get_checkpoint().
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import resource
 import tempfile
@@ -34,65 +34,7 @@ from puma_ray.core.tasks import TASKS
 from puma_ray.runtime.ray_utils import quiet_ray_data_console
 from puma_ray.store.prompt_store import load_prompts
 from puma_ray.train.common import cycled, owner
-
-
-def deepspeed_config(batch_size: int, zero_stage: int, use_gpu: bool, persistence: int) -> dict:
-    """DeepSpeed config dict: ZeRO stage by flag, bf16 on GPU, fp32 on CPU, a torch optimizer."""
-    cfg = {"train_micro_batch_size_per_gpu": batch_size, "gradient_accumulation_steps": 1,
-           "zero_optimization": {"stage": zero_stage}, "zero_allow_untested_optimizer": True,
-           "bf16": {"enabled": bool(use_gpu)}, "steps_per_print": 10**9, "wall_clock_breakdown": False}
-    if zero_stage == 3:
-        cfg["zero_optimization"]["stage3_param_persistence_threshold"] = persistence
-    return cfg
-
-
-class PlainEngine:
-    """Stands in for a DeepSpeed engine when the shared part has no parameters (the click head)."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.module = module
-
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
-
-    def step(self) -> None:
-        pass
-
-    def train(self) -> None:
-        self.module.train()
-
-    def eval(self) -> None:
-        self.module.eval()
-
-
-def init_deepspeed(module: torch.nn.Module, lr: float, ds_cfg: dict):
-    """deepspeed.initialize on the process group Ray Train set up (gloo on CPU)."""
-    if not any(p.requires_grad for p in module.parameters()):
-        return PlainEngine(module)
-    if next(module.parameters()).device.type == "cpu":
-        # On the CPU accelerator the first initialize JIT-builds a shared-memory collective op (~50 s) that
-        # gloo never uses; on GPUs DeepSpeed builds none, so nothing is changed there.
-        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-    import deepspeed
-
-    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=make_optimizer(module, lr), config=ds_cfg)
-    return engine
-
-
-def make_optimizer(module: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters only (frozen model weights never reach it)."""
-    return torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-
-
-def gathered_state(engine) -> dict[str, torch.Tensor]:
-    """Full head weights on every rank (a collective under ZeRO-3: all ranks must call it)."""
-    import deepspeed
-
-    module = engine.module
-    if isinstance(engine, PlainEngine):
-        return {k: v.detach().clone().cpu() for k, v in module.state_dict().items()}
-    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-        return {k: v.detach().clone().cpu() for k, v in module.state_dict().items()}
+from puma_ray.train.engines import ReplicatedHead
 
 
 def train_totals(epoch: int, loss_sum: float, seen: int, tokens: int) -> dict:
@@ -247,7 +189,7 @@ def prompts_worker(config: dict) -> None:
         table.weight.data.copy_(torch.from_numpy(load_prompts(config["init_from"], users)).reshape(len(users), -1))
     table.weight.requires_grad_(not config["freeze_prompts"])
     head = task.head(config["lam"], config["yes_minus_no"]).to(device)
-    engine = init_deepspeed(head, config["lr"], config["ds_config"])
+    engine = ReplicatedHead(head, config["lr"])
     table_opt = sparse_adam(table, config["lr"]) if table.weight.requires_grad else None
 
     start_epoch, history = 0, []
@@ -255,12 +197,9 @@ def prompts_worker(config: dict) -> None:
     if checkpoint:
         with checkpoint.as_directory() as d:
             table.weight.data.copy_(load_file(f"{d}/table-r{rank:05d}.safetensors")["weight"])
-            head_state = load_file(f"{d}/head.safetensors")
-            if head_state:
-                import deepspeed
-
-                with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=0):
-                    engine.module.load_state_dict(head_state)
+            head_opt = Path(f"{d}/head-opt.pt")
+            engine.load(load_file(f"{d}/head.safetensors"),
+                        torch.load(head_opt, weights_only=True) if head_opt.is_file() else None)
             if table_opt is not None:
                 table_opt.load_state_dict(torch.load(f"{d}/table-opt-r{rank:05d}.pt", weights_only=True))
             saved = json.loads(Path(f"{d}/state.json").read_text())
@@ -285,7 +224,7 @@ def prompts_worker(config: dict) -> None:
         metrics = evaluate(lm, soft, engine, valid_shard, index, task, config["valid_steps"], B, device)
         metrics.update(totals, ready_unix=ready, lm_dtype=str(lm.model.dtype).removeprefix("torch."))
         history.append(metrics)
-        head_state = gathered_state(engine)
+        head_state = engine.state()
         with tempfile.TemporaryDirectory() as d:
             save_file({"weight": table.weight.detach().cpu().contiguous()}, f"{d}/table-r{rank:05d}.safetensors")
             pq.write_table(pa.table({"user_id": pa.array(users, pa.string())}), f"{d}/users-r{rank:05d}.parquet")
@@ -293,6 +232,8 @@ def prompts_worker(config: dict) -> None:
                 torch.save(table_opt.state_dict(), f"{d}/table-opt-r{rank:05d}.pt")
             if rank == 0:
                 save_file(head_state, f"{d}/head.safetensors")
+                if engine.optimizer is not None:
+                    torch.save(engine.optimizer.state_dict(), f"{d}/head-opt.pt")
                 Path(f"{d}/state.json").write_text(json.dumps({"epoch": epoch, "world": world, "history": history,
                                                                **metrics}))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
