@@ -20,7 +20,7 @@ from puma_ray.core.templates import RATING_ANSWERS, load_template_text
 from puma_ray.errors import PumaError
 from puma_ray.stages.adapter import run_adapter
 from puma_ray.train.adapter_loop import AdapterWithHead
-from puma_ray.train.prompts_loop import make_optimizer
+from puma_ray.train.engines import make_optimizer
 
 pytestmark = pytest.mark.ray
 

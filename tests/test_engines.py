@@ -1,16 +1,18 @@
 """The engines that step shared trainable parts: the prompt stage's replicated head on two gloo ranks
-equals one process stepping the mean gradient (what DeepSpeed's data parallelism computed)."""
+takes the step DeepSpeed's ZeRO-2 engine took (mean gradient over the ranks, norm clipped, AdamW)."""
 
 from __future__ import annotations
 
+import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from puma_ray.core.modules import RatingHead
-from puma_ray.train.engines import ReplicatedHead
+from puma_ray.train.engines import GRADIENT_CLIP, DeepSpeedEngine, ReplicatedHead, deepspeed_config
 
 STEPS, LR = 3, 0.05
 
@@ -22,10 +24,14 @@ def batches(rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
             for _ in range(STEPS)]
 
 
-def _rank(rank: int, world: int, port: int, out: dict) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    torch.manual_seed(rank)  # different starting weights: the engine must start every rank from rank 0's
-    engine = ReplicatedHead(RatingHead(0.2), LR)
+def _rank(rank: int, world: int, port: int, kind: str, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0 if kind == "deepspeed" else rank)  # replicated: every rank must start from rank 0's
+    head = RatingHead(0.2)
+    engine = ReplicatedHead(head, LR) if kind == "replicated" else DeepSpeedEngine(head, LR, deepspeed_config(
+        4, 2, False, 0))
     for logits, labels in batches(rank):
         engine.backward(engine.module.loss(logits, labels)[0])
         engine.step()
@@ -33,23 +39,40 @@ def _rank(rank: int, world: int, port: int, out: dict) -> None:
     dist.destroy_process_group()
 
 
-def test_replicated_head_on_two_ranks_equals_one_process_on_the_mean_gradient():
+def on_two_ranks(kind: str) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = mp.Manager().dict()
-    mp.start_processes(_rank, args=(2, port, out), nprocs=2, start_method="fork", join=True)
+    mp.start_processes(_rank, args=(2, port, kind, out), nprocs=2, start_method="spawn", join=True)
     assert out[0].keys() == out[1].keys()
     for k in out[0]:
         torch.testing.assert_close(out[0][k], out[1][k], rtol=0, atol=0)  # the ranks never drift apart
+    return dict(out[0])
 
+
+@pytest.fixture(scope="module")
+def replicated() -> dict:
+    return on_two_ranks("replicated")
+
+
+def test_replicated_head_on_two_ranks_steps_the_clipped_mean_gradient(replicated):
+    got = replicated
     torch.manual_seed(0)  # rank 0's start
     head = RatingHead(0.2)
     opt = torch.optim.AdamW(head.parameters(), lr=LR, weight_decay=0.0)
     for (l0, y0), (l1, y1) in zip(batches(0), batches(1)):
-        loss = (head.loss(l0, y0)[0] + head.loss(l1, y1)[0]) / 2  # the mean of the two ranks' mean losses
-        loss.backward()
+        ((head.loss(l0, y0)[0] + head.loss(l1, y1)[0]) / 2).backward()  # the mean of the ranks' mean losses
+        torch.nn.utils.clip_grad_norm_(head.parameters(), GRADIENT_CLIP)
         opt.step()
         opt.zero_grad()
     for k, v in head.state_dict().items():
-        torch.testing.assert_close(out[0][k], v, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_replicated_head_takes_the_step_deepspeed_zero2_took(replicated):
+    """What the prompt stage's head was before (a DeepSpeed ZeRO-2 engine) and is now give the same weights."""
+    got, ds = replicated, on_two_ranks("deepspeed")
+    for k in ds:
+        torch.testing.assert_close(got[k], ds[k], rtol=1e-5, atol=1e-6)

@@ -27,12 +27,18 @@ def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+GRADIENT_CLIP = 1.0
+"""Largest gradient norm of the shared parts: DeepSpeed's default `gradient_clipping`, which its engine
+applied to the prompt stage's head all along, now written down (deepspeed_config passes it too)."""
+
+
 class ReplicatedHead:
     """A small module replicated on every rank: gradients averaged over the ranks with one all-reduce of
-    all of them per step, then AdamW. Ranks start from rank 0's weights, so they stay equal."""
+    all of them per step, clipped to `max_norm`, then AdamW (the step DeepSpeed's ZeRO engine took, tested
+    equal). Ranks start from rank 0's weights, so they stay equal."""
 
-    def __init__(self, module: torch.nn.Module, lr: float) -> None:
-        self.module = module
+    def __init__(self, module: torch.nn.Module, lr: float, max_norm: float = GRADIENT_CLIP) -> None:
+        self.module, self.max_norm = module, max_norm
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(module, lr) if self.params else None
         if _world() > 1:
@@ -54,6 +60,8 @@ class ReplicatedHead:
             for p in self.params:
                 p.grad = flat[at:at + p.numel()].view_as(p).clone()
                 at += p.numel()
+        if self.max_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -78,7 +86,8 @@ def deepspeed_config(batch_size: int, zero_stage: int, use_gpu: bool, persistenc
     """DeepSpeed config dict: ZeRO stage by flag, bf16 on GPU, fp32 on CPU, a torch optimizer."""
     cfg = {"train_micro_batch_size_per_gpu": batch_size, "gradient_accumulation_steps": 1,
            "zero_optimization": {"stage": zero_stage}, "zero_allow_untested_optimizer": True,
-           "bf16": {"enabled": bool(use_gpu)}, "steps_per_print": 10**9, "wall_clock_breakdown": False}
+           "bf16": {"enabled": bool(use_gpu)}, "gradient_clipping": GRADIENT_CLIP, "steps_per_print": 10**9,
+           "wall_clock_breakdown": False}
     if zero_stage == 3:
         cfg["zero_optimization"]["stage3_param_persistence_threshold"] = persistence
     return cfg
