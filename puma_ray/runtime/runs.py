@@ -182,32 +182,25 @@ class CostRecord:
     extra: dict = field(default_factory=dict)
 
 
-@dataclass
 class CostMeter:
-    """Measures a stage: `with CostMeter(out, stage, cfg) as m: ...; m.samples = n`."""
+    """Measures a stage: `with CostMeter(out, stage, cfg) as m: ...; m.samples = n`.
 
-    out: Path
-    """The run directory whose costs.jsonl gets the record."""
-    stage: str
-    cfg: Any
-    """The stage's config (its hash goes into the record)."""
-    workers: int = 1
-    """Workers (or actors) that held a device for the whole run."""
-    devices_per_worker: float = 1.0
-    samples: int = 0
-    """Training samples seen, rows scored or users moved: what the stage's work is counted in."""
-    tokens: int = 0
-    """LLM tokens processed (training stages)."""
-    flops: float = 0.0
-    """Estimated FLOPs of that work."""
-    worker_peak_memory_bytes: int = 0
-    startup_s: float = 0.0
-    """Part of the wall time that was start-up, set by the stage."""
-    extra: dict = field(default_factory=dict)
-    """Stage facts for the record (strategy, budget, the evaluate path, ...)."""
-    record: Optional[CostRecord] = None
-    """The record, once the `with` block has ended."""
-    _t0: float = 0.0
+    What the stage sets while it runs: `samples` (training samples seen, rows scored or users moved),
+    `tokens` (LLM tokens processed), `flops` (their estimated FLOPs), `worker_peak_memory_bytes`,
+    `startup_s` (the part of the wall time that was start-up) and `extra` (stage facts: strategy, budget,
+    the evaluate path, ...). `record` holds the CostRecord once the `with` block has ended."""
+
+    def __init__(self, out: str | Path, stage: str, cfg: Any, workers: int = 1,
+                 devices_per_worker: float = 1.0) -> None:
+        """out: the run directory whose costs.jsonl gets the record; cfg: the stage's config (its hash goes
+        into the record); workers: workers (or actors) that held a device for the whole run."""
+        self.out, self.stage, self.cfg = Path(out), stage, cfg
+        self.workers, self.devices_per_worker = workers, devices_per_worker
+        self.samples = self.tokens = self.worker_peak_memory_bytes = 0
+        self.flops = self.startup_s = 0.0
+        self.extra: dict = {}
+        self.record: Optional[CostRecord] = None
+        self._t0 = 0.0
 
     def __enter__(self) -> "CostMeter":
         self._t0 = time.perf_counter()
