@@ -68,7 +68,7 @@ def _prepare(value: Any, tp: Any, key: str) -> Any:
 
 
 def _one_line(exc: ValidationError, prefix: str = "") -> str:
-    """The first error of a pydantic ValidationError as `key: got VALUE: what was expected`."""
+    """The first error of a pydantic ValidationError as `key: got VALUE, expected ...`."""
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"] if isinstance(p, str)][:1] + [f"[{p}]" for p in err["loc"] if isinstance(p, int)]
     key = prefix + "".join(loc) if loc else prefix or "config"
