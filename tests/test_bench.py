@@ -13,7 +13,7 @@ from puma_ray.data.schema import read_manifest
 from puma_ray.data.subset import subset_dataset
 from puma_ray.errors import PumaError
 from puma_ray.tune.bench import (FLOOR, RETRAINED, SOURCE, AdapterWork, fit_components, methods_of, paired_rows, projection,
-                                   run_bench, summary_table)
+                                 run_bench, summary_table)
 
 
 def fixed_runs() -> pd.DataFrame:

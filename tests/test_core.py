@@ -12,9 +12,9 @@ from puma_ray.core.llm import FrozenLM
 from puma_ray.core.metrics import USER_SUMS, ClickScores, RatingSums, SortedAUC, UserTotals, auc, split_metrics, uauc, user_row
 from puma_ray.errors import PumaError
 from puma_ray.core.modules import (AdapterConfig, ClickHead, MigrationAdapter, RatingHead, SoftPromptTable, sparse_adam,
-                              adapter_param_count)
+                                   adapter_param_count)
 from puma_ray.core.templates import (CLICK_ANSWERS, HISTORY, RATING_ANSWERS, SampleEncoder, encode_template,
-                                load_template_text, split_template)
+                                     load_template_text, split_template)
 from puma_ray.core.tiny_models import FAMILIES
 
 TEMPLATES = [("rating_amazon", RATING_ANSWERS), ("rating_yelp", RATING_ANSWERS), ("click_mind", CLICK_ANSWERS)]

@@ -23,7 +23,7 @@ from puma_ray.config import AdapterStageConfig, ChainConfig, EvaluateConfig, Mig
 from puma_ray.data.schema import file_sha256, shard_paths, write_parquet_atomic
 from puma_ray.errors import PumaError
 from puma_ray.store.prompt_store import (finalize, iter_prompts, prompt_schema, read_head, read_manifest, verify,
-                                  write_shard)
+                                         write_shard)
 from puma_ray.select.strategies import STRATEGIES
 from puma_ray.stages.adapter import run_adapter
 from puma_ray.stages.chain import run_chain

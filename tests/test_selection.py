@@ -8,7 +8,7 @@ import pytest
 from puma_ray.config import SelectConfig
 from puma_ray.errors import PumaError
 from puma_ray.select.strata import (apportion, cluster_quotas, farthest_points, strata_of, stratified_sample,
-                                stratum_weights)
+                                    stratum_weights)
 from puma_ray.select.strategies import STRATEGIES, select_users
 
 

@@ -26,7 +26,7 @@ from puma_ray.core.modules import AdapterConfig, MigrationAdapter
 from puma_ray.core.tasks import TASKS
 from puma_ray.runtime.ray_utils import quiet_ray_data_console
 from puma_ray.store.prompt_store import load_prompts
-from puma_ray.train.engines import init_deepspeed
+from puma_ray.train.engines import DeepSpeedEngine
 from puma_ray.train.prompts_loop import evaluate, quiet_deprecated_collectives, train_epoch
 
 
@@ -89,7 +89,7 @@ def adapter_worker(config: dict) -> None:
     if config.get("head_init"):  # the source's trained head: it already speaks the label scale
         head.load_state_dict(load_file(config["head_init"]))
     module = AdapterWithHead(AdapterConfig(**config["adapter"]), head, lora=model if lora else None)
-    engine = init_deepspeed(module.to(device), config["lr"], config["ds_config"])
+    engine = DeepSpeedEngine(module.to(device), config["lr"], config["ds_config"])
     dtype = next(engine.module.parameters()).dtype
 
     start_epoch, history = 0, []

@@ -1,7 +1,7 @@
 """What steps the shared trainable parts of a training run (the per-user prompt rows step on their own rank).
 
 ZeRO is for parameters worth partitioning. The adapter stage trains adapter + task head (88M parameters at
-paper size, more with LoRA): a DeepSpeed engine (`init_deepspeed`), ZeRO stage 0-3 by flag, so ZeRO-3
+paper size, more with LoRA): a DeepSpeed engine (`DeepSpeedEngine`), ZeRO stage 0-3 by flag, so ZeRO-3
 partitions the adapter, its gradients and AdamW's moments over the workers. The prompts stage's only shared
 part is the task head (the rating MLP's ~600 parameters; none for the click head): there ZeRO would partition
 nothing worth it, so every rank keeps the whole head and one all-reduce per step averages its gradients
@@ -131,10 +131,3 @@ class DeepSpeedEngine:
 
         with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=0):
             self.module.load_state_dict(weights, strict=strict)
-
-
-def init_deepspeed(module: torch.nn.Module, lr: float, ds_cfg: dict):
-    """A DeepSpeed engine over `module`; a module with nothing to train gets a ReplicatedHead (no-op steps)."""
-    if not any(p.requires_grad for p in module.parameters()):
-        return ReplicatedHead(module, lr)
-    return DeepSpeedEngine(module, lr, ds_cfg)

@@ -4,8 +4,8 @@ Each worker owns the prompt rows of its users (train.common.owner) and reads onl
 interactions from its own Ray Data dataset (`train_r{rank}`, `valid_r{rank}`), so
 prompt gradients stay local (SparseAdam over the batch's rows); the task head is
 replicated on every rank, its gradients averaged by one all-reduce a step
-(engines.ReplicatedHead: no DeepSpeed engine around a few hundred parameters). Every epoch: train a fixed number of steps (equal on every
-rank), validate with exact all-reduced metrics, and report a checkpoint from every
+(engines.ReplicatedHead: no DeepSpeed engine around a few hundred parameters). Every
+epoch: train a fixed number of steps (equal on every rank), validate with exact all-reduced metrics, and report a checkpoint from every
 rank (its table rows + user list; rank 0 adds the head). Resume comes from
 ray.train.get_checkpoint().
 """
