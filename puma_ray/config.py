@@ -347,6 +347,8 @@ class TrainingConfig(StageConfig):
     """CPUs reserved per worker; below 1 leaves room for Ray Data's readers on small machines."""
     batch_size: int = 32
     """Interactions per worker per step (paper: 32)."""
+    shuffle_rows: int = 4096
+    """Rows in each worker's shuffle buffer, reshuffled every epoch; 0 = stored order (user by user)."""
     template: Optional[str] = None
     """Shipped template name or file; null = what the stage derives (task default or the source's)."""
     lam: float = 0.2
@@ -372,6 +374,7 @@ class TrainingConfig(StageConfig):
         check(self.workers >= 1, "workers", "must be >= 1")
         check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.shuffle_rows >= 0, "shuffle_rows", "must be >= 0 (0 = no shuffle)")
         check(0 <= self.lam <= 1, "lam", "must be in [0, 1]")
         check(self.max_failures >= 0, "max_failures", "must be >= 0")
 

@@ -190,3 +190,23 @@ def test_a_bfloat16_frozen_model_trains_and_scores_like_float32(setup, zero2, tm
     scores = {d: e["rmse"] for d, e in evals.items()}
     assert scores["bfloat16"] == pytest.approx(scores["float32"], rel=0.01) and scores["bfloat16"] != scores["float32"]
     assert scores["float32"] == pytest.approx(bf16["valid_rmse"], rel=0.01)
+
+
+def test_an_epoch_draws_each_batch_from_many_users_and_every_row_once(ray_local):
+    import ray
+
+    from puma_ray.train.prompts_loop import epoch_batches
+
+    rows = pd.DataFrame({"user_id": np.repeat([f"u{k:03d}" for k in range(100)], 30), "n": np.arange(3000)})
+    shard = ray.data.from_pandas(rows)  # stored user by user, as the data stage writes them
+    config = {"batch_size": 32, "shuffle_rows": 1024, "seed": 7}
+
+    def users_per_batch(cfg, epoch):
+        batches = list(epoch_batches(shard, cfg, epoch))
+        assert sorted(np.concatenate([b["n"] for b in batches]).tolist()) == list(range(3000))  # each row once
+        return np.mean([len(set(b["user_id"])) for b in batches]), [b["n"].tolist() for b in batches]
+
+    mixed, order = users_per_batch(config, 0)
+    assert mixed >= 20  # of 32 rows; ~34 users sit in the 1,024-row buffer
+    assert users_per_batch(config, 0)[1] == order and users_per_batch(config, 1)[1] != order  # seeded per epoch
+    assert users_per_batch({**config, "shuffle_rows": 0}, 0)[0] <= 2  # stored order: one or two users a batch

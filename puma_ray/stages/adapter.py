@@ -153,8 +153,9 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
         loop_config = {
             "task": task.name, "target_model": model_ref(cfg.target_model), "template_text": load_template_text(template),
             "prompt_len": prompt_len, "users": users, "sources": [str(Path(s).resolve()) for s in cfg.source],
-            "adapter": adapter_cfg, "seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": epochs,
-            "lam": cfg.lam, "yes_minus_no": cfg.yes_minus_no, "prefix_cache": cfg.prefix_cache, "use_gpu": cfg.use_gpu, "dtype": cfg.dtype,
+            "adapter": adapter_cfg, "seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size,
+            "shuffle_rows": cfg.shuffle_rows, "epochs": epochs, "lam": cfg.lam, "yes_minus_no": cfg.yes_minus_no,
+            "prefix_cache": cfg.prefix_cache, "use_gpu": cfg.use_gpu, "dtype": cfg.dtype,
             "train_steps": train_steps, "valid_steps": valid_steps,
             "lora": {"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "target_modules": "all-linear",
                      "lora_dropout": 0.0} if cfg.lora_rank else None,

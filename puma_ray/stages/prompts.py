@@ -86,7 +86,8 @@ def run_prompts(cfg: PromptsConfig) -> dict:
         loop_config = {
             "task": task.name, "model": model_ref(cfg.model), "template_text": load_template_text(template),
             "prompt_len": cfg.prompt_len, "users_path": str((Path(cfg.data) / "users.parquet").resolve()),
-            "seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "lam": cfg.lam,
+            "seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size, "shuffle_rows": cfg.shuffle_rows,
+            "epochs": cfg.epochs, "lam": cfg.lam,
             "yes_minus_no": cfg.yes_minus_no, "freeze_prompts": cfg.freeze_prompts,
             "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from else None,
             "prefix_cache": cfg.prefix_cache, "use_gpu": cfg.use_gpu, "dtype": cfg.dtype, "train_steps": train_steps,

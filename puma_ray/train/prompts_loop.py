@@ -90,16 +90,22 @@ class FrozenLogits:
             yield logits[take], labels[take], 0
 
 
+def epoch_batches(shard, config: dict, epoch: int):
+    """One pass over a worker's rows in numpy batches, drawn from a `shuffle_rows` buffer reshuffled each epoch.
+
+    Rows are stored user by user, so a buffer of R rows mixes the batch over about R / (rows per user) users;
+    the buffer is bounded, whatever the number of rows a worker owns."""
+    B, rows = config["batch_size"], config["shuffle_rows"]
+    shuffle = {"local_shuffle_buffer_size": max(rows, B), "local_shuffle_seed": config["seed"] + epoch} if rows else {}
+    return shard.iter_batches(batch_size=B, batch_format="numpy", **shuffle)
+
+
 def step_logits(lm, soft_fn, shard, index, config: dict, epoch: int, device, cache: FrozenLogits | None):
     """(answer logits [B, A], labels [B] or None on a padding step, LM tokens) for each of the epoch's steps."""
     if cache is not None and cache.filled:
         yield from cache.batches(config["train_steps"], config["batch_size"], config["seed"] + epoch)
         return
-    B = config["batch_size"]
-    for batch, first_pass in cycled(lambda: shard.iter_batches(batch_size=B, batch_format="numpy",
-                                                               local_shuffle_buffer_size=4 * B,
-                                                               local_shuffle_seed=config["seed"] + epoch),
-                                    config["train_steps"]):
+    for batch, first_pass in cycled(lambda: epoch_batches(shard, config, epoch), config["train_steps"]):
         rows, titles, hist, labels = _to_tensors(batch, index)
         enc = lm.encode(titles, hist)
         logits = lm.answer_logits(soft_fn(rows.to(device)), enc)
