@@ -1,5 +1,6 @@
 """The engines that step shared trainable parts: the prompt stage's replicated head on two gloo ranks
-takes the step DeepSpeed's ZeRO-2 engine took (mean gradient over the ranks, norm clipped, AdamW)."""
+takes the step DeepSpeed's ZeRO-2 engine took (mean gradient over the ranks, norm clipped, AdamW); an
+engine rebuilt from a checkpoint (weights + AdamW state) continues exactly as the uninterrupted one."""
 
 from __future__ import annotations
 
@@ -19,17 +20,66 @@ from puma_ray.train.engines import GRADIENT_CLIP, DeepSpeedEngine, ReplicatedHea
 STEPS, LR = 3, 0.05
 
 
-def batches(rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def batches(rank: int, steps: int = STEPS) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Each rank's own batches (different sizes, as padding steps make them)."""
     g = torch.Generator().manual_seed(100 + rank)
     return [(torch.randn(4 + 3 * rank, 5, generator=g), torch.randint(1, 6, (4 + 3 * rank,), generator=g).float())
-            for _ in range(STEPS)]
+            for _ in range(steps)]
+
+
+def _resumed(rank: int, kind: str, out: Path) -> None:
+    """`kind` = resume-<engine>: 5 steps straight (r{rank}) and 3 steps, a checkpoint through files (weights as
+    safetensors, AdamW's state torch.save'd and read back weights_only), a new engine, 2 steps (c{rank})."""
+    def build():
+        torch.manual_seed(0)
+        head = RatingHead(0.2)
+        if kind == "resume-replicated":
+            return ReplicatedHead(head, LR)
+        return DeepSpeedEngine(head, LR, deepspeed_config(4, int(kind[-1]), False, 0))
+
+    def run(engine, steps):
+        for logits, labels in steps:
+            engine.backward(engine.module.loss(logits, labels)[0])
+            engine.step()
+
+    steps = batches(rank, 5)
+    straight, first = build(), build()
+    run(straight, steps)
+    run(first, steps[:3])
+    torch.save(first.optimizer_state(), out / f"opt{rank}.pt")
+    save_file(first.state(), out / f"w{rank}.safetensors")
+    second = build()
+    second.load(load_file(out / f"w{rank}.safetensors"), torch.load(out / f"opt{rank}.pt", weights_only=True))
+    run(second, steps[3:])
+    save_file(straight.state(), out / f"r{rank}.safetensors")
+    save_file(second.state(), out / f"c{rank}.safetensors")
+
+
+def _reloaded(rank: int, kind: str, out: Path) -> None:
+    """`kind` = reload-zero<S>: weights only (all 0.5, no optimizer state) into a new engine, then one step."""
+    torch.manual_seed(0)
+    engine = DeepSpeedEngine(RatingHead(0.2), LR, deepspeed_config(4, int(kind[-1]), False, 0))
+    engine.load({k: torch.full_like(v, 0.5) for k, v in engine.state().items()})
+    logits, labels = batches(rank)[0]
+    engine.backward(engine.module.loss(logits, labels)[0])
+    engine.step()
+    save_file(engine.state(), out / f"r{rank}.safetensors")
 
 
 def _rank(rank: int, world: int, port: int, kind: str, out: Path) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    if kind.startswith("reload-"):
+        _reloaded(rank, kind, out)
+    elif kind.startswith("resume-"):
+        _resumed(rank, kind, out)
+    else:
+        _straight(rank, kind, out)
+    dist.destroy_process_group()
+
+
+def _straight(rank: int, kind: str, out: Path) -> None:
     torch.manual_seed(0 if kind == "deepspeed" else rank)  # replicated: every rank must start from rank 0's
     head = RatingHead(0.2)
     engine = ReplicatedHead(head, LR) if kind == "replicated" else DeepSpeedEngine(head, LR, deepspeed_config(
@@ -38,7 +88,6 @@ def _rank(rank: int, world: int, port: int, kind: str, out: Path) -> None:
         engine.backward(engine.module.loss(logits, labels)[0])
         engine.step()
     save_file(engine.state(), out / f"r{rank}.safetensors")
-    dist.destroy_process_group()
 
 
 def on_two_ranks(kind: str, out: Path) -> dict:
@@ -82,3 +131,24 @@ def test_replicated_head_takes_the_step_deepspeed_zero2_took(replicated, tmp_pat
     got, ds = replicated, on_two_ranks("deepspeed", tmp_path)
     for k in ds:
         torch.testing.assert_close(got[k], ds[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("kind", ["resume-replicated", "resume-zero0", "resume-zero2", "resume-zero3"])
+def test_an_engine_resumed_from_its_checkpoint_continues_as_the_uninterrupted_one(kind, tmp_path):
+    """Weights alone are not enough: under ZeRO 1-3 the fp32 master copies must follow them (or the first step
+    puts the initial weights back), and AdamW's moments and step count must come back (or the step differs)."""
+    on_two_ranks(kind, tmp_path)  # the ranks agree on the straight run's weights
+    for rank in (0, 1):
+        straight, resumed = (load_file(tmp_path / f"{p}{rank}.safetensors") for p in ("r", "c"))
+        for k in straight:
+            torch.testing.assert_close(resumed[k], straight[k], rtol=0, atol=1e-7)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("kind", ["reload-zero2", "reload-zero3"])
+def test_loaded_weights_are_where_the_next_step_starts(kind, tmp_path):
+    """AdamW's first step moves a weight by at most its learning rate: from the loaded weights (0.5), not
+    from the fp32 master copies the engine was built with."""
+    got = on_two_ranks(kind, tmp_path)
+    assert max((v - 0.5).abs().max().item() for v in got.values()) <= LR * 1.001

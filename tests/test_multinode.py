@@ -149,9 +149,13 @@ def test_a_killed_worker_node_during_adapter_training_resumes_from_its_checkpoin
     assert killer.removed, "no node was killed"
     assert [c["epoch"] for c in res["curve"]] == [0, 1]
     # epoch 0 ran before the kill and came back from its checkpoint; epoch 1 ran on workers started after it
-    history = max((json.loads(p.read_text()) for p in (out / "_train").rglob("state.json")), key=lambda h: h["epoch"])
+    last = max((out / "_train").rglob("state.json"), key=lambda p: json.loads(p.read_text())["epoch"])
+    history = json.loads(last.read_text())
     first, second = (h["ready_unix"] for h in history["history"])
     assert first < second, "the restarted workers trained epoch 0 again instead of resuming from its checkpoint"
+    # each rank checkpointed its own optimizer state (its ZeRO-2 partition), which the restarted ranks loaded
+    assert sorted(p.name for p in last.parent.glob("adapter-opt-r*.pt")) == ["adapter-opt-r00000.pt",
+                                                                               "adapter-opt-r00001.pt"]
     meta = json.loads((out / "adapter.json").read_text())
     assert meta["adapter"] == reference["adapter"] and meta["users"] == reference["users"]
     # within noise of the uninterrupted run (same seed; dropout draws and data order after a restart differ)

@@ -41,7 +41,8 @@ from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import shard_paths
 from puma_ray.errors import PumaError
 from puma_ray.runtime.ray_utils import actor_cpus, actor_pool, init_ray, read_columns, sort_shuffle, split_is
-from puma_ray.runtime.runs import CostMeter, build_beside, check_out, log, swap_in, write_markdown
+from puma_ray.runtime.runs import (CostMeter, Progress, build_beside, check_out, log, setup_logging, swap_in,
+                                   write_markdown)
 from puma_ray.store.prompt_store import check_model, read_head, read_quarantine, verify
 
 
@@ -187,14 +188,18 @@ def table_aucs(rows: pa.Table, splits: list[str]) -> dict[str, float]:
 
 @ray.remote
 def score_in_one_task(shards: list[str], splits: list[str], scorer_args: dict, batch_size: int, out: str, task: str,
-                      where: dict[str, str]) -> tuple[dict[str, UserTotals], dict[str, float], int]:
+                      where: dict[str, str], total: int) -> tuple[dict[str, UserTotals], dict[str, float], int]:
     """The pipeline's work for a small evaluation, in one task: score `splits`' rows shard by shard, write
     rows.parquet, fold per user (per_user.parquet of each split) -> (totals, AUCs, rows scored). It runs on a
-    pooled Ray worker, which keeps its imports from one evaluation to the next."""
-    scorer, scored = PromptScorer(**scorer_args), []
+    pooled Ray worker, which keeps its imports from one evaluation to the next; its progress line (of `total`
+    rows) reaches the driver's console through Ray's worker log forwarding."""
+    setup_logging()
+    scorer, scored, progress = PromptScorer(**scorer_args), [], Progress("evaluate: rows scored", total, every_s=15.0)
     for path in shards:  # one shard's rows of `splits` at a time, in full batches as the pipeline forms them
         mine = pq.read_table(path, columns=SCORE_COLUMNS, filters=[("split", "in", splits)])
-        scored += [scorer(mine.slice(at, batch_size)) for at in range(0, mine.num_rows, batch_size)]
+        for at in range(0, mine.num_rows, batch_size):
+            scored.append(scorer(mine.slice(at, batch_size)))
+            progress.step(min(batch_size, mine.num_rows - at))
     rows = pa.concat_tables(scored) if scored else SCORED.empty_table()
     (Path(out) / "rows.parquet").mkdir()  # `out` is the work directory beside --out, swapped in whole
     pq.write_table(rows, Path(out) / "rows.parquet" / "part-00000.parquet")
@@ -302,8 +307,8 @@ def score_and_report(cfg: EvaluateConfig, task, store: dict, model: dict, head_p
         meter.startup_s = init_ray(dashboard=False)
         if store_bytes(store) <= cfg.broadcast_mb * 2**20:  # small store: sent whole to each scorer, no shuffle
             scorer_args["store_table"] = functools.partial(ray.get, ray.put(store_table(cfg.prompts, store)))
-        one_task = ("store_table" in scorer_args and cfg.workers == 1
-                    and split_row_count(cfg.data, cfg.split) <= cfg.one_task_rows)
+        total = split_row_count(cfg.data, cfg.split)
+        one_task = "store_table" in scorer_args and cfg.workers == 1 and total <= cfg.one_task_rows
         meter.extra = {"join": "broadcast" if "store_table" in scorer_args else "shuffle",
                        "path": "one task" if one_task else "pipeline"}
         if one_task:
@@ -311,7 +316,7 @@ def score_and_report(cfg: EvaluateConfig, task, store: dict, model: dict, head_p
             shards = [str(p.resolve()) for p in shard_paths(cfg.data)]
             totals, aucs, meter.samples = ray.get(score_in_one_task.options(**task_cpus).remote(
                 shards, cfg.split, scorer_args, cfg.batch_size, str(out), task.name,
-                {s: str(p) for s, p in where.items()}))
+                {s: str(p) for s, p in where.items()}, total))
         else:
             totals, aucs = score_in_pipeline(cfg, task.name, store, scorer_args, out, where, meter)
     quarantined = set(read_quarantine(cfg.prompts))

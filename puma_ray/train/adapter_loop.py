@@ -5,7 +5,9 @@ Every worker holds the frozen target model, the selected users' frozen source pr
 DeepSpeed engine over adapter + task head, the only trainable parameters. Rows reach
 workers through Ray Data's split of `train` (equal row counts; every rank takes the same
 number of steps). Each epoch is validated with exact metrics and checkpointed (rank 0
-writes the gathered adapter and head, so the weights are whole even under ZeRO-3).
+writes the gathered adapter and head, so the weights are whole even under ZeRO-3; every rank
+writes its own optimizer state, its ZeRO partition, so a resumed run continues with the AdamW
+moments it had). Dropout is reseeded from (seed, epoch) each epoch.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def adapter_worker(config: dict) -> None:
                      **{f"head.{k}": v for k, v in load_file(f"{d}/head.safetensors").items()}}
             if lora:
                 state.update({f"lora.{k}": v for k, v in load_file(f"{d}/lora.safetensors").items()})
-            engine.load(state, strict=not lora)
+            engine.load(state, torch.load(f"{d}/adapter-opt-r{rank:05d}.pt", weights_only=True), strict=not lora)
             saved = json.loads(Path(f"{d}/state.json").read_text())
             start_epoch, history = saved["epoch"] + 1, saved["history"]
 
@@ -112,13 +114,14 @@ def adapter_worker(config: dict) -> None:
     B = config["batch_size"]
     ready = time.time()  # model, prompts and engine ready: what came before is start-up
     for epoch in range(start_epoch, config["epochs"]):
+        torch.manual_seed(int(np.random.SeedSequence([config["seed"], epoch]).generate_state(1)[0]))  # dropout
         totals = train_epoch(lm, engine, soft, train_shard, index, config, epoch, device)
         metrics = evaluate(lm, soft, engine, valid_shard, index, task, config["valid_steps"], B, device)
         metrics.update(totals, ready_unix=ready, lm_dtype=str(lm.model.dtype).removeprefix("torch."))
         history.append(metrics)
-        state = engine.state()
-        with tempfile.TemporaryDirectory() as d:
-            ckpt = None
+        state, optimizer = engine.state(), engine.optimizer_state()
+        with tempfile.TemporaryDirectory() as d:  # every rank's files go into the one checkpoint
+            torch.save(optimizer, f"{d}/adapter-opt-r{rank:05d}.pt")
             if rank == 0:
                 save_file({k[8:]: v for k, v in state.items() if k.startswith("adapter.")}, f"{d}/adapter.safetensors")
                 save_file({k[5:]: v for k, v in state.items() if k.startswith("head.")}, f"{d}/head.safetensors")
@@ -128,5 +131,4 @@ def adapter_worker(config: dict) -> None:
                 world = ray.train.get_context().get_world_size()
                 Path(f"{d}/state.json").write_text(json.dumps({"epoch": epoch, "world": world, "history": history,
                                                                **metrics}))
-                ckpt = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=ckpt)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))

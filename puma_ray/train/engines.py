@@ -7,7 +7,8 @@ part is the task head (the rating MLP's ~600 parameters; none for the click head
 nothing worth it, so every rank keeps the whole head and one all-reduce per step averages its gradients
 (`ReplicatedHead`: what DeepSpeed's data parallelism did, without its engine). The frozen LLM is never
 partitioned: each worker holds all of it (docs/design.md, "Distribution", says why and what would).
-Both engines answer `module`, `backward(loss)`, `step()`, `train()`, `eval()` and `state()`.
+Both engines answer `module`, `backward(loss)`, `step()`, `train()`, `eval()`, `state()`, `optimizer_state()`
+and `load(weights, optimizer)`: a resumed run continues with the weights and AdamW moments it had.
 """
 
 from __future__ import annotations
@@ -75,7 +76,11 @@ class ReplicatedHead:
         """The head's weights (the same on every rank)."""
         return {k: v.detach().clone().cpu() for k, v in self.module.state_dict().items()}
 
-    def load(self, weights: dict[str, torch.Tensor], optimizer: dict | None) -> None:
+    def optimizer_state(self) -> dict | None:
+        """AdamW's state (the same on every rank; torch.save-able, loads with weights_only); None: nothing trains."""
+        return self.optimizer.state_dict() if self.optimizer is not None else None
+
+    def load(self, weights: dict[str, torch.Tensor], optimizer: dict | None = None) -> None:
         """Weights (and AdamW's state, when saved) from a checkpoint."""
         self.module.load_state_dict(weights)
         if optimizer is not None and self.optimizer is not None:
@@ -91,6 +96,10 @@ def deepspeed_config(batch_size: int, zero_stage: int, use_gpu: bool, persistenc
     if zero_stage == 3:
         cfg["zero_optimization"]["stage3_param_persistence_threshold"] = persistence
     return cfg
+
+
+_DEEPSPEED_OBJECTS = ("loss_scaler", "param_slice_mappings", "universal_checkpoint_info")
+"""Entries of a DeepSpeed optimizer's state_dict that are library objects, not tensors or numbers."""
 
 
 class DeepSpeedEngine:
@@ -125,9 +134,32 @@ class DeepSpeedEngine:
         with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
             return {k: v.detach().clone().cpu() for k, v in self.module.state_dict().items()}
 
-    def load(self, weights: dict[str, torch.Tensor], strict: bool = True) -> None:
-        """Weights from a checkpoint, scattered back to their partitions under ZeRO-3."""
+    def optimizer_state(self) -> dict:
+        """This rank's optimizer state: its ZeRO partition (AdamW's moments and fp32 master weights) under ZeRO
+        1-3, AdamW's whole state at stage 0. Tensors, numbers and strings only (DeepSpeed's loss scaler object,
+        static 1.0 without fp16, and its universal-checkpoint slice map are left out): torch.save-able, loads
+        with weights_only. Checkpoint it per rank; it resumes on as many ranks (check_resume enforces that)."""
+        state = self.engine.optimizer.state_dict()
+        if isinstance(self.engine.optimizer, torch.optim.Optimizer):  # stage 0 in fp32: the torch AdamW itself
+            return state
+        return {k: int(v) if k == "zero_stage" else v for k, v in state.items() if k not in _DEEPSPEED_OBJECTS}
+
+    def load(self, weights: dict[str, torch.Tensor], optimizer: dict | None = None, strict: bool = True) -> None:
+        """Weights (and this rank's optimizer state, when saved) from a checkpoint.
+
+        Under ZeRO 1-3 AdamW steps fp32 master copies of the weights, not the module's: loading the module's
+        alone would be undone by the next step, so the masters come back too (from the saved partition, or
+        refreshed from the loaded weights as DeepSpeed's own module-only load does)."""
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=0):
             self.module.load_state_dict(weights, strict=strict)
+        zero = self.engine.optimizer
+        if isinstance(zero, torch.optim.Optimizer):  # stage 0 in fp32: no master copies
+            if optimizer is not None:
+                zero.load_state_dict(optimizer)
+        elif optimizer is not None:  # the rigid (same world size) load reads only this rank's entry of the list
+            state = {**optimizer, **({"loss_scaler": zero.loss_scaler} if hasattr(zero, "loss_scaler") else {})}
+            zero.load_state_dict([state] * _world(), load_optimizer_states=True, load_from_fp32_weights=True)
+        else:
+            zero.refresh_fp32_params()

@@ -239,7 +239,7 @@ def prompts_worker(config: dict) -> None:
             if rank == 0:
                 save_file(head_state, f"{d}/head.safetensors")
                 if engine.optimizer is not None:
-                    torch.save(engine.optimizer.state_dict(), f"{d}/head-opt.pt")
+                    torch.save(engine.optimizer_state(), f"{d}/head-opt.pt")
                 Path(f"{d}/state.json").write_text(json.dumps({"epoch": epoch, "world": world, "history": history,
                                                                **metrics}))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
