@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from puma_ray import __version__
@@ -150,21 +152,28 @@ def iter_prompts(store: str | Path, batch_rows: int = 65536) -> Iterator[tuple[l
 
 
 def load_prompts(store: str | Path, user_ids: list[str]) -> np.ndarray:
-    """Prompts [len(user_ids), l, d] of the given users (streamed; only those rows are kept).
+    """Prompts [len(user_ids), l, d] of the given users (streamed batch by batch; each batch filtered on
+    user_id by Arrow, so only those rows are converted and kept, with no per-row Python).
 
     A user missing from the store is an error that gives the count and a few ids.
     """
-    want = {u: i for i, u in enumerate(user_ids)}
+    index = pd.Index(user_ids)
+    if not index.is_unique:
+        raise PumaError(f"load_prompts: {int(index.duplicated().sum())} user id(s) requested twice")
+    wanted = pa.array(list(user_ids), pa.string())
     manifest = read_manifest(store)
-    out = np.full((len(user_ids), manifest["prompt_len"], manifest["dim"]), np.nan, dtype=np.float32)
+    l, d = manifest["prompt_len"], manifest["dim"]
+    out = np.full((len(user_ids), l, d), np.nan, dtype=np.float32)
     found = np.zeros(len(user_ids), dtype=bool)
-    for users, prompts in iter_prompts(store):
-        for k, u in enumerate(users):
-            i = want.get(u)
-            if i is not None:
-                out[i], found[i] = prompts[k], True
+    for s in manifest["shards"]:
+        for batch in pq.ParquetFile(Path(store) / s["name"]).iter_batches(batch_size=65536):
+            hit = batch.filter(pc.is_in(batch.column("user_id"), value_set=wanted))
+            if hit.num_rows:
+                rows = index.get_indexer(hit.column("user_id").to_numpy(zero_copy_only=False))
+                out[rows] = hit.column("prompt").flatten().to_numpy(zero_copy_only=False).reshape(-1, l, d)
+                found[rows] = True
     if not found.all():
-        missing = [u for u, f in zip(user_ids, found) if not f]
+        missing = index[~found].tolist()
         raise PumaError(f"prompt store {store} lacks {len(missing)} of the {len(user_ids)} requested users "
                         f"(e.g. {missing[:3]})")
     return out
