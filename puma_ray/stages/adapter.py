@@ -32,17 +32,23 @@ from puma_ray.train.wiring import (best_checkpoint, build_trainer, check_resume,
 from puma_ray.core.tasks import TASKS
 from puma_ray.core.templates import load_template_text
 from puma_ray.train.adapter_loop import adapter_loop
-from puma_ray.train.common import epochs_for, steps_for, tag_parts
+from puma_ray.train.common import epochs_for, rows_per_rank, steps_for, tag_parts
 from puma_ray.train.engines import deepspeed_config
 
 
-def selected_users(users_arg: str, data_dir: str) -> list[str]:
-    """User ids of a selection directory, or every user of the dataset for 'all'."""
+def users_file(users_arg: str, data_dir: str) -> Path:
+    """The parquet file whose user_id column lists the users trained on: a selection's selected.parquet, or the
+    dataset's users.parquet for 'all'. Workers read it themselves: no id list travels in the training config."""
     if users_arg == "all":
-        return pq.read_table(Path(data_dir) / "users.parquet", columns=["user_id"]).column(0).to_pylist()
+        return (Path(data_dir) / "users.parquet").resolve()
     path = Path(users_arg) / "selected.parquet"
     if not path.is_file():
         raise PumaError(f"--users {users_arg}: no selected.parquet there (give a `puma-ray select` output or 'all')")
+    return path.resolve()
+
+
+def read_users(path: str | Path) -> list[str]:
+    """The user ids of a users file (users_file), in its order: the row order of the adapter's source prompts."""
     return pq.read_table(path, columns=["user_id"]).column(0).to_pylist()
 
 
@@ -121,7 +127,8 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
     """Train the adapter; returns the JSON summary. callbacks: Ray Train callbacks (a sweep reports to Tune)."""
     data = read_data_manifest(cfg.data)
     task = TASKS[data["task"]]
-    users = selected_users(cfg.users, cfg.data)
+    users_path = users_file(cfg.users, cfg.data)
+    users = read_users(users_path)
     sources = check_sources(cfg.source, users, task.name)
     target = describe_model(cfg.target_model)  # a model that does not load fails here, before --out is touched
     name = cfg.run_name or run_name("adapter", cfg.out)
@@ -142,8 +149,8 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
         counts = counts[counts["user_id"].isin(set(users))]
         train_steps = steps_for([-(-int(counts["n_train"].sum()) // W)], cfg.batch_size)
         epochs = epochs_for(cfg.epochs, cfg.min_steps, train_steps)
-        valid_rows = int(counts["n_valid"].sum())
-        valid_steps = steps_for([valid_rows], cfg.batch_size) if valid_rows else 0  # upper bound for every rank
+        valid_rows = rows_per_rank(counts, "n_valid", W)  # valid_r{k}: the rows of the users rank k owns
+        valid_steps = steps_for(valid_rows, cfg.batch_size) if sum(valid_rows) else 0
         base = read_columns([str(p.resolve()) for p in shard_paths(cfg.data)],
                             ["user_id", "item_text", "history_text", "label", "split"])
         base = base.map_batches(_select_rows, batch_format="pandas", fn_kwargs={"users_ref": ray.put(set(users))})
@@ -152,7 +159,7 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
         metric = f"valid_{task.metric}"
         loop_config = {
             "task": task.name, "target_model": model_ref(cfg.target_model), "template_text": load_template_text(template),
-            "prompt_len": prompt_len, "users": users, "sources": [str(Path(s).resolve()) for s in cfg.source],
+            "prompt_len": prompt_len, "users_file": str(users_path), "sources": [str(Path(s).resolve()) for s in cfg.source],
             "adapter": adapter_cfg, "seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size,
             "shuffle_rows": cfg.shuffle_rows, "epochs": epochs, "lam": cfg.lam, "yes_minus_no": cfg.yes_minus_no,
             "prefix_cache": cfg.prefix_cache, "use_gpu": cfg.use_gpu, "dtype": cfg.dtype,

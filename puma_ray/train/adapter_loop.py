@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -84,7 +85,7 @@ def adapter_worker(config: dict) -> None:
     if lora:
         for name, p in model.named_parameters():
             p.requires_grad_("lora_" in name)
-    users = config["users"]
+    users = pq.read_table(config["users_file"], columns=["user_id"]).column(0).to_pylist()  # the stage's order
     index = {u: i for i, u in enumerate(users)}
     source = torch.from_numpy(source_prompts(config["sources"], users)).to(device)  # frozen, [n, l, d_s]
     head = task.head(config["lam"], config["yes_minus_no"])
