@@ -24,7 +24,8 @@ def run_name(stage: str, out: str | Path) -> str:
 
 def check_resume(storage: str, name: str, workers: int) -> None:
     """Refuse to resume a run whose checkpoints were written by another number of workers: users' prompt
-    rows are owned by worker (crc32(user) % workers), so another world size would give rows to the wrong ranks."""
+    rows are owned by worker (crc32(user) % workers), and each rank's optimizer state is its own ZeRO partition,
+    so another world size would give rows and moments to the wrong ranks."""
     run = Path(storage) / name
     states = sorted(run.glob("checkpoint_*/state.json")) if run.is_dir() else []
     if states:
