@@ -198,7 +198,9 @@ def test_an_epoch_draws_each_batch_from_many_users_and_every_row_once(ray_local)
     from puma_ray.train.prompts_loop import epoch_batches
 
     rows = pd.DataFrame({"user_id": np.repeat([f"u{k:03d}" for k in range(100)], 30), "n": np.arange(3000)})
-    shard = ray.data.from_pandas(rows)  # stored user by user, as the data stage writes them
+    # stored user by user, as the data stage writes them, in one-user blocks: Ray Data's shuffle buffer takes
+    # whole blocks, so small blocks are where its size decides how many users a batch mixes
+    shard = ray.data.from_pandas(rows).repartition(100).materialize()
     config = {"batch_size": 32, "shuffle_rows": 1024, "seed": 7}
 
     def users_per_batch(cfg, epoch):
@@ -208,5 +210,6 @@ def test_an_epoch_draws_each_batch_from_many_users_and_every_row_once(ray_local)
 
     mixed, order = users_per_batch(config, 0)
     assert mixed >= 20  # of 32 rows; ~34 users sit in the 1,024-row buffer
+    assert users_per_batch({**config, "shuffle_rows": 128}, 0)[0] < mixed  # the old 4-batch buffer mixed less
     assert users_per_batch(config, 0)[1] == order and users_per_batch(config, 1)[1] != order  # seeded per epoch
     assert users_per_batch({**config, "shuffle_rows": 0}, 0)[0] <= 2  # stored order: one or two users a batch

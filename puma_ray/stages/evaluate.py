@@ -21,6 +21,7 @@ import functools
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -264,6 +265,25 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     return {**summary, "out": str(out)}
 
 
+class ReportingScorer(PromptScorer):
+    """The pipeline's scoring actor: a PromptScorer that logs, every `every_s`, how many rows it has scored
+    (Ray forwards actors' output to the driver's console: the progress line of a long evaluation)."""
+
+    def __init__(self, every_s: float = 30.0, **scorer_args) -> None:
+        super().__init__(**scorer_args)
+        setup_logging()
+        self.rows, self.every_s, self.t0, self.last = 0, every_s, time.perf_counter(), 0.0
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        scored = super().__call__(batch)
+        self.rows += batch.num_rows
+        now = time.perf_counter() - self.t0
+        if now - self.last >= self.every_s:
+            self.last = now
+            log.info("evaluate: this scorer has scored %d rows (%.0f rows/s)", self.rows, self.rows / now)
+        return scored
+
+
 def score_in_pipeline(cfg: EvaluateConfig, task: str, store: dict, scorer_args: dict, out: Path,
                       where: dict[str, Path], meter) -> tuple[dict[str, UserTotals], dict[str, float]]:
     """Ray Data: rows (broadcast or hash-joined to their prompts) -> PromptScorer actors -> rows.parquet
@@ -276,7 +296,7 @@ def score_in_pipeline(cfg: EvaluateConfig, task: str, store: dict, scorer_args: 
     # of them one scoring actor got all the work (10k users: 128 s -> 81 s with 2 actors).
     rows = rows.repartition(target_num_rows_per_block=16 * cfg.batch_size)
     scored = rows.map_batches(
-        PromptScorer, fn_constructor_kwargs=scorer_args, batch_size=cfg.batch_size, batch_format="pyarrow",
+        ReportingScorer, fn_constructor_kwargs=scorer_args, batch_size=cfg.batch_size, batch_format="pyarrow",
         compute=actor_pool(cfg.workers), num_cpus=actor_cpus(cfg.cpus_per_worker, cfg.workers),
         num_gpus=1 if cfg.use_gpu else None)
     written = write_dataset(scored, out / "rows.parquet", SCORED)
