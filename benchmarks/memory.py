@@ -8,10 +8,14 @@ import psutil
 
 
 class TreePeakRSS:
-    """`with TreePeakRSS() as m: ...; m.peak_bytes` samples the process tree every `interval` s."""
+    """`with TreePeakRSS() as m: ...; m.peak_bytes` samples the process tree every `interval` s.
+
+    peak_bytes: the largest sum over the tree; peak_process_bytes: the largest single process's RSS, by
+    process title (`ray::TrainController`, `ray::RayTrainWorker...`, the driver's command line)."""
 
     def __init__(self, interval: float = 0.25, pid: int | None = None) -> None:
         self.interval, self.peak_bytes, self.pid = interval, 0, pid
+        self.peak_process_bytes: dict[str, int] = {}
         self._stop = threading.Event()
 
     def _sample(self) -> int:
@@ -22,9 +26,11 @@ class TreePeakRSS:
         total = 0
         for p in [root, *root.children(recursive=True)]:
             try:
-                total += p.memory_info().rss
+                rss, title = p.memory_info().rss, " ".join(p.cmdline())[:60] or p.name()
             except psutil.Error:
-                pass
+                continue
+            total += rss
+            self.peak_process_bytes[title] = max(self.peak_process_bytes.get(title, 0), rss)
         return total
 
     def _run(self) -> None:
