@@ -391,7 +391,7 @@ def test_frozen_prompts_run_the_lm_once_and_later_epochs_reuse_every_row(rows):
     index = {u: k for k, u in enumerate(users)}
     lm, cache = _CountingLM(), FrozenLogits()
     soft = lambda r: r.float()[:, None, None].expand(-1, 1, 2)  # noqa: E731 - logits carry the row index
-    config = {"batch_size": 3, "train_steps": 4, "seed": 1}  # 4 steps x 3 > 7 rows: the pass repeats some
+    config = {"batch_size": 3, "shuffle_rows": 12, "train_steps": 4, "seed": 1}  # 4 x 3 > 7 rows: some repeat
     first = list(step_logits(lm, soft, _Shard(users), index, config, 0, "cpu", cache))
     assert len(first) == 4 and lm.calls == 4 and cache.filled
     later = [list(step_logits(lm, soft, _Shard(users), index, config, e, "cpu", cache)) for e in (1, 2)]
