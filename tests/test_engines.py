@@ -66,16 +66,19 @@ def _reloaded(rank: int, kind: str, out: Path) -> None:
     save_file(engine.state(), out / f"r{rank}.safetensors")
 
 
-def _rank(rank: int, world: int, port: int, kind: str, out: Path) -> None:
+def _rank(rank: int, world: int, port: int, kinds: tuple[str, ...], out: Path) -> None:
+    """Every kind in turn, in one process pair (DeepSpeed's import is paid once); files under out/<kind>/."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    if kind.startswith("reload-"):
-        _reloaded(rank, kind, out)
-    elif kind.startswith("resume-"):
-        _resumed(rank, kind, out)
-    else:
-        _straight(rank, kind, out)
+    for kind in kinds:
+        (out / kind).mkdir(parents=True, exist_ok=True)
+        if kind.startswith("reload-"):
+            _reloaded(rank, kind, out / kind)
+        elif kind.startswith("resume-"):
+            _resumed(rank, kind, out / kind)
+        else:
+            _straight(rank, kind, out / kind)
     dist.destroy_process_group()
 
 
@@ -90,15 +93,20 @@ def _straight(rank: int, kind: str, out: Path) -> None:
     save_file(engine.state(), out / f"r{rank}.safetensors")
 
 
-def on_two_ranks(kind: str, out: Path) -> dict:
-    """Each rank's final weights, from two fresh processes: spawned, never forked, and results through files,
-    so nothing forks the test process with its Ray connection (other tests' session). A forked
-    multiprocessing Manager here is the likely cause of a hang of the next test's Ray Data pipeline seen once."""
+def spawn_ranks(kinds: tuple[str, ...], out: Path) -> Path:
+    """Runs `kinds` on two fresh processes: spawned, never forked, and results through files, so nothing
+    forks the test process with its Ray connection (other tests' session). A forked multiprocessing
+    Manager here is the likely cause of a hang of the next test's Ray Data pipeline seen once."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out.mkdir(parents=True, exist_ok=True)
-    mp.start_processes(_rank, args=(2, port, kind, out), nprocs=2, start_method="spawn", join=True)
+    mp.start_processes(_rank, args=(2, port, kinds, out), nprocs=2, start_method="spawn", join=True)
+    return out
+
+
+def rank_weights(out: Path) -> dict:
+    """Rank 0's final weights in `out`, after checking that rank 1 holds the same."""
     r0, r1 = (load_file(out / f"r{r}.safetensors") for r in (0, 1))
     assert r0.keys() == r1.keys()
     for k in r0:
@@ -106,9 +114,18 @@ def on_two_ranks(kind: str, out: Path) -> dict:
     return r0
 
 
+RESTARTS = ("resume-replicated", "resume-zero0", "resume-zero2", "resume-zero3", "reload-zero2", "reload-zero3")
+
+
 @pytest.fixture(scope="module")
-def replicated(tmp_path_factory) -> dict:
-    return on_two_ranks("replicated", tmp_path_factory.mktemp("replicated"))
+def ranks(tmp_path_factory) -> Path:
+    """Every kind of this module, run once on one process pair: out/<kind>/."""
+    return spawn_ranks(("replicated", "deepspeed", *RESTARTS), tmp_path_factory.mktemp("ranks"))
+
+
+@pytest.fixture(scope="module")
+def replicated(ranks) -> dict:
+    return rank_weights(ranks / "replicated")
 
 
 def test_replicated_head_on_two_ranks_steps_the_clipped_mean_gradient(replicated):
@@ -126,29 +143,29 @@ def test_replicated_head_on_two_ranks_steps_the_clipped_mean_gradient(replicated
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_replicated_head_takes_the_step_deepspeed_zero2_took(replicated, tmp_path):
+def test_replicated_head_takes_the_step_deepspeed_zero2_took(replicated, ranks):
     """What the prompt stage's head was before (a DeepSpeed ZeRO-2 engine) and is now give the same weights."""
-    got, ds = replicated, on_two_ranks("deepspeed", tmp_path)
+    got, ds = replicated, rank_weights(ranks / "deepspeed")
     for k in ds:
         torch.testing.assert_close(got[k], ds[k], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize("kind", ["resume-replicated", "resume-zero0", "resume-zero2", "resume-zero3"])
-def test_an_engine_resumed_from_its_checkpoint_continues_as_the_uninterrupted_one(kind, tmp_path):
+@pytest.mark.parametrize("kind", [k for k in RESTARTS if k.startswith("resume-")])
+def test_an_engine_resumed_from_its_checkpoint_continues_as_the_uninterrupted_one(kind, ranks):
     """Weights alone are not enough: under ZeRO 1-3 the fp32 master copies must follow them (or the first step
     puts the initial weights back), and AdamW's moments and step count must come back (or the step differs)."""
-    on_two_ranks(kind, tmp_path)  # the ranks agree on the straight run's weights
+    rank_weights(ranks / kind)  # the ranks agree on the straight run's weights
     for rank in (0, 1):
-        straight, resumed = (load_file(tmp_path / f"{p}{rank}.safetensors") for p in ("r", "c"))
+        straight, resumed = (load_file(ranks / kind / f"{p}{rank}.safetensors") for p in ("r", "c"))
         for k in straight:
             torch.testing.assert_close(resumed[k], straight[k], rtol=0, atol=1e-7)
 
 
 @pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize("kind", ["reload-zero2", "reload-zero3"])
-def test_loaded_weights_are_where_the_next_step_starts(kind, tmp_path):
+@pytest.mark.parametrize("kind", [k for k in RESTARTS if k.startswith("reload-")])
+def test_loaded_weights_are_where_the_next_step_starts(kind, ranks):
     """AdamW's first step moves a weight by at most its learning rate: from the loaded weights (0.5), not
     from the fp32 master copies the engine was built with."""
-    got = on_two_ranks(kind, tmp_path)
+    got = rank_weights(ranks / kind)
     assert max((v - 0.5).abs().max().item() for v in got.values()) <= LR * 1.001
