@@ -69,6 +69,15 @@ def test_the_image_leaves_local_state_out():
     assert {".git", ".venv", "runs"} <= ignored
 
 
+def test_the_job_runtime_env_uploads_the_checkout_without_local_state():
+    """Ray's own parser accepts the file (test_jobs.py submits a job with it), and it leaves local state out."""
+    from ray.runtime_env import RuntimeEnv
+
+    env = yaml.safe_load((CLUSTER / "runtime-env.yaml").read_text())
+    RuntimeEnv(**env)  # a malformed field raises (a misspelt key would pass: the next line checks ours)
+    assert env["working_dir"] == "." and {".git/", ".venv/", "runs/"} <= set(env["excludes"])
+
+
 ENTRYPOINTS = sorted({(p.relative_to(REPO).as_posix(), c) for p in [*CLUSTER.iterdir(), REPO / "README.md"]
                       if p.is_file() for c in entrypoints(p.read_text())})
 
