@@ -422,3 +422,16 @@ def test_rows_are_tagged_with_the_part_their_rank_reads():
     assert tagged["part"].tolist() == [f"{s}_r{owner(u, 3)}" for s in ("train", "valid") for u in users]
     pooled = tag_parts(batch, world=3, train_part="train")  # the adapter: Ray Train splits train rows itself
     assert set(pooled["part"][:12]) == {"train"} and pooled["part"][12:].tolist() == tagged["part"][12:].tolist()
+
+
+def test_a_long_epoch_logs_its_progress_on_rank_0(monkeypatch, capfd):
+    from puma_ray.train import prompts_loop
+
+    monkeypatch.setattr(prompts_loop, "PROGRESS_S", 0.0)  # every step is "long enough"
+    progress = prompts_loop.EpochProgress(epoch=2, steps=5)
+    progress.step(seen=32, loss_sum=64.0)
+    err = capfd.readouterr().err
+    assert "epoch 2: step 1/5" in err and "loss 2.0000" in err
+    monkeypatch.setattr(prompts_loop, "PROGRESS_S", 3600.0)  # a short epoch says nothing until its report
+    progress.step(seen=64, loss_sum=64.0)
+    assert "epoch 2" not in capfd.readouterr().err

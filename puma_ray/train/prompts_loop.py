@@ -32,6 +32,7 @@ from puma_ray.core.llm import FrozenLM
 from puma_ray.core.modules import SoftPromptTable, sparse_adam
 from puma_ray.core.tasks import TASKS
 from puma_ray.runtime.ray_utils import quiet_ray_data_console
+from puma_ray.runtime.runs import log, setup_logging
 from puma_ray.store.prompt_store import load_prompts
 from puma_ray.train.common import cycled, owner
 from puma_ray.train.engines import ReplicatedHead
@@ -124,10 +125,12 @@ def train_epoch(lm, engine, soft_fn, shard, index, config: dict, epoch: int, dev
     soft_fn: [B] int64 rows -> [B, l, d] soft prompts (table lookup, or adapter(source prompts)).
     A padding step of a rank without rows joins the collectives with a zero loss.
     cache: frozen prompts only (FrozenLogits): epochs after the first train the head on kept logits.
+    Rank 0 logs its progress through a long epoch every `PROGRESS_S` seconds.
     """
     engine.train()
     dtype = next(engine.module.parameters(), torch.zeros(())).dtype
     loss_sum, seen, tokens = 0.0, 0, 0
+    progress = EpochProgress(epoch, config["train_steps"])
     for logits, labels, n_tokens in step_logits(lm, soft_fn, shard, index, config, epoch, device, cache):
         if labels is None:
             logits = logits if logits is not None else torch.zeros(1, len(lm.template.answer_ids))
@@ -142,7 +145,31 @@ def train_epoch(lm, engine, soft_fn, shard, index, config: dict, epoch: int, dev
         loss_sum += float(loss.detach()) * len(labels)
         seen += len(labels)
         tokens += n_tokens
+        progress.step(seen, loss_sum)
     return train_totals(epoch, loss_sum, seen, tokens)
+
+
+PROGRESS_S = 30.0
+
+
+class EpochProgress:
+    """Rank 0's line every PROGRESS_S seconds of an epoch: step k/N, rows/s, running loss (a short epoch logs none;
+    the epoch's metrics are reported when it ends). Ray forwards it to the driver's console."""
+
+    def __init__(self, epoch: int, steps: int) -> None:
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        self.on, self.epoch, self.steps, self.done = rank == 0, epoch, steps, 0
+        self.t0 = self.last = time.perf_counter()
+        if self.on:
+            setup_logging()
+
+    def step(self, seen: int, loss_sum: float) -> None:
+        self.done += 1
+        now = time.perf_counter()
+        if self.on and now - self.last >= PROGRESS_S:
+            self.last = now
+            log.info("epoch %d: step %d/%d, %.0f rows/s on this rank, loss %.4f", self.epoch, self.done,
+                     self.steps, seen / (now - self.t0), loss_sum / max(seen, 1))
 
 
 def owned_users(users_path: str, rank: int, world: int) -> list[str]:
