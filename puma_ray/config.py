@@ -348,7 +348,7 @@ class TrainingConfig(StageConfig):
     batch_size: int = 32
     """Interactions per worker per step (paper: 32)."""
     shuffle_rows: int = 4096
-    """Rows in each worker's shuffle buffer, reshuffled every epoch; 0 = stored order (user by user)."""
+    """Fewest rows in each worker's shuffle buffer (it holds whole blocks), reshuffled every epoch; 0 = stored order."""
     template: Optional[str] = None
     """Shipped template name or file; null = what the stage derives (task default or the source's)."""
     lam: float = 0.2
