@@ -65,8 +65,8 @@ def test_ray_job_submit_runs_the_data_stage(tmp_path):
     with local_head(6391, 8291) as (ray_cli, env, address):
         out = tmp_path / "data"
         # the shipped runtime environment (its excludes), with the working directory given explicitly
-        cmd = [ray_cli, "job", "submit", "--address", address, "--runtime-env", str(REPO / "cluster" / "runtime-env.yaml"),
-               "--working-dir", str(REPO), "--",
+        cmd = [ray_cli, "job", "submit", "--address", address,
+               "--runtime-env", str(REPO / "cluster" / "runtime-env.yaml"), "--working-dir", str(REPO), "--",
                "python", "jobs/data.py", "--source", "synthetic", "--out", str(out), "users=60"]
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
