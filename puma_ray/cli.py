@@ -20,8 +20,8 @@ import typing
 from typing import Any, Callable, Optional
 
 from puma_ray.config import (AdapterStageConfig, BenchConfig, ChainConfig, DataConfig, DemoConfig, EvaluateConfig,
-                             MigrateConfig, ModelsConfig, PromptsConfig, SelectConfig, SweepConfig, field_docs,
-                             load_config)
+                             MigrateConfig, ModelsConfig, PromptsConfig, RecycleConfig, SelectConfig, SweepConfig,
+                             field_docs, load_config)
 from puma_ray.errors import ConfigError, PumaError, worker_error_line
 from puma_ray.runtime.runs import setup_logging
 
@@ -39,6 +39,8 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
                 "train the migration adapter through the frozen target model on selected users"),
     "migrate": (MigrateConfig, "puma_ray.stages.migrate:run_migrate",
                 "apply a trained adapter to every user of the source store(s) -> target prompt store (resumable)"),
+    "recycle": (RecycleConfig, "puma_ray.stages.recycle:run_recycle",
+                "zero-user migration: map every source prompt through the two models' shared-token embeddings"),
     "evaluate": (EvaluateConfig, "puma_ray.stages.evaluate:run_evaluate",
                  "score a prompt store with its model over a split: metrics, per-user metrics, report"),
     "chain": (ChainConfig, "puma_ray.stages.chain:run_chain",

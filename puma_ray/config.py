@@ -490,6 +490,34 @@ class MigrateConfig(StageConfig):
 
 
 @stage_config
+class RecycleConfig(StageConfig):
+    """`puma-ray recycle`: every prompt of a source store mapped into a target model's space with no user data."""
+
+    source: Optional[str] = None
+    """Source prompt store."""
+    source_model: Optional[str] = None
+    """The model the source store belongs to (fingerprints must match): its token embeddings fit the map."""
+    target_model: Optional[str] = None
+    """The new model: its token embeddings fit the map, and the recycled store belongs to it."""
+    out: Optional[str] = None
+    """Recycled prompt store (built beside and swapped in whole)."""
+    head_from: Optional[str] = None
+    """Store whose task head the recycled store takes (e.g. the target's floor); null = the source store's head."""
+    ridge: float = 1e-3
+    """Ridge strength of the least-squares map, relative to the mean eigenvalue of the source tokens' Gram matrix."""
+    batch_rows: int = 65536
+    """Prompts mapped per batch (bounds memory)."""
+
+    def validate(self) -> None:
+        _required(self.source, "source", "--source STORE")
+        _required(self.source_model, "source_model", "--source-model MODEL")
+        _required(self.target_model, "target_model", "--target-model MODEL")
+        _required(self.out, "out", "--out STORE")
+        check(self.ridge >= 0, "ridge", "must be >= 0")
+        check(self.batch_rows >= 1, "batch_rows", "must be >= 1")
+
+
+@stage_config
 class EvaluateConfig(StageConfig):
     """`puma-ray evaluate`: score a prompt store with its model over one split of a dataset."""
 

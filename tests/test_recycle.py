@@ -1,0 +1,79 @@
+"""`puma-ray recycle`: the least-squares map between two models' input-embedding spaces over their shared
+tokens recovers a known linear relation, pairs tokens by their text, and carries every prompt of a store
+into the target's space (no user data), refusing a store of another model before --out is touched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from puma_ray.config import EvaluateConfig, RecycleConfig
+from puma_ray.core.hf import load_causal_lm, load_tokenizer
+from puma_ray.core.recycle import fit_map, fit_recycle_map, shared_tokens
+from puma_ray.errors import PumaError
+from puma_ray.stages.evaluate import run_evaluate
+from puma_ray.stages.recycle import run_recycle
+from puma_ray.store.prompt_store import iter_prompts, load_prompts, read_manifest, verify
+
+
+def test_the_map_recovers_a_known_linear_relation():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 16, generator=g)
+    a, b = torch.randn(16, 24, generator=g), torch.randn(24, generator=g)
+    fitted = fit_map(x, x @ a + b + 1e-4 * torch.randn(400, 24, generator=g), ridge=0.0)
+    torch.testing.assert_close(fitted.weight, a.double(), atol=1e-3, rtol=0)
+    torch.testing.assert_close(fitted.bias, b.double(), atol=1e-3, rtol=0)
+    assert fitted.r2 > 0.999999 and fitted.tokens == 400
+    prompts = torch.randn(5, 2, 16, generator=g).numpy()
+    np.testing.assert_allclose(fitted.apply(prompts), prompts @ a.numpy() + b.numpy(), atol=1e-3)
+    noise = fit_map(x, torch.randn(400, 24, generator=g), ridge=1e-3)  # no relation: nothing explained
+    assert noise.r2 < 0.1
+
+
+def test_fewer_shared_tokens_than_source_dimensions_is_one_clear_error():
+    with pytest.raises(PumaError, match="only 10 tokens are shared"):
+        fit_map(torch.randn(10, 16), torch.randn(10, 8), ridge=1e-3)
+
+
+def test_tokens_are_paired_by_their_text(workspace):
+    src, tgt = load_tokenizer(str(workspace / "llama")), load_tokenizer(str(workspace / "qwen2"))
+    a, b = shared_tokens(src, tgt)
+    assert len(a) == len(b) > 100
+    assert all(src.decode([i]).strip() == tgt.decode([j]).strip() for i, j in zip(a, b))
+    assert not set(a.tolist()) & set(src.all_special_ids)
+
+
+@pytest.mark.ray
+def test_recycle_maps_every_prompt_into_the_target_space(workspace, tmp_path):
+    cfg = RecycleConfig(source=str(workspace / "src"), source_model=str(workspace / "llama"),
+                        target_model=str(workspace / "qwen2"), out=str(tmp_path / "rec"), batch_rows=50)
+    summary = run_recycle(cfg)
+    m, src = verify(tmp_path / "rec"), read_manifest(workspace / "src")
+    assert summary["users"] + summary["quarantined"] == src["num_users"] + src["quarantined"]
+    assert m["model"]["family"] == "qwen2" and m["dim"] != src["dim"]
+    assert len(m["shards"]) == sum(-(-s["rows"] // 50) for s in src["shards"])  # batches of --batch-rows
+    step = m["lineage"][-1]
+    assert step["step"] == "recycled" and step["shared_tokens"] == summary["shared_tokens"] > 100
+    assert [s["step"] for s in m["lineage"][:-1]] == [s["step"] for s in src["lineage"]]
+    users = [u for us, _ in iter_prompts(tmp_path / "rec") for u in us][:5]
+    x, y = load_prompts(workspace / "src", users), load_prompts(tmp_path / "rec", users)
+    fitted = fit_recycle_map(*(f(str(workspace / name)) for name in ("llama", "qwen2")
+                               for f in (load_causal_lm, load_tokenizer)), cfg.ridge)
+    assert fitted.r2 == pytest.approx(summary["fit_r2"], abs=1e-6)
+    np.testing.assert_allclose(y, fitted.apply(x), atol=1e-6)  # each prompt through the map
+    metrics = run_evaluate(EvaluateConfig(data=str(workspace / "data"), model=str(workspace / "qwen2"),
+                                          prompts=str(tmp_path / "rec"), split=["valid"], out=str(tmp_path / "ev")))
+    assert np.isfinite(metrics["rmse"]) and metrics["users"] == summary["users"]
+
+
+def test_a_store_of_another_model_is_refused_before_out_is_touched(workspace, tmp_path):
+    (tmp_path / "rec").mkdir()
+    (tmp_path / "rec" / "keep.txt").write_text("mine")
+    with pytest.raises(PumaError, match="belongs to model"):
+        run_recycle(RecycleConfig(source=str(workspace / "src"), source_model=str(workspace / "qwen2"),
+                                  target_model=str(workspace / "gemma3"), out=str(tmp_path / "rec")))
+    with pytest.raises(PumaError, match="something other than a prompt store"):
+        run_recycle(RecycleConfig(source=str(workspace / "src"), source_model=str(workspace / "llama"),
+                                  target_model=str(workspace / "gemma3"), out=str(tmp_path / "rec")))
+    assert [p.name for p in (tmp_path / "rec").iterdir()] == ["keep.txt"]
