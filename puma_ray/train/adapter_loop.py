@@ -103,7 +103,8 @@ def adapter_worker(config: dict) -> None:
                      **{f"head.{k}": v for k, v in load_file(f"{d}/head.safetensors").items()}}
             if lora:
                 state.update({f"lora.{k}": v for k, v in load_file(f"{d}/lora.safetensors").items()})
-            engine.load(state, torch.load(f"{d}/adapter-opt-r{rank:05d}.pt", weights_only=True), strict=not lora)
+            opt = Path(f"{d}/adapter-opt-r{rank:05d}.pt")  # absent in checkpoints of earlier versions: weights only
+            engine.load(state, torch.load(opt, weights_only=True) if opt.is_file() else None, strict=not lora)
             saved = json.loads(Path(f"{d}/state.json").read_text())
             start_epoch, history = saved["epoch"] + 1, saved["history"]
 
