@@ -159,7 +159,8 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
         metric = f"valid_{task.metric}"
         loop_config = {
             "task": task.name, "target_model": model_ref(cfg.target_model), "template_text": load_template_text(template),
-            "prompt_len": prompt_len, "users_file": str(users_path), "sources": [str(Path(s).resolve()) for s in cfg.source],
+            "prompt_len": prompt_len, "users_file": str(users_path),
+            "sources": [str(Path(s).resolve()) for s in cfg.source],
             "adapter": adapter_cfg, "seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size,
             "shuffle_rows": cfg.shuffle_rows, "epochs": epochs, "lam": cfg.lam, "yes_minus_no": cfg.yes_minus_no,
             "prefix_cache": cfg.prefix_cache, "use_gpu": cfg.use_gpu, "dtype": cfg.dtype,

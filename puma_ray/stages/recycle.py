@@ -58,7 +58,8 @@ def recycle_into(work: Path, cfg: RecycleConfig, store: dict, target: dict, head
                 "model": target["fingerprint"], "shared_tokens": fitted.tokens, "fit_r2": round(fitted.r2, 6),
                 "ridge": cfg.ridge, "head_from": str(Path(cfg.head_from or cfg.source).resolve())}
         return finalize(work, task=store["task"], prompt_len=store["prompt_len"], dim=target["hidden_size"],
-                        model=target, lineage=store["lineage"] + [step], dataset_fingerprint=store.get("dataset_fingerprint"),
+                        model=target, lineage=store["lineage"] + [step],
+                        dataset_fingerprint=store.get("dataset_fingerprint"),
                         shards=shards, quarantined=quarantined, head={"weights": "head.safetensors", **head[1]})
 
 
