@@ -428,6 +428,8 @@ def test_a_long_epoch_logs_its_progress_on_rank_0(monkeypatch, capfd):
     from puma_ray.train import prompts_loop
 
     monkeypatch.setattr(prompts_loop, "PROGRESS_S", 0.0)  # every step is "long enough"
+    # as in a fresh worker process: no handler yet (an earlier test's handler holds a stderr capture now closed)
+    monkeypatch.setattr(prompts_loop.log, "handlers", [])
     progress = prompts_loop.EpochProgress(epoch=2, steps=5)
     progress.step(seen=32, loss_sum=64.0)
     err = capfd.readouterr().err
