@@ -61,6 +61,19 @@ def make_store(out: Path, data: Path, model: str, shard_rows: int = 50_000, seed
     return len(users)
 
 
+def synthetic_workspace(work: Path, users: int) -> tuple[Path, str]:
+    """(data, model) of a scale benchmark, reused when there: synthetic data of `users` users (~35 interactions
+    each) and a tiny llama of its catalogue without pretraining (speed and memory do not depend on weights).
+    Starts logging and Ray."""
+    setup_logging()
+    init_ray()
+    data = work / f"data-{users}"
+    if not (data / "manifest.json").is_file():
+        run_data(DataConfig(source="synthetic", out=str(data), users=users, items=2000))
+    return data, run_models(ModelsConfig(family="llama", data=str(data), pretrain_steps=0,
+                                         out=str(work / "model")))["path"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--users", type=int, default=1_000_000)
@@ -68,13 +81,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="scoring actors")
     ap.add_argument("--batch-size", type=int, default=1024)
     args = ap.parse_args()
-    setup_logging()
     work = Path(args.work)
-    init_ray()
-    data = work / f"data-{args.users}"
-    if not (data / "manifest.json").is_file():
-        run_data(DataConfig(source="synthetic", out=str(data), users=args.users, items=2000))
-    model = run_models(ModelsConfig(family="llama", data=str(data), pretrain_steps=0, out=str(work / "model")))["path"]
+    data, model = synthetic_workspace(work, args.users)
     users = make_store(work / f"store-{args.users}", data, model)
     with TreePeakRSS() as mem:
         t0 = time.perf_counter()

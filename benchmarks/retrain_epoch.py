@@ -22,12 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from evaluate_scale import synthetic_workspace  # noqa: E402
 from memory import TreePeakRSS  # noqa: E402
-from puma_ray.config import DataConfig, ModelsConfig, PromptsConfig  # noqa: E402
-from puma_ray.runtime.ray_utils import init_ray  # noqa: E402
-from puma_ray.runtime.runs import read_costs, setup_logging  # noqa: E402
-from puma_ray.stages.data import run_data  # noqa: E402
-from puma_ray.stages.models import run_models  # noqa: E402
+from puma_ray.config import PromptsConfig  # noqa: E402
+from puma_ray.runtime.runs import read_costs  # noqa: E402
 from puma_ray.stages.prompts import run_prompts  # noqa: E402
 
 GB = 2**30
@@ -48,13 +46,8 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/puma-bench-retrain")
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
-    setup_logging()
     work = Path(args.work)
-    init_ray()
-    data = work / f"data-{args.users}"
-    if not (data / "manifest.json").is_file():
-        run_data(DataConfig(source="synthetic", out=str(data), users=args.users, items=2000))
-    model = run_models(ModelsConfig(family="llama", data=str(data), pretrain_steps=0, out=str(work / "model")))["path"]
+    data, model = synthetic_workspace(work, args.users)
     out = work / f"prompts-{time.time_ns():x}"
     with TreePeakRSS() as mem:
         t0 = time.perf_counter()
