@@ -32,7 +32,7 @@ from puma_ray.train.wiring import (best_checkpoint, build_trainer, check_resume,
 from puma_ray.core.tasks import TASKS
 from puma_ray.core.templates import load_template_text
 from puma_ray.train.adapter_loop import adapter_loop
-from puma_ray.train.common import epochs_for, rows_per_rank, steps_for, tag_parts
+from puma_ray.train.common import epochs_for, read_users, rows_per_rank, steps_for, tag_parts
 from puma_ray.train.engines import deepspeed_config
 
 
@@ -46,10 +46,6 @@ def users_file(users_arg: str, data_dir: str) -> Path:
         raise PumaError(f"--users {users_arg}: no selected.parquet there (give a `puma-ray select` output or 'all')")
     return path.resolve()
 
-
-def read_users(path: str | Path) -> list[str]:
-    """The user ids of a users file (users_file), in its order: the row order of the adapter's source prompts."""
-    return pq.read_table(path, columns=["user_id"]).column(0).to_pylist()
 
 
 def check_sources(stores: list[str], users: list[str], task: str) -> list[dict]:

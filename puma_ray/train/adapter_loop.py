@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -29,6 +28,7 @@ from puma_ray.core.modules import AdapterConfig, MigrationAdapter
 from puma_ray.core.tasks import TASKS
 from puma_ray.runtime.ray_utils import quiet_ray_data_console
 from puma_ray.store.prompt_store import load_prompts
+from puma_ray.train.common import read_users
 from puma_ray.train.engines import DeepSpeedEngine
 from puma_ray.train.prompts_loop import evaluate, quiet_deprecated_collectives, train_epoch
 
@@ -85,7 +85,7 @@ def adapter_worker(config: dict) -> None:
     if lora:
         for name, p in model.named_parameters():
             p.requires_grad_("lora_" in name)
-    users = pq.read_table(config["users_file"], columns=["user_id"]).column(0).to_pylist()  # the stage's order
+    users = read_users(config["users_file"])  # the stage's order
     index = {u: i for i, u in enumerate(users)}
     source = torch.from_numpy(source_prompts(config["sources"], users)).to(device)  # frozen, [n, l, d_s]
     head = task.head(config["lam"], config["yes_minus_no"])

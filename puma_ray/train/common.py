@@ -77,3 +77,11 @@ def tag_parts(batch: pd.DataFrame, world: int, train_part: str | None = None) ->
                      dtype=object)
     part = names[(batch["split"] == "valid").to_numpy() * world + ranks[codes]]
     return batch.drop(columns=["split"]).assign(part=part)
+
+
+def read_users(path: str) -> list[str]:
+    """The user ids of a users file (a selection's selected.parquet or a dataset's users.parquet), in its order:
+    the row order of the adapter's source prompts, read the same way by the stage and by every worker."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=["user_id"]).column(0).to_pylist()
