@@ -5,9 +5,12 @@ Builds (or reuses, same --users) synthetic data at --users users (`puma-ray data
 synthetic`: ~35 interactions per user), a tiny llama of the catalogue (`puma-ray models`, no
 pretraining: speed and memory do not depend on its weights) and a store of seeded random
 prompts for every user with a rating head; then times `evaluate` over the train, valid and
-test splits in one pass while sampling the resident memory of the whole process tree (driver
-+ raylet + Ray workers) every 0.25 s. Prints one JSON line with rows, rows_per_s, wall_s and
-peak_rss_tree_gb (only the evaluate run is sampled).
+test splits in one pass, as a user runs it: `puma-ray evaluate` in a child process with its
+own local Ray, sampling the memory of that whole process tree (driver + raylet + GCS + Ray
+workers) every 0.25 s. Prints one JSON line with rows, rows_per_s, wall_s, peak_rss_tree_gb
+(resident pages summed over processes: the object store's shared pages count once per process
+that maps them), peak_pss_tree_gb (proportional: each shared page counted once) and each kind
+of process's peak PSS (only the evaluate run is sampled).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import argparse
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +29,14 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from memory import TreePeakRSS  # noqa: E402
-from puma_ray.config import DataConfig, EvaluateConfig, ModelsConfig  # noqa: E402
+import ray  # noqa: E402
+from memory import run_cli_measured  # noqa: E402
+from puma_ray.config import DataConfig, ModelsConfig  # noqa: E402
 from puma_ray.core.hf import describe_model  # noqa: E402
 from puma_ray.core.modules import RatingHead  # noqa: E402
 from puma_ray.runtime.ray_utils import init_ray  # noqa: E402
 from puma_ray.runtime.runs import setup_logging  # noqa: E402
 from puma_ray.stages.data import run_data  # noqa: E402
-from puma_ray.stages.evaluate import run_evaluate  # noqa: E402
 from puma_ray.stages.models import run_models  # noqa: E402
 from puma_ray.store.prompt_store import finalize, read_manifest, write_shard  # noqa: E402
 
@@ -84,17 +86,29 @@ def main() -> None:
     work = Path(args.work)
     data, model = synthetic_workspace(work, args.users)
     users = make_store(work / f"store-{args.users}", data, model)
-    with TreePeakRSS() as mem:
-        t0 = time.perf_counter()
-        summary = run_evaluate(EvaluateConfig(data=str(data), model=model, prompts=str(work / f"store-{args.users}"),
-                                              split=["train", "valid", "test"], out=str(work / "eval"),
-                                              workers=args.workers, batch_size=args.batch_size))
-        wall = time.perf_counter() - t0
+    ray.shutdown()  # the evaluation starts its own Ray, as `puma-ray evaluate` does
+    shutil.rmtree(work / "eval", ignore_errors=True)
+    summary, wall, mem = run_cli_measured(
+        "evaluate", "--data", str(data), "--model", model, "--prompts", str(work / f"store-{args.users}"),
+        "--split", "train", "valid", "test", "--out", str(work / "eval"), f"workers={args.workers}",
+        f"batch_size={args.batch_size}", pss=True)
     rows = sum(s["n"] for s in summary["splits"].values())
     print(json.dumps({"users": users, "rows": rows, "workers": args.workers, "wall_s": round(wall, 1),
                       "rows_per_s": round(rows / wall), "peak_rss_tree_gb": round(mem.peak_bytes / 2**30, 2),
+                      "peak_pss_tree_gb": round(mem.peak_pss_bytes / 2**30, 2),
+                      "peak_pss_gb_by_process": by_kind(mem.peak_process_pss),
                       "test_rmse": summary["splits"]["test"]["rmse"]}), flush=True)
 
+
+def by_kind(peaks: dict[str, int]) -> dict[str, float]:
+    """Largest peak (GB) per kind of process: its program's name (`ray::ReportingScorer`, raylet, ...), for
+    Python its script or module (puma_ray.cli = the driver)."""
+    kinds: dict[str, float] = {}
+    for title, peak in peaks.items():
+        words = [w.rsplit("/", 1)[-1] for w in title.split()] or ["?"]
+        kind = next((w for w in words[1:] if not w.startswith("-")), words[0]) if "python" in words[0] else words[0]
+        kinds[kind] = max(kinds.get(kind, 0.0), round(peak / 2**30, 2))
+    return kinds
 
 if __name__ == "__main__":
     main()

@@ -125,7 +125,7 @@ def measure(args, work: Path, params: int, threads: int, dtype: str) -> dict:
           f"{single * flop_per_prompt / 1e9:.1f} GFLOP/s", flush=True)
     shutil.rmtree(work / "target", ignore_errors=True)
     # in a child process with its own local Ray: the peak RSS covers exactly the migration's process tree
-    out, wall, peak = run_cli_measured("migrate", "--adapter", str(work / "adapter"), "--source", str(work / "source"),
+    out, wall, mem = run_cli_measured("migrate", "--adapter", str(work / "adapter"), "--source", str(work / "source"),
                                        "--out", str(work / "target"), "workers=1", f"cpus_per_worker={threads}",
                                        f"batch_size={args.batch_size}", f"dtype={dtype}")
     rate = out["users"] / wall
@@ -133,11 +133,11 @@ def measure(args, work: Path, params: int, threads: int, dtype: str) -> dict:
     print(f"[bench] {dtype}: Ray Data migrate of {out['users']:,} prompts 2048->3072 (child process, Ray start "
           f"included): {wall:.0f} s, {rate:.0f} prompts/s, {achieved / 1e9:.1f} GFLOP/s achieved; achieved / matmul "
           f"limit = {achieved / limit:.2f}; Ray Data overhead vs the single-process pass = "
-          f"{100 * (single / rate - 1):.1f}%; peak RSS (process tree) {peak / 1e9:.2f} GB", flush=True)
+          f"{100 * (single / rate - 1):.1f}%; peak RSS (process tree) {mem.peak_bytes / 1e9:.2f} GB", flush=True)
     return {"prompts": out["users"], "wall_s": round(wall, 1), "prompts_per_s": round(rate, 1),
             "single_process_prompts_per_s": round(single, 1), "achieved_gflops": round(achieved / 1e9, 1),
             "matmul_limit_gflops": round(limit / 1e9, 1), "fraction_of_matmul_limit": round(achieved / limit, 3),
-            "peak_rss_gb": round(peak / 1e9, 2)}
+            "peak_rss_gb": round(mem.peak_bytes / 1e9, 2)}
 
 
 def main() -> None:

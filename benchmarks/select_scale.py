@@ -71,9 +71,9 @@ def make_store(out: Path, data: Path, dim: int, seed: int, shard_users: int = 20
 
 
 def timed_select(data: Path, store: Path, out: Path, budget: int) -> dict:
-    summary, wall, peak = run_cli_measured("select", "--data", str(data), "--prompts", str(store), "--out", str(out),
+    summary, wall, mem = run_cli_measured("select", "--data", str(data), "--prompts", str(store), "--out", str(out),
                                            "--strategy", "puma", f"budget={budget}", "clusters=10", "seed=0")
-    return {"wall_s": wall, "peak_rss_gb": peak / GB, "timings_s": summary["timings_s"],
+    return {"wall_s": wall, "peak_rss_gb": mem.peak_bytes / GB, "timings_s": summary["timings_s"],
             "stage_wall_s": summary["wall_s"]}
 
 

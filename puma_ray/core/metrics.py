@@ -4,18 +4,25 @@ Rating metrics come from sums (squared error, absolute error, exact hits, count)
 that add up across batches and workers, so RMSE is over the whole dataset, not a
 mean of per-batch RMSEs. AUC needs every score: each worker's (user, score, label)
 arrays are gathered, then AUC and uAUC are computed once.
+
+torch is imported only where tensors are met: the per-user folds run in Ray tasks that
+should not pay torch's ~200 MB per process.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.distributed as dist
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _distributed() -> bool:
+    import torch.distributed as dist
+
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
@@ -40,6 +47,9 @@ class RatingSums:
     def all_reduce(self) -> "RatingSums":
         """Sum over every worker of the process group (no-op without one)."""
         if _distributed():
+            import torch
+            import torch.distributed as dist
+
             t = torch.tensor([self.sse, self.sae, self.hits, self.n], dtype=torch.float64)
             dist.all_reduce(t)
             self.sse, self.sae, self.hits, self.n = t.tolist()
@@ -99,6 +109,8 @@ class ClickScores:
         scores = np.concatenate(self.scores) if self.scores else np.zeros(0)
         labels = np.concatenate(self.labels) if self.labels else np.zeros(0)
         if _distributed():
+            import torch.distributed as dist
+
             parts = [None] * dist.get_world_size()
             dist.all_gather_object(parts, (users, scores, labels))
             users, scores, labels = (np.concatenate([p[i] for p in parts]) for i in range(3))

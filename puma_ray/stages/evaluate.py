@@ -4,10 +4,12 @@ config -> checks (store complete and verified, model fingerprint, task, head) ->
 Ray Data: interactions of the split(s) joined to the store's prompts on user_id (a
 broadcast join when the store is at most --broadcast-mb: every scorer holds the whole
 store; a hash-shuffle join otherwise) -> map_batches(PromptScorer), whose actors write the
-scored rows (rows.parquet, a directory) -> per-user metrics in Ray Data groups of (split,
-user) -> one streamed pass over those per-user rows: per_user.parquet, each split's exact
-metrics from the per-user sums, the five highest-loss users (click: AUC from per-score counts
-sorted by score) -> report. The driver holds one batch at a time, never the scored rows.
+scored rows (rows.parquet, a directory) -> per-user metrics by user hash buckets (Ray tasks:
+each rows file split into buckets, each bucket folded per (split, user); memory one bucket of
+~250k rows per task; Ray Data's groupby held memory in the driver that grew with the rows)
+-> one streamed pass over those per-user rows: per_user.parquet, each split's exact metrics
+from the per-user sums, the five highest-loss users (click: AUC from per-score counts sorted
+by score in Ray Data) -> report. The driver holds one batch at a time, never the scored rows.
 Small evaluations (one worker, a broadcast store, at most --one-task-rows rows) do the same
 work in one Ray task on a pooled worker instead (score_in_one_task): same batches, same files.
 
@@ -34,7 +36,8 @@ import ray
 
 from puma_ray.config import EvaluateConfig
 from puma_ray.core.hf import describe_model, dtype_name, model_ref
-from puma_ray.core.metrics import SortedAUC, UserTotals, user_row
+from puma_ray.core import per_user
+from puma_ray.core.metrics import SortedAUC, UserTotals
 from puma_ray.core.scoring import PromptScorer
 from puma_ray.core.tasks import TASKS
 from puma_ray.core.templates import load_template_text
@@ -103,14 +106,6 @@ def write_dataset(ds: ray.data.Dataset, path: Path, schema: pa.Schema) -> Path:
     return swap_in(work, path)
 
 
-def per_user_rows(task: str):
-    """map_groups callable: one (split, user)'s scored rows -> one row of metrics.user_row."""
-    def one_user(g: dict) -> dict:
-        row = user_row(task, g["finite"], g["pred"], g["label"], g["loss"])
-        return {"split": g["split"][:1], "user_id": g["user_id"][:1], **{k: np.array([v]) for k, v in row.items()}}
-    return one_user
-
-
 def split_aucs(rows: ray.data.Dataset, splits: list[str], partitions: int) -> dict[str, float]:
     """Exact AUC of each split's scored rows: positives and count per (split, distinct score), sorted in
     Ray Data, folded in score order by SortedAUC; the driver holds one batch of runs at a time."""
@@ -163,21 +158,6 @@ def split_row_count(data_dir: str, splits: list[str]) -> int:
     return int(sum(pc.sum(users.column(c)).as_py() or 0 for c in users.column_names))
 
 
-def user_groups(rows: pa.Table, task: str, chunk: int = 65536) -> Iterator[dict]:
-    """Scored rows (in memory) -> per-user rows of metrics.user_row, `chunk` users a batch, in (split, user) order."""
-    rows = rows.sort_by([("split", "ascending"), ("user_id", "ascending")])
-    cols = {c: rows.column(c).to_numpy(zero_copy_only=False) for c in ("split", "user_id", "finite", "pred",
-                                                                         "label", "loss")}
-    key = np.char.add(cols["split"].astype(str), np.char.add("\0", cols["user_id"].astype(str)))
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, dtype=int)
-    bounds = np.r_[starts, len(key)]
-    one_user = per_user_rows(task)
-    for first in range(0, len(starts), chunk):
-        users = [one_user({k: v[a:b] for k, v in cols.items()})
-                 for a, b in zip(bounds[first:first + chunk], bounds[first + 1:first + chunk + 1])]
-        yield {k: np.concatenate([u[k] for u in users]) for k in users[0]}
-
-
 def table_aucs(rows: pa.Table, splits: list[str]) -> dict[str, float]:
     """Exact AUC of each split's scored rows (in memory): the same runs split_aucs folds, made by pyarrow."""
     runs = (rows.filter(pc.field("finite")).group_by(["split", "pred"])
@@ -204,7 +184,7 @@ def score_in_one_task(shards: list[str], splits: list[str], scorer_args: dict, b
     rows = pa.concat_tables(scored) if scored else SCORED.empty_table()
     (Path(out) / "rows.parquet").mkdir()  # `out` is the work directory beside --out, swapped in whole
     pq.write_table(rows, Path(out) / "rows.parquet" / "part-00000.parquet")
-    totals = fold_per_user(user_groups(rows, task), task, {s: Path(p) for s, p in where.items()})
+    totals = fold_per_user(per_user.user_groups(rows, task), task, {s: Path(p) for s, p in where.items()})
     return totals, table_aucs(rows, splits) if task == "click" else {}, rows.num_rows
 
 
@@ -300,15 +280,40 @@ def score_in_pipeline(cfg: EvaluateConfig, task: str, store: dict, scorer_args: 
         compute=actor_pool(cfg.workers), num_cpus=actor_cpus(cfg.cpus_per_worker, cfg.workers),
         num_gpus=1 if cfg.use_gpu else None)
     written = write_dataset(scored, out / "rows.parquet", SCORED)
+    files = sorted(str(f) for f in written.glob("*.parquet"))
+    meter.samples = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    totals = fold_per_user(bucketed_user_rows(files, task, out / ".buckets", meter.samples), task, where)
     with sort_shuffle():  # a dataset keeps the context it was created in
-        rows = ray.data.read_parquet(str(written))
-        meter.samples = rows.count()
         partitions = max(1, min(256, meter.samples // 250_000))  # a sort reducer holds its partition
-        per_user = rows.groupby(["split", "user_id"], num_partitions=partitions).map_groups(
-            per_user_rows(task), batch_format="numpy")
-        totals = fold_per_user(per_user.iter_batches(batch_size=65536, batch_format="numpy"), task, where)
-        aucs = split_aucs(rows, cfg.split, partitions) if task == "click" else {}
+        aucs = split_aucs(ray.data.read_parquet(str(written)), cfg.split, partitions) if task == "click" else {}
     return totals, aucs
+
+
+def bucketed_user_rows(files: list[str], task: str, scratch: Path, rows: int,
+                       bucket_rows: int = 250_000) -> Iterator[dict]:
+    """Scored-row files -> per-user rows (batches of column arrays), with memory bounded by one bucket of
+    about `bucket_rows` rows in every process: Ray tasks hash the rows into user buckets under `scratch`
+    (per_user.split_into_buckets), fold each bucket (per_user.fold_bucket), and the caller streams the
+    results; `scratch` is removed at the end. The tasks import neither torch nor the model."""
+    buckets = max(1, -(-rows // bucket_rows))
+    shutil.rmtree(scratch, ignore_errors=True)
+    split_task = ray.remote(num_cpus=1)(per_user.split_into_buckets)
+    fold_task = ray.remote(num_cpus=1)(per_user.fold_bucket)
+    ray.get([split_task.remote(f, buckets, str(scratch), i) for i, f in enumerate(files)])
+    folds = [fold_task.remote(sorted(str(f) for f in d.glob("*.parquet")), task, str(scratch / f"{d.name}.parquet"))
+             for d in sorted(scratch.glob("b*")) if d.is_dir()]
+    progress = Progress("evaluate: user buckets folded", len(folds), every_s=30.0)
+    pending = list(folds)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        ray.get(ready)
+        progress.step(1)
+    try:
+        for f in sorted(scratch.glob("b*.parquet")):
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=65536):
+                yield {c: batch.column(c).to_numpy(zero_copy_only=False) for c in batch.schema.names}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def score_and_report(cfg: EvaluateConfig, task, store: dict, model: dict, head_path: Path, head: dict,
