@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
@@ -437,3 +438,14 @@ def test_a_long_epoch_logs_its_progress_on_rank_0(monkeypatch, capfd):
     monkeypatch.setattr(prompts_loop, "PROGRESS_S", 3600.0)  # a short epoch says nothing until its report
     progress.step(seen=64, loss_sum=64.0)
     assert "epoch 2" not in capfd.readouterr().err
+
+
+def test_prompt_matrix_reads_sliced_chunks_and_nulls_into_one_writable_matrix():
+    from puma_ray.core.scoring import prompt_matrix
+
+    a = pa.FixedSizeListArray.from_arrays(pa.array(np.arange(12, dtype=np.float32)), 3)
+    col = pa.chunked_array([a.slice(1, 2), pa.array([None, [9, 9, 9]], a.type), a.slice(0, 1)])
+    m = prompt_matrix(col, 3)
+    assert m.flags.writeable and m.dtype == np.float32
+    np.testing.assert_array_equal(m, [[3, 4, 5], [6, 7, 8], [np.nan] * 3, [9, 9, 9], [0, 1, 2]])
+    assert prompt_matrix(pa.array([], a.type), 3).shape == (0, 3)

@@ -21,14 +21,21 @@ from puma_ray.errors import PumaError
 
 
 def prompt_matrix(column: pa.ChunkedArray | pa.Array, width: int) -> np.ndarray:
-    """fixed_size_list<float>[width] column -> [n, width] float32 (nulls become NaN)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    out = np.full((len(column), width), np.nan, dtype=np.float32)
-    valid = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    if valid.any():
-        values = column.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False)
-        out[valid] = values.reshape(-1, width)
+    """fixed_size_list<float>[width] column -> [n, width] float32 (nulls become NaN), writable, with one copy
+    of the values (a broadcast store of a million users is read into every scorer: no transient copies)."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    out = np.empty((len(column), width), dtype=np.float32)
+    at = 0
+    for chunk in chunks:
+        n = len(chunk)
+        if chunk.null_count:
+            valid = chunk.is_valid().to_numpy(zero_copy_only=False)
+            out[at:at + n] = np.nan
+            out[at:at + n][valid] = chunk.filter(pa.array(valid)).flatten().to_numpy(
+                zero_copy_only=False).reshape(-1, width)
+        elif n:
+            out[at:at + n] = chunk.flatten().to_numpy(zero_copy_only=False).reshape(n, width)
+        at += n
     return out
 
 
