@@ -7,7 +7,7 @@ pretraining: speed and memory do not depend on its weights) and a store of seede
 prompts for every user with a rating head; then times `evaluate` over the train, valid and
 test splits in one pass, as a user runs it: `puma-ray evaluate` in a child process with its
 own local Ray, sampling the memory of that whole process tree (driver + raylet + GCS + Ray
-workers) every 0.25 s. Prints one JSON line with rows, rows_per_s, wall_s, peak_rss_tree_gb
+workers) every second. Prints one JSON line with rows, rows_per_s, wall_s, peak_rss_tree_gb
 (resident pages summed over processes: the object store's shared pages count once per process
 that maps them), peak_pss_tree_gb (proportional: each shared page counted once) and each kind
 of process's peak PSS (only the evaluate run is sampled).
@@ -91,7 +91,7 @@ def main() -> None:
     summary, wall, mem = run_cli_measured(
         "evaluate", "--data", str(data), "--model", model, "--prompts", str(work / f"store-{args.users}"),
         "--split", "train", "valid", "test", "--out", str(work / "eval"), f"workers={args.workers}",
-        f"batch_size={args.batch_size}", pss=True)
+        f"batch_size={args.batch_size}", pss=True, interval=1.0)
     rows = sum(s["n"] for s in summary["splits"].values())
     print(json.dumps({"users": users, "rows": rows, "workers": args.workers, "wall_s": round(wall, 1),
                       "rows_per_s": round(rows / wall), "peak_rss_tree_gb": round(mem.peak_bytes / 2**30, 2),
