@@ -19,7 +19,8 @@ import traceback
 import typing
 from typing import Any, Callable, Optional
 
-from puma_ray.config import (AdapterStageConfig, BenchConfig, ChainConfig, DataConfig, DemoConfig, EvaluateConfig,
+from puma_ray.config import (AdapterStageConfig, BenchConfig, ChainConfig, ColdstartConfig, DataConfig, DemoConfig,
+                             EvaluateConfig,
                              MigrateConfig, ModelsConfig, PromptsConfig, RecycleConfig, SelectConfig, SweepConfig,
                              field_docs, load_config)
 from puma_ray.errors import ConfigError, PumaError, worker_error_line
@@ -41,6 +42,8 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
                 "apply a trained adapter to every user of the source store(s) -> target prompt store (resumable)"),
     "recycle": (RecycleConfig, "puma_ray.stages.recycle:run_recycle",
                 "zero-user migration: map every source prompt through the two models' shared-token embeddings"),
+    "coldstart": (ColdstartConfig, "puma_ray.stages.coldstart:run_coldstart",
+                  "prompts for users a migrated store lacks, from their nearest users' prompts (item overlap)"),
     "evaluate": (EvaluateConfig, "puma_ray.stages.evaluate:run_evaluate",
                  "score a prompt store with its model over a split: metrics, per-user metrics, report"),
     "chain": (ChainConfig, "puma_ray.stages.chain:run_chain",

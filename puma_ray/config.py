@@ -518,6 +518,29 @@ class RecycleConfig(StageConfig):
 
 
 @stage_config
+class ColdstartConfig(StageConfig):
+    """`puma-ray coldstart`: prompts for users of a dataset whom a (migrated) store lacks, from their nearest users."""
+
+    data: Optional[str] = None
+    """Canonical dataset directory: its users that the store lacks are the cold-start users."""
+    prompts: Optional[str] = None
+    """Prompt store on the target model (e.g. `migrate`'s output) whose users are the neighbours."""
+    out: Optional[str] = None
+    """Output store: every prompt of --prompts plus one per cold-start user (built beside and swapped in whole)."""
+    neighbours: int = 20
+    """Nearest users (cosine of their train-item sets) whose prompts are averaged, weighted by similarity."""
+    chunk_users: int = 1024
+    """Cold-start users whose similarities are computed at a time (bounds memory)."""
+
+    def validate(self) -> None:
+        _required(self.data, "data", "--data DIR")
+        _required(self.prompts, "prompts", "--prompts STORE")
+        _required(self.out, "out", "--out STORE")
+        check(self.neighbours >= 1, "neighbours", "must be >= 1")
+        check(self.chunk_users >= 1, "chunk_users", "must be >= 1")
+
+
+@stage_config
 class EvaluateConfig(StageConfig):
     """`puma-ray evaluate`: score a prompt store with its model over one split of a dataset."""
 
@@ -789,6 +812,8 @@ class BenchConfig(StageConfig):
     """Seeds; the same seed gives every method the same initialisation and data order (paired)."""
     out: Optional[str] = None
     """Bench directory: report.md, table.csv, runs.csv, metrics.png, cost.png, bench.json, n<size>/."""
+    recycle: bool = False
+    """Also run prompt recycling per seed (`puma-ray recycle`: no user data, the seed's floor head): its row in the table."""
     strategies: list[str] = dataclasses.field(default_factory=lambda: ["puma", "random"])
     """Strategies run at the budget (the first is compared with random); 'all' = every registered one."""
     sizes: list[int] = dataclasses.field(default_factory=list)

@@ -12,7 +12,7 @@ from puma_ray.config import BenchConfig
 from puma_ray.data.schema import read_manifest
 from puma_ray.data.subset import subset_dataset
 from puma_ray.errors import PumaError
-from puma_ray.tune.bench import (FLOOR, RETRAINED, SOURCE, AdapterWork, fit_components, methods_of, paired_rows, projection,
+from puma_ray.tune.bench import (FLOOR, RECYCLED, RETRAINED, SOURCE, AdapterWork, fit_components, methods_of, paired_rows, projection,
                                  run_bench, summary_table)
 
 
@@ -106,10 +106,11 @@ def test_bench_end_to_end_on_a_user_subset(workspace, tmp_path):
                       target_model=str(workspace / "qwen2"), budget=8, seeds=[0], sizes=[60], strategies=["random"],
                       out=str(tmp_path / "b"), prompt_epochs=1, adapter_epochs=1, adapter_min_steps=0, adapter_width=32,
                       adapter_lr=3e-3,
-                      clusters=2)
+                      clusters=2, recycle=True)
     summary = run_bench(cfg)
     table = pd.read_csv(tmp_path / "b" / "table.csv")
-    assert table["method"].tolist() == [SOURCE, FLOOR, RETRAINED, "random (8)", "random (24)"]
+    assert table["method"].tolist() == [SOURCE, FLOOR, RETRAINED, RECYCLED, "random (8)", "random (24)"]
+    assert table.loc[table["method"] == RECYCLED, "users_trained"].item() == 0
     assert table["rmse_mean"].notna().all() and (table["device_s_mean"] > 0).all()
     assert table.loc[table["method"] == "random (24)", "users_trained"].item() == 24
     ref = json.loads((tmp_path / "b" / "n60" / "reference.json").read_text())

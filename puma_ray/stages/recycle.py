@@ -20,16 +20,8 @@ from puma_ray.core.recycle import fit_recycle_map
 from puma_ray.data.schema import copy_atomic
 from puma_ray.errors import PumaError
 from puma_ray.runtime.runs import CostMeter, Progress, build_beside, check_out, log
-from puma_ray.store.prompt_store import (check_model, finalize, iter_prompts, read_head, read_manifest,
+from puma_ray.store.prompt_store import (check_model, finalize, is_prompt_store, iter_prompts, read_head,
                                          read_quarantine, verify, write_shard)
-
-
-def is_prompt_store(path: Path) -> bool:
-    """A complete prompt store (its manifest names a prompt length): what --out may replace."""
-    try:
-        return "prompt_len" in read_manifest(path)
-    except (PumaError, OSError, ValueError):
-        return False
 
 
 def fit_between(cfg: RecycleConfig):

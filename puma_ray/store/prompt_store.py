@@ -122,6 +122,14 @@ def read_manifest(store: str | Path) -> dict:
                               "it was never finished or is not a store")
 
 
+def is_prompt_store(path: Path) -> bool:
+    """A complete prompt store (its manifest names a prompt length): what a stage's --out may replace."""
+    try:
+        return "prompt_len" in read_manifest(path)
+    except (PumaError, OSError, ValueError):
+        return False
+
+
 def verify(store: str | Path) -> dict:
     """Check every shard's row count and checksum against the manifest; returns the manifest."""
     manifest = read_manifest(store)

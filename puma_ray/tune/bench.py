@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from puma_ray.config import AdapterStageConfig, BenchConfig, EvaluateConfig, PromptsConfig
+from puma_ray.config import AdapterStageConfig, BenchConfig, EvaluateConfig, PromptsConfig, RecycleConfig
 from puma_ray.core.hf import describe_model
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import write_json_atomic
@@ -43,6 +43,7 @@ from puma_ray.tune.stats import (AdapterCost, LinearCost, fit_adapter_cost, fit_
 from puma_ray.tune.trial import TrialSetup, claim, closure, run_trial, stage_cost
 
 FLOOR, RETRAINED, SOURCE = "random init (floor)", "full retraining", "source model"
+RECYCLED = "prompt recycling (no users)"
 
 
 def methods_of(cfg: BenchConfig) -> list[tuple[str, str, int]]:
@@ -76,6 +77,26 @@ def trained(cfg: BenchConfig, data: str, model: str, out: Path, seed: int, split
             "users": json.loads((store / MANIFEST).read_text())["num_users"]}
 
 
+def recycled(cfg: BenchConfig, data: str, source_store: str, floor_store: str, out: Path, split: str) -> dict:
+    """The source store recycled into the target (no user data; the floor's head), evaluated on `split`:
+    {metrics, device_s, wall_s} (the recycle stage's own cost; the head's is the floor's)."""
+    from puma_ray.stages.evaluate import run_evaluate
+    from puma_ray.stages.recycle import run_recycle
+
+    store, ev = out / "store", out / f"eval-{split}"
+    claim(out, {"data": data, "source": source_store, "target_model": cfg.target_model, "head_from": floor_store,
+                "split": split}, "prompt recycling")
+    if not (store / MANIFEST).is_file():
+        run_recycle(RecycleConfig(source=source_store, source_model=cfg.source_model, target_model=cfg.target_model,
+                                  out=str(store), head_from=floor_store))
+    if not (ev / "metrics.json").is_file():
+        run_evaluate(EvaluateConfig(data=data, model=cfg.target_model, prompts=str(store), split=split, out=str(ev),
+                                    use_gpu=cfg.use_gpu, dtype=cfg.dtype))
+    cost = stage_cost(store)
+    return {"metrics": json.loads((ev / "metrics.json").read_text()), "device_s": cost["device_seconds"],
+            "wall_s": cost["wall_s"]}
+
+
 def size_runs(cfg: BenchConfig, data: str, users: int, root: Path, metric: str) -> list[dict]:
     """Every method x seed at one size; one flat row each."""
     m, split = metric, cfg.split
@@ -99,6 +120,13 @@ def size_runs(cfg: BenchConfig, data: str, users: int, root: Path, metric: str) 
                          "prompts_device_s": run["device_s"], "prompts_startup_device_s": run["startup_device_s"],
                          "prompts_samples": run["samples"],
                          "paid": False})
+        if cfg.recycle:
+            rec = recycled(cfg, data, src["store"], floor["store"], root / f"seed{seed}" / "recycled", split)
+            rows.append({"size": users, "seed": seed, "method": RECYCLED, "strategy": "", "users_trained": 0,
+                         f"{split}_{m}": rec["metrics"][m],
+                         f"{split}_closure": closure(ref["floor"]["value"], ref["retrained"]["value"],
+                                                     rec["metrics"][m], m),
+                         "cost_device_s": rec["device_s"], "cost_wall_s": rec["wall_s"], "paid": False})
         setup = TrialSetup(data=data, sources=[src["store"]], target_model=cfg.target_model, task_metric=m,
                            workers=cfg.workers, cpus_per_worker=cfg.cpus_per_worker, use_gpu=cfg.use_gpu,
                            dtype=cfg.dtype, report_split=split, reference=ref, defaults=adapter_defaults(cfg))
@@ -186,7 +214,7 @@ def stage_points(runs: pd.DataFrame) -> dict[str, tuple[list[float], list[float]
     for _, r in runs.iterrows():
         if r["method"] == RETRAINED:
             add("prompts", r["size"], r["prompts_device_s"], r.get("prompts_startup_device_s"))
-        elif r["method"] not in (SOURCE, FLOOR):  # a migration trial
+        elif r["method"] not in (SOURCE, FLOOR, RECYCLED):  # a migration trial
             add(f"select/{r['strategy']}", r["size"], r["select_device_s"], r.get("select_startup_device_s"))
             add("migrate", r["size"], r["migrate_device_s"], r.get("migrate_startup_device_s"))
     return pts
@@ -271,8 +299,9 @@ def projection(fits: dict, strategy: str, users: int, budget: int, work: Adapter
 
 
 def method_color(method: str) -> str:
-    """One colour per kind of method: already paid, floor, full retraining, PUMA, random, other strategies."""
-    fixed = {SOURCE: "#8c8c8c", FLOOR: "#c8c8c8", RETRAINED: "#c44e52"}
+    """One colour per kind of method: already paid, floor, full retraining, recycling, PUMA, random, other
+    strategies."""
+    fixed = {SOURCE: "#8c8c8c", FLOOR: "#c8c8c8", RETRAINED: "#c44e52", RECYCLED: "#8172b3"}
     if method in fixed:
         return fixed[method]
     return {"puma": "#4c72b0", "random": "#dd8452"}.get(method.split(" ")[0], "#55a868")
@@ -342,7 +371,8 @@ def write_report(out: Path, cfg: BenchConfig, table: pd.DataFrame, paired: list[
     lines = [f"# Bench: {cfg.source_model} -> {cfg.target_model}", "", data_note, "",
              f"Seeds {', '.join(map(str, cfg.seeds))}; every figure is test-split {metric} (best epochs chosen on "
              "valid). Cost = measured device-seconds (select + adapter + migrate for a migration; the whole "
-             "`prompts` run for floor and retraining); the source prompts are already paid.", "",
+             "`prompts` run for floor and retraining; the `recycle` stage for recycling, which takes the floor's head); "
+             "the source prompts are already paid.", "",
              f"| users | method | trained on | test {metric} | closure | device-s | cost vs full retraining |",
              "|---:|---|---:|---:|---:|---:|---:|"]
     for size, t in table.groupby("size", sort=False):

@@ -1,0 +1,17 @@
+# ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/coldstart.py --data /mnt/puma/data --prompts /mnt/puma/migrated --out /mnt/puma/with-cold
+"""Ray job entrypoint of `puma-ray coldstart`: the same stage function, flags and JSON summary as the CLI.
+
+Paths are read on the cluster: on a multi-node cluster give --out (and --input/--data)
+on storage every node sees, not paths inside the uploaded working directory.
+"""
+
+import sys
+from pathlib import Path
+
+# --working-dir uploads the repository; make its package importable without installing it.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from puma_ray.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["coldstart", *sys.argv[1:]]))
