@@ -29,6 +29,19 @@ from puma_ray.tune.stats import mean_std  # noqa: E402
 from puma_ray.tune.trial import TrialSetup, closure, run_trial  # noqa: E402
 
 
+def movielens_workspace(out: Path, movielens: str, families: tuple[str, ...]) -> str:
+    """Starts logging and Ray; (reused when there) OUT/data from MovieLens 100k and a tiny model of each
+    family at OUT/<family>; returns the data directory's absolute path."""
+    setup_logging()
+    init_ray()
+    data = str((out / "data").resolve())
+    if not (out / "data" / "manifest.json").is_file():
+        run_data(DataConfig(source="movielens", input=movielens, out=data))
+    for fam in families:
+        run_models(ModelsConfig(family=fam, data=data, out=str(out / fam)))
+    return data
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="/tmp/puma-closure")
@@ -41,14 +54,8 @@ def main() -> None:
     ap.add_argument("--adapter-lr", type=float, default=1e-3)
     ap.add_argument("--width", type=int, default=256)
     args = ap.parse_args()
-    setup_logging()
-    init_ray()
     out = Path(args.out)
-    data = str((out / "data").resolve())
-    if not (out / "data" / "manifest.json").is_file():
-        run_data(DataConfig(source="movielens", input=args.movielens, out=data))
-    for fam in ("llama", "qwen2"):
-        run_models(ModelsConfig(family=fam, data=data, out=str(out / fam)))
+    data = movielens_workspace(out, args.movielens, ("llama", "qwen2"))
     cfg = BenchConfig(data=data, source_model=str(out / "llama"), target_model=str((out / "qwen2").resolve()),
                       out=str(out), workers=args.workers, prompt_epochs=args.prompt_epochs, prompt_lr=args.prompt_lr)
     source = trained(cfg, data, cfg.source_model, out / "source", args.seeds[0], "test")

@@ -24,15 +24,13 @@ import numpy as np
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from puma_ray.config import BenchConfig, ColdstartConfig, DataConfig, EvaluateConfig, ModelsConfig  # noqa: E402
+from closure import movielens_workspace  # noqa: E402
+from puma_ray.config import BenchConfig, ColdstartConfig, EvaluateConfig  # noqa: E402
 from puma_ray.data.schema import copy_atomic  # noqa: E402
-from puma_ray.runtime.ray_utils import init_ray  # noqa: E402
-from puma_ray.runtime.runs import setup_logging  # noqa: E402
 from puma_ray.stages.coldstart import run_coldstart  # noqa: E402
-from puma_ray.stages.data import run_data  # noqa: E402
 from puma_ray.stages.evaluate import run_evaluate  # noqa: E402
-from puma_ray.stages.models import run_models  # noqa: E402
 from puma_ray.store.prompt_store import finalize, iter_prompts, read_head, read_manifest, write_shard  # noqa: E402
 from puma_ray.tune.bench import trained  # noqa: E402
 from puma_ray.tune.stats import mean_std, paired_interval  # noqa: E402
@@ -96,13 +94,8 @@ def main() -> None:
     ap.add_argument("--prompt-epochs", type=int, default=10)
     ap.add_argument("--prompt-lr", type=float, default=5e-3)
     args = ap.parse_args()
-    setup_logging()
-    init_ray()
     out = Path(args.out)
-    data = str((out / "data").resolve())
-    if not (out / "data" / "manifest.json").is_file():
-        run_data(DataConfig(source="movielens", input=args.movielens, out=data))
-    run_models(ModelsConfig(family="llama", data=data, out=str(out / "llama")))
+    data = movielens_workspace(out, args.movielens, ("llama",))
     cfg = BenchConfig(data=data, source_model=str(out / "llama"), target_model=str((out / "llama").resolve()),
                       out=str(out), workers=args.workers, prompt_epochs=args.prompt_epochs, prompt_lr=args.prompt_lr)
     rows = [one_seed(cfg, data, out / f"seed{s}", s, args.cold_fraction) for s in args.seeds]
