@@ -441,9 +441,22 @@ class AdapterStageConfig(TrainingConfig):
     """DeepSpeed ZeRO stage (0-3) of adapter + head."""
     zero3_persistence_threshold: int = 100000
     """ZeRO-3 keeps parameters smaller than this unpartitioned (0 partitions everything)."""
+    init: Literal["random", "recycled"] = "random"
+    """Adapter's start: random (seeded), or first fitted to reproduce --recycled's prompts of the selected users."""
+    recycled: Optional[str] = None
+    """`puma-ray recycle` output of the first --source on --target-model: what --init recycled fits the adapter to."""
+    init_steps: int = 300
+    """Steps (minibatches of 256 users, no target model) that fit the adapter to the recycled prompts."""
+    init_lr: float = 3e-3
+    """AdamW learning rate of those steps."""
 
     def validate(self) -> None:
         super().validate()
+        check(self.init != "recycled" or bool(self.recycled), "recycled",
+              "--init recycled needs --recycled STORE (a `puma-ray recycle` output)")
+        check(self.init == "recycled" or not self.recycled, "recycled", "is only read with --init recycled")
+        check(self.init_steps >= 1, "init_steps", "must be >= 1")
+        check(self.init_lr > 0, "init_lr", "must be > 0")
         check(self.zero_stage in (0, 1, 2, 3), "zero_stage", "must be 0, 1, 2 or 3")
         check(self.zero3_persistence_threshold >= 0, "zero3_persistence_threshold", "must be >= 0")
         check(len(self.source) >= 1, "source", "give at least one --source STORE")
@@ -814,6 +827,10 @@ class BenchConfig(StageConfig):
     """Bench directory: report.md, table.csv, runs.csv, metrics.png, cost.png, bench.json, n<size>/."""
     recycle: bool = False
     """Also run prompt recycling per seed (`puma-ray recycle`: no user data, the seed's floor head): its row in the table."""
+    recycled_init: bool = False
+    """Also run the first strategy at the budget with its adapter started from the recycled prompts (needs --recycle)."""
+    warm_epochs: int = 0
+    """Also tune the first strategy's migrated prompts this many epochs on the target (`prompts --init-from`); 0 = off."""
     strategies: list[str] = dataclasses.field(default_factory=lambda: ["puma", "random"])
     """Strategies run at the budget (the first is compared with random); 'all' = every registered one."""
     sizes: list[int] = dataclasses.field(default_factory=list)
@@ -863,6 +880,8 @@ class BenchConfig(StageConfig):
               "strategies", f"'all' or names from: {', '.join(names)}")
         check(all(n >= 2 for n in self.sizes) and len(set(self.sizes)) == len(self.sizes), "sizes",
               "give distinct user counts >= 2")
+        check(self.recycle or not self.recycled_init, "recycled_init", "needs --recycle (the store it starts from)")
+        check(self.warm_epochs >= 0, "warm_epochs", "must be >= 0 (0 = off)")
         check(self.workers >= 1, "workers", "must be >= 1")
         check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
         check(self.prompt_epochs >= 1 and self.prompt_lr > 0, "prompt_epochs", "epochs >= 1 and lr > 0")

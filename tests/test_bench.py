@@ -4,14 +4,16 @@ small end-to-end run on the tiny workspace (a seeded user subset, one seed)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from puma_ray.config import BenchConfig
 from puma_ray.data.schema import read_manifest
+from puma_ray.store.prompt_store import read_manifest as read_store_manifest
 from puma_ray.data.subset import subset_dataset
-from puma_ray.errors import PumaError
+from puma_ray.errors import ConfigError, PumaError
 from puma_ray.tune.bench import (FLOOR, RECYCLED, RETRAINED, SOURCE, AdapterWork, fit_components, methods_of, paired_rows, projection,
                                  run_bench, summary_table)
 
@@ -48,6 +50,10 @@ def test_bench_tables_pair_by_seed_and_fit_exact_costs():
     runs = fixed_runs()
     cfg = BenchConfig(data="d", source_model="a", target_model="b", budget=20, seeds=[0, 1], out="o")
     assert [m[0] for m in methods_of(cfg)] == ["puma (20)", "random (20)", "random (60)"]
+    warm = BenchConfig(**{**cfg.to_dict(), "recycle": True, "recycled_init": True})
+    assert methods_of(warm)[-1] == ("puma (20), recycled init", {"strategy": "puma", "budget": 20, "init": "recycled"})
+    with pytest.raises(ConfigError, match="recycled_init: needs --recycle"):
+        BenchConfig(**{**cfg.to_dict(), "recycled_init": True})
     table = summary_table(runs, "rmse", "test")
     puma = table[(table["size"] == 100) & (table["method"] == "puma (20)")].iloc[0]
     assert puma["rmse_mean"] == pytest.approx(1.215) and puma["seeds"] == 2 and puma["closure_mean"] == pytest.approx(0.9)
@@ -106,11 +112,24 @@ def test_bench_end_to_end_on_a_user_subset(workspace, tmp_path):
                       target_model=str(workspace / "qwen2"), budget=8, seeds=[0], sizes=[60], strategies=["random"],
                       out=str(tmp_path / "b"), prompt_epochs=1, adapter_epochs=1, adapter_min_steps=0, adapter_width=32,
                       adapter_lr=3e-3,
-                      clusters=2, recycle=True)
+                      clusters=2, recycle=True, recycled_init=True, warm_epochs=1)
     summary = run_bench(cfg)
     table = pd.read_csv(tmp_path / "b" / "table.csv")
-    assert table["method"].tolist() == [SOURCE, FLOOR, RETRAINED, RECYCLED, "random (8)", "random (24)"]
+    assert table["method"].tolist() == [SOURCE, FLOOR, RETRAINED, RECYCLED, "random (8)", "random (8) + 1 epoch tuning",
+                                        "random (24)", "random (8), recycled init"]
     assert table.loc[table["method"] == RECYCLED, "users_trained"].item() == 0
+    runs = pd.read_csv(tmp_path / "b" / "runs.csv").set_index("method")
+    warm, plain = runs.loc["random (8) + 1 epoch tuning"], runs.loc["random (8)"]
+    assert warm["cost_device_s"] == pytest.approx(plain["cost_device_s"] + warm["tuning_device_s"], abs=1e-2)
+    tuned = read_store_manifest(warm["warm_store"])["lineage"][-1]
+    assert tuned["init_from"] == str(Path(plain["trial_path"]) / "store") and len(tuned["curve"]) == 1
+    started = json.loads((Path(runs.loc["random (8), recycled init", "trial_path"]) / "adapter" / "adapter.json").read_text())
+    assert started["init"]["kind"] == "recycled" and started["init"]["store"].endswith("recycled/store")
+    assert runs.loc["random (8), recycled init", "cost_device_s"] == pytest.approx(
+        runs.loc["random (8), recycled init", ["select_device_s", "adapter_device_s", "migrate_device_s",
+                                               "recycle_device_s"]].sum(), abs=1e-2)
+    assert {(p["a"], p["b"]) for p in summary["paired"]} >= {("random (8), recycled init", "random (8)"),
+                                                             ("random (8) + 1 epoch tuning", RETRAINED)}
     assert table["rmse_mean"].notna().all() and (table["device_s_mean"] > 0).all()
     assert table.loc[table["method"] == "random (24)", "users_trained"].item() == 24
     ref = json.loads((tmp_path / "b" / "n60" / "reference.json").read_text())
@@ -137,3 +156,14 @@ def test_closure_says_over_how_many_seeds_it_is_defined():
     table = summary_table(runs, "rmse", "test").set_index(["size", "method"])
     assert _closure(table.loc[(100, "puma (20)")]) == "0.90 (1 of 2 seeds)"
     assert _closure(table.loc[(400, "puma (20)")]).startswith("0.90 ± ")
+
+
+def test_a_recycled_start_is_paired_with_the_same_strategy_started_at_random():
+    cfg = BenchConfig(data="d", source_model="a", target_model="b", budget=20, seeds=[0, 1, 2], out="o",
+                      recycle=True, recycled_init=True)
+    runs = pd.DataFrame([{"size": 100, "seed": s, "method": m, "test_rmse": v}
+                         for s, (p, w) in enumerate([(1.20, 1.18), (1.22, 1.19), (1.21, 1.20)])
+                         for m, v in (("puma (20)", p), ("puma (20), recycled init", w))])
+    (d,) = paired_rows(runs, cfg, "rmse")
+    assert (d["a"], d["b"], d["seeds"]) == ("puma (20), recycled init", "puma (20)", 3)
+    assert d["mean"] == pytest.approx(-0.02) and d["low"] < d["mean"] < d["high"]

@@ -135,6 +135,24 @@ def test_freeze_prompts_is_the_floor(setup, zero2):
     assert res["curve"][-1]["train_loss"] < res["curve"][0]["train_loss"]
 
 
+def test_a_warm_start_begins_from_the_given_stores_prompts_and_head(setup, zero2):
+    """--init-from: every worker starts from the store's prompts and its head (lr 1e-9: where it ends is where it
+    started), the lineage continues the store's with the new step and its per-epoch curve."""
+    from safetensors.torch import load_file
+
+    root, _ = setup
+    res = run_prompts(cfg(root, "warm", init_from=str(root / "zero2"), epochs=1, lr=1e-9))
+    users = [u for ids, _ in ps.iter_prompts(root / "zero2") for u in ids]
+    np.testing.assert_allclose(ps.load_prompts(root / "warm", users), ps.load_prompts(root / "zero2", users), atol=1e-6)
+    (a, _), (b, _) = ps.read_head(root / "zero2"), ps.read_head(root / "warm")
+    for k, v in load_file(a).items():
+        np.testing.assert_allclose(load_file(b)[k].numpy(), v.numpy(), atol=1e-6)
+    old, new = ps.read_manifest(root / "zero2")["lineage"], ps.read_manifest(root / "warm")["lineage"]
+    assert new[:-1] == old and new[-1]["init_from"] == str((root / "zero2").resolve())
+    assert [c["epoch"] for c in new[-1]["curve"]] == [0] and new[-1]["curve"][0]["valid_rmse"] == res["valid_rmse"]
+    assert res["valid_rmse"] == pytest.approx(zero2["valid_rmse"], abs=1e-4)  # the store's own quality, kept
+
+
 def test_store_of_another_model_is_refused(setup, zero2, tmp_path):
     root, _ = setup
     other = run_models(ModelsConfig(family="qwen2", data=str(root / "data"), out=str(tmp_path / "q"),

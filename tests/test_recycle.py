@@ -77,3 +77,76 @@ def test_a_store_of_another_model_is_refused_before_out_is_touched(workspace, tm
         run_recycle(RecycleConfig(source=str(workspace / "src"), source_model=str(workspace / "llama"),
                                   target_model=str(workspace / "gemma3"), out=str(tmp_path / "rec")))
     assert [p.name for p in (tmp_path / "rec").iterdir()] == ["keep.txt"]
+
+
+def test_distil_fits_an_adapter_to_a_known_linear_relation():
+    from puma_ray.core.modules import AdapterConfig, MigrationAdapter
+    from puma_ray.core.recycle import distil
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 1, 16, generator=g)
+    y = x @ torch.randn(16, 12, generator=g) + torch.randn(12, generator=g)
+    torch.manual_seed(0)
+    adapter = MigrationAdapter(AdapterConfig(16, 12, width=64, dropout=0.5))
+    fit = distil(adapter, x.numpy(), y.numpy(), steps=1000, lr=1e-2, batch=64, generator=torch.Generator().manual_seed(0))
+    assert fit.mse < 0.02 * fit.mse_start and fit.r2 > 0.98
+    with torch.no_grad():  # what the fit reports is what the adapter now does
+        assert float(((adapter.eval()(x) - y) ** 2).mean()) == pytest.approx(fit.mse, rel=1e-5)
+    torch.manual_seed(0)
+    again = MigrationAdapter(AdapterConfig(16, 12, width=64, dropout=0.5))
+    assert distil(again, x.numpy(), y.numpy(), 1000, 1e-2, 64, torch.Generator().manual_seed(0)) == fit  # seeded
+    with pytest.raises(PumaError, match="source prompts for"):
+        distil(again, x.numpy(), y.numpy()[:10], 1, 1e-3, 8, torch.Generator())
+
+
+@pytest.mark.ray
+def test_adapter_init_recycled_starts_the_workers_from_the_fitted_adapter(workspace, tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from puma_ray.config import AdapterStageConfig
+    from puma_ray.stages.adapter import run_adapter
+
+    run_recycle(RecycleConfig(source=str(workspace / "src"), source_model=str(workspace / "llama"),
+                              target_model=str(workspace / "qwen2"), out=str(tmp_path / "rec")))
+    base = dict(data=str(workspace / "data"), source=[str(workspace / "src")], target_model=str(workspace / "qwen2"),
+                workers=1, epochs=1, min_steps=0, width=64, lr=1e-9, seed=4)
+    res = run_adapter(AdapterStageConfig(**base, out=str(tmp_path / "a"), init="recycled",
+                                         recycled=str(tmp_path / "rec"), init_steps=150))
+    meta = json.loads((tmp_path / "a" / "adapter.json").read_text())
+    assert meta["init"] == res["init"] and res["init"]["kind"] == "recycled" and res["init"]["steps"] == 150
+    assert res["init"]["mse"] < res["init"]["mse_start"]
+    init, trained = load_file(tmp_path / "a" / "init.safetensors"), load_file(tmp_path / "a" / meta["weights"])
+    for k, v in init.items():  # lr 1e-9: the trained adapter is where the workers started
+        torch.testing.assert_close(trained[k], v, atol=1e-6, rtol=0)
+    import shutil  # a recycled store of another source model is refused, with nothing written
+    shutil.copytree(tmp_path / "rec", tmp_path / "other")
+    manifest = json.loads((tmp_path / "other" / "manifest.json").read_text())
+    manifest["lineage"][-1]["from"][0]["model"] = "0" * 64
+    (tmp_path / "other" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PumaError, match="is not a `puma-ray recycle` output of the first --source's model"):
+        run_adapter(AdapterStageConfig(**base, out=str(tmp_path / "c"), init="recycled", recycled=str(tmp_path / "other")))
+    assert not (tmp_path / "c").exists()
+    plain = run_adapter(AdapterStageConfig(**base, out=str(tmp_path / "b")))
+    assert plain["init"] == {"kind": "random"}
+    fresh = load_file(tmp_path / "b" / json.loads((tmp_path / "b" / "adapter.json").read_text())["weights"])
+    assert not torch.allclose(fresh["ffn2.net.3.weight"], trained["ffn2.net.3.weight"])
+
+
+def test_adapter_init_recycled_refuses_a_store_that_is_not_the_sources_recycled(workspace, tmp_path):
+    from puma_ray.config import AdapterStageConfig
+    from puma_ray.errors import ConfigError
+    from puma_ray.stages.adapter import run_adapter
+
+    base = dict(data=str(workspace / "data"), source=[str(workspace / "src")], target_model=str(workspace / "qwen2"),
+                out=str(tmp_path / "a"))
+    with pytest.raises(ConfigError, match="recycled: --init recycled needs --recycled"):
+        AdapterStageConfig(**base, init="recycled")
+    with pytest.raises(ConfigError, match="recycled: is only read with --init recycled"):
+        AdapterStageConfig(**base, recycled=str(workspace / "src"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "keep.txt").write_text("mine")
+    with pytest.raises(PumaError, match="belongs to model"):  # the source store itself: the source model's
+        run_adapter(AdapterStageConfig(**base, init="recycled", recycled=str(workspace / "src")))
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["keep.txt"]

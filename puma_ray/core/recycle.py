@@ -92,3 +92,41 @@ def fit_recycle_map(source_model, source_tokenizer, target_model, target_tokeniz
     """The map between two models' input-embedding spaces, fitted on their shared tokens."""
     src_ids, tgt_ids = shared_tokens(source_tokenizer, target_tokenizer)
     return fit_map(input_vectors(source_model, src_ids), input_vectors(target_model, tgt_ids), ridge)
+
+
+@dataclass(frozen=True)
+class Distilled:
+    """How closely an adapter reproduces the recycled prompts after `distil`."""
+
+    mse_start: float
+    """Mean squared error of the freshly initialised adapter."""
+    mse: float
+    """Mean squared error after the last step."""
+    r2: float
+    """Share of the recycled prompts' variance the adapter reproduces (1 - mse / variance)."""
+
+
+def distil(adapter: torch.nn.Module, x: np.ndarray, y: np.ndarray, steps: int, lr: float, batch: int,
+           generator: torch.Generator) -> Distilled:
+    """Fit `adapter` so that adapter(x) ~ y by mean squared error (AdamW, `steps` minibatches of `batch` users
+    drawn by `generator`), dropout off: the recycled map's prompts as the adapter's starting point, before it
+    trains end to end through the target model. x: [n, l, d_s], y: [n, l, d_t]; float32 numpy."""
+    xs, ys = torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(np.ascontiguousarray(y, np.float32))
+    if xs.shape[:2] != ys.shape[:2]:
+        raise PumaError(f"distil: {tuple(xs.shape)} source prompts for {tuple(ys.shape)} recycled ones")
+    was_training = adapter.training
+    adapter.eval()  # dropout off: the target is a deterministic map
+    opt = torch.optim.AdamW(adapter.parameters(), lr=lr, weight_decay=0.0)
+    variance = float(((ys - ys.mean((0, 1))) ** 2).mean().clamp_min(1e-12))
+    with torch.no_grad():
+        start = float(((adapter(xs) - ys) ** 2).mean())
+    for _ in range(steps):
+        rows = torch.randint(len(xs), (min(batch, len(xs)),), generator=generator)
+        loss = ((adapter(xs[rows]) - ys[rows]) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        mse = float(((adapter(xs) - ys) ** 2).mean())
+    adapter.train(was_training)
+    return Distilled(start, mse, 1.0 - mse / variance)

@@ -16,22 +16,24 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import ray
-from safetensors.torch import load_file
+import torch
+from safetensors.torch import load_file, save_file
 
 from puma_ray.config import AdapterStageConfig
 from puma_ray.core.hf import describe_model, load_causal_lm, model_ref
-from puma_ray.core.modules import AdapterConfig, adapter_param_count
+from puma_ray.core.modules import AdapterConfig, MigrationAdapter, adapter_param_count
+from puma_ray.core.recycle import distil
 from puma_ray.data.schema import copy_atomic, file_sha256, shard_paths, write_json_atomic
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.errors import PumaError
 from puma_ray.runtime.ray_utils import dataset_parts, init_ray, read_columns
 from puma_ray.runtime.runs import CostMeter, check_out, log, open_run
-from puma_ray.store.prompt_store import iter_prompts, read_head, verify
+from puma_ray.store.prompt_store import check_model, iter_prompts, load_prompts, read_head, verify
 from puma_ray.train.wiring import (best_checkpoint, build_trainer, check_resume, fit_trainer, record_training,
                                    run_history, run_name)
 from puma_ray.core.tasks import TASKS
 from puma_ray.core.templates import load_template_text
-from puma_ray.train.adapter_loop import adapter_loop
+from puma_ray.train.adapter_loop import adapter_loop, source_prompts
 from puma_ray.train.common import epochs_for, read_users, rows_per_rank, steps_for, tag_parts
 from puma_ray.train.engines import deepspeed_config
 
@@ -114,6 +116,34 @@ def drop_other_generations(out: Path, files: dict) -> None:
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
+def check_recycled(store: str, sources: list[dict], target: dict) -> dict:
+    """The --recycled store's manifest, after checking it is the first source recycled into the target model."""
+    m = verify(store)
+    check_model(m, target["fingerprint"], store)
+    step = m["lineage"][-1] if m["lineage"] else {}
+    made_from = [f["model"] for f in step.get("from", [])]
+    if step.get("step") != "recycled" or made_from != [sources[0]["model"]["fingerprint"]]:
+        raise PumaError(f"--recycled {store} is not a `puma-ray recycle` output of the first --source's model "
+                        f"(its last lineage step is {step.get('step')!r})")
+    if m["prompt_len"] != sources[0]["prompt_len"]:
+        raise PumaError(f"--recycled {store} has prompt length {m['prompt_len']}, the sources {sources[0]['prompt_len']}")
+    return m
+
+
+def recycled_start(cfg: AdapterStageConfig, users: list[str], adapter_cfg: dict, out: Path) -> dict:
+    """--init recycled: a seeded adapter fitted to reproduce the recycled prompts of `users` from their source
+    prompts (core/recycle.distil), saved as out/init.safetensors for the workers; returns what the fit reached."""
+    x, y = source_prompts(cfg.source, users), load_prompts(cfg.recycled, users)
+    torch.manual_seed(cfg.seed)  # the same draw as the workers' random start
+    adapter = MigrationAdapter(AdapterConfig(**adapter_cfg))
+    fit = distil(adapter, x, y, cfg.init_steps, cfg.init_lr, 256, torch.Generator().manual_seed(cfg.seed))
+    save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, str(out / "init.safetensors"))
+    log.info("adapter: fitted to the recycled prompts in %d steps (mse %.4g -> %.4g, R^2 %.3f)", cfg.init_steps,
+             fit.mse_start, fit.mse, fit.r2)
+    return {"kind": "recycled", "store": str(Path(cfg.recycled).resolve()), "steps": cfg.init_steps,
+            "lr": cfg.init_lr, "mse_start": fit.mse_start, "mse": fit.mse, "r2": fit.r2}
+
+
 def _select_rows(batch: pd.DataFrame, users_ref) -> pd.DataFrame:
     keep = ray.get(users_ref)
     return batch[batch["user_id"].isin(keep)]
@@ -127,6 +157,8 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
     users = read_users(users_path)
     sources = check_sources(cfg.source, users, task.name)
     target = describe_model(cfg.target_model)  # a model that does not load fails here, before --out is touched
+    if cfg.init == "recycled":
+        check_recycled(cfg.recycled, sources, target)
     name = cfg.run_name or run_name("adapter", cfg.out)
     storage = cfg.storage_path or str((Path(cfg.out) / "_train").resolve())
     check_resume(storage, name, cfg.workers)
@@ -153,6 +185,7 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
         tagged = base.map_batches(tag_parts, batch_format="pandas", fn_kwargs={"world": W, "train_part": "train"})
         datasets = dataset_parts(tagged, ["train"] + [f"valid_r{r}" for r in range(W)], cfg.cache_data)
         metric = f"valid_{task.metric}"
+        start = recycled_start(cfg, users, adapter_cfg, out) if cfg.init == "recycled" else {"kind": "random"}
         loop_config = {
             "task": task.name, "target_model": model_ref(cfg.target_model), "template_text": load_template_text(template),
             "prompt_len": prompt_len, "users_file": str(users_path),
@@ -165,6 +198,7 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
                      "lora_dropout": 0.0} if cfg.lora_rank else None,
             "ds_config": deepspeed_config(cfg.batch_size, cfg.zero_stage, cfg.use_gpu, cfg.zero3_persistence_threshold),
             "head_init": source_head(cfg.source[0], task.name, cfg.lam) if cfg.head_init == "source" else None,
+            "adapter_init": str((out / "init.safetensors").resolve()) if cfg.init == "recycled" else None,
         }
         log.info("adapter: %d users from %d source store(s) -> %s (d %d -> %d, w %d, rank %d), %d workers x %d steps "
                  "x %d epochs", len(users), len(cfg.source), target["family"], adapter_cfg["source_dim"],
@@ -178,19 +212,19 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
         history = run_history(result)
         record_training(meter, history, fit_start, target["parameters"])
         meter.extra = {"best_epoch": int(best["epoch"]), metric: best[metric], "users": len(users), "epochs": epochs,
-                       "lm_dtype": history[-1].get("lm_dtype")}
+                       "lm_dtype": history[-1].get("lm_dtype"), "init": start["kind"]}
+    curve = [{k: row[k] for k in ("epoch", "train_loss", metric)} for row in history]
     meta = {"adapter": adapter_cfg, "lora": {**loop_config["lora"], "path": files["lora"]} if cfg.lora_rank else None,
             "weights": files["weights"], "head": files["head"],
             "task": task.name, "template": template, "prompt_len": prompt_len,
             "lam": cfg.lam, "yes_minus_no": cfg.yes_minus_no, "target": target,
             "sources": [{"path": str(Path(s).resolve()), "model": m["model"], "dim": m["dim"],
                          "lineage": m["lineage"]} for s, m in zip(cfg.source, sources)],
-            "users": len(users), "best_epoch": int(best["epoch"]), metric: best[metric],
-            "dataset_fingerprint": data["fingerprint"], "sha256": file_sha256(out / files["weights"])}
+            "users": len(users), "best_epoch": int(best["epoch"]), metric: best[metric], "init": start,
+            "curve": curve, "dataset_fingerprint": data["fingerprint"], "sha256": file_sha256(out / files["weights"])}
     write_json_atomic(out / "adapter.json", meta)  # last: it marks the adapter complete and names its files
     drop_other_generations(out, files)
     log.info("adapter: best epoch %d, %s %.4f -> %s", best["epoch"], metric, best[metric], out)
-    curve = [{k: row[k] for k in ("epoch", "train_loss", metric)} for row in history]
     return {"out": str(out), "users": len(users), "best_epoch": int(best["epoch"]), metric: best[metric],
-            "curve": curve, "adapter_params": adapter_param_count(AdapterConfig(**adapter_cfg)), "run_name": name,
+            "curve": curve, "init": start, "adapter_params": adapter_param_count(AdapterConfig(**adapter_cfg)), "run_name": name,
             "wall_s": meter.record.wall_s, "startup_s": meter.record.startup_s}

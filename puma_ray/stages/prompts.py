@@ -20,7 +20,7 @@ from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import copy_atomic, shard_paths
 from puma_ray.runtime.ray_utils import dataset_parts, init_ray, read_columns
 from puma_ray.runtime.runs import CostMeter, check_out, log, open_run
-from puma_ray.store.prompt_store import check_model, finalize, generation_name, write_shard
+from puma_ray.store.prompt_store import check_model, finalize, generation_name, read_head, write_shard
 from puma_ray.store.prompt_store import read_manifest as read_store_manifest
 from puma_ray.train.prompts_loop import prompts_loop
 from puma_ray.train.wiring import (best_checkpoint, build_trainer, check_resume, fit_trainer, record_training,
@@ -59,6 +59,21 @@ def write_store(ckpt, out: Path, world: int, head: dict, manifest_fields: dict) 
                     head={"weights": weights, **head}, **manifest_fields)
 
 
+def warm_head(store: str, task: str, lam: float, yes_minus_no: bool) -> tuple[Path, dict] | None:
+    """The --init-from store's head and its fields when they fit this run (same task, loss weight and click
+    loss), else None: warm-started prompts keep the head they were trained or migrated with."""
+    found = read_head(store)
+    if found is None:
+        log.info("prompts: --init-from %s has no head; the head starts fresh", store)
+        return None
+    path, head = found
+    if (head["task"], head.get("lam"), head.get("yes_minus_no", False)) != (task, lam, yes_minus_no):
+        log.info("prompts: the head of --init-from %s was trained for %s (lam %s); the head starts fresh", store,
+                 head["task"], head.get("lam"))
+        return None
+    return path.resolve(), head
+
+
 def run_prompts(cfg: PromptsConfig) -> dict:
     """Train prompts for every user of `cfg.data` on `cfg.model`; returns the JSON summary."""
     data = read_data_manifest(cfg.data)
@@ -69,6 +84,7 @@ def run_prompts(cfg: PromptsConfig) -> dict:
         source = read_store_manifest(cfg.init_from)
         check_model(source, model["fingerprint"], cfg.init_from)
         lineage = source["lineage"] + [{**lineage[0], "init_from": str(Path(cfg.init_from).resolve())}]
+    start_head = warm_head(cfg.init_from, task.name, cfg.lam, cfg.yes_minus_no) if cfg.init_from else None
     check_out(cfg.out, "prompt store", lambda p: (p / "manifest.json").is_file() or (p / "_train").is_dir())
     name = cfg.run_name or run_name("prompts", cfg.out)
     storage = cfg.storage_path or str((Path(cfg.out) / "_train").resolve())
@@ -81,7 +97,7 @@ def run_prompts(cfg: PromptsConfig) -> dict:
         train_steps = steps_for(rows_per_rank(users, "n_train", W), cfg.batch_size)
         valid_rows = rows_per_rank(users, "n_valid", W)
         valid_steps = steps_for(valid_rows, cfg.batch_size) if sum(valid_rows) else 0
-        template = cfg.template or task.template
+        template = cfg.template or (start_head[1].get("template") if start_head else None) or task.template
         metric = f"valid_{task.metric}"
         loop_config = {
             "task": task.name, "model": model_ref(cfg.model), "template_text": load_template_text(template),
@@ -90,6 +106,7 @@ def run_prompts(cfg: PromptsConfig) -> dict:
             "epochs": cfg.epochs, "lam": cfg.lam,
             "yes_minus_no": cfg.yes_minus_no, "freeze_prompts": cfg.freeze_prompts,
             "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from else None,
+            "init_head": str(start_head[0]) if start_head else None,
             "prefix_cache": cfg.prefix_cache, "use_gpu": cfg.use_gpu, "dtype": cfg.dtype, "train_steps": train_steps,
             "valid_steps": valid_steps,
         }
@@ -102,6 +119,7 @@ def run_prompts(cfg: PromptsConfig) -> dict:
         ckpt, best = best_checkpoint(result, metric, task.mode)
         history = run_history(result)
         lineage[-1]["best_epoch"] = int(best["epoch"])
+        lineage[-1]["curve"] = [{"epoch": int(row["epoch"]), metric: row[metric]} for row in history]
         head = {"task": task.name, "lam": cfg.lam, "template": template, "yes_minus_no": cfg.yes_minus_no}
         manifest = write_store(ckpt, out, W, head, {
             "task": task.name, "prompt_len": cfg.prompt_len, "dim": model["hidden_size"], "model": model,

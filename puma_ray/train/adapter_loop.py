@@ -92,6 +92,8 @@ def adapter_worker(config: dict) -> None:
     if config.get("head_init"):  # the source's trained head: it already speaks the label scale
         head.load_state_dict(load_file(config["head_init"]))
     module = AdapterWithHead(AdapterConfig(**config["adapter"]), head, lora=model if lora else None)
+    if config.get("adapter_init"):  # --init recycled: the stage fitted the adapter to the recycled prompts
+        module.adapter.load_state_dict(load_file(config["adapter_init"]))
     engine = DeepSpeedEngine(module.to(device), config["lr"], config["ds_config"])
     dtype = next(engine.module.parameters()).dtype
 

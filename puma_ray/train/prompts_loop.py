@@ -221,7 +221,10 @@ def prompts_worker(config: dict) -> None:
     if config["init_from"]:
         table.weight.data.copy_(torch.from_numpy(load_prompts(config["init_from"], users)).reshape(len(users), -1))
     table.weight.requires_grad_(not config["freeze_prompts"])
-    head = task.head(config["lam"], config["yes_minus_no"]).to(device)
+    head = task.head(config["lam"], config["yes_minus_no"])
+    if config.get("init_head"):  # --init-from: the head those prompts were trained (or migrated) with
+        head.load_state_dict(load_file(config["init_head"]))
+    head = head.to(device)
     engine = ReplicatedHead(head, config["lr"])
     table_opt = sparse_adam(table, config["lr"]) if table.weight.requires_grad else None
 

@@ -46,27 +46,41 @@ FLOOR, RETRAINED, SOURCE = "random init (floor)", "full retraining", "source mod
 RECYCLED = "prompt recycling (no users)"
 
 
-def methods_of(cfg: BenchConfig) -> list[tuple[str, str, int]]:
-    """(method name, strategy, budget): each strategy at B, then random at 3B."""
+def methods_of(cfg: BenchConfig) -> list[tuple[str, dict]]:
+    """(method name, trial parameters but the seed): each strategy at B, then random at 3B, then (with
+    --recycled-init) the first strategy at B with its adapter started from the recycled prompts."""
     names = list(STRATEGIES) if cfg.strategies == ["all"] else cfg.strategies
-    out = [(f"{s} ({cfg.budget})", s, cfg.budget) for s in names]
-    return out + [(f"random ({3 * cfg.budget})", "random", 3 * cfg.budget)]
+    out = [(f"{s} ({cfg.budget})", {"strategy": s, "budget": cfg.budget}) for s in names]
+    out.append((f"random ({3 * cfg.budget})", {"strategy": "random", "budget": 3 * cfg.budget}))
+    if cfg.recycled_init:
+        out.append((recycled_init_name(cfg), {"strategy": names[0], "budget": cfg.budget, "init": "recycled"}))
+    return out
 
 
-def trained(cfg: BenchConfig, data: str, model: str, out: Path, seed: int, split: str, freeze: bool = False) -> dict:
-    """Prompts on `model` (reused when complete), evaluated on `split`: {value, device_s, wall_s, users}."""
+def recycled_init_name(cfg: BenchConfig) -> str:
+    """The table's name of the first strategy at B with a recycled start."""
+    names = list(STRATEGIES) if cfg.strategies == ["all"] else cfg.strategies
+    return f"{names[0]} ({cfg.budget}), recycled init"
+
+
+def trained(cfg: BenchConfig, data: str, model: str, out: Path, seed: int, split: str, freeze: bool = False,
+            init_from: str | None = None, epochs: int | None = None) -> dict:
+    """Prompts on `model` (reused when complete; from the prompts of `init_from` when given, for `epochs`, default
+    --prompt-epochs), evaluated on `split`: {store, metrics, device_s, wall_s, startup_device_s, samples, users}."""
     from puma_ray.stages.evaluate import run_evaluate
     from puma_ray.stages.prompts import run_prompts
 
     store, ev = out / "store", out / f"eval-{split}"
-    claim(out, {"data": data, "model": model, "seed": seed, "freeze_prompts": freeze, "epochs": cfg.prompt_epochs,
+    epochs = epochs or cfg.prompt_epochs
+    claim(out, {"data": data, "model": model, "seed": seed, "freeze_prompts": freeze, "epochs": epochs,
                 "lr": cfg.prompt_lr, "workers": cfg.workers, "split": split,
+                **({"init_from": init_from} if init_from else {}),
                 **({"dtype": cfg.dtype} if cfg.dtype != "auto" else {})}, "prompt training")
     if not (store / MANIFEST).is_file():
         run_prompts(PromptsConfig(data=data, model=model, out=str(store), workers=cfg.workers,
                                   cpus_per_worker=cfg.cpus_per_worker, use_gpu=cfg.use_gpu, dtype=cfg.dtype,
-                                  epochs=cfg.prompt_epochs,
-                                  lr=cfg.prompt_lr, seed=seed, freeze_prompts=freeze))
+                                  epochs=epochs, lr=cfg.prompt_lr, seed=seed, freeze_prompts=freeze,
+                                  init_from=init_from))
     if not (ev / "metrics.json").is_file():
         run_evaluate(EvaluateConfig(data=data, model=model, prompts=str(store), split=split, out=str(ev),
                                     use_gpu=cfg.use_gpu, dtype=cfg.dtype))
@@ -120,7 +134,9 @@ def size_runs(cfg: BenchConfig, data: str, users: int, root: Path, metric: str) 
                          "prompts_device_s": run["device_s"], "prompts_startup_device_s": run["startup_device_s"],
                          "prompts_samples": run["samples"],
                          "paid": False})
+        rec_store = None
         if cfg.recycle:
+            rec_store = str(root / f"seed{seed}" / "recycled" / "store")
             rec = recycled(cfg, data, src["store"], floor["store"], root / f"seed{seed}" / "recycled", split)
             rows.append({"size": users, "seed": seed, "method": RECYCLED, "strategy": "", "users_trained": 0,
                          f"{split}_{m}": rec["metrics"][m],
@@ -129,15 +145,41 @@ def size_runs(cfg: BenchConfig, data: str, users: int, root: Path, metric: str) 
                          "cost_device_s": rec["device_s"], "cost_wall_s": rec["wall_s"], "paid": False})
         setup = TrialSetup(data=data, sources=[src["store"]], target_model=cfg.target_model, task_metric=m,
                            workers=cfg.workers, cpus_per_worker=cfg.cpus_per_worker, use_gpu=cfg.use_gpu,
-                           dtype=cfg.dtype, report_split=split, reference=ref, defaults=adapter_defaults(cfg))
-        for name, strategy, budget in methods_of(cfg):
+                           dtype=cfg.dtype, report_split=split, reference=ref, defaults=adapter_defaults(cfg),
+                           recycled=rec_store)
+        for name, params in methods_of(cfg):
             log.info("bench: %d users, seed %d: %s", users, seed, name)
-            trial_path = root / f"seed{seed}" / name.replace(" ", "").replace("(", "-").replace(")", "")
-            row = run_trial(setup, {"strategy": strategy, "budget": budget, "seed": seed}, trial_path)
+            trial_path = root / f"seed{seed}" / name.replace(" ", "").replace("(", "-").replace(")", "").replace(",", "-")
+            row = run_trial(setup, {**params, "seed": seed}, trial_path)
+            if params.get("init") == "recycled":  # its start is the recycled store: that stage's cost is its own too
+                row = {**row, "recycle_device_s": rec["device_s"],
+                       "cost_device_s": round(row["cost_device_s"] + rec["device_s"], 3)}
             rows.append({**row, "size": users, "seed": seed, "method": name, "paid": False,
                          "trial_path": str(trial_path)})
+            if cfg.warm_epochs and name == methods_of(cfg)[0][0]:
+                rows.append(warm_row(cfg, data, rows[-1], root / f"seed{seed}", ref, seed, users))
     write_reference(root, ref_rows, data, m)
     return rows
+
+
+def warm_name(cfg: BenchConfig) -> str:
+    """The table's name of the first strategy's migration tuned for --warm-epochs."""
+    return f"{methods_of(cfg)[0][0]} + {cfg.warm_epochs} epoch{'s' if cfg.warm_epochs > 1 else ''} tuning"
+
+
+def warm_row(cfg: BenchConfig, data: str, trial: dict, seed_dir: Path, ref: dict, seed: int, users: int) -> dict:
+    """The first strategy's migrated store tuned --warm-epochs on the target (`prompts --init-from`): its row,
+    costed as the migration plus the tuning."""
+    m, split = ref["metric"], ref["split"]
+    store = str(Path(trial["trial_path"]) / "store")
+    tuned = trained(cfg, data, cfg.target_model, seed_dir / f"warm{cfg.warm_epochs}", seed, split, init_from=store,
+                    epochs=cfg.warm_epochs)
+    return {"size": users, "seed": seed, "method": warm_name(cfg), "strategy": trial["strategy"],
+            "users_trained": users, f"{split}_{m}": tuned["metrics"][m],
+            f"{split}_closure": closure(ref["floor"]["value"], ref["retrained"]["value"], tuned["metrics"][m], m),
+            "cost_device_s": round(trial["cost_device_s"] + tuned["device_s"], 3), "cost_wall_s":
+            round(trial["cost_wall_s"] + tuned["wall_s"], 3), "tuning_device_s": tuned["device_s"],
+            "trial_path": trial["trial_path"], "warm_store": tuned["store"], "paid": False}
 
 
 def adapter_defaults(cfg: BenchConfig) -> dict:
@@ -180,11 +222,13 @@ def paired_rows(runs: pd.DataFrame, cfg: BenchConfig, metric: str) -> list[dict]
     out = []
     for size, g in runs.groupby("size", sort=False):
         by = g.pivot_table(index="seed", columns="method", values=col)
-        for other in (f"random ({cfg.budget})", f"random ({3 * cfg.budget})"):
-            if other == first or other not in by or first not in by:
+        pairs = [(first, f"random ({cfg.budget})"), (first, f"random ({3 * cfg.budget})"),
+                 (recycled_init_name(cfg), first), (warm_name(cfg), RETRAINED)]
+        for a, b in pairs:
+            if a == b or a not in by or b not in by:
                 continue
-            d = paired_interval(by[first].to_list(), by[other].to_list())
-            out.append({"size": size, "a": first, "b": other, "mean": d.mean, "low": d.low, "high": d.high,
+            d = paired_interval(by[a].to_list(), by[b].to_list())
+            out.append({"size": size, "a": a, "b": b, "mean": d.mean, "low": d.low, "high": d.high,
                         "seeds": d.n, "excludes_zero": d.excludes_zero, "text": d.text()})
     return out
 
@@ -331,7 +375,7 @@ def plot_cost(runs: pd.DataFrame, fits: dict, cfg: BenchConfig, work: AdapterWor
 
     fig = Figure(figsize=(7.5, 5))
     ax = fig.subplots()
-    strategy = methods_of(cfg)[0][1]
+    strategy = methods_of(cfg)[0][1]["strategy"]
     grid = np.unique(np.geomspace(max(10, runs["size"].min() / 2), max(cfg.project_users), 60).astype(int))
     full = runs[runs["method"] == RETRAINED]
     ax.scatter(full["size"], full["cost_device_s"], color="#c44e52", label="full retraining (measured)")
@@ -372,7 +416,11 @@ def write_report(out: Path, cfg: BenchConfig, table: pd.DataFrame, paired: list[
              f"Seeds {', '.join(map(str, cfg.seeds))}; every figure is test-split {metric} (best epochs chosen on "
              "valid). Cost = measured device-seconds (select + adapter + migrate for a migration; the whole "
              "`prompts` run for floor and retraining; the `recycle` stage for recycling, which takes the floor's head); "
-             "the source prompts are already paid.", "",
+             "the source prompts are already paid."
+             + (" A *recycled init* row is the same trial with its adapter first fitted to the recycled prompts "
+                "(`adapter --init recycled`; its cost includes the recycle stage)." if cfg.recycled_init else "")
+             + (f" A *tuning* row is that strategy's migrated prompts trained {cfg.warm_epochs} more epoch(s) on the "
+                "target (`prompts --init-from`, every user; cost = migration + tuning)." if cfg.warm_epochs else ""), "",
              f"| users | method | trained on | test {metric} | closure | device-s | cost vs full retraining |",
              "|---:|---|---:|---:|---:|---:|---:|"]
     for size, t in table.groupby("size", sort=False):
@@ -449,7 +497,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     paired = paired_rows(runs, cfg, metric)
     fits = fit_components(runs)
     work = adapter_work(cfg)
-    strategy = methods_of(cfg)[0][1]
+    strategy = methods_of(cfg)[0][1]["strategy"]
     projected = [projection(fits, strategy, u, cfg.project_budget, work) for u in cfg.project_users]
     plot_metrics(table, metric, out / "metrics.png")
     plot_cost(runs, fits, cfg, work, out / "cost.png")

@@ -53,6 +53,8 @@ class TrialSetup:
     """reference.json content (floor / full retraining on report_split) for gap closure."""
     defaults: dict = field(default_factory=dict)
     """Trial parameters used when a trial does not set them (e.g. the adapter's epochs)."""
+    recycled: Optional[str] = None
+    """Recycled store of sources[0] on the target: what a trial with init 'recycled' starts its adapter from."""
 
 
 def resolve_budget(budget: float, users: int) -> int:
@@ -103,7 +105,9 @@ def run_steps(setup: TrialSetup, params: dict, d: Path, callbacks: tuple = ()) -
         run_adapter(AdapterStageConfig(data=setup.data, source=list(setup.sources), target_model=setup.target_model,
                                        users=str(steps["select"]), out=str(steps["adapter"]), workers=setup.workers,
                                        cpus_per_worker=setup.cpus_per_worker, use_gpu=setup.use_gpu, dtype=setup.dtype,
-                                       seed=p.get("seed", 0), **{k: p[k] for k in ADAPTER_KEYS if k in p}),
+                                       seed=p.get("seed", 0), init=p.get("init", "random"),
+                                       recycled=setup.recycled if p.get("init") == "recycled" else None,
+                                       **{k: p[k] for k in ADAPTER_KEYS if k in p}),
                     callbacks=callbacks)
     if not _complete(steps["store"] / MANIFEST):
         run_migrate(MigrateConfig(adapter=str(steps["adapter"]), source=list(setup.sources), out=str(steps["store"]),
