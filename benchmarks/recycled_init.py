@@ -69,12 +69,16 @@ def plot(seeds: list[dict], metric: str, path: Path) -> None:
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     for s in seeds:
-        for key, color, label in (("curve_random", "#4c72b0", "random start"), ("curve_recycled", "#8172b3",
+        for key, color, label in (("curve_random", "#4c72b0", "random start"), ("curve_recycled", "#dd8452",
                                                                                  "recycled start")):
             ys = s[key]
             ax.plot(range(1, len(ys) + 1), ys, color=color, marker="o", ms=3, alpha=0.8,
                     label=label if s is seeds[0] else None)
-    ax.set_xlabel("adapter epoch")
+    tail = [v for s in seeds for key in ("curve_random", "curve_recycled") for v in s[key][1:]]
+    if tail:  # the first epoch's validation sits far above the rest: keep the scale where the runs differ
+        pad = 0.1 * (max(tail) - min(tail))
+        ax.set_ylim(min(tail) - pad, max(tail) + pad)
+    ax.set_xlabel("adapter epoch (epoch 1 is above the axis where it is cut)")
     ax.set_ylabel(f"valid {metric} of the selected users")
     ax.set_title(f"Adapter training from a random vs a recycled start ({len(seeds)} seeds)")
     ax.legend()
@@ -95,7 +99,7 @@ def main() -> None:
     if warm is None:
         raise SystemExit(f"{bench}: no recycled-init trial (run the bench with --recycle --recycled-init)")
     plain = warm.removesuffix(", recycled init")
-    seeds = [one_seed(runs, s, plain, warm, metric, split) for s in sorted(runs["seed"].unique())]
+    seeds = [one_seed(runs, int(s), plain, warm, metric, split) for s in sorted(runs["seed"].unique())]
     out = {"bench": str(bench), "metric": metric, "split": split, "methods": [plain, warm],
            "seeds": [s["seed"] for s in seeds], "per_seed": seeds}
     for key in (f"{split}_{metric}", "closure", "cost_device_s"):

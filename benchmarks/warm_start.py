@@ -76,7 +76,7 @@ def main() -> None:
     warm = next((m for m in runs["method"].unique() if m.endswith(" tuning")), None)
     if warm is None:
         raise SystemExit(f"{bench}: no tuned migration (run the bench with --warm-epochs N)")
-    seeds = [one_seed(runs, bench, s, warm, metric, split) for s in sorted(runs["seed"].unique())]
+    seeds = [one_seed(runs, bench, int(s), warm, metric, split) for s in sorted(runs["seed"].unique())]
     out = {"bench": str(bench), "metric": metric, "split": split, "method": warm, "seeds": [s["seed"] for s in seeds],
            "per_seed": seeds}
     for key in (f"{split}_{metric}", "cost_device_s"):
