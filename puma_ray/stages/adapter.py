@@ -134,8 +134,9 @@ def recycled_start(cfg: AdapterStageConfig, users: list[str], adapter_cfg: dict,
     """--init recycled: a seeded adapter fitted to reproduce the recycled prompts of `users` from their source
     prompts (core/recycle.distil), saved as out/init.safetensors for the workers; returns what the fit reached."""
     x, y = source_prompts(cfg.source, users), load_prompts(cfg.recycled, users)
-    torch.manual_seed(cfg.seed)  # the same draw as the workers' random start
-    adapter = MigrationAdapter(AdapterConfig(**adapter_cfg))
+    with torch.random.fork_rng(devices=[]):  # the workers' seeded draw, without moving this process's generator
+        torch.manual_seed(cfg.seed)
+        adapter = MigrationAdapter(AdapterConfig(**adapter_cfg))
     fit = distil(adapter, x, y, cfg.init_steps, cfg.init_lr, 256, torch.Generator().manual_seed(cfg.seed))
     save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, str(out / "init.safetensors"))
     log.info("adapter: fitted to the recycled prompts in %d steps (mse %.4g -> %.4g, R^2 %.3f)", cfg.init_steps,
