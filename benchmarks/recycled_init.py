@@ -89,11 +89,13 @@ def plot(seeds: list[dict], metric: str, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--bench", required=True, help="a finished `puma-ray bench --recycle --recycled-init` directory")
+    ap.add_argument("--size", type=int, default=None, help="the bench size to read (default: its largest)")
     ap.add_argument("--png", default=None, help="where to draw the per-epoch curves")
     args = ap.parse_args()
     bench = Path(args.bench)
     summary = json.loads((bench / "bench.json").read_text())
     metric, runs = summary["metric"], pd.read_csv(bench / "runs.csv")
+    runs = runs[runs["size"] == (args.size or runs["size"].max())]
     split = "test"
     warm = next((m for m in runs["method"].unique() if m.endswith(", recycled init")), None)
     if warm is None:

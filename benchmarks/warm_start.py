@@ -28,19 +28,22 @@ from puma_ray.tune.stats import mean_std, paired_interval  # noqa: E402
 RETRAINED = "full retraining"
 
 
-def one_seed(runs: pd.DataFrame, bench: Path, seed: int, warm: str, metric: str, split: str) -> dict:
+def one_seed(runs: pd.DataFrame, seed: int, warm: str, metric: str, split: str) -> dict:
     rows = runs[runs["seed"] == seed].set_index("method")
-    full_store = bench / f"seed{seed}" / "retrained" / "store"
-    full = curve(full_store, f"valid_{metric}")
     trial = Path(rows.loc[warm, "trial_path"])
-    start = json.loads((trial / "eval" / "valid" / "metrics.json").read_text())[metric]
-    tuned = curve(Path(rows.loc[warm, "warm_store"]), f"valid_{metric}")
+    full = curve(trial.parent / "retrained" / "store", f"valid_{metric}")  # the seed's directory holds both
+    step = json.loads((Path(rows.loc[warm, "warm_store"]) / "manifest.json").read_text())["lineage"][-1]
+    tuned = [row[f"valid_{metric}"] for row in step.get("curve", []) if row["epoch"] >= 0]
+    start = next((row[f"valid_{metric}"] for row in step.get("curve", []) if row["epoch"] == -1), None)
+    if start is None or not tuned:  # a store of an earlier version: no start in its curve
+        start = json.loads((trial / "eval" / "valid" / "metrics.json").read_text())[metric]
+        tuned = curve(Path(rows.loc[warm, "warm_store"]), f"valid_{metric}")
     migration = rows.loc[warm, "cost_device_s"] - rows.loc[warm, "tuning_device_s"]
     per_full, per_tune = rows.loc[RETRAINED, "cost_device_s"] / len(full), rows.loc[warm, "tuning_device_s"] / len(tuned)
     return {"seed": seed,
             "retrained": {"device_s": [round(per_full * (i + 1), 1) for i in range(len(full))], "valid": full},
             "warm": {"device_s": [round(migration + per_tune * i, 1) for i in range(len(tuned) + 1)],
-                     "valid": [start] + tuned},
+                     "valid": [start] + tuned, "best_epoch": step.get("best_epoch")},
             f"{split}_{metric}": {"warm": rows.loc[warm, f"{split}_{metric}"],
                                   "retrained": rows.loc[RETRAINED, f"{split}_{metric}"]},
             "cost_device_s": {"warm": rows.loc[warm, "cost_device_s"], "retrained": rows.loc[RETRAINED, "cost_device_s"]}}
@@ -68,15 +71,17 @@ def plot(seeds: list[dict], metric: str, warm: str, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--bench", required=True, help="a finished `puma-ray bench --warm-epochs N` directory (one size)")
+    ap.add_argument("--size", type=int, default=None, help="the bench size to read (default: its largest)")
     ap.add_argument("--png", default=None, help="where to draw the curves")
     args = ap.parse_args()
     bench = Path(args.bench)
     metric, runs = json.loads((bench / "bench.json").read_text())["metric"], pd.read_csv(bench / "runs.csv")
+    runs = runs[runs["size"] == (args.size or runs["size"].max())]
     split = "test"
     warm = next((m for m in runs["method"].unique() if m.endswith(" tuning")), None)
     if warm is None:
         raise SystemExit(f"{bench}: no tuned migration (run the bench with --warm-epochs N)")
-    seeds = [one_seed(runs, bench, int(s), warm, metric, split) for s in sorted(runs["seed"].unique())]
+    seeds = [one_seed(runs, int(s), warm, metric, split) for s in sorted(runs["seed"].unique())]
     out = {"bench": str(bench), "metric": metric, "split": split, "method": warm, "seeds": [s["seed"] for s in seeds],
            "per_seed": seeds}
     for key in (f"{split}_{metric}", "cost_device_s"):

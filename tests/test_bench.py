@@ -122,7 +122,7 @@ def test_bench_end_to_end_on_a_user_subset(workspace, tmp_path):
     warm, plain = runs.loc["random (8) + 1 epoch tuning"], runs.loc["random (8)"]
     assert warm["cost_device_s"] == pytest.approx(plain["cost_device_s"] + warm["tuning_device_s"], abs=1e-2)
     tuned = read_store_manifest(warm["warm_store"])["lineage"][-1]
-    assert tuned["init_from"] == str(Path(plain["trial_path"]) / "store") and len(tuned["curve"]) == 1
+    assert tuned["init_from"] == str(Path(plain["trial_path"]) / "store") and [c["epoch"] for c in tuned["curve"]] == [-1, 0]
     started = json.loads((Path(runs.loc["random (8), recycled init", "trial_path"]) / "adapter" / "adapter.json").read_text())
     assert started["init"]["kind"] == "recycled" and started["init"]["store"].endswith("recycled/store")
     assert runs.loc["random (8), recycled init", "cost_device_s"] == pytest.approx(

@@ -149,8 +149,18 @@ def test_a_warm_start_begins_from_the_given_stores_prompts_and_head(setup, zero2
         np.testing.assert_allclose(load_file(b)[k].numpy(), v.numpy(), atol=1e-6)
     old, new = ps.read_manifest(root / "zero2")["lineage"], ps.read_manifest(root / "warm")["lineage"]
     assert new[:-1] == old and new[-1]["init_from"] == str((root / "zero2").resolve())
-    assert [c["epoch"] for c in new[-1]["curve"]] == [0] and new[-1]["curve"][0]["valid_rmse"] == res["valid_rmse"]
-    assert res["valid_rmse"] == pytest.approx(zero2["valid_rmse"], abs=1e-4)  # the store's own quality, kept
+    assert [c["epoch"] for c in new[-1]["curve"]] == [-1, 0]  # the start is scored first, a candidate like any epoch
+    assert new[-1]["curve"][0]["valid_rmse"] == pytest.approx(zero2["valid_rmse"], abs=1e-4)  # the store's own quality
+    assert res["valid_rmse"] == min(c["valid_rmse"] for c in new[-1]["curve"])
+
+
+def test_a_warm_start_keeps_the_start_when_tuning_only_hurts(setup, zero2):
+    root, _ = setup
+    res = run_prompts(cfg(root, "hurt", init_from=str(root / "zero2"), epochs=1, lr=5.0))  # a step that wrecks it
+    step = ps.read_manifest(root / "hurt")["lineage"][-1]
+    assert step["curve"][1]["valid_rmse"] > step["curve"][0]["valid_rmse"] and res["best_epoch"] == step["best_epoch"] == -1
+    users = [u for ids, _ in ps.iter_prompts(root / "zero2") for u in ids]
+    np.testing.assert_allclose(ps.load_prompts(root / "hurt", users), ps.load_prompts(root / "zero2", users), atol=1e-6)
 
 
 def test_store_of_another_model_is_refused(setup, zero2, tmp_path):

@@ -250,15 +250,7 @@ def prompts_worker(config: dict) -> None:
             table_opt.step()
             table_opt.zero_grad(set_to_none=True)
 
-    cache = FrozenLogits() if config["freeze_prompts"] else None
-    ready = time.time()  # model loaded, engine built: what came before is start-up
-    for epoch in range(start_epoch, config["epochs"]):
-        empty = torch.zeros(1, config["prompt_len"], lm.hidden, device=device)
-        soft = table if len(users) else (lambda rows: empty)  # a rank without users still joins collectives
-        totals = train_epoch(lm, engine, soft, train_shard, index, config, epoch, device, after_step=table_step,
-                             cache=cache)
-        metrics = evaluate(lm, soft, engine, valid_shard, index, task, config["valid_steps"], B, device)
-        metrics.update(totals, ready_unix=ready, lm_dtype=str(lm.model.dtype).removeprefix("torch."))
+    def report(epoch: int, metrics: dict) -> None:  # every rank's files go into the epoch's one checkpoint
         history.append(metrics)
         head_state = engine.state()
         with tempfile.TemporaryDirectory() as d:
@@ -273,6 +265,21 @@ def prompts_worker(config: dict) -> None:
                 Path(f"{d}/state.json").write_text(json.dumps({"epoch": epoch, "world": world, "history": history,
                                                                **metrics}))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    cache = FrozenLogits() if config["freeze_prompts"] else None
+    ready = time.time()  # model loaded, engine built: what came before is start-up
+    empty = torch.zeros(1, config["prompt_len"], lm.hidden, device=device)
+    soft = table if len(users) else (lambda rows: empty)  # a rank without users still joins collectives
+    if config["init_from"] and not history:  # the start is a candidate (epoch -1): tuning that only hurts is not kept
+        metrics = evaluate(lm, soft, engine, valid_shard, index, task, config["valid_steps"], B, device)
+        report(-1, {**metrics, "epoch": -1, "train_loss": None, "train_samples": 0, "train_tokens": 0,
+                    "ready_unix": ready, "lm_dtype": str(lm.model.dtype).removeprefix("torch.")})
+    for epoch in range(start_epoch, config["epochs"]):
+        totals = train_epoch(lm, engine, soft, train_shard, index, config, epoch, device, after_step=table_step,
+                             cache=cache)
+        metrics = evaluate(lm, soft, engine, valid_shard, index, task, config["valid_steps"], B, device)
+        metrics.update(totals, ready_unix=ready, lm_dtype=str(lm.model.dtype).removeprefix("torch."))
+        report(epoch, metrics)
 
 
 @torch.no_grad()
