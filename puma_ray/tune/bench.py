@@ -49,7 +49,7 @@ RECYCLED = "prompt recycling (no users)"
 def methods_of(cfg: BenchConfig) -> list[tuple[str, dict]]:
     """(method name, trial parameters but the seed): each strategy at B, then random at 3B, then (with
     --recycled-init) the first strategy at B with its adapter started from the recycled prompts."""
-    names = list(STRATEGIES) if cfg.strategies == ["all"] else cfg.strategies
+    names = strategy_names(cfg)
     out = [(f"{s} ({cfg.budget})", {"strategy": s, "budget": cfg.budget}) for s in names]
     out.append((f"random ({3 * cfg.budget})", {"strategy": "random", "budget": 3 * cfg.budget}))
     if cfg.recycled_init:
@@ -57,10 +57,14 @@ def methods_of(cfg: BenchConfig) -> list[tuple[str, dict]]:
     return out
 
 
+def strategy_names(cfg: BenchConfig) -> list[str]:
+    """--strategies, with 'all' read as every registered strategy."""
+    return list(STRATEGIES) if cfg.strategies == ["all"] else cfg.strategies
+
+
 def recycled_init_name(cfg: BenchConfig) -> str:
     """The table's name of the first strategy at B with a recycled start."""
-    names = list(STRATEGIES) if cfg.strategies == ["all"] else cfg.strategies
-    return f"{names[0]} ({cfg.budget}), recycled init"
+    return f"{strategy_names(cfg)[0]} ({cfg.budget}), recycled init"
 
 
 def trained(cfg: BenchConfig, data: str, model: str, out: Path, seed: int, split: str, freeze: bool = False,
