@@ -86,16 +86,22 @@ def plot(seeds: list[dict], metric: str, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--bench", required=True, help="a finished `puma-ray bench --recycle --recycled-init` directory")
+def bench_reading(doc: str, made_by: str) -> tuple[argparse.Namespace, str, pd.DataFrame]:
+    """The command line of a bench reader (--bench DIR [--size N] [--png FILE]); returns its arguments, the bench's
+    metric and the runs of the chosen size (default: the largest)."""
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--bench", required=True, help=f"a finished `{made_by}` directory")
     ap.add_argument("--size", type=int, default=None, help="the bench size to read (default: its largest)")
-    ap.add_argument("--png", default=None, help="where to draw the per-epoch curves")
+    ap.add_argument("--png", default=None, help="where to draw the curves")
     args = ap.parse_args()
     bench = Path(args.bench)
-    summary = json.loads((bench / "bench.json").read_text())
-    metric, runs = summary["metric"], pd.read_csv(bench / "runs.csv")
-    runs = runs[runs["size"] == (args.size or runs["size"].max())]
+    metric, runs = json.loads((bench / "bench.json").read_text())["metric"], pd.read_csv(bench / "runs.csv")
+    return args, metric, runs[runs["size"] == (args.size or runs["size"].max())]
+
+
+def main() -> None:
+    args, metric, runs = bench_reading(__doc__, "puma-ray bench --recycle --recycled-init")
+    bench = Path(args.bench)
     split = "test"
     warm = next((m for m in runs["method"].unique() if m.endswith(", recycled init")), None)
     if warm is None:

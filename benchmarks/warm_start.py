@@ -12,7 +12,6 @@ retraining's, paired over seeds with a 95% t-interval, and its cost as a fractio
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from recycled_init import curve  # noqa: E402
+from recycled_init import bench_reading, curve  # noqa: E402
 from puma_ray.tune.stats import mean_std, paired_interval  # noqa: E402
 
 RETRAINED = "full retraining"
@@ -69,14 +68,8 @@ def plot(seeds: list[dict], metric: str, warm: str, path: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--bench", required=True, help="a finished `puma-ray bench --warm-epochs N` directory (one size)")
-    ap.add_argument("--size", type=int, default=None, help="the bench size to read (default: its largest)")
-    ap.add_argument("--png", default=None, help="where to draw the curves")
-    args = ap.parse_args()
+    args, metric, runs = bench_reading(__doc__, "puma-ray bench --warm-epochs K")
     bench = Path(args.bench)
-    metric, runs = json.loads((bench / "bench.json").read_text())["metric"], pd.read_csv(bench / "runs.csv")
-    runs = runs[runs["size"] == (args.size or runs["size"].max())]
     split = "test"
     warm = next((m for m in runs["method"].unique() if m.endswith(" tuning")), None)
     if warm is None:
