@@ -831,6 +831,8 @@ class BenchConfig(StageConfig):
     """Also run the first strategy at the budget with its adapter started from the recycled prompts (needs --recycle)."""
     warm_epochs: int = 0
     """Also tune the first strategy's migrated prompts this many epochs on the target (`prompts --init-from`); 0 = off."""
+    coldstart_fraction: float = 0.0
+    """Also a row where this seeded fraction of the users (never selected ones) lack a source prompt and get one from `coldstart`; 0 = off."""
     strategies: list[str] = dataclasses.field(default_factory=lambda: ["puma", "random"])
     """Strategies run at the budget (the first is compared with random); 'all' = every registered one."""
     sizes: list[int] = dataclasses.field(default_factory=list)
@@ -882,6 +884,7 @@ class BenchConfig(StageConfig):
               "give distinct user counts >= 2")
         check(self.recycle or not self.recycled_init, "recycled_init", "needs --recycle (the store it starts from)")
         check(self.warm_epochs >= 0, "warm_epochs", "must be >= 0 (0 = off)")
+        check(0 <= self.coldstart_fraction < 1, "coldstart_fraction", "must be in [0, 1) (0 = off)")
         check(self.workers >= 1, "workers", "must be >= 1")
         check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
         check(self.prompt_epochs >= 1 and self.prompt_lr > 0, "prompt_epochs", "epochs >= 1 and lr > 0")

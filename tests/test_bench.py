@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -112,11 +113,12 @@ def test_bench_end_to_end_on_a_user_subset(workspace, tmp_path):
                       target_model=str(workspace / "qwen2"), budget=8, seeds=[0], sizes=[60], strategies=["random"],
                       out=str(tmp_path / "b"), prompt_epochs=1, adapter_epochs=1, adapter_min_steps=0, adapter_width=32,
                       adapter_lr=3e-3,
-                      clusters=2, recycle=True, recycled_init=True, warm_epochs=1)
+                      clusters=2, recycle=True, recycled_init=True, warm_epochs=1, coldstart_fraction=0.2)
     summary = run_bench(cfg)
     table = pd.read_csv(tmp_path / "b" / "table.csv")
+    cold_name = "random (8), 20% of users cold-start"
     assert table["method"].tolist() == [SOURCE, FLOOR, RETRAINED, RECYCLED, "random (8)", "random (8) + 1 epoch tuning",
-                                        "random (24)", "random (8), recycled init"]
+                                        cold_name, "random (24)", "random (8), recycled init"]
     assert table.loc[table["method"] == RECYCLED, "users_trained"].item() == 0
     runs = pd.read_csv(tmp_path / "b" / "runs.csv").set_index("method")
     warm, plain = runs.loc["random (8) + 1 epoch tuning"], runs.loc["random (8)"]
@@ -128,8 +130,18 @@ def test_bench_end_to_end_on_a_user_subset(workspace, tmp_path):
     assert runs.loc["random (8), recycled init", "cost_device_s"] == pytest.approx(
         runs.loc["random (8), recycled init", ["select_device_s", "adapter_device_s", "migrate_device_s",
                                                "recycle_device_s"]].sum(), abs=1e-2)
+    cold = runs.loc[cold_name]
+    assert cold["cold_users"] == 12 and cold["cost_device_s"] == pytest.approx(
+        plain["cost_device_s"] + cold["coldstart_device_s"], abs=1e-2)
+    lineage = read_store_manifest(cold["coldstart_store"])["lineage"]
+    assert [s["step"] for s in lineage[-2:]] == ["held_out", "coldstart"] and lineage[-1]["cold_users"] == 12
+    assert lineage[-2]["removed_users"] == 12 and read_store_manifest(cold["coldstart_store"])["num_users"] == 60
+    assert cold["cold_test_rmse"] > 0 and cold["cold_migrated_test_rmse"] > 0
     assert {(p["a"], p["b"]) for p in summary["paired"]} >= {("random (8), recycled init", "random (8)"),
-                                                             ("random (8) + 1 epoch tuning", RETRAINED)}
+                                                             ("random (8) + 1 epoch tuning", RETRAINED),
+                                                             (cold_name, "random (8)"),
+                                                             ("cold users only (rmse): coldstart prompts",
+                                                              "their migrated prompts")}
     assert table["rmse_mean"].notna().all() and (table["device_s_mean"] > 0).all()
     assert table.loc[table["method"] == "random (24)", "users_trained"].item() == 24
     ref = json.loads((tmp_path / "b" / "n60" / "reference.json").read_text())
@@ -167,3 +179,32 @@ def test_a_recycled_start_is_paired_with_the_same_strategy_started_at_random():
     (d,) = paired_rows(runs, cfg, "rmse")
     assert (d["a"], d["b"], d["seeds"]) == ("puma (20), recycled init", "puma (20)", 3)
     assert d["mean"] == pytest.approx(-0.02) and d["low"] < d["mean"] < d["high"]
+
+
+def test_cold_start_users_are_drawn_from_the_unselected_ones_and_scored_alone(tmp_path):
+    from puma_ray.store.prompt_store import finalize, iter_prompts, write_shard, without_users
+    from puma_ray.tune.bench import cold_users_of, users_metric
+
+    users = [f"u{i:02d}" for i in range(20)]
+    info, _ = write_shard(tmp_path / "s", 0, users, np.arange(20 * 6, dtype=np.float32).reshape(20, 2, 3))
+    finalize(tmp_path / "s", task="rating", prompt_len=2, dim=3, model={"fingerprint": "f"}, lineage=[],
+             dataset_fingerprint=None, shards=[info], quarantined=[])
+    pd.DataFrame({"user_id": users[:5]}).to_parquet(tmp_path / "selected.parquet")
+    cold = cold_users_of(str(tmp_path / "s"), str(tmp_path / "selected.parquet"), 0.25, seed=3)
+    assert len(cold) == 5 and not set(cold) & set(users[:5])
+    assert cold == cold_users_of(str(tmp_path / "s"), str(tmp_path / "selected.parquet"), 0.25, seed=3)
+    m = without_users(tmp_path / "s", tmp_path / "w", cold, {"step": "held_out"})
+    kept = {u: x for ids, xs in iter_prompts(tmp_path / "w") for u, x in zip(ids, xs)}
+    assert m["num_users"] == 15 and set(kept) == set(users) - set(cold) and m["lineage"][-1]["removed_users"] == 5
+    assert all((kept[u] == np.arange(6, dtype=np.float32).reshape(2, 3) + 6 * users.index(u)).all() for u in kept)
+    with pytest.raises(PumaError, match="already holds"):
+        without_users(tmp_path / "s", tmp_path / "w", cold, {"step": "held_out"})
+    with pytest.raises(PumaError, match="no unselected user"):
+        cold_users_of(str(tmp_path / "s"), str(tmp_path / "selected.parquet"), 0.01, seed=3)
+    pd.DataFrame({"user_id": ["a", "b", "c"], "n": [1, 3, 4], "rmse": [1.0, 2.0, 9.0]}).to_parquet(tmp_path / "pu.parquet")
+    assert users_metric(tmp_path / "pu.parquet", ["a", "b"], "rmse") == pytest.approx(np.sqrt((1 + 3 * 4) / 4))
+
+
+def test_validation_names_the_coldstart_flag():
+    with pytest.raises(PumaError, match="coldstart_fraction"):
+        BenchConfig(data="d", source_model="a", target_model="b", out="o", coldstart_fraction=1.0).validate()

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from puma_ray import __version__
-from puma_ray.data.schema import (file_sha256, read_required_json, shard_name, write_json_atomic,
+from puma_ray.data.schema import (copy_atomic, file_sha256, read_required_json, shard_name, write_json_atomic,
                                   write_parquet_atomic)
 from puma_ray.errors import PumaError
 
@@ -208,3 +208,28 @@ def read_head(store: str | Path) -> tuple[Path, dict] | None:
     if not path.is_file() or not meta.is_file():
         return None
     return path, json.loads(meta.read_text())
+
+
+def without_users(store: str | Path, out: str | Path, drop: list[str], step: dict) -> dict:
+    """A copy of `store` at `out` lacking the users in `drop` (shard by shard, filtered by Arrow), with its
+    head, quarantine list and lineage plus `step`; returns the new manifest. `out` must not hold a store."""
+    manifest, out = verify(store), Path(out)
+    if (out / MANIFEST).exists():
+        raise PumaError(f"{out} already holds a prompt store; nothing was changed there")
+    out.mkdir(parents=True, exist_ok=True)
+    dropped = pa.array(sorted(set(drop)), pa.string())
+    shards, removed = [], 0
+    for s in manifest["shards"]:
+        table = pq.read_table(Path(store) / s["name"])
+        keep = table.filter(pc.invert(pc.is_in(table.column("user_id"), value_set=dropped)))
+        removed += table.num_rows - keep.num_rows
+        write_parquet_atomic(keep, out / s["name"])
+        shards.append({"name": s["name"], "rows": keep.num_rows, "sha256": file_sha256(out / s["name"])})
+    head = read_head(store)
+    if head is not None:
+        copy_atomic(head[0], out / "head.safetensors")
+    return finalize(out, task=manifest["task"], prompt_len=manifest["prompt_len"], dim=manifest["dim"],
+                    model=manifest["model"], lineage=manifest["lineage"] + [{**step, "removed_users": removed}],
+                    dataset_fingerprint=manifest.get("dataset_fingerprint"), shards=shards,
+                    quarantined=read_quarantine(store),
+                    head=None if head is None else {"weights": "head.safetensors", **head[1]})

@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from puma_ray.config import AdapterStageConfig, BenchConfig, EvaluateConfig, PromptsConfig, RecycleConfig
+from puma_ray.config import (AdapterStageConfig, BenchConfig, ColdstartConfig, EvaluateConfig, PromptsConfig,
+                             RecycleConfig)
 from puma_ray.core.hf import describe_model
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import write_json_atomic
@@ -36,7 +37,7 @@ from puma_ray.runtime.ray_utils import init_ray
 from puma_ray.runtime.runs import CostMeter, log, open_run, write_markdown
 from puma_ray.core.tasks import TASKS
 from puma_ray.select.strategies import STRATEGIES
-from puma_ray.store.prompt_store import MANIFEST
+from puma_ray.store.prompt_store import MANIFEST, iter_prompts, without_users
 from puma_ray.train.common import epochs_for, steps_for
 from puma_ray.tune.stats import (AdapterCost, LinearCost, fit_adapter_cost, fit_linear_cost, mean_std,
                                  paired_interval, per_unit_rate)
@@ -160,8 +161,12 @@ def size_runs(cfg: BenchConfig, data: str, users: int, root: Path, metric: str) 
                        "cost_device_s": round(row["cost_device_s"] + rec["device_s"], 3)}
             rows.append({**row, "size": users, "seed": seed, "method": name, "paid": False,
                          "trial_path": str(trial_path)})
-            if cfg.warm_epochs and name == methods_of(cfg)[0][0]:
-                rows.append(warm_row(cfg, data, rows[-1], root / f"seed{seed}", ref, seed, users))
+            if name == methods_of(cfg)[0][0]:
+                first_row = rows[-1]
+                if cfg.warm_epochs:
+                    rows.append(warm_row(cfg, data, first_row, root / f"seed{seed}", ref, seed, users))
+                if cfg.coldstart_fraction:
+                    rows.append(coldstart_row(cfg, data, first_row, root / f"seed{seed}", ref, seed, users))
     write_reference(root, ref_rows, data, m)
     return rows
 
@@ -184,6 +189,69 @@ def warm_row(cfg: BenchConfig, data: str, trial: dict, seed_dir: Path, ref: dict
             "cost_device_s": round(trial["cost_device_s"] + tuned["device_s"], 3), "cost_wall_s":
             round(trial["cost_wall_s"] + tuned["wall_s"], 3), "tuning_device_s": tuned["device_s"],
             "trial_path": trial["trial_path"], "warm_store": tuned["store"], "paid": False}
+
+
+def coldstart_name(cfg: BenchConfig) -> str:
+    """The table's name of the first strategy's migration with --coldstart-fraction of the users cold."""
+    return f"{methods_of(cfg)[0][0]}, {100 * cfg.coldstart_fraction:g}% of users cold-start"
+
+
+def cold_users_of(store: str, selected: str, fraction: float, seed: int) -> list[str]:
+    """round(fraction x store users) users drawn (seeded) from those the trial did not select: users who joined
+    after the source was trained could not have been selected, so the adapter stays the trial's own."""
+    users = [u for ids, _ in iter_prompts(store) for u in ids]
+    chosen = set(pq.read_table(selected, columns=["user_id"]).column("user_id").to_pylist())
+    pool = sorted(set(users) - chosen)
+    k = min(len(pool), round(fraction * len(users)))
+    if k < 1:
+        raise PumaError(f"--coldstart-fraction {fraction}: no unselected user to treat as cold-start "
+                        f"({len(users)} users, {len(chosen)} selected)")
+    return sorted(np.random.default_rng(seed).choice(pool, size=k, replace=False).tolist())
+
+
+def users_metric(per_user: Path, users: list[str], metric: str) -> float:
+    """The metric over `users`' rows from an evaluation's per_user.parquet: exact RMSE (from per-user RMSE and
+    counts); for AUC, the mean per-user AUC (uAUC) of those users."""
+    t = pq.read_table(per_user).to_pandas()
+    t = t[t["user_id"].isin(set(users))]
+    if metric == "rmse":
+        return float(np.sqrt((t["rmse"] ** 2 * t["n"]).sum() / t["n"].sum()))
+    return float(t["auc"].dropna().mean())
+
+
+def coldstart_row(cfg: BenchConfig, data: str, trial: dict, seed_dir: Path, ref: dict, seed: int, users: int) -> dict:
+    """The first strategy's migration with --coldstart-fraction of its users removed (they have no source prompt)
+    and given prompts by `coldstart` from their nearest migrated neighbours; evaluated over every user, and on the
+    cold users alone against their own migrated prompts. Cost = the migration plus the coldstart stage."""
+    from puma_ray.stages.coldstart import run_coldstart
+    from puma_ray.stages.evaluate import run_evaluate
+
+    m, split, trial_dir = ref["metric"], ref["split"], Path(trial["trial_path"])
+    out = seed_dir / f"coldstart{cfg.coldstart_fraction:g}"
+    claim(out, {"data": data, "migrated": str(trial_dir / "store"), "fraction": cfg.coldstart_fraction,
+                "seed": seed, "split": split}, "cold-start run")
+    cold = cold_users_of(str(trial_dir / "store"), str(trial_dir / "select" / "selected.parquet"),
+                         cfg.coldstart_fraction, seed)
+    if not (out / "warm" / MANIFEST).is_file():
+        without_users(trial_dir / "store", out / "warm", cold,
+                      {"step": "held_out", "why": "bench: users treated as cold-start (no source prompt)"})
+    if not (out / "store" / MANIFEST).is_file():
+        run_coldstart(ColdstartConfig(data=data, prompts=str(out / "warm"), out=str(out / "store")))
+    ev = out / f"eval-{split}"
+    if not (ev / "metrics.json").is_file():
+        run_evaluate(EvaluateConfig(data=data, model=cfg.target_model, prompts=str(out / "store"), split=split,
+                                    out=str(ev), use_gpu=cfg.use_gpu, dtype=cfg.dtype))
+    value = json.loads((ev / "metrics.json").read_text())[m]
+    cold_m = "rmse" if m == "rmse" else "uauc"
+    cost = stage_cost(out / "store")
+    return {"size": users, "seed": seed, "method": coldstart_name(cfg), "strategy": trial["strategy"],
+            "users_trained": trial["users_trained"], f"{split}_{m}": value,
+            f"{split}_closure": closure(ref["floor"]["value"], ref["retrained"]["value"], value, m),
+            "cost_device_s": round(trial["cost_device_s"] + cost["device_seconds"], 3),
+            "cost_wall_s": round(trial["cost_wall_s"] + cost["wall_s"], 3), "coldstart_device_s": cost["device_seconds"],
+            "cold_users": len(cold), f"cold_{split}_{cold_m}": users_metric(ev / "per_user.parquet", cold, m),
+            f"cold_migrated_{split}_{cold_m}": users_metric(trial_dir / "eval" / split / "per_user.parquet", cold, m),
+            "trial_path": trial["trial_path"], "coldstart_store": str(out / "store"), "paid": False}
 
 
 def adapter_defaults(cfg: BenchConfig) -> dict:
@@ -227,11 +295,16 @@ def paired_rows(runs: pd.DataFrame, cfg: BenchConfig, metric: str) -> list[dict]
     for size, g in runs.groupby("size", sort=False):
         by = g.pivot_table(index="seed", columns="method", values=col)
         pairs = [(first, f"random ({cfg.budget})"), (first, f"random ({3 * cfg.budget})"),
-                 (recycled_init_name(cfg), first), (warm_name(cfg), RETRAINED)]
-        for a, b in pairs:
-            if a == b or a not in by or b not in by:
-                continue
-            d = paired_interval(by[a].to_list(), by[b].to_list())
+                 (recycled_init_name(cfg), first), (warm_name(cfg), RETRAINED), (coldstart_name(cfg), first)]
+        diffs = [(a, b, by[a].to_list(), by[b].to_list()) for a, b in pairs if a != b and a in by and b in by]
+        cold = g[g["method"] == coldstart_name(cfg)].sort_values("seed")
+        for name in ("rmse", "uauc") if len(cold) else ():
+            if f"cold_{cfg.split}_{name}" in cold:  # the cold users alone: their start vs their own migrated prompts
+                diffs.append((f"cold users only ({name}): coldstart prompts", "their migrated prompts",
+                              cold[f"cold_{cfg.split}_{name}"].to_list(),
+                              cold[f"cold_migrated_{cfg.split}_{name}"].to_list()))
+        for a, b, xs, ys in diffs:
+            d = paired_interval(xs, ys)
             out.append({"size": size, "a": a, "b": b, "mean": d.mean, "low": d.low, "high": d.high,
                         "seeds": d.n, "excludes_zero": d.excludes_zero, "text": d.text()})
     return out
@@ -424,7 +497,11 @@ def write_report(out: Path, cfg: BenchConfig, table: pd.DataFrame, paired: list[
              + (" A *recycled init* row is the same trial with its adapter first fitted to the recycled prompts "
                 "(`adapter --init recycled`; its cost includes the recycle stage)." if cfg.recycled_init else "")
              + (f" A *tuning* row is that strategy's migrated prompts trained {cfg.warm_epochs} more epoch(s) on the "
-                "target (`prompts --init-from`, every user; cost = migration + tuning)." if cfg.warm_epochs else ""), "",
+                "target (`prompts --init-from`, every user; cost = migration + tuning)." if cfg.warm_epochs else "")
+             + (f" A *cold-start* row is that strategy's migration with {100 * cfg.coldstart_fraction:g}% of the "
+                "users (drawn per seed from those it did not select) treated as having no source prompt: `coldstart` "
+                "gives them their nearest migrated users' prompts (cost = migration + coldstart)."
+                if cfg.coldstart_fraction else ""), "",
              f"| users | method | trained on | test {metric} | closure | device-s | cost vs full retraining |",
              "|---:|---|---:|---:|---:|---:|---:|"]
     for size, t in table.groupby("size", sort=False):
