@@ -136,12 +136,14 @@ def test_bench_end_to_end_on_a_user_subset(workspace, tmp_path):
     lineage = read_store_manifest(cold["coldstart_store"])["lineage"]
     assert [s["step"] for s in lineage[-2:]] == ["held_out", "coldstart"] and lineage[-1]["cold_users"] == 12
     assert lineage[-2]["removed_users"] == 12 and read_store_manifest(cold["coldstart_store"])["num_users"] == 60
-    assert cold["cold_test_rmse"] > 0 and cold["cold_migrated_test_rmse"] > 0
+    assert all(cold[f"cold_{k}test_rmse"] > 0 for k in ("", "migrated_", "floor_", "retrained_"))
     assert {(p["a"], p["b"]) for p in summary["paired"]} >= {("random (8), recycled init", "random (8)"),
                                                              ("random (8) + 1 epoch tuning", RETRAINED),
                                                              (cold_name, "random (8)"),
                                                              ("cold users only (rmse): coldstart prompts",
-                                                              "their migrated prompts")}
+                                                              "their migrated prompts"),
+                                                             ("cold users only (rmse): coldstart prompts",
+                                                              "the floor's random init")}
     assert table["rmse_mean"].notna().all() and (table["device_s_mean"] > 0).all()
     assert table.loc[table["method"] == "random (24)", "users_trained"].item() == 24
     ref = json.loads((tmp_path / "b" / "n60" / "reference.json").read_text())

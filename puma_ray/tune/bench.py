@@ -4,7 +4,9 @@ config -> checks -> for each size N (a seeded N-user subset of --data, or all of
 source prompts on the source model (already paid: reported, never counted) -> for each seed:
 random-init floor and full retraining on the target, then every method as a migration trial
 (tune/trial.py: select -> adapter -> migrate -> evaluate): each strategy at budget B, and
-random at 3B -> per method mean ± std over seeds of the test metric, gap closure and measured
+random at 3B (optional rows: prompt recycling, the first strategy with a recycled start, its
+migration tuned --warm-epochs, and its migration with --coldstart-fraction of the unselected users
+held out and given `coldstart` prompts) -> per method mean ± std over seeds of the test metric, gap closure and measured
 cost; the paired difference PUMA - random (same seed: same adapter initialisation and data
 order) with its 95% t-interval -> cost per stage fitted as fixed + per_user x users over the
 measured points and projected to 100k and 1M users with a 2,000-user budget (labelled
@@ -222,7 +224,8 @@ def users_metric(per_user: Path, users: list[str], metric: str) -> float:
 def coldstart_row(cfg: BenchConfig, data: str, trial: dict, seed_dir: Path, ref: dict, seed: int, users: int) -> dict:
     """The first strategy's migration with --coldstart-fraction of its users removed (they have no source prompt)
     and given prompts by `coldstart` from their nearest migrated neighbours; evaluated over every user, and on the
-    cold users alone against their own migrated prompts. Cost = the migration plus the coldstart stage."""
+    cold users alone (their prompts vs their own migrated, floor and retrained ones). Cost = the migration plus the
+    coldstart stage."""
     from puma_ray.stages.coldstart import run_coldstart
     from puma_ray.stages.evaluate import run_evaluate
 
@@ -250,7 +253,9 @@ def coldstart_row(cfg: BenchConfig, data: str, trial: dict, seed_dir: Path, ref:
             "cost_device_s": round(trial["cost_device_s"] + cost["device_seconds"], 3),
             "cost_wall_s": round(trial["cost_wall_s"] + cost["wall_s"], 3), "coldstart_device_s": cost["device_seconds"],
             "cold_users": len(cold), f"cold_{split}_{cold_m}": users_metric(ev / "per_user.parquet", cold, m),
-            f"cold_migrated_{split}_{cold_m}": users_metric(trial_dir / "eval" / split / "per_user.parquet", cold, m),
+            **{f"cold_{k}_{split}_{cold_m}": users_metric(path / "per_user.parquet", cold, m) for k, path in
+               (("migrated", trial_dir / "eval" / split), ("floor", seed_dir / "floor" / f"eval-{split}"),
+                ("retrained", seed_dir / "retrained" / f"eval-{split}"))},
             "trial_path": trial["trial_path"], "coldstart_store": str(out / "store"), "paid": False}
 
 
@@ -299,10 +304,11 @@ def paired_rows(runs: pd.DataFrame, cfg: BenchConfig, metric: str) -> list[dict]
         diffs = [(a, b, by[a].to_list(), by[b].to_list()) for a, b in pairs if a != b and a in by and b in by]
         cold = g[g["method"] == coldstart_name(cfg)].sort_values("seed")
         for name in ("rmse", "uauc") if len(cold) else ():
-            if f"cold_{cfg.split}_{name}" in cold:  # the cold users alone: their start vs their own migrated prompts
-                diffs.append((f"cold users only ({name}): coldstart prompts", "their migrated prompts",
-                              cold[f"cold_{cfg.split}_{name}"].to_list(),
-                              cold[f"cold_migrated_{cfg.split}_{name}"].to_list()))
+            for other, label in (("migrated", "their migrated prompts"), ("floor", "the floor's random init")):
+                if f"cold_{other}_{cfg.split}_{name}" in cold:  # the cold users alone, paired by seed
+                    diffs.append((f"cold users only ({name}): coldstart prompts", label,
+                                  cold[f"cold_{cfg.split}_{name}"].to_list(),
+                                  cold[f"cold_{other}_{cfg.split}_{name}"].to_list()))
         for a, b, xs, ys in diffs:
             d = paired_interval(xs, ys)
             out.append({"size": size, "a": a, "b": b, "mean": d.mean, "low": d.low, "high": d.high,
