@@ -9,6 +9,13 @@ from contextlib import contextmanager
 
 import ray
 import ray.data
+from ray.data.context import ShuffleStrategy
+
+SORT_SHUFFLE = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+"""Shuffle of every groupby (data's de-duplication, evaluate's AUC): Ray's default (shuffle_v2) starts
+aggregator actors, several seconds of process start-up per groupby; the task-based sort shuffle reuses
+Ray's workers. Measured with `data` on this 2-core machine: ml-100k 9.6 -> 5.1 s, 3,000,000 ratings
+69.1 -> 63.3 s. RAY_DATA_DEFAULT_SHUFFLE_STRATEGY=shuffle_v2 (or another) restores Ray's choice."""
 
 
 def init_ray(num_cpus: int | None = None, dashboard: bool = True) -> float:
@@ -31,7 +38,14 @@ def init_ray(num_cpus: int | None = None, dashboard: bool = True) -> float:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = True
+    ctx.shuffle_strategy = shuffle_strategy(os.environ)
     return time.perf_counter() - t0
+
+
+def shuffle_strategy(env) -> ShuffleStrategy:
+    """SORT_SHUFFLE, unless RAY_DATA_DEFAULT_SHUFFLE_STRATEGY names another (Ray's own switch wins)."""
+    name = env.get("RAY_DATA_DEFAULT_SHUFFLE_STRATEGY")
+    return ShuffleStrategy(name) if name else SORT_SHUFFLE
 
 
 def quiet_ray_data_console() -> None:
