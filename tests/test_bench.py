@@ -151,7 +151,8 @@ def test_bench_end_to_end_on_a_user_subset(workspace, tmp_path):
     assert summary["projected"][-1]["users"] == 1_000_000 and summary["projected"][-1]["ratio"] > 0
     report = (tmp_path / "b" / "report.md").read_text()
     assert "projected" in report and "| component |" in report
-    for png in ("metrics.png", "cost.png"):
+    assert "![cold-start users](coldstart.png)" in report
+    for png in ("metrics.png", "cost.png", "coldstart.png"):
         assert (tmp_path / "b" / png).stat().st_size > 10_000
     with pytest.raises(PumaError, match="3 x budget"):
         run_bench(BenchConfig(**{**cfg.to_dict(), "budget": 30, "out": str(tmp_path / "c")}))

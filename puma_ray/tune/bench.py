@@ -453,6 +453,38 @@ def plot_metrics(table: pd.DataFrame, metric: str, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+COLD_SOURCES = (("", "coldstart prompts"), ("migrated_", "their own migrated prompts"),
+                ("floor_", "floor (random init)"), ("retrained_", "full retraining"))
+"""Cold-start users' prompt sources in the cold-start row's columns (cold_<source><split>_<metric>)."""
+
+
+def plot_cold(runs: pd.DataFrame, cfg: BenchConfig, metric: str, path: Path) -> bool:
+    """The cold-start users alone, per size: their metric under each prompt source (bar = mean over seeds, dots =
+    seeds, a line joins one seed's values). False (nothing drawn) without a cold-start row."""
+    from matplotlib.figure import Figure
+
+    name = "rmse" if metric == "rmse" else "uauc"
+    cold = runs[runs["method"] == coldstart_name(cfg)] if cfg.coldstart_fraction else runs.iloc[:0]
+    if cold.empty:
+        return False
+    sizes = list(dict.fromkeys(cold["size"]))
+    fig = Figure(figsize=(6 * len(sizes), 4.5))
+    for ax, size in zip(fig.subplots(1, len(sizes), squeeze=False)[0], sizes):
+        c = cold[cold["size"] == size]
+        values = np.array([c[f"cold_{k}{cfg.split}_{name}"].to_numpy() for k, _ in COLD_SOURCES])  # [source, seed]
+        x = np.arange(len(COLD_SOURCES))
+        ax.bar(x, values.mean(axis=1), color=["#8172b2", "#4c72b0", "#999999", "#c44e52"], alpha=0.8)
+        ax.plot(x, values, color="black", alpha=0.35, marker="o", ms=3)
+        lo, hi = values.min(), values.max()
+        ax.set_ylim(lo - 0.3 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
+        ax.set_xticks(x, [label for _, label in COLD_SOURCES], rotation=20, ha="right", fontsize=8)
+        ax.set(title=f"{size} users: the {int(c['cold_users'].iloc[0])} cold-start users' test {name}, "
+                     f"{len(c)} seed(s)", ylabel=name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
 def plot_cost(runs: pd.DataFrame, fits: dict, cfg: BenchConfig, work: AdapterWork, path: Path) -> None:
     from matplotlib.figure import Figure
 
@@ -494,7 +526,7 @@ def _closure(r: pd.Series) -> str:
 
 
 def write_report(out: Path, cfg: BenchConfig, table: pd.DataFrame, paired: list[dict], fits: dict,
-                 projected: list[dict], metric: str, data_note: str, notes: list[str]) -> Path:
+                 projected: list[dict], metric: str, data_note: str, notes: list[str], cold_png: bool = False) -> Path:
     lines = [f"# Bench: {cfg.source_model} -> {cfg.target_model}", "", data_note, "",
              f"Seeds {', '.join(map(str, cfg.seeds))}; every figure is test-split {metric} (best epochs chosen on "
              "valid). Cost = measured device-seconds (select + adapter + migrate for a migration; the whole "
@@ -545,7 +577,8 @@ def write_report(out: Path, cfg: BenchConfig, table: pd.DataFrame, paired: list[
                  f"budget {projected[-1]['budget']:,})" if projected else "")
               + ". Per sample it costs at least what a full-retraining sample costs in the same run (the same frozen "
               "target forward and backward): where the fit gives less, that floor is used (marked `floor`).", "",
-              "![metrics](metrics.png)", "", "![cost](cost.png)"]
+              "![metrics](metrics.png)", "", "![cost](cost.png)"] + (["", "![cold-start users](coldstart.png)"]
+                                                                    if cold_png else [])
     return write_markdown(out / "report.md", lines)
 
 
@@ -588,9 +621,10 @@ def run_bench(cfg: BenchConfig) -> dict:
     projected = [projection(fits, strategy, u, cfg.project_budget, work) for u in cfg.project_users]
     plot_metrics(table, metric, out / "metrics.png")
     plot_cost(runs, fits, cfg, work, out / "cost.png")
+    cold_png = plot_cold(runs, cfg, metric, out / "coldstart.png")
     note = f"Data `{cfg.data}` ({data['source']}, {data['users']} users), sizes {', '.join(map(str, sizes))}."
     notes = gap_notes(runs, metric, cfg.split)
-    report = write_report(out, cfg, table, paired, fits, projected, metric, note, notes)
+    report = write_report(out, cfg, table, paired, fits, projected, metric, note, notes, cold_png)
     summary = {"out": str(out), "report": str(report), "sizes": sizes, "seeds": cfg.seeds, "metric": metric,
                "notes": notes, "paired": paired, "projected": projected,
                "fits": {k: dataclasses.asdict(f) for k, f in fits.items()}, "adapter_work": dataclasses.asdict(work),
