@@ -449,14 +449,3 @@ def test_prompt_matrix_reads_sliced_chunks_and_nulls_into_one_writable_matrix():
     assert m.flags.writeable and m.dtype == np.float32
     np.testing.assert_array_equal(m, [[3, 4, 5], [6, 7, 8], [np.nan] * 3, [9, 9, 9], [0, 1, 2]])
     assert prompt_matrix(pa.array([], a.type), 3).shape == (0, 3)
-
-
-def test_groupbys_use_the_task_based_sort_shuffle_unless_ray_is_told_otherwise(ray_local):
-    import ray.data
-    from ray.data.context import ShuffleStrategy
-
-    from puma_ray.runtime.ray_utils import SORT_SHUFFLE, shuffle_strategy
-
-    assert ray.data.DataContext.get_current().shuffle_strategy == SORT_SHUFFLE  # set by the session's init_ray
-    assert shuffle_strategy({}) == SORT_SHUFFLE
-    assert shuffle_strategy({"RAY_DATA_DEFAULT_SHUFFLE_STRATEGY": "hash_shuffle"}) == ShuffleStrategy.HASH_SHUFFLE

@@ -23,7 +23,7 @@ from puma_ray.data.schema import FORMAT_VERSION, MANIFEST, fingerprint, write_js
 from puma_ray.data.sources import make_source
 from puma_ray.data.synthetic import make_catalogue
 from puma_ray.errors import PumaError
-from puma_ray.runtime.ray_utils import init_ray
+from puma_ray.runtime.ray_utils import init_ray, sort_shuffle
 from puma_ray.runtime.runs import CostMeter, Progress, build_beside, check_out, log
 
 # Paper defaults: rating datasets drop items < 10 and users < 20; click data is not filtered.
@@ -75,18 +75,19 @@ def _real_source(cfg: DataConfig, prep: Preprocessing, out: Path) -> dict:
     lines.map_batches(pl.parse_batch, batch_format="pandas", batch_size=4096,
                       fn_kwargs={"source": source, "titles_ref": titles_ref, "seed": cfg.seed}) \
         .write_parquet(str(tmp / "parsed"))
-    parsed = ray.data.read_parquet(str(tmp / "parsed"))
-    n_parsed = parsed.count()
-    n_buckets = pl.n_buckets_for(n_parsed, cfg.rows_per_shard)
-    log.info("data: parsed %d rows (incl. dropped lines); de-duplicating in %d bucket(s)", n_parsed, n_buckets)
-    (tmp / "buckets").mkdir(parents=True, exist_ok=True)
-    partials = parsed.map_batches(lambda b: b.assign(bucket=pl.bucket_of(b["user_id"], n_buckets)),
-                                  batch_format="pandas") \
-        .groupby("bucket", num_partitions=n_buckets).map_groups(pl.bucket_and_dedup, batch_format="pandas",
-                                      fn_kwargs={"tmp_dir": str(tmp / "buckets"), "do_dedup": prep.dedup})
     table = pl.ItemTable()
-    for part in partials.iter_batches(batch_format="pandas"):
-        table.add(part)
+    with sort_shuffle():  # a dataset keeps the context it was created in (and passes it on)
+        parsed = ray.data.read_parquet(str(tmp / "parsed"))
+        n_parsed = parsed.count()
+        n_buckets = pl.n_buckets_for(n_parsed, cfg.rows_per_shard)
+        log.info("data: parsed %d rows (incl. dropped lines); de-duplicating in %d bucket(s)", n_parsed, n_buckets)
+        (tmp / "buckets").mkdir(parents=True, exist_ok=True)
+        partials = parsed.map_batches(lambda b: b.assign(bucket=pl.bucket_of(b["user_id"], n_buckets)),
+                                      batch_format="pandas") \
+            .groupby("bucket", num_partitions=n_buckets).map_groups(pl.bucket_and_dedup, batch_format="pandas",
+                                          fn_kwargs={"tmp_dir": str(tmp / "buckets"), "do_dedup": prep.dedup})
+        for part in partials.iter_batches(batch_format="pandas"):
+            table.add(part)
     kept, reasons, fallback = table.decide(prep.min_item_interactions, cfg.missing_title)
     log.info("data: %d items seen, %d kept; finalizing buckets", len(table.count), len(kept))
     stats = _collect(ray.data.from_items([{"bucket": b} for b in range(n_buckets)]).map(
