@@ -5,9 +5,9 @@ source prompts on the source model (already paid: reported, never counted) -> fo
 random-init floor and full retraining on the target, then every method as a migration trial
 (tune/trial.py: select -> adapter -> migrate -> evaluate): each strategy at budget B, and
 random at 3B (optional rows: prompt recycling, the first strategy with a recycled start, its
-migration tuned --warm-epochs, and its migration with --coldstart-fraction of the unselected users
-held out and given `coldstart` prompts) -> per method mean ± std over seeds of the test metric, gap closure and measured
-cost; the paired difference PUMA - random (same seed: same adapter initialisation and data
+migration tuned --warm-epochs, and its migration with --coldstart-fraction of the unselected
+users held out and given `coldstart` prompts) -> per method mean ± std over seeds of the test
+metric, gap closure and measured cost; the paired difference PUMA - random (same seed: same adapter initialisation and data
 order) with its 95% t-interval -> cost per stage fitted as fixed + per_user x users over the
 measured points and projected to 100k and 1M users with a 2,000-user budget (labelled
 projected) -> report.md, table.csv, runs.csv, metrics.png, cost.png, bench.json.
