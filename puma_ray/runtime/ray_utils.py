@@ -97,9 +97,10 @@ def actor_cpus(per_actor: float, actors: int) -> float:
 def sort_shuffle():
     """Ray Data shuffles (groupby, sort) inside the block use the sort-based strategy: no aggregator
     actors to start, which Ray 2.60's default hash shuffle needs (~3 s per small groupby on 2 CPUs).
-    Used by `data`'s de-duplication (measured on 2 CPUs: a tiny fixture 8.6 -> 2.0 s, ml-100k 9.6 -> 4.1 s,
-    3,000,000 ratings 69.1 -> 63.3 s with the strategy set for the whole run) and `evaluate`'s AUC. Not around joins: Ray Data then plans a hash
-    join whose aggregator actors, beside a scoring actor pool, left a 2-CPU node with no CPU to finish on."""
+    Used by `data`'s de-duplication (measured on 2 CPUs: a tiny fixture 8.6 -> 2.0 s, ml-100k
+    9.6 -> 4.1 s, 3,000,000 ratings 69.1 -> 63.3 s with the strategy set for the whole run) and
+    `evaluate`'s AUC. Not around joins: Ray Data then plans a hash join whose aggregator actors,
+    beside a scoring actor pool, left a 2-CPU node with no CPU to finish on."""
     from ray.data.context import ShuffleStrategy
 
     ctx = ray.data.DataContext.get_current()

@@ -7,10 +7,11 @@ random-init floor and full retraining on the target, then every method as a migr
 random at 3B (optional rows: prompt recycling, the first strategy with a recycled start, its
 migration tuned --warm-epochs, and its migration with --coldstart-fraction of the unselected
 users held out and given `coldstart` prompts) -> per method mean ± std over seeds of the test
-metric, gap closure and measured cost; the paired difference PUMA - random (same seed: same adapter initialisation and data
-order) with its 95% t-interval -> cost per stage fitted as fixed + per_user x users over the
-measured points and projected to 100k and 1M users with a 2,000-user budget (labelled
-projected) -> report.md, table.csv, runs.csv, metrics.png, cost.png, bench.json.
+metric, gap closure and measured cost; the paired difference PUMA - random (same seed: same
+adapter initialisation and data order) with its 95% t-interval -> cost per stage fitted as
+fixed + per_user x users over the measured points and projected to 100k and 1M users with a
+2,000-user budget (labelled projected) -> report.md, table.csv, runs.csv, metrics.png, cost.png,
+coldstart.png (with a cold-start row), bench.json.
 
 Every figure is on the `test` split: floor and retraining choose their best epoch on
 `valid`, adapters too, and nothing else is chosen.
