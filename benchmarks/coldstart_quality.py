@@ -24,7 +24,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,7 +34,7 @@ from puma_ray.data.schema import copy_atomic  # noqa: E402
 from puma_ray.stages.coldstart import run_coldstart  # noqa: E402
 from puma_ray.stages.evaluate import run_evaluate  # noqa: E402
 from puma_ray.store.prompt_store import finalize, iter_prompts, read_head, read_manifest, write_shard  # noqa: E402
-from puma_ray.tune.bench import trained  # noqa: E402
+from puma_ray.tune.bench import trained, users_metric  # noqa: E402
 from puma_ray.tune.stats import mean_std, paired_interval  # noqa: E402
 
 METHODS = ("coldstart", "mean", "random", "own")
@@ -60,9 +59,7 @@ def cold_rmse(data: str, model: str, store: Path, out: Path, cold: set[str]) -> 
     """Test RMSE over the cold users' rows only."""
     if not (out / "metrics.json").is_file():
         run_evaluate(EvaluateConfig(data=data, model=model, prompts=str(store), split=["test"], out=str(out)))
-    per = pq.read_table(out / "per_user.parquet").to_pandas()
-    per = per[per["user_id"].isin(cold)]
-    return float(np.sqrt((per["rmse"] ** 2 * per["n"]).sum() / per["n"].sum()))
+    return users_metric(out / "per_user.parquet", list(cold), "rmse")
 
 
 def one_seed(cfg: BenchConfig, data: str, out: Path, seed: int, fraction: float, tune_epochs: int) -> dict:

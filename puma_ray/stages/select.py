@@ -34,7 +34,7 @@ from puma_ray.runtime.runs import CostMeter, build_beside, check_out, log, write
 from puma_ray.select.inputs import PLOT_SAMPLE, SelectionInputs, VectorFiles
 from puma_ray.select.strata import stratum_weights
 from puma_ray.select.strategies import select_users
-from puma_ray.store.prompt_store import verify
+from puma_ray.store.prompt_store import store_user_ids, verify
 
 
 def source_losses(cfg: SelectConfig, store: dict, out: Path) -> pd.Series:
@@ -80,10 +80,7 @@ def eligible_users(data_dir: str, store_dir: str, store: dict) -> pd.Index:
     """Users with a (finite) prompt in the store and >= 1 training row, in store order."""
     counts = pq.read_table(Path(data_dir) / "users.parquet", columns=["user_id", "n_train"]).to_pandas()
     trained = set(counts.loc[counts["n_train"] > 0, "user_id"])
-    ids = []
-    for s in store["shards"]:
-        col = pq.read_table(Path(store_dir) / s["name"], columns=["user_id"]).column(0).to_pylist()
-        ids += [u for u in col if u in trained]
+    ids = [u for u in store_user_ids(store_dir) if u in trained]
     if len(set(ids)) != len(ids):
         raise PumaError(f"prompt store {store_dir} lists some users twice; it is corrupt")
     return pd.Index(ids, dtype=object)

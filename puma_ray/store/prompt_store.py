@@ -159,6 +159,12 @@ def iter_prompts(store: str | Path, batch_rows: int = 65536) -> Iterator[tuple[l
             yield users, flat.reshape(len(users), l, d)
 
 
+def store_user_ids(store: str | Path) -> list[str]:
+    """Every user id of the store in store order (only the user_id column is read)."""
+    return [u for s in read_manifest(store)["shards"]
+            for u in pq.read_table(Path(store) / s["name"], columns=["user_id"]).column(0).to_pylist()]
+
+
 def load_prompts(store: str | Path, user_ids: list[str]) -> np.ndarray:
     """Prompts [len(user_ids), l, d] of the given users (streamed batch by batch; each batch filtered on
     user_id by Arrow, so only those rows are converted and kept, with no per-row Python).

@@ -40,7 +40,7 @@ from puma_ray.runtime.ray_utils import init_ray
 from puma_ray.runtime.runs import CostMeter, log, open_run, write_markdown
 from puma_ray.core.tasks import TASKS
 from puma_ray.select.strategies import STRATEGIES
-from puma_ray.store.prompt_store import MANIFEST, iter_prompts, without_users
+from puma_ray.store.prompt_store import MANIFEST, store_user_ids, without_users
 from puma_ray.train.common import epochs_for, steps_for
 from puma_ray.tune.stats import (AdapterCost, LinearCost, fit_adapter_cost, fit_linear_cost, mean_std,
                                  paired_interval, per_unit_rate)
@@ -202,7 +202,7 @@ def coldstart_name(cfg: BenchConfig) -> str:
 def cold_users_of(store: str, selected: str, fraction: float, seed: int) -> list[str]:
     """round(fraction x store users) users drawn (seeded) from those the trial did not select: users who joined
     after the source was trained could not have been selected, so the adapter stays the trial's own."""
-    users = [u for ids, _ in iter_prompts(store) for u in ids]
+    users = store_user_ids(store)
     chosen = set(pq.read_table(selected, columns=["user_id"]).column("user_id").to_pylist())
     pool = sorted(set(users) - chosen)
     k = min(len(pool), round(fraction * len(users)))
@@ -210,6 +210,11 @@ def cold_users_of(store: str, selected: str, fraction: float, seed: int) -> list
         raise PumaError(f"--coldstart-fraction {fraction}: no unselected user to treat as cold-start "
                         f"({len(users)} users, {len(chosen)} selected)")
     return sorted(np.random.default_rng(seed).choice(pool, size=k, replace=False).tolist())
+
+
+def cold_metric(metric: str) -> str:
+    """The metric the cold users alone are scored on: RMSE exactly, AUC as their mean per-user AUC (uAUC)."""
+    return "rmse" if metric == "rmse" else "uauc"
 
 
 def users_metric(per_user: Path, users: list[str], metric: str) -> float:
@@ -246,7 +251,7 @@ def coldstart_row(cfg: BenchConfig, data: str, trial: dict, seed_dir: Path, ref:
         run_evaluate(EvaluateConfig(data=data, model=cfg.target_model, prompts=str(out / "store"), split=split,
                                     out=str(ev), use_gpu=cfg.use_gpu, dtype=cfg.dtype))
     value = json.loads((ev / "metrics.json").read_text())[m]
-    cold_m = "rmse" if m == "rmse" else "uauc"
+    cold_m = cold_metric(m)
     cost = stage_cost(out / "store")
     return {"size": users, "seed": seed, "method": coldstart_name(cfg), "strategy": trial["strategy"],
             "users_trained": trial["users_trained"], f"{split}_{m}": value,
@@ -303,13 +308,12 @@ def paired_rows(runs: pd.DataFrame, cfg: BenchConfig, metric: str) -> list[dict]
         pairs = [(first, f"random ({cfg.budget})"), (first, f"random ({3 * cfg.budget})"),
                  (recycled_init_name(cfg), first), (warm_name(cfg), RETRAINED), (coldstart_name(cfg), first)]
         diffs = [(a, b, by[a].to_list(), by[b].to_list()) for a, b in pairs if a != b and a in by and b in by]
-        cold = g[g["method"] == coldstart_name(cfg)].sort_values("seed")
-        for name in ("rmse", "uauc") if len(cold) else ():
-            for other, label in (("migrated", "their migrated prompts"), ("floor", "the floor's random init")):
-                if f"cold_{other}_{cfg.split}_{name}" in cold:  # the cold users alone, paired by seed
-                    diffs.append((f"cold users only ({name}): coldstart prompts", label,
-                                  cold[f"cold_{cfg.split}_{name}"].to_list(),
-                                  cold[f"cold_{other}_{cfg.split}_{name}"].to_list()))
+        cold, name = g[g["method"] == coldstart_name(cfg)].sort_values("seed"), cold_metric(metric)
+        for other, label in (("migrated", "their migrated prompts"), ("floor", "the floor's random init")):
+            if len(cold) and f"cold_{other}_{cfg.split}_{name}" in cold:  # the cold users alone, paired by seed
+                diffs.append((f"cold users only ({name}): coldstart prompts", label,
+                              cold[f"cold_{cfg.split}_{name}"].to_list(),
+                              cold[f"cold_{other}_{cfg.split}_{name}"].to_list()))
         for a, b, xs, ys in diffs:
             d = paired_interval(xs, ys)
             out.append({"size": size, "a": a, "b": b, "mean": d.mean, "low": d.low, "high": d.high,
@@ -464,7 +468,7 @@ def plot_cold(runs: pd.DataFrame, cfg: BenchConfig, metric: str, path: Path) -> 
     seeds, a line joins one seed's values). False (nothing drawn) without a cold-start row."""
     from matplotlib.figure import Figure
 
-    name = "rmse" if metric == "rmse" else "uauc"
+    name = cold_metric(metric)
     cold = runs[runs["method"] == coldstart_name(cfg)] if cfg.coldstart_fraction else runs.iloc[:0]
     if cold.empty:
         return False
