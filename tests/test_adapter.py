@@ -55,6 +55,7 @@ def test_two_workers_zero2_train_an_adapter(setup):
     meta = json.loads((setup / "a2" / "adapter.json").read_text())
     assert meta["adapter"]["source_dim"] == 64 and meta["adapter"]["target_dim"] == 48
     assert meta["target"]["family"] == "qwen2" and meta["sources"][0]["model"]["family"] == "llama"
+    assert res["init"] == meta["init"] == {"kind": "random"}  # the default start
     adapter = MigrationAdapter(AdapterConfig(**meta["adapter"]))
     adapter.load_state_dict(load_file(setup / "a2" / meta["weights"]))
     assert res["adapter_params"] == sum(p.numel() for p in adapter.parameters())
@@ -71,12 +72,6 @@ def test_zero3_saves_consolidated_weights(setup):
     weights = load_file(setup / "a3" / meta["weights"])
     assert all(t.numel() > 0 for t in weights.values())
     MigrationAdapter(AdapterConfig(**meta["adapter"])).load_state_dict(weights)
-
-
-def test_aggregated_sources_concatenate(setup):
-    res = run_adapter(acfg(setup, "agg", source=[str(setup / "src"), str(setup / "src")], workers=1, epochs=1))
-    meta = json.loads((setup / "agg" / "adapter.json").read_text())
-    assert meta["adapter"]["source_dim"] == 128 and len(meta["sources"]) == 2 and res["users"] == 120
 
 
 def test_users_missing_from_a_source_are_counted(setup, tmp_path):
@@ -124,7 +119,7 @@ def test_a_rerun_killed_mid_training_leaves_the_old_adapter_whole(setup, tmp_pat
     old = json.loads((out / "adapter.json").read_text())
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.name.startswith(("adapter", "head"))}
     cmd, env = cli_in_ray(["adapter", "--data", str(setup / "data"), "--source", str(setup / "src"), "--target-model",
-                           str(setup / "qwen2"), "--out", str(out), "--workers", "2", "--epochs", "3", "min_steps=0",
+                           str(setup / "qwen2"), "--out", str(out), "--workers", "2", "--epochs", "2", "min_steps=0",
                            "width=64", "lr=0.003"])
     kill_at_first_checkpoint(cmd, env, out)  # mid-training: an epoch's checkpoint exists, the adapter is not rewritten
     assert len(before) == 3 and all((out / name).read_bytes() == data for name, data in before.items())

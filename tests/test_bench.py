@@ -113,7 +113,7 @@ def test_bench_end_to_end_on_a_user_subset(workspace, tmp_path):
                       target_model=str(workspace / "qwen2"), budget=8, seeds=[0], sizes=[60], strategies=["random"],
                       out=str(tmp_path / "b"), prompt_epochs=1, adapter_epochs=1, adapter_min_steps=0, adapter_width=32,
                       adapter_lr=3e-3,
-                      clusters=2, recycle=True, recycled_init=True, warm_epochs=1, coldstart_fraction=0.2)
+                      clusters=2, recycle=True, recycled_init=True, warm_epochs=1, coldstart_fraction=0.2, workers=1)
     summary = run_bench(cfg)
     table = pd.read_csv(tmp_path / "b" / "table.csv")
     cold_name = "random (8), 20% of users cold-start"

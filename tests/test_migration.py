@@ -297,9 +297,11 @@ def test_aggregated_migration_concatenates_each_users_prompts(setup, tmp_path):
 
     root, _ = setup
     second = restore(root / "src", tmp_path / "second", lambda ids, p: (ids[::-1], p[::-1] * 0.5), shards=3)
-    run_adapter(AdapterStageConfig(data=str(root / "data"), source=[str(root / "src"), str(second)],
-                                   target_model=str(root / "qwen2"), out=str(tmp_path / "adapter"), workers=1,
-                                   epochs=1, min_steps=0, width=16, lr=3e-3))
+    res = run_adapter(AdapterStageConfig(data=str(root / "data"), source=[str(root / "src"), str(second)],
+                                         target_model=str(root / "qwen2"), out=str(tmp_path / "adapter"), workers=1,
+                                         epochs=1, min_steps=0, width=16, lr=3e-3))
+    meta = json.loads((tmp_path / "adapter" / "adapter.json").read_text())
+    assert meta["adapter"]["source_dim"] == 2 * 64 and len(meta["sources"]) == 2 and res["users"] == 120
     out = run_migrate(MigrateConfig(adapter=str(tmp_path / "adapter"), source=[str(root / "src"), str(second)],
                                     out=str(tmp_path / "m")))
     assert out["users"] == 120

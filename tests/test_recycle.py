@@ -128,10 +128,8 @@ def test_adapter_init_recycled_starts_the_workers_from_the_fitted_adapter(worksp
     with pytest.raises(PumaError, match="is not a `puma-ray recycle` output of the first --source's model"):
         run_adapter(AdapterStageConfig(**base, out=str(tmp_path / "c"), init="recycled", recycled=str(tmp_path / "other")))
     assert not (tmp_path / "c").exists()
-    plain = run_adapter(AdapterStageConfig(**base, out=str(tmp_path / "b")))
-    assert plain["init"] == {"kind": "random"}
-    fresh = load_file(tmp_path / "b" / json.loads((tmp_path / "b" / "adapter.json").read_text())["weights"])
-    assert not torch.allclose(fresh["ffn2.net.3.weight"], trained["ffn2.net.3.weight"])
+    # the default start is random (test_adapter.py's runs say so in their adapter.json): the fitted start
+    # above is nearer the recycled prompts than the random one it began from (mse < mse_start)
 
 
 def test_adapter_init_recycled_refuses_a_store_that_is_not_the_sources_recycled(workspace, tmp_path):
