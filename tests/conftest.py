@@ -161,3 +161,19 @@ def warnings_of_ours(log: str) -> list[str]:
     ours = re.compile(r"puma_ray/[\w/]+\.py:\d+: \w*Warning")
     return [line for line in log.splitlines()
             if ours.search(line) or ("FutureWarning" in line and "torch.distributed" in line)]
+
+
+def prompt_value_strings(store, users=3, values=24) -> set[str]:
+    """How a few of the store's prompt values would look if printed: rounded and truncated decimals."""
+    import numpy as np
+
+    from puma_ray.store.prompt_store import iter_prompts
+
+    found = set()
+    for i, (_, ps) in enumerate(iter_prompts(store)):
+        for v in np.asarray(ps[:users]).ravel()[:values]:
+            if abs(v) >= 1e-3:
+                found |= {f"{abs(v):.5f}", str(np.float32(abs(v)))[:7]}
+        if i == 0:
+            break
+    return found

@@ -1,10 +1,12 @@
-"""`ray job submit` of jobs/ entrypoints against a real Ray head (about 20 s: starts and stops a head)."""
+"""`ray job submit` of jobs/ entrypoints against a real Ray cluster started with `ray start` (a head and two worker
+nodes on this machine): the whole migration chain as jobs, about 3.5 minutes."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -31,45 +33,116 @@ def free_ports(n: int) -> list[int]:
         return [sock.getsockname()[1] for sock in socks]
 
 
+def ray_start(ray_cli: str, env: dict, temp: str, *args: str) -> None:
+    """`ray start ARGS` with its own temp dir and free ports for its agents: their defaults (52365 for the
+    dashboard agent) belong to the test session's own Ray, and a head whose job agent cannot bind refuses
+    every submit with "No available agent" (seen in CI)."""
+    agent, grpc, runtime_env, metrics = free_ports(4)
+    subprocess.run([ray_cli, "start", *args, "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port",
+                    str(grpc), "--runtime-env-agent-port", str(runtime_env), "--metrics-export-port", str(metrics),
+                    "--temp-dir", temp], env=env, check=True, capture_output=True)
+
+
 @contextlib.contextmanager
-def local_head(port: int, dashboard_port: int):
-    """A Ray head started with `ray start` in its own temp dir; stopped by killing exactly its processes
-    (`ray stop --force` would also kill the test session's own Ray)."""
+def local_cluster(port: int, dashboard_port: int, head_cpus: int = 2, worker_nodes: tuple[int, ...] = ()):
+    """A Ray head started with `ray start --head` (head_cpus CPUs) and one `ray start --address` worker node per
+    entry of worker_nodes (its CPUs), each in its own temp dir; stopped by killing exactly their processes
+    (`ray stop --force` would also kill the test session's own Ray). Yields (ray CLI, env, dashboard URL)."""
     import psutil
 
     bin_dir = Path(sys.executable).parent
     ray_cli = shutil.which("ray", path=str(bin_dir)) or "ray"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
-    temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    # the agents' ports too: their defaults (52365 for the dashboard agent) belong to the test session's own Ray,
-    # and a head whose job agent cannot bind refuses every submit with "No available agent" (seen in CI)
-    agent, grpc, runtime_env, metrics = free_ports(4)
-    subprocess.run([ray_cli, "start", "--head", "--port", str(port), "--dashboard-host", "127.0.0.1",
-                    "--dashboard-port", str(dashboard_port), "--dashboard-agent-listen-port", str(agent),
-                    "--dashboard-agent-grpc-port", str(grpc), "--runtime-env-agent-port", str(runtime_env),
-                    "--metrics-export-port", str(metrics), "--num-cpus", "2", "--temp-dir", temp],
-                   env=env, check=True, capture_output=True)
+    temps = [tempfile.mkdtemp(prefix="rh", dir="/tmp") for _ in range(1 + len(worker_nodes))]  # short: Ray's
+    # socket paths must fit 107 bytes
     try:
+        ray_start(ray_cli, env, temps[0], "--head", "--port", str(port), "--dashboard-host", "127.0.0.1",
+                  "--dashboard-port", str(dashboard_port), "--num-cpus", str(head_cpus))
+        for temp, cpus in zip(temps[1:], worker_nodes):
+            ray_start(ray_cli, env, temp, "--address", f"127.0.0.1:{port}", "--num-cpus", str(cpus))
         yield ray_cli, env, f"http://127.0.0.1:{dashboard_port}"
     finally:
-        procs = [p for p in psutil.process_iter(["cmdline"]) if temp in " ".join(p.info["cmdline"] or [])]
+        procs = [p for p in psutil.process_iter(["cmdline"])
+                 if any(t in " ".join(p.info["cmdline"] or []) for t in temps)]
         for p in procs:
             with contextlib.suppress(psutil.Error):
                 p.kill()
         psutil.wait_procs(procs, timeout=30)
-        shutil.rmtree(temp, ignore_errors=True)
+        for temp in temps:
+            shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_ray_job_submit_runs_the_data_stage(tmp_path):
-    with local_head(6391, 8291) as (ray_cli, env, address):
-        out = tmp_path / "data"
-        # the shipped runtime environment (its excludes), with the working directory given explicitly
-        cmd = [ray_cli, "job", "submit", "--address", address,
-               "--runtime-env", str(REPO / "cluster" / "runtime-env.yaml"), "--working-dir", str(REPO), "--",
-               "python", "jobs/data.py", "--source", "synthetic", "--out", str(out), "users=60"]
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-        summary = [json.loads(line) for line in res.stdout.splitlines() if line.startswith('{"command"')][-1]
-        assert summary["ok"] and summary["users"] > 0
-        assert json.loads((out / "manifest.json").read_text())["users"] == summary["users"]
+def submit(ray_cli: str, env: dict, address: str, logs: list[str], job: str, *args: str) -> dict:
+    """`ray job submit` of jobs/<job>.py with the shipped runtime environment (its excludes) and the checkout as
+    working directory; asserts the job SUCCEEDED, appends what the submitter saw (the job's logs) to `logs` and
+    returns the JSON summary its entrypoint printed."""
+    cmd = [ray_cli, "job", "submit", "--address", address, "--runtime-env", str(REPO / "cluster" / "runtime-env.yaml"),
+           "--working-dir", str(REPO), "--", "python", f"jobs/{job}.py", *args]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    logs.append(res.stdout + res.stderr)
+    tail = f"{job}: " + res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.returncode == 0 and re.search(r"Job '[^']+' succeeded", res.stdout), tail
+    summary = [json.loads(line) for line in res.stdout.splitlines() if line.startswith('{"command"')][-1]
+    assert summary["ok"], tail
+    return summary
+
+
+def train_worker_nodes(ray_cli: str, env: dict, address: str) -> dict[str, set[str]]:
+    """job id -> the node ids its Ray Train workers ran on (Ray's state API: finished actors included)."""
+    res = subprocess.run([ray_cli, "list", "actors", "--address", address, "--filter", "class_name=RayTrainWorker",
+                          "--detail", "--format", "json", "--limit", "1000"],
+                         env=env, capture_output=True, text=True, timeout=120, check=True)
+    nodes: dict[str, set[str]] = {}
+    for actor in json.loads(res.stdout):
+        nodes.setdefault(actor["job_id"], set()).add(actor["node_id"])
+    return nodes
+
+
+def test_the_migration_chain_runs_as_jobs_on_a_head_and_two_worker_nodes(tmp_path):
+    """data -> models (source, target) -> prompts -> select -> adapter -> migrate -> evaluate, each a `ray job
+    submit` to a head started with `ray start --head` (no CPUs: nothing computes there) joined by two worker
+    nodes started with `ray start --address` (3 CPUs each). Every job SUCCEEDED, each stage's output is the
+    next one's input, and each Ray Train run's two workers (2 CPUs each: one fits a node) ran on different nodes.
+    What the jobs logged (driver and forwarded worker lines) holds no prompt value, no item title and no
+    warning our code caused."""
+    import pandas as pd
+    from conftest import prompt_value_strings, warnings_of_ours
+
+    d, logs = tmp_path, []
+    with local_cluster(6391, 8291, head_cpus=0, worker_nodes=(3, 3)) as (ray_cli, env, address):
+        data = submit(ray_cli, env, address, logs, "data", "--source", "synthetic", "--out", str(d / "data"), "users=60",
+                      "items=40")
+        assert data["users"] == 60 and json.loads((d / "data" / "manifest.json").read_text())["users"] == 60
+        for family in ("llama", "qwen2"):
+            submit(ray_cli, env, address, logs, "models", "--family", family, "--data", str(d / "data"), "--out",
+                   str(d / family), "pretrain_steps=20")
+        train = ["--workers", "2", "--cpus-per-worker", "2", "--epochs", "1"]
+        prompts = submit(ray_cli, env, address, logs, "prompts", "--data", str(d / "data"), "--model", str(d / "llama"),
+                         "--out", str(d / "src"), *train)
+        assert prompts["users"] == 60
+        select = submit(ray_cli, env, address, logs, "select_users", "--data", str(d / "data"), "--prompts", str(d / "src"),
+                        "--out", str(d / "sel"), "--strategy", "puma", "--budget", "20", "clusters=2",
+                        "min_per_cluster=2")
+        assert select["selected"] == 20
+        adapter = submit(ray_cli, env, address, logs, "adapter", "--data", str(d / "data"), "--source", str(d / "src"),
+                         "--target-model", str(d / "qwen2"), "--users", str(d / "sel"), "--out", str(d / "adapter"),
+                         *train, "min_steps=0", "width=32")
+        assert adapter["users"] == 20
+        migrate = submit(ray_cli, env, address, logs, "migrate", "--adapter", str(d / "adapter"), "--source", str(d / "src"),
+                         "--out", str(d / "target"))
+        assert migrate["users"] == 60
+        evaluate = submit(ray_cli, env, address, logs, "evaluate", "--data", str(d / "data"), "--model", str(d / "qwen2"),
+                          "--prompts", str(d / "target"), "--out", str(d / "eval"))
+        assert evaluate["rmse"] > 0 and (d / "eval" / "metrics.json").is_file()
+        runs = train_worker_nodes(ray_cli, env, address)
+        assert len(runs) == 2 and all(len(nodes) == 2 for nodes in runs.values()), runs
+    log = "\n".join(logs)
+    values = prompt_value_strings(d / "src") | prompt_value_strings(d / "target")
+    assert all(f"{job}:" in log for job in ("data", "migrate", "evaluate")) and len(values) > 20
+    assert not warnings_of_ours(log)
+    leaked = sorted(v for v in values if v in log)
+    assert not leaked, f"prompt values in the job logs: {leaked[:5]}"
+    titles = set(pd.read_parquet(d / "data" / "items.parquet")["item_text"])  # what histories and rows are made of
+    shown = sorted(t for t in titles if t in log)
+    assert len(titles) > 20 and not shown, f"item titles in the job logs: {shown[:5]}"
