@@ -40,27 +40,50 @@ def test_every_cluster_file_parses_and_pins_the_installed_ray():
     assert ray_req.specifier.contains(ray.__version__)
     image = re.search(r"^FROM rayproject/ray:([\d.]+)-", (CLUSTER / "Containerfile").read_text(), re.M)
     assert image and image.group(1) == ray.__version__, "Containerfile's Ray image differs from the installed Ray"
-    job = yaml.safe_load((CLUSTER / "kuberay-rayjob.yaml").read_text())
-    assert job["spec"]["rayClusterSpec"]["rayVersion"] == ray.__version__
+    for name in KUBERAY:
+        assert kuberay_cluster(name)["rayVersion"] == ray.__version__, name
 
 
-def test_kuberay_autoscales_gpu_workers_on_shared_storage():
-    spec = yaml.safe_load((CLUSTER / "kuberay-rayjob.yaml").read_text())["spec"]["rayClusterSpec"]
+KUBERAY = ["kuberay-rayjob.yaml", "kuberay-raycluster.yaml"]
+LAUNCHERS = ["cluster-launcher.yaml", "cluster-launcher-gcp.yaml"]
+
+
+def kuberay_cluster(name: str) -> dict:
+    """The RayCluster spec of a KubeRay file (a RayCluster's own spec, a RayJob's rayClusterSpec)."""
+    doc = yaml.safe_load((CLUSTER / name).read_text())
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] in ("RayCluster", "RayJob"), name
+    return doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+
+
+@pytest.mark.parametrize("name", KUBERAY)
+def test_kuberay_autoscales_gpu_workers_on_shared_storage(name):
+    spec = kuberay_cluster(name)
     assert spec["enableInTreeAutoscaling"] is True  # without it min/max replicas change nothing
-    group = spec["workerGroupSpecs"][0]
-    assert group["minReplicas"] < group["maxReplicas"]
-    container = group["template"]["spec"]["containers"][0]
-    assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
-    pods = [spec["headGroupSpec"]["template"]["spec"], group["template"]["spec"]]
+    groups = spec["workerGroupSpecs"]
+    assert all(g["minReplicas"] < g["maxReplicas"] for g in groups)
+    limits = [g["template"]["spec"]["containers"][0]["resources"]["limits"] for g in groups]
+    assert any(int(lim.get("nvidia.com/gpu", 0)) >= 1 for lim in limits)
+    pods = [spec["headGroupSpec"]["template"]["spec"], *(g["template"]["spec"] for g in groups)]
     assert all(p["containers"][0]["volumeMounts"][0]["mountPath"] == "/mnt/puma" for p in pods)
+    claims = {v["persistentVolumeClaim"]["claimName"] for p in pods for v in p["volumes"]}
+    assert claims == {"puma-shared"}
 
 
-def test_the_launcher_mounts_shared_storage_or_fails_loudly():
-    cfg = yaml.safe_load((CLUSTER / "cluster-launcher.yaml").read_text())
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_the_launcher_is_valid_for_ray_and_mounts_shared_storage_or_fails_loudly(name):
+    import json
+
+    import jsonschema
+
+    cfg = yaml.safe_load((CLUSTER / name).read_text())
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    jsonschema.validate(cfg, schema)  # the cluster launcher's own schema of the installed Ray
     assert cfg["head_node_type"] in cfg["available_node_types"]
     assert any(t.get("max_workers", 0) > 0 for t in cfg["available_node_types"].values())
     mount = next(c for c in cfg["setup_commands"] if "/mnt/puma" in c)
     assert "|| true" not in mount and mount.rstrip().endswith("mountpoint -q /mnt/puma")
+    assert {t["node_config"].get("InstanceType") or t["node_config"].get("machineType")
+            for t in cfg["available_node_types"].values()}.isdisjoint({None})
 
 
 def test_the_image_leaves_local_state_out():
@@ -82,7 +105,7 @@ ENTRYPOINTS = sorted({(p.relative_to(REPO).as_posix(), c) for p in [*CLUSTER.ite
                       if p.is_file() for c in entrypoints(p.read_text())})
 
 
-GPU_CLUSTERS = {"cluster/kuberay-rayjob.yaml", "cluster/cluster-launcher.yaml"}  # they request GPU workers
+GPU_CLUSTERS = {f"cluster/{n}" for n in KUBERAY + LAUNCHERS}  # they request GPU workers
 
 
 def test_the_cluster_files_hold_entrypoints():
