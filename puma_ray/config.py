@@ -23,7 +23,7 @@ from typing import Any, Literal, Optional
 
 import pydantic.dataclasses
 import yaml
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import ConfigDict, PositiveFloat, TypeAdapter, ValidationError
 
 from puma_ray.errors import ConfigError
 
@@ -340,7 +340,9 @@ class TrainingConfig(StageConfig):
     workers: int = 1
     """Ray Train workers."""
     use_gpu: bool = False
-    """One GPU per worker (the frozen LLM in bf16 on GPU unless --dtype says otherwise)."""
+    """GPUs (gpus_per_worker each) for every worker (the frozen LLM in bf16 on GPU unless --dtype says otherwise)."""
+    gpus_per_worker: PositiveFloat = 1.0
+    """GPUs each Ray Train worker reserves with --use-gpu (0.5: two share a GPU)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Frozen LLM's dtype: auto = bfloat16 on GPU, float32 on CPU (bfloat16 on AMX CPUs: ~2x faster on real LLMs)."""
     cpus_per_worker: float = 0.5
@@ -487,7 +489,9 @@ class MigrateConfig(StageConfig):
     cpus_per_worker: float = 1.0
     """CPUs per actor (also its torch threads)."""
     use_gpu: bool = False
-    """One GPU per actor."""
+    """GPUs (gpus_per_worker each) for every actor."""
+    gpus_per_worker: PositiveFloat = 1.0
+    """GPUs each migration actor reserves with --use-gpu (0.5: two share a GPU)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Adapter arithmetic: auto = bfloat16 on GPU, float32 on CPU (bf16 on AMX CPUs: ~3x; stores stay float32)."""
     batch_size: int = 1024
@@ -574,7 +578,9 @@ class EvaluateConfig(StageConfig):
     batch_size: int = 64
     """Rows per model forward."""
     use_gpu: bool = False
-    """One GPU per actor (bf16)."""
+    """GPUs (gpus_per_worker each) for every actor (bf16)."""
+    gpus_per_worker: PositiveFloat = 1.0
+    """GPUs each scoring actor reserves with --use-gpu (0.5: two share a GPU)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Frozen LLM's dtype: auto = bfloat16 on GPU, float32 on CPU (bfloat16 on AMX CPUs: ~2x faster on real LLMs)."""
     prefix_cache: bool = True
@@ -687,7 +693,9 @@ class ChainConfig(StageConfig):
     workers: int = 1
     """Ray Train workers (adapter) and Ray Data actors (migrate, evaluate)."""
     use_gpu: bool = False
-    """One GPU per adapter worker and per migrate/evaluate actor (bf16 on GPU, fp32 on CPU)."""
+    """GPUs (gpus_per_worker each) for every adapter worker and migrate/evaluate actor (bf16 on GPU, fp32 on CPU)."""
+    gpus_per_worker: PositiveFloat = 1.0
+    """GPUs each adapter worker and migrate/evaluate actor reserves with --use-gpu (0.5: two share a GPU)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Frozen LLM's dtype: auto = bfloat16 on GPU, float32 on CPU (bfloat16 on AMX CPUs: ~2x faster on real LLMs)."""
     epochs: int = 4
@@ -740,7 +748,9 @@ class DemoConfig(StageConfig):
     workers: int = 2
     """Ray Train workers of every training stage."""
     use_gpu: bool = False
-    """One GPU per training worker and per scoring actor in every stage (bf16 on GPU, fp32 on CPU)."""
+    """GPUs (gpus_per_worker each) for every training worker and scoring actor (bf16 on GPU, fp32 on CPU)."""
+    gpus_per_worker: PositiveFloat = 1.0
+    """GPUs each training worker and migrate/evaluate actor reserves with --use-gpu (0.5: two share a GPU)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Frozen LLM's dtype: auto = bf16 on GPU, fp32 on CPU, bf16 at size real (AMX CPUs: ~2x on real LLMs)."""
     prompt_lr: float = 5e-3
@@ -790,7 +800,9 @@ class SweepConfig(StageConfig):
     cpus_per_worker: float = 0.5
     """CPUs each adapter worker reserves."""
     use_gpu: bool = False
-    """One GPU per adapter worker and migrate/evaluate actor (bf16)."""
+    """GPUs (gpus_per_worker each) for every adapter worker and migrate/evaluate actor (bf16)."""
+    gpus_per_worker: PositiveFloat = 1.0
+    """GPUs each adapter worker and migrate/evaluate actor reserves with --use-gpu (0.5: two share a GPU)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Frozen LLM's dtype: auto = bfloat16 on GPU, float32 on CPU (bfloat16 on AMX CPUs: ~2x faster on real LLMs)."""
     seed: int = 0
@@ -844,7 +856,9 @@ class BenchConfig(StageConfig):
     cpus_per_worker: float = 0.5
     """CPUs each training worker reserves."""
     use_gpu: bool = False
-    """One GPU per training worker and migrate/evaluate actor (bf16)."""
+    """GPUs (gpus_per_worker each) for every training worker and migrate/evaluate actor (bf16)."""
+    gpus_per_worker: PositiveFloat = 1.0
+    """GPUs each training worker and migrate/evaluate actor reserves with --use-gpu (0.5: two share a GPU)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Frozen LLM's dtype: auto = bfloat16 on GPU, float32 on CPU (bfloat16 on AMX CPUs: ~2x faster on real LLMs)."""
     prompt_epochs: int = 15

@@ -145,3 +145,41 @@ def test_every_job_entrypoint_starts_with_its_submit_command():
         assert job.is_file(), f"no {job_file(name)}"
         assert job.read_text().startswith("# ray job submit ") and job_file(name) in job.read_text().splitlines()[0]
         assert f'main(["{name}", ' in job.read_text(), f"{job_file(name)} must call the {name} stage"
+
+
+GPU_CONFIGS = [c for c in CONFIG_CLASSES if "use_gpu" in {f.name for f in dataclasses.fields(c)}]
+
+
+def test_every_stage_that_can_use_gpus_says_how_many_each_worker_reserves():
+    from puma_ray.config import PromptsConfig
+
+    assert len(GPU_CONFIGS) >= 7
+    for cls in GPU_CONFIGS:
+        field = {f.name: f for f in dataclasses.fields(cls)}.get("gpus_per_worker")
+        assert field is not None and field.default == 1.0, cls.__name__
+    with pytest.raises(ConfigError, match="gpus_per_worker"):
+        PromptsConfig(data="d", model="m", out="o", use_gpu=True, gpus_per_worker=0)
+
+
+def test_gpus_per_worker_reaches_ray_train_and_every_stage_a_chain_or_trial_runs(monkeypatch, tmp_path):
+    """The resources Ray Train is asked for, and the configs chain and sweep trials hand their stages
+    (the stages replaced by recorders: nothing runs)."""
+    from puma_ray.config import ChainConfig, PromptsConfig
+    from puma_ray.stages import adapter, evaluate, migrate, select
+    from puma_ray.stages.chain import run_hop
+    from puma_ray.train.wiring import build_trainer
+    from puma_ray.tune.trial import TrialSetup, run_steps
+
+    cfg = PromptsConfig(data="d", model="m", out="o", workers=2, use_gpu=True, gpus_per_worker=0.5)
+    trainer = build_trainer(lambda c: None, {}, cfg, "n", str(tmp_path), "valid_rmse", "min", {}, [])
+    assert trainer.scaling_config.resources_per_worker == {"GPU": 0.5} and trainer.scaling_config.use_gpu
+    seen = []
+    for module, name in ((select, "run_select"), (adapter, "run_adapter"), (migrate, "run_migrate"),
+                         (evaluate, "run_evaluate")):
+        monkeypatch.setattr(module, name, lambda c, **kw: seen.append(c))
+    run_hop(ChainConfig(data="d", source="s", models=["m"], out="o", use_gpu=True, gpus_per_worker=0.25),
+            "s", "m", tmp_path / "hop")
+    run_steps(TrialSetup(data="d", sources=["s"], target_model="m", task_metric="rmse", use_gpu=True,
+                         gpus_per_worker=0.25), {"strategy": "random", "budget": 10}, tmp_path / "trial")
+    gpu = [c for c in seen if "use_gpu" in {f.name for f in dataclasses.fields(c)}]
+    assert len(gpu) == 5 and all(c.use_gpu and c.gpus_per_worker == 0.25 for c in gpu), seen

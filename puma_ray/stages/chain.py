@@ -28,7 +28,8 @@ def evaluated(cfg: ChainConfig, model: str, store: str | Path, out: Path) -> dic
 
     if not (out / "metrics.json").is_file():
         run_evaluate(EvaluateConfig(data=cfg.data, model=model, prompts=str(store), split=cfg.split, out=str(out),
-                                    workers=cfg.workers, use_gpu=cfg.use_gpu, dtype=cfg.dtype))
+                                    workers=cfg.workers, use_gpu=cfg.use_gpu,
+                                    gpus_per_worker=cfg.gpus_per_worker, dtype=cfg.dtype))
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -50,9 +51,10 @@ def run_hop(cfg: ChainConfig, source: str, model: str, hop_dir: Path) -> Path:
                                        users=str(hop_dir / "selection"), out=str(hop_dir / "adapter"),
                                        workers=cfg.workers, epochs=cfg.epochs, lr=cfg.lr, width=cfg.width,
                                        rank=cfg.rank, batch_size=cfg.batch_size, seed=cfg.seed,
-                                       min_steps=cfg.min_steps, use_gpu=cfg.use_gpu, dtype=cfg.dtype))
+                                       min_steps=cfg.min_steps, use_gpu=cfg.use_gpu,
+                                       gpus_per_worker=cfg.gpus_per_worker, dtype=cfg.dtype))
     run_migrate(MigrateConfig(adapter=str(hop_dir / "adapter"), source=[source], out=str(store), workers=cfg.workers,
-                              use_gpu=cfg.use_gpu))
+                              use_gpu=cfg.use_gpu, gpus_per_worker=cfg.gpus_per_worker))
     return store
 
 

@@ -278,7 +278,7 @@ def score_in_pipeline(cfg: EvaluateConfig, task: str, store: dict, scorer_args: 
     scored = rows.map_batches(
         ReportingScorer, fn_constructor_kwargs=scorer_args, batch_size=cfg.batch_size, batch_format="pyarrow",
         compute=actor_pool(cfg.workers), num_cpus=actor_cpus(cfg.cpus_per_worker, cfg.workers),
-        num_gpus=1 if cfg.use_gpu else None)
+        num_gpus=cfg.gpus_per_worker if cfg.use_gpu else None)
     written = write_dataset(scored, out / "rows.parquet", SCORED)
     files = sorted(str(f) for f in written.glob("*.parquet"))
     meter.samples = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
@@ -337,7 +337,7 @@ def score_and_report(cfg: EvaluateConfig, task, store: dict, model: dict, head_p
         meter.extra = {"join": "broadcast" if "store_table" in scorer_args else "shuffle",
                        "path": "one task" if one_task else "pipeline"}
         if one_task:
-            task_cpus = {"num_cpus": cfg.cpus_per_worker, "num_gpus": 1 if cfg.use_gpu else 0}
+            task_cpus = {"num_cpus": cfg.cpus_per_worker, "num_gpus": cfg.gpus_per_worker if cfg.use_gpu else 0}
             shards = [str(p.resolve()) for p in shard_paths(cfg.data)]
             totals, aucs, meter.samples = ray.get(score_in_one_task.options(**task_cpus).remote(
                 shards, cfg.split, scorer_args, cfg.batch_size, str(out), task.name,

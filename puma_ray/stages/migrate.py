@@ -118,7 +118,7 @@ def run_migrate(cfg: MigrateConfig) -> dict:
         if pending:
             ds = ray.data.from_items(pending).map_batches(
                 ShardMigrator, batch_size=1, compute=actor_pool(cfg.workers), num_cpus=actor_cpus(cfg.cpus_per_worker, cfg.workers),
-                num_gpus=1 if cfg.use_gpu else None,
+                num_gpus=cfg.gpus_per_worker if cfg.use_gpu else None,
                 fn_constructor_kwargs={"adapter_dir": str(adapter_dir.resolve()), "sources": sources, "out": str(out.resolve()),
                                        "prompt_len": meta["prompt_len"], "dims": [m["dim"] for m in manifests],
                                        "batch_size": cfg.batch_size, "threads": max(1, int(cfg.cpus_per_worker)),

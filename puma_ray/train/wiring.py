@@ -47,7 +47,7 @@ def build_trainer(loop, loop_config: dict, cfg, name: str, storage: str, metric:
     # up to one interval; our runs are short. Ray Train passes this variable on to its controller; one
     # set by the operator wins.
     os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_S)
-    resources = {"GPU": 1} if cfg.use_gpu else {"CPU": cfg.cpus_per_worker}
+    resources = {"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {"CPU": cfg.cpus_per_worker}
     return TorchTrainer(
         loop, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),

@@ -86,12 +86,13 @@ def trained(cfg: BenchConfig, data: str, model: str, out: Path, seed: int, split
                 **({"dtype": cfg.dtype} if cfg.dtype != "auto" else {})}, "prompt training")
     if not (store / MANIFEST).is_file():
         run_prompts(PromptsConfig(data=data, model=model, out=str(store), workers=cfg.workers,
-                                  cpus_per_worker=cfg.cpus_per_worker, use_gpu=cfg.use_gpu, dtype=cfg.dtype,
+                                  cpus_per_worker=cfg.cpus_per_worker, use_gpu=cfg.use_gpu,
+                                  gpus_per_worker=cfg.gpus_per_worker, dtype=cfg.dtype,
                                   epochs=epochs, lr=cfg.prompt_lr, seed=seed, freeze_prompts=freeze,
                                   init_from=init_from))
     if not (ev / "metrics.json").is_file():
         run_evaluate(EvaluateConfig(data=data, model=model, prompts=str(store), split=split, out=str(ev),
-                                    use_gpu=cfg.use_gpu, dtype=cfg.dtype))
+                                    use_gpu=cfg.use_gpu, gpus_per_worker=cfg.gpus_per_worker, dtype=cfg.dtype))
     metrics = json.loads((ev / "metrics.json").read_text())
     cost = stage_cost(store)
     return {"store": str(store), "metrics": metrics, "device_s": cost["device_seconds"], "wall_s": cost["wall_s"],
@@ -113,7 +114,7 @@ def recycled(cfg: BenchConfig, data: str, source_store: str, floor_store: str, o
                                   out=str(store), head_from=floor_store))
     if not (ev / "metrics.json").is_file():
         run_evaluate(EvaluateConfig(data=data, model=cfg.target_model, prompts=str(store), split=split, out=str(ev),
-                                    use_gpu=cfg.use_gpu, dtype=cfg.dtype))
+                                    use_gpu=cfg.use_gpu, gpus_per_worker=cfg.gpus_per_worker, dtype=cfg.dtype))
     cost = stage_cost(store)
     return {"metrics": json.loads((ev / "metrics.json").read_text()), "device_s": cost["device_seconds"],
             "wall_s": cost["wall_s"]}
@@ -153,6 +154,7 @@ def size_runs(cfg: BenchConfig, data: str, users: int, root: Path, metric: str) 
                          "cost_device_s": rec["device_s"], "cost_wall_s": rec["wall_s"], "paid": False})
         setup = TrialSetup(data=data, sources=[src["store"]], target_model=cfg.target_model, task_metric=m,
                            workers=cfg.workers, cpus_per_worker=cfg.cpus_per_worker, use_gpu=cfg.use_gpu,
+                           gpus_per_worker=cfg.gpus_per_worker,
                            dtype=cfg.dtype, report_split=split, reference=ref, defaults=adapter_defaults(cfg),
                            recycled=rec_store)
         for name, params in methods_of(cfg):
@@ -249,7 +251,8 @@ def coldstart_row(cfg: BenchConfig, data: str, trial: dict, seed_dir: Path, ref:
     ev = out / f"eval-{split}"
     if not (ev / "metrics.json").is_file():
         run_evaluate(EvaluateConfig(data=data, model=cfg.target_model, prompts=str(out / "store"), split=split,
-                                    out=str(ev), use_gpu=cfg.use_gpu, dtype=cfg.dtype))
+                                    out=str(ev), use_gpu=cfg.use_gpu,
+                                    gpus_per_worker=cfg.gpus_per_worker, dtype=cfg.dtype))
     value = json.loads((ev / "metrics.json").read_text())[m]
     cold_m = cold_metric(m)
     cost = stage_cost(out / "store")

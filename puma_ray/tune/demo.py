@@ -136,6 +136,7 @@ def bench_dataset(cfg: DemoConfig, name: str, data: dict, size: Size, out: Path)
         data=data["out"], source_model=models["source"]["path"], target_model=models["target"]["path"],
         budget=budget, seeds=[cfg.seed], out=str(out / "bench" / name),
         sizes=[] if users == data["users"] else [users], workers=cfg.workers, use_gpu=cfg.use_gpu,
+        gpus_per_worker=cfg.gpus_per_worker,
         dtype=size.auto_dtype if cfg.dtype == "auto" else cfg.dtype, prompt_epochs=size.prompt_epochs,
         prompt_lr=cfg.prompt_lr, adapter_epochs=size.adapter_epochs, adapter_lr=cfg.adapter_lr,
         adapter_width=cfg.adapter_width, clusters=size.clusters,

@@ -259,7 +259,8 @@ def run_sweep(cfg: SweepConfig) -> dict:
     init_ray()
     setup = TrialSetup(data=str(Path(cfg.data).resolve()), sources=[str(Path(s).resolve()) for s in cfg.source],
                        target_model=target["name"], task_metric=task.metric, workers=cfg.workers,
-                       cpus_per_worker=cfg.cpus_per_worker, use_gpu=cfg.use_gpu, dtype=cfg.dtype,
+                       cpus_per_worker=cfg.cpus_per_worker, use_gpu=cfg.use_gpu,
+                       gpus_per_worker=cfg.gpus_per_worker, dtype=cfg.dtype,
                        report_split=cfg.split,
                        reference=ref)
     log.info("sweep: %s, up to %d trial(s) (%s), %d at a time -> %s", cfg.space, space.grid_size(),

@@ -46,6 +46,7 @@ class TrialSetup:
     workers: int = 1
     cpus_per_worker: float = 0.5
     use_gpu: bool = False
+    gpus_per_worker: float = 1.0
     dtype: str = "auto"
     report_split: str = "test"
     choose_split: str = "valid"
@@ -104,18 +105,20 @@ def run_steps(setup: TrialSetup, params: dict, d: Path, callbacks: tuple = ()) -
     if not _complete(steps["adapter"] / "adapter.json"):
         run_adapter(AdapterStageConfig(data=setup.data, source=list(setup.sources), target_model=setup.target_model,
                                        users=str(steps["select"]), out=str(steps["adapter"]), workers=setup.workers,
-                                       cpus_per_worker=setup.cpus_per_worker, use_gpu=setup.use_gpu, dtype=setup.dtype,
+                                       cpus_per_worker=setup.cpus_per_worker, use_gpu=setup.use_gpu,
+                                       gpus_per_worker=setup.gpus_per_worker, dtype=setup.dtype,
                                        seed=p.get("seed", 0), init=p.get("init", "random"),
                                        recycled=setup.recycled if p.get("init") == "recycled" else None,
                                        **{k: p[k] for k in ADAPTER_KEYS if k in p}),
                     callbacks=callbacks)
     if not _complete(steps["store"] / MANIFEST):
         run_migrate(MigrateConfig(adapter=str(steps["adapter"]), source=list(setup.sources), out=str(steps["store"]),
-                                  use_gpu=setup.use_gpu))
+                                  use_gpu=setup.use_gpu, gpus_per_worker=setup.gpus_per_worker))
     splits = [setup.choose_split, setup.report_split]
     if not all(_complete(steps["eval"] / s / "metrics.json") for s in splits):
         run_evaluate(EvaluateConfig(data=setup.data, model=setup.target_model, prompts=str(steps["store"]),
                                     split=splits, out=str(steps["eval"]), use_gpu=setup.use_gpu,
+                                    gpus_per_worker=setup.gpus_per_worker,
                                     dtype=setup.dtype))
     return steps
 
