@@ -63,8 +63,31 @@ def _prepare(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: got {value!r}, expected a number, not true/false")
     if any(typing.get_origin(a) is list for a in args) and value is not None:
         items = value if isinstance(value, (list, tuple)) else [value]
-        return [p for v in items for p in ([x for x in v.split(",") if x != ""] if isinstance(v, str) else [v])]
-    return value
+        items = [p for v in items for p in ([x for x in v.split(",") if x != ""] if isinstance(v, str) else [v])]
+        return [local_path(v, key) if isinstance(v, str) else v for v in items]
+    return local_path(value, key) if isinstance(value, str) else value
+
+
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def local_path(value: str, key: str) -> str:
+    """A `file://` URI as the local path it names (every path a stage takes may be one); any other
+    storage URI (s3://, gs://, ...) is refused: a plain path would treat it as a relative folder named
+    "s3:" and write where no other node looks."""
+    import urllib.parse
+
+    match = _URI.match(value)
+    if match is None:
+        return value
+    if match.group(1).lower() != "file":
+        raise ConfigError(f"{key}: {value!r}: {match.group(1)}:// storage is not supported yet; give a path every "
+                          "node sees (a shared file system, or the bucket mounted, e.g. with mountpoint-s3 or "
+                          "gcsfuse) or a file:// URI")
+    parsed = urllib.parse.urlparse(value)
+    if parsed.netloc not in ("", "localhost") or not parsed.path:
+        raise ConfigError(f"{key}: {value!r}: a file:// URI names a path on this machine: file:///absolute/path")
+    return urllib.parse.unquote(parsed.path)
 
 
 def _one_line(exc: ValidationError, prefix: str = "") -> str:

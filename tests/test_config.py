@@ -183,3 +183,28 @@ def test_gpus_per_worker_reaches_ray_train_and_every_stage_a_chain_or_trial_runs
                          gpus_per_worker=0.25), {"strategy": "random", "budget": 10}, tmp_path / "trial")
     gpu = [c for c in seen if "use_gpu" in {f.name for f in dataclasses.fields(c)}]
     assert len(gpu) == 5 and all(c.use_gpu and c.gpus_per_worker == 0.25 for c in gpu), seen
+
+
+@pytest.mark.parametrize("path", _shipped_yaml(), ids=lambda p: str(p.relative_to(REPO)))
+def test_a_file_uri_is_the_path_it_names_and_other_storage_uris_are_refused(path, tmp_path):
+    """A shipped config whose paths (every text value naming something under the checkout or runs/) are
+    given as file:// URIs is the same config as with the plain absolute paths: a run given URIs is the run
+    given paths. s3:// in their place is refused naming the key (a plain path would be a local folder
+    named "s3:" that no other node sees)."""
+    cls = COMMANDS[path.read_text().splitlines()[0].split()[2]][0]
+    raw = yaml.safe_load(path.read_text())
+    where = tmp_path / "a dir"  # a space: URIs quote it
+    paths = {k: v for k, v in raw.items() if isinstance(v, str) and "/" in v and not v.startswith("/")}
+    paths.update({k: v for k, v in raw.items() if isinstance(v, list) and v and all(isinstance(x, str) and "/" in x
+                                                                                    for x in v)})
+    assert paths, f"{path}: no path to try"
+    absolute = lambda v: [str(where / x) for x in v] if isinstance(v, list) else str(where / v)  # noqa: E731
+    uri = lambda v: [(where / x).as_uri() for x in v] if isinstance(v, list) else (where / v).as_uri()  # noqa: E731
+    plain = build_config(cls, raw, {k: absolute(v) for k, v in paths.items()})
+    as_uris = build_config(cls, raw, {k: uri(v) for k, v in paths.items()})
+    assert plain == as_uris and str(where) in str(plain.to_dict())
+    key = sorted(paths)[0]
+    with pytest.raises(ConfigError, match=f"^{key}: 's3://bucket/x': s3:// storage is not supported"):
+        build_config(cls, raw, {key: "s3://bucket/x"})
+    with pytest.raises(ConfigError, match="file:///absolute/path"):
+        build_config(cls, raw, {key: "file://otherhost/x"})

@@ -103,7 +103,7 @@ def test_the_migration_chain_runs_as_jobs_on_a_head_and_two_worker_nodes(tmp_pat
     """data -> models (source, target) -> prompts -> select -> adapter -> migrate -> evaluate, each a `ray job
     submit` to a head started with `ray start --head` (no CPUs: nothing computes there) joined by two worker
     nodes started with `ray start --address` (3 CPUs each). Every job SUCCEEDED, each stage's output is the
-    next one's input, and each Ray Train run's two workers (2 CPUs each: one fits a node) ran on different nodes.
+    next one's input (evaluate's given as file:// URIs), and each Ray Train run's two workers (2 CPUs each: one fits a node) ran on different nodes.
     What the jobs logged (driver and forwarded worker lines) holds no prompt value, no item title and no
     warning our code caused."""
     import pandas as pd
@@ -132,8 +132,9 @@ def test_the_migration_chain_runs_as_jobs_on_a_head_and_two_worker_nodes(tmp_pat
         migrate = submit(ray_cli, env, address, logs, "migrate", "--adapter", str(d / "adapter"), "--source", str(d / "src"),
                          "--out", str(d / "target"))
         assert migrate["users"] == 60
-        evaluate = submit(ray_cli, env, address, logs, "evaluate", "--data", str(d / "data"), "--model", str(d / "qwen2"),
-                          "--prompts", str(d / "target"), "--out", str(d / "eval"))
+        # file:// URIs name the same paths (what a cluster's storage settings may hand every stage)
+        evaluate = submit(ray_cli, env, address, logs, "evaluate", "--data", (d / "data").as_uri(), "--model",
+                          (d / "qwen2").as_uri(), "--prompts", (d / "target").as_uri(), "--out", (d / "eval").as_uri())
         assert evaluate["rmse"] > 0 and (d / "eval" / "metrics.json").is_file()
         runs = train_worker_nodes(ray_cli, env, address)
         assert len(runs) == 2 and all(len(nodes) == 2 for nodes in runs.values()), runs
