@@ -69,9 +69,13 @@ def dataset_parts(tagged: ray.data.Dataset, names: list[str], cache: bool) -> di
     return {n: ray.data.from_arrow_refs([refs[i] for refs in per_block]) for i, n in enumerate(names)}
 
 
-@ray.remote(num_cpus=0.25)
+@ray.remote(num_cpus=1)
 def _split_block(block, names: list[str]):
-    """A block's rows per part (in `names` order), the `part` column dropped; one table per name."""
+    """A block's rows per part (in `names` order), the `part` column dropped; one table per name.
+
+    One CPU, like Ray Data's own tasks: at most one task per CPU, run by the worker processes the
+    materialization left idle. (With a fraction, Ray started several new worker processes at once; in
+    one demo run two of them hung while starting and the next Ray Train run waited 4 minutes for them.)"""
     import pyarrow.compute as pc
 
     parts = tuple(block.filter(pc.equal(block["part"], n)).drop_columns(["part"]) for n in names)
