@@ -164,8 +164,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a flat YAML mapping; a missing or malformed file is a ConfigError."""
-    p = Path(path)
+    """Read a flat YAML mapping (a path or a file:// URI); a missing or malformed file is a ConfigError."""
+    p = Path(local_path(str(path), "--config"))
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
     try:

@@ -208,3 +208,12 @@ def test_a_file_uri_is_the_path_it_names_and_other_storage_uris_are_refused(path
         build_config(cls, raw, {key: "s3://bucket/x"})
     with pytest.raises(ConfigError, match="file:///absolute/path"):
         build_config(cls, raw, {key: "file://otherhost/x"})
+
+
+def test_a_config_file_may_be_given_as_a_file_uri(tmp_path):
+    path = tmp_path / "a dir" / "data.yaml"
+    path.parent.mkdir()
+    path.write_text("source: synthetic\nout: runs/x\nusers: 50\n")
+    assert load_config(DataConfig, path.as_uri()) == load_config(DataConfig, str(path))
+    with pytest.raises(ConfigError, match="--config.*s3:// storage is not supported"):
+        load_config(DataConfig, "s3://bucket/data.yaml")
