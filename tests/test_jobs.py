@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from puma_ray.runtime.ray_utils import LOCAL_TRAIN_ENV
+
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,7 +55,8 @@ def local_cluster(port: int, dashboard_port: int, head_cpus: int = 2, worker_nod
     bin_dir = Path(sys.executable).parent
     ray_cli = shutil.which("ray", path=str(bin_dir)) or "ray"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    env.pop("RAY_ADDRESS", None)
+    for key in ("RAY_ADDRESS", *LOCAL_TRAIN_ENV):  # a cluster runs with Ray's own settings, not a local runtime's
+        env.pop(key, None)
     temps = [tempfile.mkdtemp(prefix="rh", dir="/tmp") for _ in range(1 + len(worker_nodes))]  # short: Ray's
     # socket paths must fit 107 bytes
     try:
@@ -88,9 +91,9 @@ def submit(ray_cli: str, env: dict, address: str, logs: list[str], job: str, *ar
     return summary
 
 
-def train_worker_nodes(ray_cli: str, env: dict, address: str) -> dict[str, set[str]]:
-    """job id -> the node ids its Ray Train workers ran on (Ray's state API: finished actors included)."""
-    res = subprocess.run([ray_cli, "list", "actors", "--address", address, "--filter", "class_name=RayTrainWorker",
+def actor_nodes(ray_cli: str, env: dict, address: str, class_name: str) -> dict[str, set[str]]:
+    """job id -> the node ids its actors of this class ran on (Ray's state API: finished actors included)."""
+    res = subprocess.run([ray_cli, "list", "actors", "--address", address, "--filter", f"class_name={class_name}",
                           "--detail", "--format", "json", "--limit", "1000"],
                          env=env, capture_output=True, text=True, timeout=120, check=True)
     nodes: dict[str, set[str]] = {}
@@ -136,8 +139,10 @@ def test_the_migration_chain_runs_as_jobs_on_a_head_and_two_worker_nodes(tmp_pat
         evaluate = submit(ray_cli, env, address, logs, "evaluate", "--data", (d / "data").as_uri(), "--model",
                           (d / "qwen2").as_uri(), "--prompts", (d / "target").as_uri(), "--out", (d / "eval").as_uri())
         assert evaluate["rmse"] > 0 and (d / "eval" / "metrics.json").is_file()
-        runs = train_worker_nodes(ray_cli, env, address)
+        runs = actor_nodes(ray_cli, env, address, "RayTrainWorker")
         assert len(runs) == 2 and all(len(nodes) == 2 for nodes in runs.values()), runs
+        # on a cluster Ray Train keeps its preemption watcher (a local runtime of ours starts none: test_prompts)
+        assert actor_nodes(ray_cli, env, address, "PreemptionWatcher").keys() == runs.keys()
     log = "\n".join(logs)
     values = prompt_value_strings(d / "src") | prompt_value_strings(d / "target")
     assert all(f"{job}:" in log for job in ("data", "migrate", "evaluate")) and len(values) > 20

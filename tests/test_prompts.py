@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -60,6 +61,17 @@ def test_two_workers_learn_and_write_a_complete_store(setup, zero2):
     assert ps.read_head(root / "zero2")[0].is_file() and ps.read_head(root / "zero2")[1]["task"] == "rating"
     cost = json.loads((root / "zero2" / "costs.jsonl").read_text().splitlines()[-1])
     assert cost["stage"] == "prompts" and cost["workers"] == 2 and cost["samples"] > 0 and cost["tokens"] > 0
+
+
+def test_ray_train_on_the_local_runtime_starts_no_preemption_watcher(setup, zero2):
+    """The session's Ray is a local runtime init_ray started: no node of it is ever drained, so its Ray Train runs
+    start no preemption watcher actor (LOCAL_TRAIN_ENV; a cluster keeps it: test_jobs)."""
+    from ray.util.state import list_actors
+
+    if os.environ.get("RAY_ADDRESS") and os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER") != "0":
+        pytest.skip("the session joined a cluster (RAY_ADDRESS): Ray Train keeps its preemption watcher there")
+    classes = {a.class_name for a in list_actors(limit=10000, detail=False)}
+    assert "RayTrainWorker" in classes and "PreemptionWatcher" not in classes, classes
 
 
 def test_rerunning_a_finished_run_resumes_instead_of_training_again(setup, zero2):
