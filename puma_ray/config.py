@@ -301,8 +301,10 @@ class DataConfig(StageConfig):
     """Task of the synthetic source; null = rating. Real sources fix their own task."""
     users: int = 2000
     """Synthetic: number of users."""
+    calibrate_from: Optional[str] = None
+    """Synthetic: a rating dataset written by `puma-ray data` whose statistics the users get (activity, labels, item popularity, taste groups; fitted into calibration.json)."""
     items: int = 400
-    """Synthetic: number of items in the catalogue."""
+    """Synthetic: number of items in the catalogue (with calibrate_from: the calibrated dataset's)."""
     genres: int = 8
     """Synthetic: number of latent genres (item titles carry their genre's words)."""
     latent_dim: int = 8
@@ -336,6 +338,12 @@ class DataConfig(StageConfig):
               f"source {self.source!r} reads raw files: give --input PATH")
         check(self.task is None or self.source == "synthetic", "task",
               "only the synthetic source takes a task; real sources fix theirs")
+        check(self.calibrate_from is None or self.source == "synthetic", "calibrate_from",
+              "only the synthetic source is generated; a real source's users are its own")
+        check(self.calibrate_from is None or self.task in (None, "rating"), "calibrate_from",
+              "calibration fits rating data: leave task unset or rating")
+        check(self.calibrate_from is None or Path(self.calibrate_from).resolve() != Path(self.out).resolve(),
+              "calibrate_from", "is --out: the dataset it is calibrated on would be replaced")
         check(self.users >= 1, "users", "must be >= 1")
         check(self.items >= 2, "items", "must be >= 2")
         check(1 <= self.genres <= self.items, "genres", "must be between 1 and items")

@@ -30,6 +30,7 @@ import ray
 from puma_ray.data.prep import Preprocessing, dedup, finalize_shard
 from puma_ray.data.schema import shard_name, write_parquet_atomic
 from puma_ray.data.sources import LineSource
+from puma_ray.data.calibrate import Population
 from puma_ray.data.synthetic import Catalogue, generate_shard
 
 PARSED = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("label", pa.float32()),
@@ -144,23 +145,23 @@ def _write_final(shard: int, table: pa.Table, dropped: Counter, out_dir: str) ->
 
 
 def synthetic_counts(row: dict, seed: int, shard_users: list[int], cat_ref, task: str, floor: int,
-                     mean: float, history_len: int) -> dict:
+                     mean: float, history_len: int, population: dict | None) -> dict:
     """Pass 2 of the synthetic path: item counts of one generated shard."""
     s = int(row["id"])
     rows, _ = generate_shard(seed, s, shard_users[s], shard_users[s + 1] - shard_users[s], ray.get(cat_ref), task,
-                             floor, mean, history_len)
+                             floor, mean, history_len, Population(**population) if population else None)
     counts = rows["item_id"].value_counts()
     return {"id": s, "counts": json.dumps(dict(zip(counts.index, counts.tolist()))), "rows": len(rows)}
 
 
 def synthetic_finalize(row: dict, seed: int, shard_users: list[int], cat_ref, task: str, floor: int,
-                       mean: float, history_len: int, out_dir: str, item_text_ref, item_reason_ref,
-                       prep: dict) -> dict:
+                       mean: float, history_len: int, population: dict | None, out_dir: str, item_text_ref,
+                       item_reason_ref, prep: dict) -> dict:
     """Pass 3 of the synthetic path: regenerate the shard, then filter, split and write it."""
     s = int(row["id"])
     cat: Catalogue = ray.get(cat_ref)
     rows, latents = generate_shard(seed, s, shard_users[s], shard_users[s + 1] - shard_users[s], cat, task,
-                                   floor, mean, history_len)
+                                   floor, mean, history_len, Population(**population) if population else None)
     latent_dir = Path(out_dir).parent / "latents"
     write_parquet_atomic(pa.Table.from_pandas(latents.assign(latent=[np.asarray(v) for v in latents["latent"]]),
                                               preserve_index=False), latent_dir / f"users-{s:05d}.parquet")

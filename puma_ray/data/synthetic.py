@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from puma_ray.data.calibrate import Population
+
 WORDS = (
     "amber anchor arrow aurora autumn beacon blade blossom breeze bridge canyon castle cedar cipher "
     "comet coral crimson crystal dagger dawn delta desert dragon dream dune eagle echo ember empire "
@@ -46,8 +48,8 @@ class Catalogue:
     """[items] float64 log popularity weights."""
 
 
-def make_catalogue(seed: int, items: int, genres: int, dim: int) -> Catalogue:
-    """Deterministic item catalogue for `seed`."""
+def make_catalogue(seed: int, items: int, genres: int, dim: int, popularity_exponent: float = 0.8) -> Catalogue:
+    """Deterministic item catalogue for `seed`; item weights (popularity rank + 10)^-popularity_exponent."""
     rng = np.random.default_rng([seed, 1 << 30])
     centres = rng.normal(size=(genres, dim))
     genre = rng.permutation(np.arange(items) % genres)
@@ -57,7 +59,7 @@ def make_catalogue(seed: int, items: int, genres: int, dim: int) -> Catalogue:
     for i, g in enumerate(genre):
         words = rng.choice(vocab[g], size=min(3, len(vocab[g])), replace=False)
         titles.append(" ".join(w.capitalize() for w in words) + f" {i % 97 + 1}")
-    log_pop = -0.8 * np.log(rng.permutation(items) + 10.0)
+    log_pop = -popularity_exponent * np.log(rng.permutation(items) + 10.0)
     return Catalogue(np.array([f"i{i:05d}" for i in range(items)]), np.array(titles), genre, latent, log_pop)
 
 
@@ -68,8 +70,12 @@ def user_counts(rng: np.random.Generator, n: int, floor: int, mean: float, items
 
 
 def generate_shard(seed: int, shard: int, first_user: int, n_users: int, cat: Catalogue, task: str,
-                   floor: int, mean: float, history_len: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rows (user_id, item_id, label, ts, history_text) and user latents for one shard."""
+                   floor: int, mean: float, history_len: int,
+                   population: Population | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows (user_id, item_id, label, ts, history_text) and user latents for one shard (a calibrated
+    population's when one is given: rating task only, its own activity floor)."""
+    if population is not None:
+        return calibrated_shard(seed, shard, first_user, n_users, cat, population)
     rng = np.random.default_rng([seed, shard])
     items, dim = cat.latent.shape
     u_lat = rng.normal(size=(n_users, dim)).astype(np.float32)
@@ -103,4 +109,73 @@ def generate_shard(seed: int, shard: int, first_user: int, n_users: int, cat: Ca
     else:
         rows["history_text"] = [[] for _ in range(len(rows))]
     latents = pd.DataFrame({"user_id": user_ids, "latent": list(u_lat), "bias": bias, "noise": noise})
+    return rows, latents
+
+
+def group_centres(seed: int, groups: int, dim: int) -> np.ndarray:
+    """[groups, dim] taste group centres, the same for every shard of `seed`."""
+    return np.random.default_rng([seed, 1 << 29]).normal(size=(groups, dim))
+
+
+def choose_items(rng: np.random.Generator, cat: Catalogue, counts: np.ndarray) -> list[np.ndarray]:
+    """Each user's items: `counts[k]` distinct items drawn by popularity (Gumbel top-k), 2048 users at a time."""
+    chosen = []
+    for lo in range(0, len(counts), 2048):  # chunks bound the [users, items] key matrix
+        keys = cat.log_pop[None, :] + rng.gumbel(size=(min(lo + 2048, len(counts)) - lo, len(cat.item_ids)))
+        order = np.argsort(-keys, axis=1)
+        chosen += [order[k, : counts[lo + k]] for k in range(len(order))]
+    return chosen
+
+
+def calibrated_labels(rng: np.random.Generator, quality: np.ndarray, taste: np.ndarray, mean: float, spread: float,
+                      pop: Population) -> np.ndarray:
+    """A user's labels: mean + spread x (sqrt(quality_share) x item quality + sqrt(taste_share) x their group's
+    standardized item scores + the rest noise), snapped to the nearest label level."""
+    noise = max(1.0 - pop.quality_share - pop.taste_share, 0.0)
+    raw = mean + spread * (np.sqrt(pop.quality_share) * quality + np.sqrt(pop.taste_share) * taste
+                           + np.sqrt(noise) * rng.normal(size=len(quality)))
+    levels = np.asarray(pop.label_levels, dtype=np.float64)
+    return levels[np.abs(raw[:, None] - levels[None, :]).argmin(axis=1)]
+
+
+def group_tastes(seed: int, cat: Catalogue, groups: int) -> np.ndarray:
+    """[groups, items] each group's scores of the items (its centre . item latent), centred over items and made
+    uncorrelated with unit variance (QR): every pair of groups is equally far apart, and what groups agree on
+    is item quality, drawn apart. More groups than latent dimensions + 1 get random item scores beyond."""
+    dim = cat.latent.shape[1]
+    scores = group_centres(seed, groups, dim) @ cat.latent.T.astype(np.float64)
+    if groups > dim:
+        scores[dim:] = np.random.default_rng([seed, 1 << 26]).normal(size=(groups - dim, scores.shape[1]))
+    scores -= scores.mean(1, keepdims=True)
+    q, _ = np.linalg.qr(scores.T)
+    return q.T * np.sqrt(scores.shape[1])
+
+
+def calibrated_shard(seed: int, shard: int, first_user: int, n_users: int, cat: Catalogue,
+                     pop: Population) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """generate_shard for a calibrated population (rating task)."""
+    rng = np.random.default_rng([seed, shard, 1 << 28])
+    items, dim = cat.latent.shape
+    group = rng.choice(len(pop.group_shares), size=n_users, p=np.asarray(pop.group_shares) / sum(pop.group_shares))
+    u_lat = group_centres(seed, len(pop.group_shares), dim)[group].astype(np.float32)  # a group's shared taste
+    means = rng.normal(pop.label_base, pop.bias_std, size=n_users)
+    spreads = np.exp(rng.normal(pop.spread_log_mean, pop.spread_log_std, size=n_users))
+    counts = np.minimum(pop.floor + np.floor(pop.activity_scale * rng.pareto(pop.activity_shape, size=n_users)),
+                        items).astype(np.int64)
+    chosen = [rng.permutation(c) for c in choose_items(rng, cat, counts)]  # recency independent of popularity
+    quality = np.random.default_rng([seed, 1 << 27]).normal(size=items)  # the same for every shard
+    tastes = group_tastes(seed, cat, len(pop.group_shares))
+    labels = [calibrated_labels(rng, quality[c], tastes[group[k], c], means[k], spreads[k], pop)
+              for k, c in enumerate(chosen)]
+    user_ids = np.array([f"u{first_user + k:08d}" for k in range(n_users)])
+    rows = pd.DataFrame({
+        "user_id": np.repeat(user_ids, counts),
+        "item_id": cat.item_ids[np.concatenate(chosen)] if n_users else np.array([], dtype=str),
+        "label": (np.concatenate(labels) if n_users else np.array([])).astype(np.float32),
+        "ts": np.concatenate([1_500_000_000 + np.cumsum(rng.exponential(86400.0, size=n).astype(np.int64) + 1)
+                              for n in counts]) if n_users else np.array([], dtype=np.int64),
+    })
+    rows["history_text"] = [[] for _ in range(len(rows))]
+    latents = pd.DataFrame({"user_id": user_ids, "latent": list(u_lat), "bias": means, "noise": spreads,
+                            "group": group})
     return rows, latents

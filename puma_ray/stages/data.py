@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,6 +22,7 @@ from puma_ray.data.index import write_index
 from puma_ray.data.prep import Preprocessing
 from puma_ray.data.schema import FORMAT_VERSION, MANIFEST, fingerprint, write_json_atomic, write_parquet_atomic
 from puma_ray.data.sources import make_source
+from puma_ray.data.calibrate import Population, fit_population
 from puma_ray.data.synthetic import make_catalogue
 from puma_ray.errors import PumaError
 from puma_ray.runtime.ray_utils import init_ray, sort_shuffle
@@ -106,17 +108,18 @@ def _real_source(cfg: DataConfig, prep: Preprocessing, out: Path) -> dict:
                       "kept_items_with_id_as_text": fallback}}
 
 
-def _synthetic_source(cfg: DataConfig, prep: Preprocessing, out: Path) -> dict:
+def _synthetic_source(cfg: DataConfig, prep: Preprocessing, out: Path, pop: Population | None) -> dict:
     task = cfg.task or "rating"
-    cat = make_catalogue(cfg.seed, cfg.items, cfg.genres, cfg.latent_dim)
+    cat = make_catalogue(cfg.seed, pop.items if pop else cfg.items, cfg.genres, cfg.latent_dim,
+                         pop.popularity_exponent if pop else 0.8)
     n_shards = -(-cfg.users // cfg.users_per_shard)
     bounds = [min(s * cfg.users_per_shard, cfg.users) for s in range(n_shards + 1)]
     gen = {"seed": cfg.seed, "shard_users": bounds, "cat_ref": ray.put(cat), "task": task,
            "floor": max(prep.min_user_interactions, 1), "mean": cfg.mean_interactions,
-           "history_len": cfg.history_len}
+           "history_len": cfg.history_len, "population": asdict(pop) if pop else None}
     shards = ray.data.from_items([{"id": s} for s in range(n_shards)], override_num_blocks=n_shards)
-    log.info("data: synthetic %s, %d users in %d shard(s), %d items; counting items", task, cfg.users, n_shards,
-             cfg.items)
+    log.info("data: synthetic %s%s, %d users in %d shard(s), %d items; counting items", task,
+             f" calibrated on {cfg.calibrate_from}" if pop else "", cfg.users, n_shards, len(cat.item_ids))
     count: Counter = Counter()
     rows_read = 0
     progress = Progress("data: counted shards", n_shards)
@@ -135,20 +138,22 @@ def _synthetic_source(cfg: DataConfig, prep: Preprocessing, out: Path) -> dict:
     write_parquet_atomic(pa.table({"item_id": cat.item_ids, "genre": cat.genre, "title": cat.titles,
                                    "latent": list(cat.latent), "log_popularity": cat.log_pop}),
                          out / "latents" / "items.parquet")
+    notes = {"item_text_source": "generated genre titles", "latents": "latents/ (users-*.parquet, items.parquet)"}
+    if pop:
+        pop.save(out / "calibration.json")
+        notes["calibration"] = f"calibration.json (fitted on {pop.fitted_from['dataset']})"
     return {"task": task, "stats": stats, "parse_drops": Counter(), "kept": kept, "rows_read": rows_read,
-            "users_read": cfg.users, "items_read": len(count),
-            "lines_dropped": 0, "notes": {"item_text_source": "generated genre titles",
-                                          "latents": "latents/ (users-*.parquet, items.parquet)"}}
+            "users_read": cfg.users, "items_read": len(count), "lines_dropped": 0, "notes": notes}
 
 
-def build(cfg: DataConfig, prep: Preprocessing, task: str, out: Path) -> dict:
+def build(cfg: DataConfig, prep: Preprocessing, task: str, out: Path, pop: Population | None = None) -> dict:
     """Every pass, the index and the manifest (written last) into `out`; returns the JSON summary."""
     (out / "interactions").mkdir(parents=True)
     with CostMeter(out, "data", cfg) as meter:
         meter.startup_s = init_ray()
         # Ray Data spreads the passes over every CPU of the cluster: that is the device time used.
         meter.workers = int(ray.cluster_resources().get("CPU", 1))
-        res = _synthetic_source(cfg, prep, out) if cfg.source == "synthetic" else _real_source(cfg, prep, out)
+        res = _synthetic_source(cfg, prep, out, pop) if cfg.source == "synthetic" else _real_source(cfg, prep, out)
         dropped = Counter(res["parse_drops"])
         for s in res["stats"]:
             dropped.update(s["dropped"])
@@ -186,7 +191,12 @@ def run_data(cfg: DataConfig) -> dict:
     check_out(cfg.out, "dataset", is_dataset)
     task = (cfg.task or "rating") if cfg.source == "synthetic" else make_source(cfg).task
     prep = resolve_preprocessing(cfg, task)
+    pop = fit_population(cfg.calibrate_from, cfg.seed) if cfg.calibrate_from else None  # before --out is touched
+    if pop:
+        log.info("data: calibrated on %s: %d taste group(s), activity Lomax(%.2f, %.1f) above %d, popularity "
+                 "exponent %.2f, taste share %.2f", cfg.calibrate_from, len(pop.group_shares), pop.activity_shape,
+                 pop.activity_scale, pop.floor, pop.popularity_exponent, pop.taste_share)
     # the work directory is absolute: Ray tasks write there from elsewhere
-    out, summary = build_beside(cfg.out, "data", cfg, lambda work: build(cfg, prep, task, work))
+    out, summary = build_beside(cfg.out, "data", cfg, lambda work: build(cfg, prep, task, work, pop))
     log.info("data: %d rows, %d users, %d items -> %s", summary["rows"], summary["users"], summary["items"], out)
     return {"out": str(out), **summary}
