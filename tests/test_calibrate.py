@@ -66,6 +66,8 @@ def test_the_data_stage_generates_a_calibrated_population(ray_local, synthetic_d
     assert summary["users"] == 300 and summary["task"] == "rating"
     manifest = json.loads((out / "manifest.json").read_text())
     assert "calibration.json" in manifest["notes"]["calibration"]
+    report = (out / "calibration.md").read_text()  # real vs generated, each parameter fitted on both
+    assert "| activity_shape |" in report and "| taste groups |" in report and (out / "calibration.png").stat().st_size
     rows = pd.read_parquet(out / "interactions")
     assert rows.groupby("user_id").size().min() >= pop.floor and rows["label"].isin(pop.label_levels).all()
 

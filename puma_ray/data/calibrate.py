@@ -40,6 +40,9 @@ from puma_ray.errors import PumaError
 
 MIN_LABELS = 5
 """Users with fewer labels say little about their spread; they are left out of the label fit."""
+LOG_BOUNDS = (np.log([0.05, 0.01]), np.log([1000.0, 1e7]))
+"""Bounds of log(Lomax shape), log(scale): beyond shape 1000 the tail is geometric (a light-tailed
+sample's fit goes there, with scale / shape its mean count above the floor)."""
 GROUP_RANGE = range(2, 13)
 """Numbers of taste groups tried."""
 
@@ -96,13 +99,13 @@ def fit_activity(counts: np.ndarray, cap: int) -> tuple[int, float, float]:
     xu, xc = x[~censored], x[censored]
 
     def nll(theta):  # exact for counts: P(x) = S(x) - S(x + 1), censored P(X >= x) = S(x), S(x) = (1 + x/scale)^-shape
-        a, lam = np.exp(theta)
+        a, lam = np.exp(np.clip(theta, LOG_BOUNDS[0], LOG_BOUNDS[1]))
         log_s0, log_s1 = -a * np.log1p(xu / lam), -a * np.log1p((xu + 1) / lam)
         return -(np.sum(log_s0 + np.log(-np.expm1(log_s1 - log_s0))) - a * np.sum(np.log1p(xc / lam)))
 
     start = np.log([2.0, max(float(np.mean(x)), 1.0)])
     res = minimize(nll, start, method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-8, "maxiter": 4000})
-    shape, scale = np.exp(res.x)
+    shape, scale = np.exp(np.clip(res.x, LOG_BOUNDS[0], LOG_BOUNDS[1]))
     return floor, float(shape), float(scale)
 
 
@@ -214,10 +217,10 @@ def variance_shares(centred: np.ndarray, group: np.ndarray, item: np.ndarray) ->
     return quality, float(np.clip(in_sum / in_n / total - quality, 0.0, 0.95 - quality))
 
 
-def read_rows(data_dir: Path) -> pd.DataFrame:
-    """(user_id, item_id, label) of every split of a canonical dataset."""
+def read_rows(data_dir: Path, need_manifest: bool = True) -> pd.DataFrame:
+    """(user_id, item_id, label) of every split of a canonical dataset (need_manifest=False: one being built)."""
     files = sorted((data_dir / "interactions").glob("part-*.parquet"))
-    if not files or not (data_dir / "manifest.json").is_file():
+    if not files or (need_manifest and not (data_dir / "manifest.json").is_file()):
         raise PumaError(f"--calibrate-from {data_dir}: not a dataset written by `puma-ray data` (manifest.json and "
                         "interactions/part-*.parquet); nothing was changed")
     return pd.concat(pq.read_table(f, columns=["user_id", "item_id", "label"]).to_pandas() for f in files)

@@ -23,6 +23,7 @@ from puma_ray.data.prep import Preprocessing
 from puma_ray.data.schema import FORMAT_VERSION, MANIFEST, fingerprint, write_json_atomic, write_parquet_atomic
 from puma_ray.data.sources import make_source
 from puma_ray.data.calibrate import Population, fit_population
+from puma_ray.data.calibration_report import write_calibration_report
 from puma_ray.data.synthetic import make_catalogue
 from puma_ray.errors import PumaError
 from puma_ray.runtime.ray_utils import init_ray, sort_shuffle
@@ -141,7 +142,8 @@ def _synthetic_source(cfg: DataConfig, prep: Preprocessing, out: Path, pop: Popu
     notes = {"item_text_source": "generated genre titles", "latents": "latents/ (users-*.parquet, items.parquet)"}
     if pop:
         pop.save(out / "calibration.json")
-        notes["calibration"] = f"calibration.json (fitted on {pop.fitted_from['dataset']})"
+        notes["calibration"] = (f"calibration.json (fitted on {pop.fitted_from['dataset']}); calibration.md and "
+                                "calibration.png compare the real and the generated data")
     return {"task": task, "stats": stats, "parse_drops": Counter(), "kept": kept, "rows_read": rows_read,
             "users_read": cfg.users, "items_read": len(count), "lines_dropped": 0, "notes": notes}
 
@@ -174,6 +176,8 @@ def build(cfg: DataConfig, prep: Preprocessing, task: str, out: Path, pop: Popul
         "items": index["items"], "splits": index["splits"], "notes": res["notes"], "shards": index["shards"],
         "fingerprint": fingerprint(out, index["shards"]),
     }
+    if pop is not None:  # before the manifest: a dataset without its report is incomplete too
+        write_calibration_report(Path(cfg.calibrate_from), out, pop, cfg.seed)
     write_json_atomic(out / MANIFEST, manifest)
     return {"source": cfg.source, "task": res["task"], "rows": rows, "users": index["users"],
             "items": index["items"], "rows_read": res["rows_read"], "users_read": res["users_read"],
