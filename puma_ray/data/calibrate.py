@@ -146,7 +146,8 @@ def fit_labels(rows: pd.DataFrame) -> dict:
     per_user = rows.groupby("user_id")["label"].agg(["mean", "std", "size"])
     per_user = per_user[per_user["size"] >= MIN_LABELS]
     if len(per_user) < 10:
-        raise PumaError(f"calibration needs >= 10 users with >= {MIN_LABELS} labels; the dataset has {len(per_user)}")
+        raise PumaError(f"--calibrate-from: calibration needs >= 10 users with >= {MIN_LABELS} labels; the dataset has "
+                        f"{len(per_user)}; nothing was changed")
     log_std = np.log(per_user["std"].clip(lower=0.05))
     return {"label_levels": sorted(float(v) for v in rows["label"].unique()),
             "label_base": float(per_user["mean"].mean()), "bias_std": float(per_user["mean"].std()),
