@@ -188,9 +188,12 @@ def fit_groups(rows: pd.DataFrame, seed: int) -> tuple[list[float], float, dict]
     z = svd.transform(m)[:, :k]
     z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
     scores, labels = {}, {}
-    for n in (n for n in GROUP_RANGE if n < len(z)):
+    for n in (n for n in GROUP_RANGE if n < min(m.shape)):  # tastes need as many items as groups
         labels[n] = KMeans(n_clusters=n, n_init=4, random_state=seed).fit_predict(z)
         scores[n] = float(silhouette_score(z, labels[n], sample_size=min(len(z), 5000), random_state=seed))
+    if not scores:
+        raise PumaError(f"--calibrate-from: {m.shape[0]} users and {m.shape[1]} items are too few to find taste groups "
+                        "(>= 3 of each); nothing was changed")
     best = max(scores, key=scores.get)
     shares = np.bincount(labels[best], minlength=best) / len(z)
     return (sorted(shares.tolist(), reverse=True), variance_shares(centred, labels[best][u_codes], i_codes),

@@ -141,7 +141,7 @@ def calibrated_labels(rng: np.random.Generator, quality: np.ndarray, taste: np.n
 def group_tastes(seed: int, cat: Catalogue, groups: int) -> np.ndarray:
     """[groups, items] each group's scores of the items (its centre . item latent), centred over items and made
     uncorrelated with unit variance (QR): every pair of groups is equally far apart, and what groups agree on
-    is item quality, drawn apart. More groups than latent dimensions + 1 get random item scores beyond."""
+    is item quality, drawn apart. Groups beyond the latent dimension get random item scores."""
     dim = cat.latent.shape[1]
     scores = group_centres(seed, groups, dim) @ cat.latent.T.astype(np.float64)
     if groups > dim:
