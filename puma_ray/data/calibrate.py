@@ -121,9 +121,11 @@ def simulated_slope(exponent: float, user_counts: np.ndarray, items: int, cap: i
     of which a random `cap` are kept (the dataset's most recent; 0 = all)."""
     rng = np.random.default_rng([seed, 7])
     log_pop = -exponent * np.log(np.arange(items) + 10.0)
-    keys = log_pop[None, :] + rng.gumbel(size=(len(user_counts), items))
-    order = np.argsort(-keys, axis=1)
-    kept = [rng.permutation(order[k, :n])[: cap or None] for k, n in enumerate(np.minimum(user_counts, items))]
+    counts, kept = np.minimum(user_counts, items), []
+    step = max(1, 4_000_000 // items)  # users at a time: bounds the [users, items] key matrix (~32 MB)
+    for lo in range(0, len(counts), step):
+        order = np.argsort(-(log_pop[None, :] + rng.gumbel(size=(len(counts[lo:lo + step]), items))), axis=1)
+        kept += [rng.permutation(order[k, :n])[: cap or None] for k, n in enumerate(counts[lo:lo + step])]
     return popularity_slope(np.bincount(np.concatenate(kept), minlength=items))
 
 
@@ -133,7 +135,8 @@ def fit_popularity(item_counts: np.ndarray, activity: tuple[int, float, float], 
     `cap` like the dataset) give the observed slope."""
     target = popularity_slope(item_counts)
     floor, shape, scale = activity
-    counts = floor + np.floor(scale * np.random.default_rng([seed, 8]).pareto(shape, size=users)).astype(np.int64)
+    draws = floor + np.floor(scale * np.random.default_rng([seed, 8]).pareto(shape, size=users))
+    counts = np.minimum(draws, len(item_counts)).astype(np.int64)  # capped before the cast: a heavy tail overflows
     lo, hi = 0.0, 4.0
     for _ in range(14):  # the slope falls as the exponent grows
         mid = (lo + hi) / 2
