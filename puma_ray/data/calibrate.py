@@ -119,13 +119,11 @@ def popularity_slope(item_counts: np.ndarray) -> float:
 def simulated_slope(exponent: float, user_counts: np.ndarray, items: int, cap: int, seed: int) -> float:
     """popularity_slope of users with these counts drawing distinct items of weight (rank + 10)^-exponent,
     of which a random `cap` are kept (the dataset's most recent; 0 = all)."""
+    from puma_ray.data.synthetic import choose_items  # the generator's own draw (it imports this module)
+
     rng = np.random.default_rng([seed, 7])
-    log_pop = -exponent * np.log(np.arange(items) + 10.0)
-    counts, kept = np.minimum(user_counts, items), []
-    step = max(1, 4_000_000 // items)  # users at a time: bounds the [users, items] key matrix (~32 MB)
-    for lo in range(0, len(counts), step):
-        order = np.argsort(-(log_pop[None, :] + rng.gumbel(size=(len(counts[lo:lo + step]), items))), axis=1)
-        kept += [rng.permutation(order[k, :n])[: cap or None] for k, n in enumerate(counts[lo:lo + step])]
+    chosen = choose_items(rng, -exponent * np.log(np.arange(items) + 10.0), np.minimum(user_counts, items))
+    kept = [rng.permutation(c)[: cap or None] for c in chosen]
     return popularity_slope(np.bincount(np.concatenate(kept), minlength=items))
 
 
@@ -157,16 +155,12 @@ def fit_labels(rows: pd.DataFrame) -> dict:
             "spread_log_mean": float(log_std.mean()), "spread_log_std": float(log_std.std())}
 
 
-def user_item_matrix(rows: pd.DataFrame):
-    """(sparse [users, items] matrix of mean-centred labels, each row's centred label, user code, item code);
-    users and items in sorted id order."""
-    from scipy.sparse import csr_matrix
-
-    u_codes, users = pd.factorize(rows["user_id"], sort=True)
-    i_codes, items = pd.factorize(rows["item_id"], sort=True)
+def centred_labels(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(each row's label less its user's mean label, user code, item code); codes in sorted id order."""
+    u_codes, _ = pd.factorize(rows["user_id"], sort=True)
+    i_codes, _ = pd.factorize(rows["item_id"], sort=True)
     centred = rows["label"].to_numpy(np.float64) - rows.groupby("user_id")["label"].transform("mean").to_numpy()
-    m = csr_matrix((centred, (u_codes, i_codes)), shape=(len(users), len(items)))
-    return m, centred, u_codes, i_codes
+    return centred, u_codes, i_codes
 
 
 def fit_groups(rows: pd.DataFrame, seed: int) -> tuple[list[float], float, dict]:
@@ -177,10 +171,10 @@ def fit_groups(rows: pd.DataFrame, seed: int) -> tuple[list[float], float, dict]
     from sklearn.decomposition import TruncatedSVD
     from sklearn.metrics import silhouette_score
 
-    m, centred, u_codes, i_codes = user_item_matrix(rows)
+    centred, u_codes, i_codes = centred_labels(rows)
     # groups differ in taste, not in what every user agrees on: the items' mean (quality) is taken out first
     item_mean = pd.Series(centred).groupby(i_codes).transform("mean").to_numpy()
-    m = csr_matrix((centred - item_mean, (u_codes, i_codes)), shape=m.shape)
+    m = csr_matrix((centred - item_mean, (u_codes, i_codes)), shape=(u_codes.max() + 1, i_codes.max() + 1))
     k = max(2, min(16, min(m.shape) - 1))
     svd = TruncatedSVD(n_components=k, random_state=seed).fit(m)
     shuffled = m.copy()

@@ -117,13 +117,13 @@ def group_centres(seed: int, groups: int, dim: int) -> np.ndarray:
     return np.random.default_rng([seed, 1 << 29]).normal(size=(groups, dim))
 
 
-def choose_items(rng: np.random.Generator, cat: Catalogue, counts: np.ndarray) -> list[np.ndarray]:
-    """Each user's items: `counts[k]` distinct items drawn by popularity (Gumbel top-k), 2048 users at a time."""
-    chosen = []
-    for lo in range(0, len(counts), 2048):  # chunks bound the [users, items] key matrix
-        keys = cat.log_pop[None, :] + rng.gumbel(size=(min(lo + 2048, len(counts)) - lo, len(cat.item_ids)))
-        order = np.argsort(-keys, axis=1)
-        chosen += [order[k, : counts[lo + k]] for k in range(len(order))]
+def choose_items(rng: np.random.Generator, log_pop: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+    """Each user's items: `counts[k]` distinct item numbers drawn by popularity (Gumbel top-k). Users go in
+    chunks that bound the [users, items] key matrix at ~32 MB; the draws do not depend on the chunking."""
+    chosen, step = [], max(1, 4_000_000 // len(log_pop))
+    for lo in range(0, len(counts), step):
+        order = np.argsort(-(log_pop[None, :] + rng.gumbel(size=(len(counts[lo:lo + step]), len(log_pop)))), axis=1)
+        chosen += [order[k, :n] for k, n in enumerate(counts[lo:lo + step])]
     return chosen
 
 
@@ -162,7 +162,7 @@ def calibrated_shard(seed: int, shard: int, first_user: int, n_users: int, cat: 
     spreads = np.exp(rng.normal(pop.spread_log_mean, pop.spread_log_std, size=n_users))
     counts = np.minimum(pop.floor + np.floor(pop.activity_scale * rng.pareto(pop.activity_shape, size=n_users)),
                         items).astype(np.int64)
-    chosen = [rng.permutation(c) for c in choose_items(rng, cat, counts)]  # recency independent of popularity
+    chosen = [rng.permutation(c) for c in choose_items(rng, cat.log_pop, counts)]  # recency independent of popularity
     quality = np.random.default_rng([seed, 1 << 27]).normal(size=items)  # the same for every shard
     tastes = group_tastes(seed, cat, len(pop.group_shares))
     labels = [calibrated_labels(rng, quality[c], tastes[group[k], c], means[k], spreads[k], pop)

@@ -18,12 +18,12 @@ import ray
 from puma_ray import __version__
 from puma_ray.config import DataConfig
 from puma_ray.data import pipeline as pl
+from puma_ray.data.calibrate import Population, fit_population
+from puma_ray.data.calibration_report import write_calibration_report
 from puma_ray.data.index import write_index
 from puma_ray.data.prep import Preprocessing
 from puma_ray.data.schema import FORMAT_VERSION, MANIFEST, fingerprint, write_json_atomic, write_parquet_atomic
 from puma_ray.data.sources import make_source
-from puma_ray.data.calibrate import Population, fit_population
-from puma_ray.data.calibration_report import write_calibration_report
 from puma_ray.data.synthetic import make_catalogue
 from puma_ray.errors import PumaError
 from puma_ray.runtime.ray_utils import init_ray, sort_shuffle
