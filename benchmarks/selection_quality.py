@@ -1,0 +1,291 @@
+# .venv/bin/python benchmarks/selection_quality.py --out /tmp/puma-selection [--users 10000] [--budgets 0.01 0.02 0.05] [--strategies all] [--seeds 0 1 2 3 4]
+"""The paper's Table 4 on calibrated users: which selection strategy trains the best adapter at a budget
+(a measurement, not a test; issue 12).
+
+Workspace (reused when complete, under --out):
+  data/real        `puma-ray data --source movielens` (configs/data-movielens.yaml's preprocessing)
+  data/calibrated  `puma-ray data --source synthetic --calibrate-from data/real --users N`
+                   (configs/data-calibrated-movielens.yaml's preprocessing): the population
+  llama, qwen2     tiny models of the two families on its catalogue (`puma-ray models`)
+  source           source prompts on llama (seed 0; every trial migrates them)
+  ref/seed<s>      floor (`prompts --freeze-prompts`) and full retraining on qwen2, per --reference-seeds
+Trials (tune/trial.py, reused when finished): for every budget B (a fraction of the users), seed and
+strategy: select -> adapter -> migrate -> evaluate of every user; plus random at 3B. One seed gives every
+strategy the same adapter initialisation and data order (paired).
+
+Every figure is on `test`, which chooses nothing (prompts and adapters choose their best epoch on `valid`).
+Outputs: runs.csv (a row per trial), groups.csv (test RMSE per taste group per trial), report.md (the
+table, paired differences vs random with 95% t-intervals, per-group diagnostics), budget_curve.png,
+group_error.png, selected_variance.png; the last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from puma_ray.config import BenchConfig, DataConfig, ModelsConfig, load_config  # noqa: E402
+from puma_ray.runtime.ray_utils import init_ray  # noqa: E402
+from puma_ray.runtime.runs import log, setup_logging  # noqa: E402
+from puma_ray.stages.data import run_data  # noqa: E402
+from puma_ray.stages.models import run_models  # noqa: E402
+from puma_ray.select.strategies import STRATEGIES  # noqa: E402
+from puma_ray.tune.bench import trained  # noqa: E402
+from puma_ray.tune.selection import (RANDOM, RANDOM_3X, Trial, group_errors, paired_vs_random, plan,  # noqa: E402
+                                     population_facts, selection_profile, summary, verdict)
+from puma_ray.tune.trial import TrialSetup, run_trial  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+FAMILIES = ("llama", "qwen2")
+
+
+def population(out: Path, real_input: str, users: int, seed: int) -> str:
+    """OUT/data/real (MovieLens, the shipped preprocessing) and OUT/data/calibrated (N users calibrated on it),
+    each reused when complete; returns the calibrated dataset's absolute path."""
+    real, calibrated = out / "data" / "real", out / "data" / "calibrated"
+    if not (real / "manifest.json").is_file():
+        run_data(load_config(DataConfig, str(ROOT / "configs" / "data-movielens.yaml"),
+                             {"input": real_input, "out": str(real)}))
+    if not (calibrated / "manifest.json").is_file():
+        run_data(load_config(DataConfig, str(ROOT / "configs" / "data-calibrated-movielens.yaml"),
+                             {"calibrate_from": str(real), "out": str(calibrated), "users": users, "seed": seed}))
+    elif json.loads((calibrated / "manifest.json").read_text())["users"] != users:
+        raise SystemExit(f"--out {out}: its calibrated population has another --users; choose a new --out")
+    return str(calibrated.resolve())
+
+
+def references(cfg: BenchConfig, data: str, out: Path, seeds: list[int]) -> tuple[dict, list[dict]]:
+    """Source prompts (seed 0) and, per reference seed, floor and full retraining on the target, on test."""
+    source = trained(cfg, data, cfg.source_model, out / "source", 0, "test")
+    refs = []
+    for seed in seeds:
+        floor = trained(cfg, data, cfg.target_model, out / "ref" / f"seed{seed}" / "floor", seed, "test", freeze=True)
+        full = trained(cfg, data, cfg.target_model, out / "ref" / f"seed{seed}" / "retrained", seed, "test")
+        refs.append({"seed": seed, "floor": floor, "retrained": full})
+    return source, refs
+
+
+def trial_record(trial: Trial, row: dict, trial_dir: Path, groups: pd.DataFrame, label_var: pd.Series
+                 ) -> tuple[dict, pd.DataFrame]:
+    """One runs.csv row (the trial's record and its selection profile) and its groups.csv rows."""
+    selected = pd.read_parquet(trial_dir / "select" / "selected.parquet", columns=["user_id"])["user_id"].tolist()
+    record = {"budget": trial.budget, "method": trial.method, "seed": trial.seed, "strategy": trial.strategy,
+              "users_trained": row["users_trained"], "test_rmse": row["test_rmse"], "valid_rmse": row["valid_rmse"],
+              "test_closure": row.get("test_closure"), "cost_device_s": row["cost_device_s"],
+              **selection_profile(selected, groups, label_var)}
+    per_group = group_errors(pd.read_parquet(trial_dir / "eval" / "test" / "per_user.parquet"), groups)
+    return record, per_group.assign(budget=trial.budget, method=trial.method, seed=trial.seed)
+
+
+def run_all(trials: list[Trial], setup: TrialSetup, out: Path, groups: pd.DataFrame, label_var: pd.Series
+            ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every trial (finished ones read back), with progress; runs.csv and groups.csv rewritten after each."""
+    records, per_group = [], []
+    for i, t in enumerate(trials, 1):
+        log.info("selection quality: trial %d/%d: budget %g, %s, seed %d", i, len(trials), t.budget, t.method, t.seed)
+        d = out / "trials" / t.path()
+        row = run_trial(setup, {"strategy": t.strategy, "budget": t.fraction, "seed": t.seed}, d)
+        rec, grp = trial_record(t, row, d, groups, label_var)
+        records.append(rec)
+        per_group.append(grp)
+        pd.DataFrame(records).to_csv(out / "runs.csv", index=False)
+        pd.concat(per_group).to_csv(out / "groups.csv", index=False)
+    return pd.DataFrame(records), pd.concat(per_group, ignore_index=True)
+
+
+def reference_groups(refs: list[dict], groups: pd.DataFrame) -> pd.DataFrame:
+    """Floor and full retraining's test RMSE per taste group (mean over the reference seeds)."""
+    rows = []
+    for ref in refs:
+        for name in ("floor", "retrained"):
+            ev = Path(ref[name]["store"]).parent / "eval-test" / "per_user.parquet"
+            rows.append(group_errors(pd.read_parquet(ev), groups).assign(method=name, seed=ref["seed"]))
+    return pd.concat(rows).groupby(["method", "group"], as_index=False)["rmse"].mean()
+
+
+def plot_budget_curve(table: pd.DataFrame, ref: dict, path: Path) -> None:
+    """Test RMSE (mean ± std over seeds) vs users trained on, one line per strategy; floor and retraining."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.8))
+    ax = fig.subplots()
+    for method, g in table.groupby("method", sort=False):
+        g = g.sort_values("users")
+        style = dict(ls="--") if method == RANDOM_3X else {}
+        ax.errorbar(g["users"], g["rmse_mean"], yerr=g["rmse_std"], marker="o", capsize=3, label=method, **style)
+    for name, color in (("floor", "0.4"), ("retrained", "0.1")):
+        ax.axhline(ref[name], color=color, ls=":", lw=1, label=f"{name} {ref[name]:.4f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("users the adapter is trained on (log)")
+    ax.set_ylabel("test RMSE of every migrated user")
+    ax.set_title("Selection strategies vs budget (calibrated users; mean ± std over seeds)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plot_group_errors(per_group: pd.DataFrame, ref_groups: pd.DataFrame, shares: pd.Series, path: Path) -> None:
+    """Per budget, test RMSE per taste group (groups by size, largest first): each method's seed mean, with
+    floor and full retraining per group."""
+    from matplotlib.figure import Figure
+
+    budgets = sorted(per_group["budget"].unique())
+    order = shares.sort_values(ascending=False).index.tolist()
+    fig = Figure(figsize=(4.2 * len(budgets), 4.4))
+    axes = np.atleast_1d(fig.subplots(1, len(budgets), sharey=True))
+    x = np.arange(len(order))
+    for ax, budget in zip(axes, budgets):
+        g = per_group[per_group["budget"] == budget].groupby(["method", "group"])["rmse"].mean()
+        for method in dict.fromkeys(per_group["method"]):
+            if method in g.index.get_level_values(0):
+                ax.plot(x, g[method].reindex(order).to_numpy(), marker="o", ms=3, lw=1, label=method)
+        for name, color in (("floor", "0.6"), ("retrained", "0.1")):
+            r = ref_groups[ref_groups["method"] == name].set_index("group")["rmse"].reindex(order)
+            ax.plot(x, r.to_numpy(), ls=":", color=color, label=name)
+        ax.set_xticks(x, [f"{grp}\n{100 * shares[grp]:.0f}%" for grp in order], fontsize=6)
+        ax.set_title(f"budget {100 * budget:g}% of users", fontsize=9)
+        ax.set_xlabel("taste group (share of users)", fontsize=8)
+    axes[0].set_ylabel("test RMSE in the group")
+    axes[-1].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plot_selected_variance(out: Path, runs: pd.DataFrame, label_var: pd.Series, budget: float, path: Path) -> None:
+    """Label-variance histogram of the users each strategy selects at `budget` (seeds pooled) vs everyone."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.4))
+    ax = fig.subplots()
+    bins = np.linspace(0, float(np.nanquantile(label_var, 0.99)), 30)
+    ax.hist(label_var.to_numpy(), bins=bins, density=True, color="0.85", label="all users")
+    for method in [m for m in dict.fromkeys(runs["method"]) if m != RANDOM_3X]:
+        ids = []
+        for t in runs[(runs["budget"] == budget) & (runs["method"] == method)].itertuples():
+            ids += pd.read_parquet(out / "trials" / Trial(budget, method, t.seed).path() / "select" /
+                                   "selected.parquet", columns=["user_id"])["user_id"].tolist()
+        ax.hist(label_var.reindex(ids).dropna().to_numpy(), bins=bins, density=True, histtype="step", lw=1.2,
+                label=f"{method} ({len(ids)} picks)")
+    ax.set_xlabel("a user's label variance (train rows)")
+    ax.set_ylabel("density")
+    ax.set_title(f"Who each strategy selects, budget {100 * budget:g}% (seeds pooled)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def fmt(x: float, digits: int = 4) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def report(out: Path, args: argparse.Namespace, facts: dict, table: pd.DataFrame, paired: pd.DataFrame,
+           per_group: pd.DataFrame, ref_groups: pd.DataFrame, shares: pd.Series) -> list[str]:
+    """report.md: the population, the table per budget, paired differences, the verdicts, per-group errors."""
+    cmd = "python benchmarks/selection_quality.py " + " ".join(sys.argv[1:])
+    lines = ["# Selection quality on calibrated users (Table 4)", "", f"`{cmd}`", "",
+             f"- Population: {facts['users']:,} synthetic users calibrated on {facts['real']} "
+             f"({facts['rows']:,} rows, {facts['groups']} taste groups, largest {100 * shares.max():.1f}% / "
+             f"smallest {100 * shares.min():.1f}% of users); models tiny llama (source) -> tiny qwen2 (target).",
+             f"- Source prompts: test RMSE {fmt(facts['source'])}. Floor {fmt(facts['floor'])}, full retraining "
+             f"{fmt(facts['retrained'])} (reference seeds {args.reference_seeds}); closure = (floor - migrated) / "
+             "(floor - retrained).",
+             f"- Seeds {args.seeds}: a seed gives every strategy the same adapter initialisation and data order; "
+             "differences are paired by seed, 95% t-intervals (negative = lower RMSE than random).", "",
+             "| budget | method | users | test RMSE (mean ± std) | seeds | closure | groups covered | "
+             "vs random at B | vs random at 3B |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in table.itertuples():
+        vs = {p.vs: p.text for p in paired[(paired["budget"] == r.budget) & (paired["method"] == r.method)]
+              .itertuples()} if len(paired) else {}
+        lines.append(f"| {100 * r.budget:g}% | {r.method} | {r.users} | {fmt(r.rmse_mean)} ± {fmt(r.rmse_std)} | "
+                     f"{r.seeds} | {fmt(r.closure_mean, 2)} ± {fmt(r.closure_std, 2)} | {r.groups_covered:.1f} | "
+                     f"{vs.get(RANDOM, '')} | {vs.get(RANDOM_3X, '')} |")
+    lines += ["", "## The claims, in words", ""]
+    for method in [m for m in dict.fromkeys(table["method"]) if m not in (RANDOM, RANDOM_3X)]:
+        lines += [f"- {v}" for v in verdict(paired, method, "rmse")] if len(paired) else []
+    lines += ["", "## Test RMSE per taste group (mean over seeds)", "",
+              "| budget | group | share | " + " | ".join(dict.fromkeys(per_group["method"])) + " | floor | retrained |",
+              "|---|---:|---:|" + "---:|" * (per_group["method"].nunique() + 2)]
+    for budget, g in per_group.groupby("budget", sort=False):
+        m = g.groupby(["group", "method"])["rmse"].mean().unstack()
+        rg = ref_groups.pivot(index="group", columns="method", values="rmse")
+        for grp in shares.sort_values(ascending=False).index:
+            cells = " | ".join(fmt(m.loc[grp].get(k)) if grp in m.index else "n/a" for k in dict.fromkeys(per_group["method"]))
+            lines.append(f"| {100 * budget:g}% | {grp} | {100 * shares[grp]:.1f}% | {cells} | "
+                         f"{fmt(rg.loc[grp, 'floor'])} | {fmt(rg.loc[grp, 'retrained'])} |")
+    lines += ["", "![budget curve](budget_curve.png)", "", "![per-group error](group_error.png)", "",
+              "![selected users' label variance](selected_variance.png)"]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="/tmp/puma-selection")
+    ap.add_argument("--real", default=str(ROOT.parent / "shared" / "data" / "ml-100k"),
+                    help="MovieLens 100k directory the population is calibrated on")
+    ap.add_argument("--users", type=int, default=10000)
+    ap.add_argument("--budgets", type=float, nargs="+", default=[0.01, 0.02, 0.05])
+    ap.add_argument("--strategies", nargs="+", default=["all"], help="registry names, or all")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--reference-seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--prompt-epochs", type=int, default=6)
+    ap.add_argument("--prompt-lr", type=float, default=5e-3)
+    ap.add_argument("--adapter-epochs", type=int, default=6)
+    ap.add_argument("--only-references", action="store_true", help="build the workspace and references, then stop")
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse()
+    out = Path(args.out).resolve()
+    setup_logging()
+    init_ray()
+    data = population(out, args.real, args.users, 0)
+    for fam in FAMILIES:
+        if not (out / fam / "config.json").is_file():
+            run_models(ModelsConfig(family=fam, data=data, out=str(out / fam)))
+    cfg = BenchConfig(data=data, source_model=str(out / FAMILIES[0]), target_model=str(out / FAMILIES[1]),
+                      out=str(out), workers=args.workers, prompt_epochs=args.prompt_epochs, prompt_lr=args.prompt_lr)
+    source, refs = references(cfg, data, out, args.reference_seeds)
+    log.info("source test rmse %.4f; references %s", source["metrics"]["rmse"],
+             [(r["floor"]["metrics"]["rmse"], r["retrained"]["metrics"]["rmse"]) for r in refs])
+    if args.only_references:
+        return
+    strategies = list(STRATEGIES) if args.strategies == ["all"] else args.strategies
+    unknown = sorted(set(strategies) - set(STRATEGIES))
+    if unknown:
+        raise SystemExit(f"--strategies: unknown {unknown}; known: {', '.join(STRATEGIES)}")
+    trials = plan(args.budgets, strategies, args.seeds)
+    ref = {k: float(np.mean([r[k]["metrics"]["rmse"] for r in refs])) for k in ("floor", "retrained")}
+    setup = TrialSetup(data=data, sources=[source["store"]], target_model=cfg.target_model, task_metric="rmse",
+                       workers=1, reference={"floor": {"value": ref["floor"]}, "retrained": {"value": ref["retrained"]}},
+                       defaults={"epochs": args.adapter_epochs})
+    groups, label_var = population_facts(data)
+    runs, per_group = run_all(trials, setup, out, groups, label_var)
+    table, paired = summary(runs, "rmse"), paired_vs_random(runs, "rmse")
+    shares = groups["group"].value_counts(normalize=True)
+    ref_groups = reference_groups(refs, groups)
+    manifest = json.loads((Path(data) / "manifest.json").read_text())
+    facts = {"users": args.users, "real": args.real, "rows": manifest["rows"], "groups": len(shares),
+             "source": source["metrics"]["rmse"], **ref}
+    plot_budget_curve(table, ref, out / "budget_curve.png")
+    plot_group_errors(per_group, ref_groups, shares, out / "group_error.png")
+    plot_selected_variance(out, runs, label_var, sorted(args.budgets)[len(args.budgets) // 2],
+                           out / "selected_variance.png")
+    for line in report(out, args, facts, table, paired, per_group, ref_groups, shares):
+        print(line)
+    print(json.dumps({"users": args.users, "seeds": args.seeds, "floor": ref["floor"], "retrained": ref["retrained"],
+                      "paired": [{k: r[k] for k in ("budget", "method", "vs", "mean", "low", "high", "seeds")}
+                                 for r in paired.to_dict("records")]}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Selection-quality statistics (the paper's Table 4; benchmarks/selection_quality.py): per method the test
+metric over seeds, paired differences against random at the same budget and at 3x, and the diagnostics that
+explain them (error per taste group, groups a selection covers, the label variance of the users it picks).
+
+Plain pandas/numpy on tables, no Ray: every function is tested on fixed tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.dataset as pds
+
+from puma_ray.tune.stats import mean_std, paired_interval
+
+RANDOM, RANDOM_3X = "random", "random (3B)"
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One migration trial of the benchmark: strategy at a budget fraction with a seed."""
+
+    budget: float
+    """Budget as a fraction of the population's users."""
+    method: str
+    """A registry strategy name, or RANDOM_3X (random at three times the budget)."""
+    seed: int
+
+    @property
+    def strategy(self) -> str:
+        return RANDOM if self.method == RANDOM_3X else self.method
+
+    @property
+    def fraction(self) -> float:
+        return 3 * self.budget if self.method == RANDOM_3X else self.budget
+
+    def path(self) -> str:
+        """Its directory under the benchmark's trials/ folder."""
+        name = "random-3x" if self.method == RANDOM_3X else self.method
+        return f"b{self.budget:g}/seed{self.seed}/{name}"
+
+
+def plan(budgets: list[float], strategies: list[str], seeds: list[int]) -> list[Trial]:
+    """Every trial, budget by budget and seed by seed (a run stopped early holds whole paired sets first):
+    the strategies, then random at 3B; random is always one of them, since every comparison is against it."""
+    if any(not 0 < b < 1 / 3 for b in budgets):
+        raise ValueError(f"--budgets {budgets}: each must be a fraction in (0, 1/3) (random runs at 3x)")
+    methods = list(dict.fromkeys([*strategies, RANDOM])) + [RANDOM_3X]
+    return [Trial(b, m, s) for b in budgets for s in seeds for m in methods]
+
+
+def population_facts(data: str) -> tuple[pd.DataFrame, pd.Series]:
+    """The population's taste groups (user_id, group: the generator's, from latents/) and each user's label
+    variance over their train rows."""
+    files = sorted((Path(data) / "latents").glob("users-*.parquet"))
+    if not files:
+        raise ValueError(f"{data} has no taste groups (latents/users-*.parquet): a synthetic dataset is needed")
+    groups = pd.concat([pd.read_parquet(f, columns=["user_id", "group"]) for f in files], ignore_index=True)
+    t = pds.dataset(str(Path(data) / "interactions"), format="parquet").to_table(
+        columns=["user_id", "label"], filter=pc.field("split") == "train")
+    var = t.group_by("user_id").aggregate([("label", "variance", pc.VarianceOptions(ddof=0))])
+    return groups, pd.Series(var.column("label_variance").to_numpy(), index=var.column("user_id").to_pylist())
+
+
+def group_errors(per_user: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
+    """Exact RMSE per taste group from an evaluation's per-user table (user_id, n, rmse) and the population's
+    groups (user_id, group): group, users, rows, rmse (users without rows in the split are left out)."""
+    t = per_user[per_user["n"] > 0].merge(groups[["user_id", "group"]], on="user_id", how="inner")
+    t = t.assign(sq=t["rmse"] ** 2 * t["n"])
+    g = t.groupby("group").agg(users=("user_id", "size"), rows=("n", "sum"), sq=("sq", "sum")).reset_index()
+    return g.assign(rmse=np.sqrt(g["sq"] / g["rows"])).drop(columns=["sq"])
+
+
+def selection_profile(selected: list[str], groups: pd.DataFrame, label_var: pd.Series) -> dict:
+    """What a selection holds: how many taste groups it reaches (of how many), the smallest group's share of it,
+    and the mean label variance of its users (label_var: per user_id)."""
+    g = groups.set_index("user_id")["group"]
+    picked = g.reindex(selected).dropna()
+    counts = picked.value_counts()
+    return {"groups_covered": int(len(counts)), "groups": int(g.nunique()),
+            "min_group_share": float(counts.reindex(g.unique(), fill_value=0).min() / max(1, len(picked))),
+            "selected_label_var": float(label_var.reindex(selected).mean())}
+
+
+def summary(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per budget and method: users trained on, mean ± std of the test metric and closure, groups covered."""
+    rows = []
+    for (budget, method), g in runs.groupby(["budget", "method"], sort=False):
+        m, s, n = mean_std(g[f"test_{metric}"])
+        c, cs, _ = mean_std(g["test_closure"]) if "test_closure" in g else (float("nan"),) * 3
+        rows.append({"budget": budget, "method": method, "users": int(g["users_trained"].iloc[0]), "seeds": n,
+                     f"{metric}_mean": m, f"{metric}_std": s, "closure_mean": c, "closure_std": cs,
+                     "groups_covered": float(g["groups_covered"].mean()) if "groups_covered" in g else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def paired_vs_random(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per budget, every method minus random at B and minus random at 3B, paired by seed (only seeds both ran),
+    with the 95% t-interval; for RMSE a negative difference means the method is better."""
+    col, out = f"test_{metric}", []
+    for budget, g in runs.groupby("budget", sort=False):
+        by = g.pivot_table(index="seed", columns="method", values=col)
+        for method in [m for m in by.columns if m not in (RANDOM, RANDOM_3X)] + [RANDOM]:
+            for other in (RANDOM, RANDOM_3X):
+                if method == other or other not in by:
+                    continue
+                both = by[[method, other]].dropna()
+                d = paired_interval(both[method].to_list(), both[other].to_list())
+                out.append({"budget": budget, "method": method, "vs": other, "mean": d.mean, "low": d.low,
+                            "high": d.high, "seeds": d.n, "excludes_zero": d.excludes_zero, "text": d.text()})
+    return pd.DataFrame(out)
+
+
+def verdict(paired: pd.DataFrame, method: str, metric: str) -> list[str]:
+    """The issue's two claims for `method`, budget by budget, in words: beats random at B (interval excludes
+    zero on the better side) and within noise of random at 3B (interval includes zero)."""
+    better = (lambda d: d.high < 0) if metric == "rmse" else (lambda d: d.low > 0)
+    lines = []
+    for budget, g in paired[paired["method"] == method].groupby("budget", sort=False):
+        at = {r.vs: r for r in g.itertuples()}
+        b, b3 = at.get(RANDOM), at.get(RANDOM_3X)
+        if b is None or b3 is None:
+            continue
+        wins = "beats" if better(b) else ("loses to" if b.excludes_zero else "is not distinguishable from")
+        ties = "within noise of" if not b3.excludes_zero else ("better than" if better(b3) else "worse than")
+        lines.append(f"budget {budget:g}: {method} {wins} random at B ({b.text}, {b.seeds} seeds) and is {ties} "
+                     f"random at 3B ({b3.text})")
+    return lines

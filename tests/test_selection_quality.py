@@ -1,0 +1,111 @@
+"""The selection-quality benchmark's statistics on fixed tables (tune/selection.py), and every selection
+strategy of the registry on a calibrated population (issue 12)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from puma_ray.tune.selection import (RANDOM, RANDOM_3X, Trial, group_errors, paired_vs_random, plan,
+                                     population_facts, selection_profile, summary, verdict)
+
+# test RMSE of 5 seeds: puma better than random at B by ~0.02 on every seed, tied with random at 3B
+FIXED = {"puma": [1.20, 1.21, 1.19, 1.22, 1.20], RANDOM: [1.22, 1.23, 1.21, 1.245, 1.215],
+         RANDOM_3X: [1.205, 1.20, 1.195, 1.22, 1.205]}
+
+
+def fixed_runs(budget: float = 0.02) -> pd.DataFrame:
+    return pd.DataFrame([{"budget": budget, "method": m, "seed": s, "test_rmse": v, "users_trained": 60,
+                          "test_closure": 0.5, "groups_covered": 4} for m, vs in FIXED.items()
+                         for s, v in enumerate(vs)])
+
+
+def test_paired_differences_vs_random_on_a_fixed_table():
+    p = paired_vs_random(fixed_runs(), "rmse").set_index(["method", "vs"])
+    d = np.array(FIXED["puma"]) - np.array(FIXED[RANDOM])  # -0.02, -0.02, -0.02, -0.025, -0.015
+    half = 2.7764451 * d.std(ddof=1) / math.sqrt(5)  # t(0.975, 4)
+    row = p.loc[("puma", RANDOM)]
+    assert row["mean"] == pytest.approx(d.mean()) and row["low"] == pytest.approx(d.mean() - half)
+    assert row["high"] == pytest.approx(d.mean() + half) and row["seeds"] == 5 and row["excludes_zero"]
+    assert not p.loc[("puma", RANDOM_3X)]["excludes_zero"]
+    assert ("random", RANDOM_3X) in p.index and (RANDOM, RANDOM) not in p.index
+    lines = verdict(paired_vs_random(fixed_runs(), "rmse"), "puma", "rmse")
+    assert lines == [lines[0]] and "puma beats random at B" in lines[0] and "within noise of random at 3B" in lines[0]
+
+
+def test_pairs_use_only_seeds_both_methods_ran_and_a_loss_reads_as_one():
+    runs = fixed_runs()
+    runs.loc[(runs["method"] == "puma"), "test_rmse"] += 0.05  # now worse than random on every seed
+    runs = runs[~((runs["method"] == RANDOM) & (runs["seed"] == 4))]  # a seed random did not finish
+    p = paired_vs_random(runs, "rmse").set_index(["method", "vs"])
+    assert p.loc[("puma", RANDOM)]["seeds"] == 4 and p.loc[("puma", RANDOM_3X)]["seeds"] == 5
+    assert "puma loses to random at B" in verdict(paired_vs_random(runs, "rmse"), "puma", "rmse")[0]
+
+
+def test_summary_is_mean_and_sample_std_per_budget_and_method():
+    t = summary(pd.concat([fixed_runs(0.01), fixed_runs(0.02)]), "rmse").set_index(["budget", "method"])
+    assert len(t) == 6
+    assert t.loc[(0.02, "puma"), "rmse_mean"] == pytest.approx(np.mean(FIXED["puma"]))
+    assert t.loc[(0.02, "puma"), "rmse_std"] == pytest.approx(np.std(FIXED["puma"], ddof=1))
+    assert t.loc[(0.01, RANDOM), "seeds"] == 5
+
+
+def test_group_errors_are_exact_rmse_over_each_groups_rows():
+    per_user = pd.DataFrame({"user_id": ["a", "b", "c", "d"], "n": [1, 3, 2, 0], "rmse": [1.0, 2.0, 0.5, 9.0]})
+    groups = pd.DataFrame({"user_id": ["a", "b", "c", "d", "e"], "group": [0, 0, 1, 1, 1]})
+    g = group_errors(per_user, groups).set_index("group")
+    assert g.loc[0, "rmse"] == pytest.approx(math.sqrt((1 * 1.0 + 3 * 4.0) / 4)) and g.loc[0, "rows"] == 4
+    assert g.loc[1, "rmse"] == pytest.approx(0.5) and g.loc[1, "users"] == 1  # d has no rows in the split
+
+
+def test_selection_profile_counts_groups_reached_and_the_smallest_share():
+    groups = pd.DataFrame({"user_id": list("abcdef"), "group": [0, 0, 0, 1, 1, 2]})
+    var = pd.Series([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], index=list("abcdef"))
+    p = selection_profile(["a", "b", "d"], groups, var)
+    assert p == {"groups_covered": 2, "groups": 3, "min_group_share": 0.0,
+                 "selected_label_var": pytest.approx((0.1 + 0.2 + 0.4) / 3)}
+    assert selection_profile(["a", "d", "f"], groups, var)["min_group_share"] == pytest.approx(1 / 3)
+
+
+def test_the_plan_runs_whole_paired_sets_first_and_always_includes_random():
+    trials = plan([0.01, 0.05], ["puma"], [0, 1])
+    assert [(t.budget, t.seed, t.method) for t in trials[:3]] == [(0.01, 0, "puma"), (0.01, 0, RANDOM),
+                                                                   (0.01, 0, RANDOM_3X)]
+    assert len(trials) == 12 and len({t.path() for t in trials}) == 12
+    three = [t for t in trials if t.method == RANDOM_3X][0]
+    assert three.strategy == RANDOM and three.fraction == pytest.approx(0.03)
+    with pytest.raises(ValueError, match="--budgets"):
+        plan([0.4], ["puma"], [0])
+    assert Trial(0.02, "kmeans-fps", 3).path() == "b0.02/seed3/kmeans-fps"
+
+
+@pytest.mark.ray
+def test_every_strategy_selects_on_a_calibrated_population(ray_local, synthetic_dataset, tmp_path):
+    """A population calibrated on a dataset, its own tiny model and source prompts; every registered strategy
+    selects exactly B distinct users of it, and the benchmark's profile reads their taste groups."""
+    import pyarrow.parquet as pq
+
+    from puma_ray.config import DataConfig, ModelsConfig, PromptsConfig, SelectConfig
+    from puma_ray.select.strategies import STRATEGIES
+    from puma_ray.stages.data import run_data
+    from puma_ray.stages.models import run_models
+    from puma_ray.stages.prompts import run_prompts
+    from puma_ray.stages.select import run_select
+
+    data = tmp_path / "calibrated"
+    run_data(DataConfig(source="synthetic", calibrate_from=str(synthetic_dataset), users=200, out=str(data), seed=2))
+    run_models(ModelsConfig(family="llama", data=str(data), out=str(tmp_path / "llama"), pretrain_steps=20))
+    run_prompts(PromptsConfig(data=str(data), model=str(tmp_path / "llama"), out=str(tmp_path / "src"), workers=1,
+                              epochs=1))
+    groups, var = population_facts(str(data))
+    assert len(groups) == len(var) == 200 and (var >= 0).all()
+    for strategy in STRATEGIES:
+        run_select(SelectConfig(data=str(data), prompts=str(tmp_path / "src"), out=str(tmp_path / strategy),
+                                strategy=strategy, budget=20, clusters=3, min_per_cluster=2, kmeans_passes=1, seed=1))
+        chosen = pq.read_table(tmp_path / strategy / "selected.parquet").column("user_id").to_pylist()
+        assert len(chosen) == len(set(chosen)) == 20 and set(chosen) <= set(groups["user_id"]), strategy
+        profile = selection_profile(chosen, groups, var)
+        assert 1 <= profile["groups_covered"] <= profile["groups"] == groups["group"].nunique(), strategy
