@@ -40,7 +40,7 @@ from puma_ray.select.strategies import STRATEGIES  # noqa: E402
 from puma_ray.tune.bench import trained  # noqa: E402
 from puma_ray.tune.selection import (RANDOM, RANDOM_3X, Trial, group_errors, paired_vs_random, plan,  # noqa: E402
                                      population_facts, selection_profile, summary, verdict)
-from puma_ray.tune.trial import TrialSetup, run_trial  # noqa: E402
+from puma_ray.tune.trial import RESULT, TrialSetup, run_trial  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ("llama", "qwen2")
@@ -84,13 +84,16 @@ def trial_record(trial: Trial, row: dict, trial_dir: Path, groups: pd.DataFrame,
     return record, per_group.assign(budget=trial.budget, method=trial.method, seed=trial.seed)
 
 
-def run_all(trials: list[Trial], setup: TrialSetup, out: Path, groups: pd.DataFrame, label_var: pd.Series
-            ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every trial (finished ones read back), with progress; runs.csv and groups.csv rewritten after each."""
+def run_all(trials: list[Trial], setup: TrialSetup, out: Path, groups: pd.DataFrame, label_var: pd.Series,
+            run_missing: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every trial (finished ones read back; with run_missing false, unfinished ones left out), with progress;
+    runs.csv and groups.csv rewritten after each."""
     records, per_group = [], []
     for i, t in enumerate(trials, 1):
-        log.info("selection quality: trial %d/%d: budget %g, %s, seed %d", i, len(trials), t.budget, t.method, t.seed)
         d = out / "trials" / t.path()
+        if not run_missing and not (d / RESULT).is_file():
+            continue
+        log.info("selection quality: trial %d/%d: budget %g, %s, seed %d", i, len(trials), t.budget, t.method, t.seed)
         row = run_trial(setup, {"strategy": t.strategy, "budget": t.fraction, "seed": t.seed}, d)
         rec, grp = trial_record(t, row, d, groups, label_var)
         records.append(rec)
@@ -238,8 +241,10 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--prompt-epochs", type=int, default=6)
     ap.add_argument("--prompt-lr", type=float, default=5e-3)
-    ap.add_argument("--adapter-epochs", type=int, default=6)
+    ap.add_argument("--adapter-epochs", type=int, default=4, help="the adapter stage's default (the paper's)")
     ap.add_argument("--only-references", action="store_true", help="build the workspace and references, then stop")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run no trial: the report covers the finished trials of the plan")
     return ap.parse_args()
 
 
@@ -266,10 +271,12 @@ def main() -> None:
     trials = plan(args.budgets, strategies, args.seeds)
     ref = {k: float(np.mean([r[k]["metrics"]["rmse"] for r in refs])) for k in ("floor", "retrained")}
     setup = TrialSetup(data=data, sources=[source["store"]], target_model=cfg.target_model, task_metric="rmse",
-                       workers=1, reference={"floor": {"value": ref["floor"]}, "retrained": {"value": ref["retrained"]}},
+                       workers=args.workers, reference={"floor": {"value": ref["floor"]}, "retrained": {"value": ref["retrained"]}},
                        defaults={"epochs": args.adapter_epochs})
     groups, label_var = population_facts(data)
-    runs, per_group = run_all(trials, setup, out, groups, label_var)
+    runs, per_group = run_all(trials, setup, out, groups, label_var, run_missing=not args.report_only)
+    if runs.empty:
+        raise SystemExit(f"--out {out}: no finished trial to report (run without --report-only)")
     table, paired = summary(runs, "rmse"), paired_vs_random(runs, "rmse")
     shares = groups["group"].value_counts(normalize=True)
     ref_groups = reference_groups(refs, groups)

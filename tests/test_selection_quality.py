@@ -72,8 +72,9 @@ def test_selection_profile_counts_groups_reached_and_the_smallest_share():
 
 def test_the_plan_runs_whole_paired_sets_first_and_always_includes_random():
     trials = plan([0.01, 0.05], ["puma"], [0, 1])
-    assert [(t.budget, t.seed, t.method) for t in trials[:3]] == [(0.01, 0, "puma"), (0.01, 0, RANDOM),
-                                                                   (0.01, 0, RANDOM_3X)]
+    assert [(t.seed, t.budget, t.method) for t in trials[:6]] == [
+        (0, 0.01, "puma"), (0, 0.01, RANDOM), (0, 0.01, RANDOM_3X), (0, 0.05, "puma"), (0, 0.05, RANDOM),
+        (0, 0.05, RANDOM_3X)]
     assert len(trials) == 12 and len({t.path() for t in trials}) == 12
     three = [t for t in trials if t.method == RANDOM_3X][0]
     assert three.strategy == RANDOM and three.fraction == pytest.approx(0.03)

@@ -45,12 +45,13 @@ class Trial:
 
 
 def plan(budgets: list[float], strategies: list[str], seeds: list[int]) -> list[Trial]:
-    """Every trial, budget by budget and seed by seed (a run stopped early holds whole paired sets first):
-    the strategies, then random at 3B; random is always one of them, since every comparison is against it."""
+    """Every trial, seed by seed and within a seed budget by budget (a run stopped early holds whole paired sets,
+    every budget at its first seeds): the strategies, then random at 3B; random is always one of them, since
+    every comparison is against it."""
     if any(not 0 < b < 1 / 3 for b in budgets):
         raise ValueError(f"--budgets {budgets}: each must be a fraction in (0, 1/3) (random runs at 3x)")
     methods = list(dict.fromkeys([*strategies, RANDOM])) + [RANDOM_3X]
-    return [Trial(b, m, s) for b in budgets for s in seeds for m in methods]
+    return [Trial(b, m, s) for s in seeds for b in budgets for m in methods]
 
 
 def population_facts(data: str) -> tuple[pd.DataFrame, pd.Series]:
