@@ -43,6 +43,8 @@ def test_pairs_use_only_seeds_both_methods_ran_and_a_loss_reads_as_one():
     p = paired_vs_random(runs, "rmse").set_index(["method", "vs"])
     assert p.loc[("puma", RANDOM)]["seeds"] == 4 and p.loc[("puma", RANDOM_3X)]["seeds"] == 5
     assert "puma loses to random at B" in verdict(paired_vs_random(runs, "rmse"), "puma", "rmse")[0]
+    one = paired_vs_random(fixed_runs()[lambda r: r["seed"] == 0], "rmse")
+    assert verdict(one, "puma", "rmse") == ["budget 0.02: puma vs random: one paired seed, no interval and no verdict"]
 
 
 def test_summary_is_mean_and_sample_std_per_budget_and_method():

@@ -126,8 +126,11 @@ def verdict(paired: pd.DataFrame, method: str, metric: str) -> list[str]:
         b, b3 = at.get(RANDOM), at.get(RANDOM_3X)
         if b is None or b3 is None:
             continue
-        wins = "beats" if better(b) else ("loses to" if b.excludes_zero else "is not distinguishable from")
-        ties = "within noise of" if not b3.excludes_zero else ("better than" if better(b3) else "worse than")
+        if min(b.seeds, b3.seeds) < 2:
+            lines.append(f"budget {budget:g}: {method} vs random: one paired seed, no interval and no verdict")
+            continue
+        wins = ("beats" if better(b) else "loses to") if b.excludes_zero else "is not distinguishable from"
+        ties = ("better than" if better(b3) else "worse than") if b3.excludes_zero else "within noise of"
         lines.append(f"budget {budget:g}: {method} {wins} random at B ({b.text}, {b.seeds} seeds) and is {ties} "
                      f"random at 3B ({b3.text})")
     return lines
