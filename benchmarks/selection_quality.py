@@ -126,6 +126,8 @@ def plot_budget_curve(table: pd.DataFrame, ref: dict, path: Path) -> None:
     for name, color in (("floor", "0.4"), ("retrained", "0.1")):
         ax.axhline(ref[name], color=color, ls=":", lw=1, label=f"{name} {ref[name]:.4f}")
     ax.set_xscale("log")
+    ax.set_xticks(sorted(table["users"].unique()), [str(u) for u in sorted(table["users"].unique())])
+    ax.minorticks_off()
     ax.set_xlabel("users the adapter is trained on (log)")
     ax.set_ylabel("test RMSE of every migrated user")
     ax.set_title("Selection strategies vs budget (calibrated users; mean ± std over seeds)")
