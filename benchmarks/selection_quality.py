@@ -1,4 +1,5 @@
-# .venv/bin/python benchmarks/selection_quality.py --out /tmp/puma-selection [--users 10000] [--budgets 0.01 0.02 0.05] [--strategies all] [--seeds 0 1 2 3 4]
+# .venv/bin/python benchmarks/selection_quality.py --out /tmp/puma-selection [--users 10000] \
+#     [--budgets 0.01 0.02 0.05] [--strategies all] [--seeds 0 1 2 3 4]
 """The paper's Table 4 on calibrated users: which selection strategy trains the best adapter at a budget
 (a measurement, not a test; issue 12).
 
@@ -221,7 +222,8 @@ def report(out: Path, args: argparse.Namespace, facts: dict, table: pd.DataFrame
         m = g.groupby(["group", "method"])["rmse"].mean().unstack()
         rg = ref_groups.pivot(index="group", columns="method", values="rmse")
         for grp in shares.sort_values(ascending=False).index:
-            cells = " | ".join(fmt(m.loc[grp].get(k)) if grp in m.index else "n/a" for k in dict.fromkeys(per_group["method"]))
+            cells = " | ".join(fmt(m.loc[grp].get(k)) if grp in m.index else "n/a"
+                               for k in dict.fromkeys(per_group["method"]))
             lines.append(f"| {100 * budget:g}% | {grp} | {100 * shares[grp]:.1f}% | {cells} | "
                          f"{fmt(rg.loc[grp, 'floor'])} | {fmt(rg.loc[grp, 'retrained'])} |")
     lines += ["", "![budget curve](budget_curve.png)", "", "![per-group error](group_error.png)", "",
@@ -273,7 +275,8 @@ def main() -> None:
     trials = plan(args.budgets, strategies, args.seeds)
     ref = {k: float(np.mean([r[k]["metrics"]["rmse"] for r in refs])) for k in ("floor", "retrained")}
     setup = TrialSetup(data=data, sources=[source["store"]], target_model=cfg.target_model, task_metric="rmse",
-                       workers=args.workers, reference={"floor": {"value": ref["floor"]}, "retrained": {"value": ref["retrained"]}},
+                       workers=args.workers,
+                       reference={"floor": {"value": ref["floor"]}, "retrained": {"value": ref["retrained"]}},
                        defaults={"epochs": args.adapter_epochs})
     groups, label_var = population_facts(data)
     runs, per_group = run_all(trials, setup, out, groups, label_var, run_missing=not args.report_only)

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.compute as pc
-import pyarrow.dataset as pds
-
+from puma_ray.select.inputs import label_variance
 from puma_ray.tune.stats import mean_std, paired_interval
 
 RANDOM, RANDOM_3X = "random", "random (3B)"
@@ -56,15 +54,12 @@ def plan(budgets: list[float], strategies: list[str], seeds: list[int]) -> list[
 
 def population_facts(data: str) -> tuple[pd.DataFrame, pd.Series]:
     """The population's taste groups (user_id, group: the generator's, from latents/) and each user's label
-    variance over their train rows."""
+    variance over their train rows (the select stage's own, which PUMA's strata are cut on)."""
     files = sorted((Path(data) / "latents").glob("users-*.parquet"))
     if not files:
         raise ValueError(f"{data} has no taste groups (latents/users-*.parquet): a synthetic dataset is needed")
     groups = pd.concat([pd.read_parquet(f, columns=["user_id", "group"]) for f in files], ignore_index=True)
-    t = pds.dataset(str(Path(data) / "interactions"), format="parquet").to_table(
-        columns=["user_id", "label"], filter=pc.field("split") == "train")
-    var = t.group_by("user_id").aggregate([("label", "variance", pc.VarianceOptions(ddof=0))])
-    return groups, pd.Series(var.column("label_variance").to_numpy(), index=var.column("user_id").to_pylist())
+    return groups, label_variance(data)
 
 
 def group_errors(per_user: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
