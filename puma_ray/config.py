@@ -72,18 +72,13 @@ _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def local_path(value: str, key: str) -> str:
-    """A `file://` URI as the local path it names (every path a stage takes may be one); any other
-    storage URI (s3://, gs://, ...) is refused: a plain path would treat it as a relative folder named
-    "s3:" and write where no other node looks."""
+    """A `file://` URI as the local path it names (every path a stage takes may be one). Other storage URIs
+    (s3://, gs://, ...) are kept as given: the stage function stages them (runtime/storage.py)."""
     import urllib.parse
 
     match = _URI.match(value)
-    if match is None:
+    if match is None or match.group(1).lower() != "file":
         return value
-    if match.group(1).lower() != "file":
-        raise ConfigError(f"{key}: {value!r}: {match.group(1)}:// storage is not supported yet; give a path every "
-                          "node sees (a shared file system, or the bucket mounted, e.g. with mountpoint-s3 or "
-                          "gcsfuse) or a file:// URI")
     parsed = urllib.parse.urlparse(value)
     if parsed.netloc not in ("", "localhost") or not parsed.path:
         raise ConfigError(f"{key}: {value!r}: a file:// URI names a path on this machine: file:///absolute/path")
@@ -165,6 +160,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a flat YAML mapping (a path or a file:// URI); a missing or malformed file is a ConfigError."""
+    if _URI.match(local_path(str(path), "--config")):
+        raise ConfigError(f"--config {path}: give the config file as a local path (copy it here first)")
     p = Path(local_path(str(path), "--config"))
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")

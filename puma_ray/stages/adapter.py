@@ -28,6 +28,7 @@ from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.errors import PumaError
 from puma_ray.runtime.ray_utils import dataset_parts, init_ray, read_columns
 from puma_ray.runtime.runs import CostMeter, check_out, log, open_run
+from puma_ray.runtime.storage import remote_paths
 from puma_ray.store.prompt_store import check_model, iter_prompts, load_prompts, read_head, verify
 from puma_ray.train.wiring import (best_checkpoint, build_trainer, check_resume, fit_trainer, record_training,
                                    run_history, run_name)
@@ -150,6 +151,7 @@ def _select_rows(batch: pd.DataFrame, users_ref) -> pd.DataFrame:
     return batch[batch["user_id"].isin(keep)]
 
 
+@remote_paths
 def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
     """Train the adapter; returns the JSON summary. callbacks: Ray Train callbacks (a sweep reports to Tune)."""
     data = read_data_manifest(cfg.data)

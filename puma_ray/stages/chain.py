@@ -18,6 +18,7 @@ from puma_ray.core.tasks import TASKS
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.runtime.ray_utils import init_ray
 from puma_ray.runtime.runs import CostMeter, log, open_run, write_markdown
+from puma_ray.runtime.storage import remote_paths
 from puma_ray.store.prompt_store import MANIFEST
 from puma_ray.store.prompt_store import read_manifest as read_store_manifest
 
@@ -75,6 +76,7 @@ def save_chain_plot(path: Path, rows: list[dict], metric: str) -> None:
     plt.close(fig)
 
 
+@remote_paths
 def run_chain(cfg: ChainConfig) -> dict:
     """Migrate cfg.source along cfg.models; returns the JSON summary with the metric at every hop."""
     task = TASKS[read_data_manifest(cfg.data)["task"]]

@@ -25,6 +25,7 @@ from puma_ray.data.schema import copy_atomic, shard_paths, write_parquet_atomic
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.errors import PumaError
 from puma_ray.runtime.runs import CostMeter, build_beside, check_out, log
+from puma_ray.runtime.storage import remote_paths
 from puma_ray.store.prompt_store import (finalize, is_prompt_store, iter_prompts, load_prompts, read_head,
                                          read_quarantine, verify, write_shard)
 
@@ -76,6 +77,7 @@ def neighbours_of(cfg: ColdstartConfig, cold: list[str], warm: list[str]) -> Nei
     return nearest(x[len(warm):], x[:len(warm)], cfg.neighbours, cfg.chunk_users)
 
 
+@remote_paths
 def run_coldstart(cfg: ColdstartConfig) -> dict:
     """A store with a prompt for every user of `cfg.data`: `cfg.prompts`' own plus the cold-start users'."""
     data = read_data_manifest(cfg.data)

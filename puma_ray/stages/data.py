@@ -28,6 +28,7 @@ from puma_ray.data.synthetic import make_catalogue
 from puma_ray.errors import PumaError
 from puma_ray.runtime.ray_utils import init_ray, sort_shuffle
 from puma_ray.runtime.runs import CostMeter, Progress, build_beside, check_out, log
+from puma_ray.runtime.storage import remote_paths
 
 # Paper defaults: rating datasets drop items < 10 and users < 20; click data is not filtered.
 _PAPER_MIN = {"rating": (10, 20), "click": (0, 0)}
@@ -186,6 +187,7 @@ def build(cfg: DataConfig, prep: Preprocessing, task: str, out: Path, pop: Popul
             "wall_s": meter.record.wall_s}
 
 
+@remote_paths
 def run_data(cfg: DataConfig) -> dict:
     """Build the dataset directory `cfg.out`; returns the JSON summary.
 

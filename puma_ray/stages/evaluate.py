@@ -47,6 +47,7 @@ from puma_ray.errors import PumaError
 from puma_ray.runtime.ray_utils import actor_cpus, actor_pool, init_ray, read_columns, sort_shuffle, split_is
 from puma_ray.runtime.runs import (CostMeter, Progress, build_beside, check_out, log, setup_logging, swap_in,
                                    write_markdown)
+from puma_ray.runtime.storage import remote_paths
 from puma_ray.store.prompt_store import check_model, read_head, read_quarantine, verify
 
 
@@ -226,6 +227,7 @@ def report_split(cfg: EvaluateConfig, task: str, split: str, totals: UserTotals,
     return metrics
 
 
+@remote_paths
 def run_evaluate(cfg: EvaluateConfig) -> dict:
     """Score `cfg.prompts` on `cfg.model` over `cfg.split` (one pass for several); returns the JSON summary.
 

@@ -27,6 +27,7 @@ from puma_ray.errors import PumaError
 from puma_ray.migrate.migration import PROGRESS_DIR, ShardMigrator, checked_weights, done_shard
 from puma_ray.runtime.ray_utils import actor_cpus, actor_pool, init_ray
 from puma_ray.runtime.runs import CostMeter, Progress, check_out, log, open_run
+from puma_ray.runtime.storage import remote_paths
 from puma_ray.store.prompt_store import MANIFEST, finalize, read_quarantine, verify
 from puma_ray.store.prompt_store import read_manifest as read_store_manifest
 
@@ -88,6 +89,7 @@ def is_store_or_partial(path: Path) -> bool:
         return False
 
 
+@remote_paths
 def run_migrate(cfg: MigrateConfig) -> dict:
     """Migrate every user of cfg.source into the store cfg.out; returns the JSON summary."""
     adapter_dir = Path(cfg.adapter)

@@ -33,6 +33,7 @@ from puma_ray.core.tokenizer import check_answers_single_token, train_tokenizer
 from puma_ray.data.schema import file_sha256, iter_item_texts, read_required_json
 from puma_ray.errors import PumaError
 from puma_ray.runtime.runs import CostMeter, build_beside, log, open_run, swap_in
+from puma_ray.runtime.storage import remote_paths
 
 MARKER = "puma_model.json"
 
@@ -74,6 +75,7 @@ def reusable(out: Path, key: str, overwrite: bool) -> dict | None:
     return None
 
 
+@remote_paths
 def run_models(cfg: ModelsConfig) -> dict:
     """Build, import (or reuse) the model directory `cfg.out`; returns the JSON summary."""
     if cfg.gguf is not None or cfg.package is not None:

@@ -20,6 +20,7 @@ from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import copy_atomic, shard_paths
 from puma_ray.runtime.ray_utils import dataset_parts, init_ray, read_columns
 from puma_ray.runtime.runs import CostMeter, check_out, log, open_run
+from puma_ray.runtime.storage import remote_paths
 from puma_ray.store.prompt_store import check_model, finalize, generation_name, read_head, write_shard
 from puma_ray.store.prompt_store import read_manifest as read_store_manifest
 from puma_ray.train.prompts_loop import prompts_loop
@@ -74,6 +75,7 @@ def warm_head(store: str, task: str, lam: float, yes_minus_no: bool) -> tuple[Pa
     return path.resolve(), head
 
 
+@remote_paths
 def run_prompts(cfg: PromptsConfig) -> dict:
     """Train prompts for every user of `cfg.data` on `cfg.model`; returns the JSON summary."""
     data = read_data_manifest(cfg.data)

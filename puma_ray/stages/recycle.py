@@ -20,6 +20,7 @@ from puma_ray.core.recycle import fit_recycle_map
 from puma_ray.data.schema import copy_atomic
 from puma_ray.errors import PumaError
 from puma_ray.runtime.runs import CostMeter, Progress, build_beside, check_out, log
+from puma_ray.runtime.storage import remote_paths
 from puma_ray.store.prompt_store import (check_model, finalize, is_prompt_store, iter_prompts, read_head,
                                          read_quarantine, verify, write_shard)
 
@@ -55,6 +56,7 @@ def recycle_into(work: Path, cfg: RecycleConfig, store: dict, target: dict, head
                         shards=shards, quarantined=quarantined, head={"weights": "head.safetensors", **head[1]})
 
 
+@remote_paths
 def run_recycle(cfg: RecycleConfig) -> dict:
     """Recycle every prompt of `cfg.source` into `cfg.target_model`'s space; returns the JSON summary."""
     store = verify(cfg.source)

@@ -31,6 +31,7 @@ from puma_ray.data.schema import write_parquet_atomic
 from puma_ray.errors import PumaError
 from puma_ray.runtime.ray_utils import actor_cpus, actor_pool, init_ray
 from puma_ray.runtime.runs import CostMeter, build_beside, check_out, log, write_markdown
+from puma_ray.runtime.storage import remote_paths
 from puma_ray.select.inputs import PLOT_SAMPLE, SelectionInputs, VectorFiles
 from puma_ray.select.strata import stratum_weights
 from puma_ray.select.strategies import select_users
@@ -169,6 +170,7 @@ def write_report_md(path: Path, report: dict) -> None:
     write_markdown(path, lines)
 
 
+@remote_paths
 def run_select(cfg: SelectConfig) -> dict:
     """Select cfg.budget users of the store with cfg.strategy; returns the JSON summary."""
     read_data_manifest(cfg.data)

@@ -38,6 +38,7 @@ from puma_ray.data.subset import subset_dataset
 from puma_ray.errors import PumaError
 from puma_ray.runtime.ray_utils import init_ray
 from puma_ray.runtime.runs import CostMeter, log, open_run, write_markdown
+from puma_ray.runtime.storage import remote_paths
 from puma_ray.core.tasks import TASKS
 from puma_ray.select.strategies import STRATEGIES
 from puma_ray.store.prompt_store import MANIFEST, store_user_ids, without_users
@@ -590,6 +591,7 @@ def write_report(out: Path, cfg: BenchConfig, table: pd.DataFrame, paired: list[
     return write_markdown(out / "report.md", lines)
 
 
+@remote_paths
 def run_bench(cfg: BenchConfig) -> dict:
     """Benchmark every method at every size and seed; returns the JSON summary."""
     data = read_data_manifest(cfg.data)

@@ -28,6 +28,7 @@ from puma_ray.core.gguf_models import check_installed
 from puma_ray.errors import PumaError
 from puma_ray.runtime.ray_utils import init_ray
 from puma_ray.runtime.runs import CostMeter, log, open_run, read_costs, write_markdown
+from puma_ray.runtime.storage import remote_paths
 from puma_ray.stages.data import run_data
 from puma_ray.stages.models import run_models
 from puma_ray.tune.bench import RETRAINED, method_color, run_bench
@@ -233,6 +234,7 @@ def write_report(out: Path, cfg: DemoConfig, size: Size, data: dict[str, dict], 
     return write_markdown(out / "report.md", lines)
 
 
+@remote_paths
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the whole chain under `cfg.out`; returns the JSON summary."""
     size = SIZES[cfg.size]

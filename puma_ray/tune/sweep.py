@@ -37,6 +37,7 @@ from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.errors import ConfigError, PumaError
 from puma_ray.runtime.ray_utils import init_ray, quiet_ray_data_console
 from puma_ray.runtime.runs import CostMeter, log, open_run, write_markdown
+from puma_ray.runtime.storage import remote_paths
 from puma_ray.store.prompt_store import read_manifest as read_store_manifest
 from puma_ray.tune.space import TRIAL_KEYS, SearchSpace, load_space
 from puma_ray.tune.stats import pareto_front
@@ -243,6 +244,7 @@ def write_report(out: Path, cfg: SweepConfig, df: pd.DataFrame, metric: str, cho
     return write_markdown(out / "report.md", lines)
 
 
+@remote_paths
 def run_sweep(cfg: SweepConfig) -> dict:
     """Run (or resume) the sweep; returns the JSON summary."""
     data = read_data_manifest(cfg.data)
