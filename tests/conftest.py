@@ -177,3 +177,42 @@ def prompt_value_strings(store, users=3, values=24) -> set[str]:
         if i == 0:
             break
     return found
+
+
+BUCKET = "puma-test"
+
+
+def put_tree(fs, local, path) -> str:
+    """Upload a local file tree to `path` ("bucket/key") on fs; its s3:// URI."""
+    from puma_ray.runtime import storage
+
+    storage.upload(Path(local), fs, path)
+    return f"s3://{path}"
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """An S3 API (moto's server on 127.0.0.1) with one bucket, BUCKET; the environment points pyarrow at it, as a
+    cluster's would (processes started after this inherit it). Yields its pyarrow file system."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+           "PUMA_STORAGE_CACHE": str(tmp_path_factory.mktemp("storage-cache"))}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    from puma_ray.runtime import storage
+
+    fs, _ = storage.filesystem(f"s3://{BUCKET}/x")
+    yield fs
+    for k, v in saved.items():
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    server.stop()

@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from conftest import BUCKET, put_tree
+
 from puma_ray.runtime.ray_utils import LOCAL_TRAIN_ENV
 
 
@@ -91,6 +93,14 @@ def submit(ray_cli: str, env: dict, address: str, logs: list[str], job: str, *ar
     return summary
 
 
+def storage_copies(ray_cli: str, env: dict, address: str) -> set[str]:
+    """Node ids that ran a `mirror` task (the per-node copy of a remote input; Ray's state API)."""
+    res = subprocess.run([ray_cli, "list", "tasks", "--address", address, "--filter", "func_or_class_name=mirror",
+                          "--detail", "--format", "json", "--limit", "1000"],
+                         env=env, capture_output=True, text=True, timeout=120, check=True)
+    return {task["node_id"] for task in json.loads(res.stdout)}
+
+
 def actor_nodes(ray_cli: str, env: dict, address: str, class_name: str) -> dict[str, set[str]]:
     """job id -> the node ids its actors of this class ran on (Ray's state API: finished actors included)."""
     res = subprocess.run([ray_cli, "list", "actors", "--address", address, "--filter", f"class_name={class_name}",
@@ -102,11 +112,12 @@ def actor_nodes(ray_cli: str, env: dict, address: str, class_name: str) -> dict[
     return nodes
 
 
-def test_the_migration_chain_runs_as_jobs_on_a_head_and_two_worker_nodes(tmp_path):
+def test_the_migration_chain_runs_as_jobs_on_a_head_and_two_worker_nodes(tmp_path, s3):
     """data -> models (source, target) -> prompts -> select -> adapter -> migrate -> evaluate, each a `ray job
     submit` to a head started with `ray start --head` (no CPUs: nothing computes there) joined by two worker
     nodes started with `ray start --address` (3 CPUs each). Every job SUCCEEDED, each stage's output is the
-    next one's input (evaluate's given as file:// URIs), and each Ray Train run's two workers (2 CPUs each: one fits a node) ran on different nodes.
+    next one's input (evaluate's given as URIs: the dataset as s3:// on an S3 API every node reaches, copied
+    onto each node before scoring; the rest as file://), and each Ray Train run's two workers (2 CPUs each: one fits a node) ran on different nodes.
     What the jobs logged (driver and forwarded worker lines) holds no prompt value, no item title and no
     warning our code caused."""
     import pandas as pd
@@ -135,10 +146,14 @@ def test_the_migration_chain_runs_as_jobs_on_a_head_and_two_worker_nodes(tmp_pat
         migrate = submit(ray_cli, env, address, logs, "migrate", "--adapter", str(d / "adapter"), "--source", str(d / "src"),
                          "--out", str(d / "target"))
         assert migrate["users"] == 60
-        # file:// URIs name the same paths (what a cluster's storage settings may hand every stage)
-        evaluate = submit(ray_cli, env, address, logs, "evaluate", "--data", (d / "data").as_uri(), "--model",
+        # URIs: the dataset from S3 (each node reads its own copy), the rest file:// (the same paths)
+        data_uri = put_tree(s3, d / "data", f"{BUCKET}/jobs/data")
+        evaluate = submit(ray_cli, env, address, logs, "evaluate", "--data", data_uri, "--model",
                           (d / "qwen2").as_uri(), "--prompts", (d / "target").as_uri(), "--out", (d / "eval").as_uri())
         assert evaluate["rmse"] > 0 and (d / "eval" / "metrics.json").is_file()
+        assert f"data: {data_uri}" in (d / "eval" / "config.yaml").read_text()  # what it was given, not a copy
+        copies = storage_copies(ray_cli, env, address)
+        assert len(copies) == 3, copies  # one mirror task on each node (all three share this disk, so one copy)
         runs = actor_nodes(ray_cli, env, address, "RayTrainWorker")
         assert len(runs) == 2 and all(len(nodes) == 2 for nodes in runs.values()), runs
         # on a cluster Ray Train keeps its preemption watcher (a local runtime of ours starts none: test_prompts)

@@ -1,12 +1,11 @@
 """Storage URIs: every path a stage takes may name S3 (or any pyarrow.fs / fsspec file system).
 
-An S3 API is served by moto's server on 127.0.0.1 (started here, credentials and endpoint in the
+An S3 API is served by moto's server on 127.0.0.1 (conftest's `s3` fixture: credentials and endpoint in the
 environment as a cluster would give them); pyarrow's own S3 client talks to it."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 
 import pyarrow.fs as pafs
@@ -21,35 +20,7 @@ from puma_ray.stages.evaluate import run_evaluate
 from puma_ray.stages.migrate import run_migrate
 from puma_ray.stages.select import run_select
 
-BUCKET = "puma-test"
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """An S3 endpoint with one bucket; the environment points pyarrow at it. Yields the bucket's pyarrow fs."""
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-           "PUMA_STORAGE_CACHE": str(tmp_path_factory.mktemp("storage-cache"))}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    boto3.client("s3").create_bucket(Bucket=BUCKET)
-    fs, _ = storage.filesystem(f"s3://{BUCKET}/x")
-    yield fs
-    for k, v in saved.items():
-        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-    server.stop()
-
-
-def put_tree(fs, local, path):
-    storage.upload(local, fs, path)
-    return f"s3://{path}"
+from conftest import BUCKET, put_tree
 
 
 def remote_files(fs, path):

@@ -119,8 +119,12 @@ def mirror(uri: str, root: str | Path | None = None, key: str = "path") -> str:
         log.info("copying %s (%d files, %.1f MB) to %s", uri, len(files), sum(f[1] for f in files) / 1e6, local)
         download(fs, path, files, partial / _name(path))
         (partial / "complete").write_text(json.dumps({"uri": uri, "files": len(files)}))
-        shutil.rmtree(home, ignore_errors=True)
-        partial.rename(home)
+        try:
+            partial.rename(home)
+        except OSError:  # another process on this node (nodes sharing a disk) finished the same copy first
+            shutil.rmtree(partial, ignore_errors=True)
+            if not (home / "complete").is_file():
+                raise
     return str(local)
 
 
@@ -263,7 +267,10 @@ def remote_paths(run: Callable) -> Callable:
                 copies = [mirror_on_nodes(v, nodes, key) if is_remote(v) else v for v in (value if many else [value])]
                 local[key] = copies if many else copies[0]
         if "out" not in remote:
-            return _to_uris(run(dataclasses.replace(cfg, **local), *args, **kwargs), _pairs(remote, local))
+            summary = run(dataclasses.replace(cfg, **local), *args, **kwargs)
+            if getattr(cfg, "out", None):
+                _name_uris(Path(cfg.out) / "config.yaml", _pairs(remote, local))
+            return _to_uris(summary, _pairs(remote, local))
         work, before = stage_out(cfg.out)
         local["out"] = str(work)
         pairs = _pairs(remote, local)
