@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from puma_ray.errors import ConfigError, PumaError
-from puma_ray.runtime.runs import log
+from puma_ray.runtime.runs import Progress, log
 
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # paths Ray Train itself writes; they stay local or shared (a remote one would need Ray Train's own upload)
@@ -97,12 +97,14 @@ def _name(path: str) -> str:
 
 
 def download(fs, path: str, files: list[tuple[str, int, int]], dest: Path) -> None:
-    """Copy the listed files of `path` to `dest` (a file when the listing is one unnamed file)."""
+    """Copy the listed files of `path` to `dest` (a file when the listing is one unnamed file), logging progress."""
+    progress = Progress(f"copying {path}: files", len(files), every_s=30.0)
     for rel, _, _ in files:
         target = dest / rel if rel else dest
         target.parent.mkdir(parents=True, exist_ok=True)
         with fs.open_input_stream(f"{path}/{rel}" if rel else path) as src, open(target, "wb") as out:
             shutil.copyfileobj(src, out, 8 << 20)
+        progress.step()
 
 
 def mirror(uri: str, root: str | Path | None = None, key: str = "path") -> str:
@@ -135,11 +137,15 @@ def _ordered(local: Path) -> list[Path]:
 
 
 def upload(local: Path, fs, path: str) -> None:
+    """Copy a local tree to `path`, nested files first and the top level last, logging progress."""
     fs.create_dir(path, recursive=True)
-    for p in _ordered(local):
+    files = _ordered(local)
+    progress = Progress(f"uploading to {path}: files", len(files), every_s=30.0)
+    for p in files:
         rel = p.relative_to(local).as_posix()
         with open(p, "rb") as src, fs.open_output_stream(f"{path}/{rel}") as out:
             shutil.copyfileobj(src, out, 8 << 20)
+        progress.step()
 
 
 def _delete(fs, path: str) -> None:
