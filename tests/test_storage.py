@@ -126,3 +126,22 @@ def test_a_chain_on_s3_gives_the_results_of_plain_paths(s3, workspace, tmp_path)
                                       out=f"s3://{BUCKET}/runs/target"))
     assert again["already_complete"] and s3.get_file_info(f"{BUCKET}/runs/target/manifest.json").mtime_ns == stamp
     assert not list((storage.cache_root() / "outputs").iterdir())  # build directories removed
+
+
+def test_the_cli_joined_to_a_cluster_writes_and_replaces_a_dataset_on_s3(s3, ray_local):
+    """`puma-ray data --out s3://...` as a client of a running Ray (RAY_ADDRESS, as a job has): the JSON summary
+    names the URI, the remote manifest is there; a rerun with other flags replaces the dataset whole."""
+    import subprocess
+
+    from conftest import cli_in_ray
+
+    uri = f"s3://{BUCKET}/cli/data"
+    for users in (30, 40):
+        argv, env = cli_in_ray(["data", "--source", "synthetic", "--out", uri, f"users={users}", "items=20"])
+        res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        summary = json.loads(res.stdout.strip().splitlines()[-1])
+        assert summary["out"] == uri and summary["users"] == users
+        manifest = json.loads(s3.open_input_stream(f"{BUCKET}/cli/data/manifest.json").read())
+        assert manifest["users"] == users
+    assert storage.listing(s3, f"{BUCKET}/cli/data.partial") == []
