@@ -9,6 +9,7 @@ remote URIs (`@remote_paths` on its function) therefore runs on local copies, th
   listing (every file's name, size and modification time): a re-run against unchanged remote files
   reuses the copy; a changed file makes a new one. On a multi-node cluster every node makes its copy
   (one zero-CPU task per node) before the stage starts, so Ray workers anywhere read the same path.
+  Copies are never pruned: empty the cache when no stage runs.
 - A remote `--out` is built in a fresh local directory seeded with what `--out` already holds (so the
   stage's own checks see it: refusing another kind of output, reusing finished work), and published
   only when the stage succeeded: uploaded whole beside it as `<out>.partial`, then copied over `<out>`
@@ -246,6 +247,34 @@ def _to_uris(value: Any, local: dict[str, str]) -> Any:
     return value
 
 
+def check_remote(cfg: Any, remote: dict[str, Any]) -> list[str]:
+    """Refuse what staging cannot do, before anything runs; the cluster's alive nodes."""
+    for key, value in remote.items():
+        if key in NOT_STAGED:
+            raise ConfigError(f"{_flag(key)} {value}: give a path every node sees; remote storage is taken for "
+                              "--out and the inputs, not for Ray Train's own storage")
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if is_remote(v):
+                filesystem(v, _flag(key))
+    nodes = ray_nodes()
+    if "out" in remote and len(nodes) > 1:
+        raise PumaError(f"--out {cfg.out}: a remote --out needs a one-node Ray cluster (this one has {len(nodes)} "
+                        "nodes, whose workers write parts of the output on their own disks); give --out on "
+                        "storage every node sees. Remote inputs are fine: every node gets its copy")
+    return nodes
+
+
+def mirror_inputs(remote: dict[str, Any], nodes: list[str]) -> dict[str, Any]:
+    """field -> its local copy (a list field keeps its local entries as they are)."""
+    local: dict[str, Any] = {}
+    for key, value in remote.items():
+        if key != "out":
+            many = isinstance(value, (list, tuple))
+            copies = [mirror_on_nodes(v, nodes, key) if is_remote(v) else v for v in (value if many else [value])]
+            local[key] = copies if many else copies[0]
+    return local
+
+
 def remote_paths(run: Callable) -> Callable:
     """Let the stage function `run(cfg, ...)` take remote URIs for any path (see the module docstring)."""
 
@@ -254,24 +283,7 @@ def remote_paths(run: Callable) -> Callable:
         remote = remote_fields(cfg)
         if not remote:
             return run(cfg, *args, **kwargs)
-        for key, value in remote.items():
-            if key in NOT_STAGED:
-                raise ConfigError(f"{_flag(key)} {value}: give a path every node sees; remote storage is taken for "
-                                  "--out and the inputs, not for Ray Train's own storage")
-            for v in value if isinstance(value, (list, tuple)) else [value]:
-                if is_remote(v):
-                    filesystem(v, _flag(key))
-        nodes = ray_nodes()
-        if "out" in remote and len(nodes) > 1:
-            raise PumaError(f"--out {cfg.out}: a remote --out needs a one-node Ray cluster (this one has {len(nodes)} "
-                            "nodes, whose workers write parts of the output on their own disks); give --out on "
-                            "storage every node sees. Remote inputs are fine: every node gets its copy")
-        local: dict[str, Any] = {}
-        for key, value in remote.items():
-            if key != "out":
-                many = isinstance(value, (list, tuple))
-                copies = [mirror_on_nodes(v, nodes, key) if is_remote(v) else v for v in (value if many else [value])]
-                local[key] = copies if many else copies[0]
+        local = mirror_inputs(remote, check_remote(cfg, remote))
         if "out" not in remote:
             summary = run(dataclasses.replace(cfg, **local), *args, **kwargs)
             if getattr(cfg, "out", None):
@@ -306,7 +318,7 @@ def _pairs(remote: dict[str, Any], local: dict[str, Any]) -> dict[str, str]:
 
 
 def _name_uris(config: Path, pairs: dict[str, str]) -> None:
-    """The resolved config written into a remote --out names the URIs it was given, not this node's copies."""
+    """The resolved config written into --out names the URIs it was given, not this node's copies."""
     if config.is_file():
         text = config.read_text()
         for path, uri in sorted(pairs.items(), key=lambda kv: -len(kv[0])):
