@@ -2,7 +2,8 @@
 """Ray job entrypoint of `puma-ray data`: the same stage function, flags and JSON summary as the CLI.
 
 Paths are read on the cluster: on a multi-node cluster give --out (and --input/--data)
-on storage every node sees, not paths inside the uploaded working directory.
+on storage every node sees, not paths inside the uploaded working directory; inputs may also be
+s3:// or gs:// URIs (copied onto every node), and --out too on a one-node cluster (README).
 """
 
 import sys
