@@ -160,9 +160,10 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a flat YAML mapping (a path or a file:// URI); a missing or malformed file is a ConfigError."""
-    if _URI.match(local_path(str(path), "--config")):
+    local = local_path(str(path), "--config")
+    if _URI.match(local):
         raise ConfigError(f"--config {path}: give the config file as a local path (copy it here first)")
-    p = Path(local_path(str(path), "--config"))
+    p = Path(local)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
     try:

@@ -206,13 +206,11 @@ def s3(tmp_path_factory):
     env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
            "PUMA_STORAGE_CACHE": str(tmp_path_factory.mktemp("storage-cache"))}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    boto3.client("s3").create_bucket(Bucket=BUCKET)
     from puma_ray.runtime import storage
 
-    fs, _ = storage.filesystem(f"s3://{BUCKET}/x")
-    yield fs
-    for k, v in saved.items():
-        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        yield storage.filesystem(f"s3://{BUCKET}/x")[0]
     server.stop()

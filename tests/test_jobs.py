@@ -93,21 +93,22 @@ def submit(ray_cli: str, env: dict, address: str, logs: list[str], job: str, *ar
     return summary
 
 
+def ray_list(ray_cli: str, env: dict, address: str, kind: str, where: str) -> list[dict]:
+    """`ray list KIND --filter WHERE --detail` (Ray's state API, finished ones included) as records."""
+    res = subprocess.run([ray_cli, "list", kind, "--address", address, "--filter", where, "--detail", "--format",
+                          "json", "--limit", "1000"], env=env, capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(res.stdout)
+
+
 def storage_copies(ray_cli: str, env: dict, address: str) -> set[str]:
-    """Node ids that ran a `mirror` task (the per-node copy of a remote input; Ray's state API)."""
-    res = subprocess.run([ray_cli, "list", "tasks", "--address", address, "--filter", "func_or_class_name=mirror",
-                          "--detail", "--format", "json", "--limit", "1000"],
-                         env=env, capture_output=True, text=True, timeout=120, check=True)
-    return {task["node_id"] for task in json.loads(res.stdout)}
+    """Node ids that ran a `mirror` task (the per-node copy of a remote input)."""
+    return {task["node_id"] for task in ray_list(ray_cli, env, address, "tasks", "func_or_class_name=mirror")}
 
 
 def actor_nodes(ray_cli: str, env: dict, address: str, class_name: str) -> dict[str, set[str]]:
-    """job id -> the node ids its actors of this class ran on (Ray's state API: finished actors included)."""
-    res = subprocess.run([ray_cli, "list", "actors", "--address", address, "--filter", f"class_name={class_name}",
-                          "--detail", "--format", "json", "--limit", "1000"],
-                         env=env, capture_output=True, text=True, timeout=120, check=True)
+    """job id -> the node ids its actors of this class ran on."""
     nodes: dict[str, set[str]] = {}
-    for actor in json.loads(res.stdout):
+    for actor in ray_list(ray_cli, env, address, "actors", f"class_name={class_name}"):
         nodes.setdefault(actor["job_id"], set()).add(actor["node_id"])
     return nodes
 

@@ -217,8 +217,10 @@ def mirror_on_nodes(uri: str, nodes: list[str], key: str) -> str:
 
 
 def _tree(path: Path) -> list[tuple[str, int, int]]:
-    return sorted((p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
-                  for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+    """listing() of a local directory."""
+    import pyarrow.fs as pafs
+
+    return listing(pafs.LocalFileSystem(), str(path))
 
 
 def stage_out(uri: str) -> tuple[Path, list]:
