@@ -275,10 +275,10 @@ def test_auc_from_sorted_score_runs_in_batches_equals_auc_with_ties():
     assert np.isnan(SortedAUC().value())
 
 
-def _distributed_worker(rank: int, world: int, port: int, queue) -> None:
+def _distributed_worker(rank: int, world: int, store: str, queue) -> None:
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     rng = np.random.default_rng(2)
     pred, label = rng.uniform(0, 6, 300), rng.integers(1, 6, 300).astype(float)
     users, scores, clicks = rng.integers(0, 20, 300), rng.random(300), (rng.random(300) < 0.4).astype(float)
@@ -291,17 +291,13 @@ def _distributed_worker(rank: int, world: int, port: int, queue) -> None:
     dist.destroy_process_group()
 
 
-def test_metrics_all_reduce_across_real_workers():
-    import socket
-
+def test_metrics_all_reduce_across_real_workers(tmp_path):
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    store = tmp_path / "store"  # a file store: no port to pick free and lose to another process
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_distributed_worker, args=(r, 2, port, queue)) for r in range(2)]
+    procs = [ctx.Process(target=_distributed_worker, args=(r, 2, str(store), queue)) for r in range(2)]
     for p in procs:
         p.start()
     results = [queue.get(timeout=120) for _ in procs]

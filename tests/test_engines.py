@@ -5,7 +5,6 @@ engine rebuilt from a checkpoint (weights + AdamW state) continues exactly as th
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -66,11 +65,12 @@ def _reloaded(rank: int, kind: str, out: Path) -> None:
     save_file(engine.state(), out / f"r{rank}.safetensors")
 
 
-def _rank(rank: int, world: int, port: int, kinds: tuple[str, ...], out: Path) -> None:
-    """Every kind in turn, in one process pair (DeepSpeed's import is paid once); files under out/<kind>/."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _rank(rank: int, world: int, kinds: tuple[str, ...], out: Path) -> None:
+    """Every kind in turn, in one process pair (DeepSpeed's import is paid once); files under out/<kind>/.
+    The ranks meet through a file store: a port picked free and released could be taken by another process
+    on this host (Ray starts many) before rank 0 binds it."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", init_method=f"file://{out / 'store'}", rank=rank, world_size=world)
     for kind in kinds:
         (out / kind).mkdir(parents=True, exist_ok=True)
         if kind.startswith("reload-"):
@@ -97,11 +97,8 @@ def spawn_ranks(kinds: tuple[str, ...], out: Path) -> Path:
     """Runs `kinds` on two fresh processes: spawned, never forked, and results through files, so nothing
     forks the test process with its Ray connection (other tests' session). A forked multiprocessing
     Manager here is the likely cause of a hang of the next test's Ray Data pipeline seen once."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out.mkdir(parents=True, exist_ok=True)
-    mp.start_processes(_rank, args=(2, port, kinds, out), nprocs=2, start_method="spawn", join=True)
+    mp.start_processes(_rank, args=(2, kinds, out), nprocs=2, start_method="spawn", join=True)
     return out
 
 
