@@ -77,6 +77,22 @@ def scfg(root, out, **kw):
                                   clusters=3, min_per_cluster=2, kmeans_passes=1), **kw})  # ffn_layers: the default
 
 
+@pytest.mark.parametrize("batch_rows", [1 << 20, 7])
+def test_label_variance_is_each_users_population_variance_of_training_labels(setup, batch_rows):
+    """Whether the shards come as one batch or as 7-row batches that split users, partial sums added up per
+    user give the variance of that user's train rows (valid and test rows left out)."""
+    from puma_ray.select.inputs import label_variance
+
+    root, _ = setup
+    rows = pd.concat([pd.read_parquet(p, columns=["user_id", "label", "split"]) for p in shard_paths(root / "data")])
+    train = rows[rows["split"] == "train"]
+    want = train["label"].astype(np.float64).groupby(train["user_id"]).var(ddof=0)  # labels are float32
+    assert len(train) < len(rows) and len(want) > 100  # other splits exist and are left out
+    got = label_variance(str(root / "data"), batch_rows=batch_rows)
+    pd.testing.assert_series_equal(got.sort_index(), want.sort_index(), check_names=False,
+                                   rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_select_writes_exactly_b_users_for_every_strategy(setup, tmp_path, strategy):
     root, _ = setup

@@ -1,7 +1,7 @@
 """`puma-ray select`: choose the users the adapter trains on.
 
 config -> eligible users (finite source prompt and >= 1 training row) -> lazy inputs
-(select/inputs.py: label variance from Ray Data partial sums, mini-batch K-means /
+(select/inputs.py: label variance from per-user partial sums of pyarrow batches, mini-batch K-means /
 incremental PCA streamed over the store by this process; here: source-model losses via
 `evaluate`, FFN features via Ray Data) -> strategy -> selection directory -> report.
 
