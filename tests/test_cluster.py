@@ -55,6 +55,9 @@ def kuberay_cluster(name: str) -> dict:
     return doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
 
 
+STAGING = {"name": "PUMA_OUT_STAGING", "value": "/mnt/puma/.puma-staging"}
+
+
 @pytest.mark.parametrize("name", KUBERAY)
 def test_kuberay_autoscales_gpu_workers_on_shared_storage(name):
     spec = kuberay_cluster(name)
@@ -67,6 +70,8 @@ def test_kuberay_autoscales_gpu_workers_on_shared_storage(name):
     assert all(p["containers"][0]["volumeMounts"][0]["mountPath"] == "/mnt/puma" for p in pods)
     claims = {v["persistentVolumeClaim"]["claimName"] for p in pods for v in p["volumes"]}
     assert claims == {"puma-shared"}
+    # a remote --out is built where every node sees it (storage.staging_root), on that volume
+    assert all(STAGING in p["containers"][0]["env"] for p in pods)
 
 
 @pytest.mark.parametrize("name", LAUNCHERS)
@@ -82,6 +87,8 @@ def test_the_launcher_is_valid_for_ray_and_mounts_shared_storage_or_fails_loudly
     assert any(t.get("max_workers", 0) > 0 for t in cfg["available_node_types"].values())
     mount = next(c for c in cfg["setup_commands"] if "/mnt/puma" in c)
     assert "|| true" not in mount and mount.rstrip().endswith("mountpoint -q /mnt/puma")
+    starts = [c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all(c.startswith(f"PUMA_OUT_STAGING={STAGING['value']} ray start") for c in starts)
     assert all(t["node_config"].get("InstanceType") or t["node_config"].get("machineType")  # AWS / GCP
                for t in cfg["available_node_types"].values())
 

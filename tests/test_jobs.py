@@ -16,6 +16,7 @@ from pathlib import Path
 
 from conftest import BUCKET, put_tree
 
+from puma_ray.runtime import storage
 from puma_ray.runtime.ray_utils import LOCAL_TRAIN_ENV
 
 
@@ -37,12 +38,12 @@ def free_ports(n: int) -> list[int]:
         return [sock.getsockname()[1] for sock in socks]
 
 
-def ray_start(ray_cli: str, env: dict, temp: str, *args: str) -> None:
+def ray_start(ray_cli: str, env: dict, temp: str, *args: str, wrap: list[str] = ()) -> None:
     """`ray start ARGS` with its own temp dir and free ports for its agents: their defaults (52365 for the
     dashboard agent) belong to the test session's own Ray, and a head whose job agent cannot bind refuses
     every submit with "No available agent" (seen in CI)."""
     agent, grpc, runtime_env, metrics = free_ports(4)
-    subprocess.run([ray_cli, "start", *args, "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port",
+    subprocess.run([*wrap, ray_cli, "start", *args, "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port",
                     str(grpc), "--runtime-env-agent-port", str(runtime_env), "--metrics-export-port", str(metrics),
                     "--temp-dir", temp], env=env, check=True, capture_output=True)
 
@@ -51,7 +52,8 @@ def ray_start(ray_cli: str, env: dict, temp: str, *args: str) -> None:
 def local_cluster(port: int, dashboard_port: int, head_cpus: int = 2, worker_nodes: tuple[int, ...] = ()):
     """A Ray head started with `ray start --head` (head_cpus CPUs) and one `ray start --address` worker node per
     entry of worker_nodes (its CPUs), each in its own temp dir; stopped by killing exactly their processes
-    (`ray stop --force` would also kill the test session's own Ray). Yields (ray CLI, env, dashboard URL)."""
+    (`ray stop --force` would also kill the test session's own Ray). Yields (ray CLI, env, dashboard URL,
+    add_private_node)."""
     import psutil
 
     bin_dir = Path(sys.executable).parent
@@ -66,7 +68,17 @@ def local_cluster(port: int, dashboard_port: int, head_cpus: int = 2, worker_nod
                   "--dashboard-port", str(dashboard_port), "--num-cpus", str(head_cpus))
         for temp, cpus in zip(temps[1:], worker_nodes):
             ray_start(ray_cli, env, temp, "--address", f"127.0.0.1:{port}", "--num-cpus", str(cpus))
-        yield ray_cli, env, f"http://127.0.0.1:{dashboard_port}"
+
+        def add_private_node(hidden: Path) -> None:
+            """One more worker node (0 CPUs) started in its own mount namespace with an empty file system over
+            `hidden`: on that node the directory is not the one the others see, as on a machine of its own."""
+            temps.append(tempfile.mkdtemp(prefix="rh", dir="/tmp"))
+            hidden.mkdir(parents=True, exist_ok=True)
+            ray_start(ray_cli, env, temps[-1], "--address", f"127.0.0.1:{port}", "--num-cpus", "0",
+                      wrap=["unshare", "--mount", "sh", "-c", 'mount -t tmpfs puma-private "$0" && exec "$@"',
+                            str(hidden)])
+
+        yield ray_cli, env, f"http://127.0.0.1:{dashboard_port}", add_private_node
     finally:
         procs = [p for p in psutil.process_iter(["cmdline"])
                  if any(t in " ".join(p.info["cmdline"] or []) for t in temps)]
@@ -78,14 +90,19 @@ def local_cluster(port: int, dashboard_port: int, head_cpus: int = 2, worker_nod
             shutil.rmtree(temp, ignore_errors=True)
 
 
-def submit(ray_cli: str, env: dict, address: str, logs: list[str], job: str, *args: str) -> dict:
+def run_job(ray_cli: str, env: dict, address: str, logs: list[str], job: str, *args: str):
     """`ray job submit` of jobs/<job>.py with the shipped runtime environment (its excludes) and the checkout as
-    working directory; asserts the job SUCCEEDED, appends what the submitter saw (the job's logs) to `logs` and
-    returns the JSON summary its entrypoint printed."""
+    working directory; appends what the submitter saw (the job's logs) to `logs`. The finished process."""
     cmd = [ray_cli, "job", "submit", "--address", address, "--runtime-env", str(REPO / "cluster" / "runtime-env.yaml"),
            "--working-dir", str(REPO), "--", "python", f"jobs/{job}.py", *args]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     logs.append(res.stdout + res.stderr)
+    return res
+
+
+def submit(ray_cli: str, env: dict, address: str, logs: list[str], job: str, *args: str) -> dict:
+    """run_job(); asserts the job SUCCEEDED and returns the JSON summary its entrypoint printed."""
+    res = run_job(ray_cli, env, address, logs, job, *args)
     tail = f"{job}: " + res.stdout[-3000:] + res.stderr[-3000:]
     assert res.returncode == 0 and re.search(r"Job '[^']+' succeeded", res.stdout), tail
     summary = [json.loads(line) for line in res.stdout.splitlines() if line.startswith('{"command"')][-1]
@@ -125,7 +142,7 @@ def test_the_migration_chain_runs_as_jobs_on_a_head_and_two_worker_nodes(tmp_pat
     from conftest import prompt_value_strings, warnings_of_ours
 
     d, logs = tmp_path, []
-    with local_cluster(6391, 8291, head_cpus=0, worker_nodes=(3, 3)) as (ray_cli, env, address):
+    with local_cluster(6391, 8291, head_cpus=0, worker_nodes=(3, 3)) as (ray_cli, env, address, add_private_node):
         data = submit(ray_cli, env, address, logs, "data", "--source", "synthetic", "--out", str(d / "data"), "users=60",
                       "items=40")
         assert data["users"] == 60 and json.loads((d / "data" / "manifest.json").read_text())["users"] == 60
@@ -144,13 +161,15 @@ def test_the_migration_chain_runs_as_jobs_on_a_head_and_two_worker_nodes(tmp_pat
                          "--target-model", str(d / "qwen2"), "--users", str(d / "sel"), "--out", str(d / "adapter"),
                          *train, "min_steps=0", "width=32")
         assert adapter["users"] == 20
+        # the migrated store built in the staging directory the nodes share (this disk), published to S3
+        target = f"s3://{BUCKET}/jobs/target"
         migrate = submit(ray_cli, env, address, logs, "migrate", "--adapter", str(d / "adapter"), "--source", str(d / "src"),
-                         "--out", str(d / "target"))
-        assert migrate["users"] == 60
-        # URIs: the dataset from S3 (each node reads its own copy), the rest file:// (the same paths)
+                         "--out", target, "workers=2")
+        assert migrate["users"] == 60 and migrate["out"] == target
+        # URIs: the dataset and prompts from S3 (each node reads its own copy), the rest file:// (the same paths)
         data_uri = put_tree(s3, d / "data", f"{BUCKET}/jobs/data")
         evaluate = submit(ray_cli, env, address, logs, "evaluate", "--data", data_uri, "--model",
-                          (d / "qwen2").as_uri(), "--prompts", (d / "target").as_uri(), "--out", (d / "eval").as_uri())
+                          (d / "qwen2").as_uri(), "--prompts", target, "--out", (d / "eval").as_uri())
         assert evaluate["rmse"] > 0 and (d / "eval" / "metrics.json").is_file()
         assert f"data: {data_uri}" in (d / "eval" / "config.yaml").read_text()  # what it was given, not a copy
         copies = storage_copies(ray_cli, env, address)
@@ -159,6 +178,15 @@ def test_the_migration_chain_runs_as_jobs_on_a_head_and_two_worker_nodes(tmp_pat
         assert len(runs) == 2 and all(len(nodes) == 2 for nodes in runs.values()), runs
         # on a cluster Ray Train keeps its preemption watcher (a local runtime of ours starts none: test_prompts)
         assert actor_nodes(ray_cli, env, address, "PreemptionWatcher").keys() == runs.keys()
+        # a node that does not see the staging directory: a remote --out is refused before anything is written
+        add_private_node(storage.staging_root())
+        res = run_job(ray_cli, env, address, logs, "data", "--source", "synthetic", "--out", f"s3://{BUCKET}/jobs/data2",
+                      "users=20", "items=10")
+        assert res.returncode != 0 and "1 of this cluster's 4 nodes do not see that directory" in res.stdout, \
+            res.stdout[-3000:]
+        assert storage.listing(s3, f"{BUCKET}/jobs/data2") == [] and storage.listing(s3, f"{BUCKET}/jobs/data2.partial") == []
+        logs.pop()  # a refused job's traceback, not a warning of a running stage
+    storage.download(s3, f"{BUCKET}/jobs/target", storage.listing(s3, f"{BUCKET}/jobs/target"), d / "target")
     log = "\n".join(logs)
     values = prompt_value_strings(d / "src") | prompt_value_strings(d / "target")
     assert all(f"{job}:" in log for job in ("data", "migrate", "evaluate")) and len(values) > 20

@@ -5,6 +5,8 @@ each node its own raylet and object store), and a worker node killed from outsid
   exactly once, checksums verified.
 - `adapter`: a node running a Ray Train worker dies after the first checkpoint; Ray Train restarts the
   workers from that checkpoint and the run ends within noise of the same run uninterrupted.
+- a remote `--out` (S3 API on 127.0.0.1): `migrate`'s actors on both worker nodes write into the staging
+  directory every node sees (here: this machine's disk), which is published whole; the same store as a path.
 
 The head has no CPUs, so every task, actor and Train worker runs on a worker node that the tests may kill.
 """
@@ -12,6 +14,7 @@ The head has no CPUs, so every task, actor and Train worker runs on a worker nod
 from __future__ import annotations
 
 import json
+import threading
 
 import psutil
 import pytest
@@ -48,6 +51,21 @@ def cluster(workspace):
         init_ray(num_cpus=2)
 
 
+def runs(node, title: str) -> bool:
+    """Whether a process of this cluster node is titled `ray::<...title...>`."""
+    try:
+        children = psutil.Process(node.all_processes["raylet"][0].process.pid).children(recursive=True)
+    except psutil.Error:
+        return False
+    for p in children:
+        try:
+            if title in " ".join(p.cmdline()).split(" ")[0]:
+                return True
+        except psutil.Error:
+            pass
+    return False
+
+
 class NodeKiller:
     """Removes (SIGKILL, no grace) the worker node whose processes include one titled `ray::<title>`."""
 
@@ -55,15 +73,7 @@ class NodeKiller:
         self.cluster, self.title, self.removed = cluster, title, []
 
     def node_running(self):
-        for node in self.cluster.worker_nodes:
-            raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
-            for p in raylet.children(recursive=True):
-                try:
-                    if self.title in " ".join(p.cmdline()).split(" ")[0]:
-                        return node
-                except psutil.Error:
-                    pass
-        return None
+        return next((node for node in self.cluster.worker_nodes if runs(node, self.title)), None)
 
     def __call__(self) -> list:
         """SIGKILL every process of the node at once, as a machine that fails takes its workers with it (a
@@ -100,6 +110,46 @@ def reference_adapter(cluster, workspace):
     if not (workspace / "a2" / "adapter.json").is_file():
         run_adapter(acfg(workspace, "a2"))
     return workspace / "a2", json.loads((workspace / "a2" / "adapter.json").read_text())
+
+
+def test_migrate_to_s3_on_three_nodes_publishes_the_store_its_actors_wrote_on_both_workers(cluster, workspace,
+                                                                                          reference_adapter, s3,
+                                                                                          tmp_path):
+    """First in the module: both worker nodes are alive (the fault tests below remove one)."""
+    import ray
+    from conftest import BUCKET
+    from test_migration import restore
+
+    from puma_ray.runtime import storage
+
+    assert len([n for n in ray.nodes() if n["Alive"]]) == 3
+    adapter, _ = reference_adapter
+    store = restore(workspace / "src", tmp_path / "s", shards=8)
+    cfg = dict(adapter=str(adapter), source=[str(store)], workers=2, batch_size=8)
+    plain = run_migrate(MigrateConfig(**cfg, out=str(tmp_path / "plain")))
+    seen: set[int] = set()  # worker nodes (by index) on which a migration actor's process was seen
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.05):
+            seen.update(i for i, node in enumerate(cluster.worker_nodes) if runs(node, "ShardMigrator"))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        remote = run_migrate(MigrateConfig(**cfg, out=f"s3://{BUCKET}/multinode/target"))
+    finally:
+        stop.set()
+        watcher.join()
+    assert remote["users"] == plain["users"] and remote["out"] == f"s3://{BUCKET}/multinode/target"
+    assert seen == {0, 1}, f"migration actors ran on worker nodes {seen}, not on both"
+    local = tmp_path / "published"
+    storage.download(s3, f"{BUCKET}/multinode/target", storage.listing(s3, f"{BUCKET}/multinode/target"), local)
+    assert verify(local)["num_users"] == plain["users"]  # every shard the manifest names, checksums verified
+    got = {u: p.tobytes() for us, ps in iter_prompts(local) for u, p in zip(us, ps)}
+    want = {u: p.tobytes() for us, ps in iter_prompts(tmp_path / "plain") for u, p in zip(us, ps)}
+    assert got == want
+    assert storage.listing(s3, f"{BUCKET}/multinode/target.partial") == []
 
 
 def test_a_killed_worker_node_during_migrate_moves_every_user_exactly_once(cluster, workspace, reference_adapter,

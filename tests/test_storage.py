@@ -86,11 +86,19 @@ def test_a_bad_uri_is_refused_naming_its_flag_before_anything_runs(s3, tmp_path)
     assert not (tmp_path / "e").exists()
 
 
-def test_a_remote_out_on_a_multi_node_cluster_is_refused(s3, tmp_path, monkeypatch):
-    monkeypatch.setattr(storage, "ray_nodes", lambda: ["node-a", "node-b"])
-    with pytest.raises(PumaError, match="a remote --out needs a one-node Ray cluster"):
-        run_data(DataConfig(source="synthetic", out=f"s3://{BUCKET}/multi", users=20, items=10))
-    assert storage.listing(s3, f"{BUCKET}/multi") == []
+def test_a_node_sees_the_staging_directory_only_where_the_token_file_holds_the_token(tmp_path, ray_local):
+    probe = tmp_path / "probe"
+    assert not storage.sees_token(str(probe), "t1")  # absent
+    probe.write_text("t2")
+    assert not storage.sees_token(str(probe), "t1") and storage.sees_token(str(probe), "t2")
+    import ray
+
+    nodes = storage.ray_nodes()  # the session's one-node local Ray: its task sees this process's directory
+    assert len(nodes) == 1 and storage.nodes_not_seeing(tmp_path / "staging", nodes) == []
+    assert ray.is_initialized() and not (tmp_path / "staging" / "probes").exists()  # the token file is removed
+    (tmp_path / "file").write_text("")
+    with pytest.raises(PumaError, match=r"staging directory .*/file \(PUMA_OUT_STAGING\): cannot write there"):
+        storage.nodes_not_seeing(tmp_path / "file", nodes)
 
 
 def chain(data, model, src, out, **kw):

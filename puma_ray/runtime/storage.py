@@ -10,15 +10,18 @@ remote URIs (`@remote_paths` on its function) therefore runs on local copies, th
   reuses the copy; a changed file makes a new one. On a multi-node cluster every node makes its copy
   (one zero-CPU task per node) before the stage starts, so Ray workers anywhere read the same path.
   Copies are never pruned: empty the cache when no stage runs.
-- A remote `--out` is built in a fresh local directory seeded with what `--out` already holds (so the
+- A remote `--out` is built in a fresh directory under the staging directory (`PUMA_OUT_STAGING`, default
+  `<cache>/outputs`) seeded with what `--out` already holds (so the
   stage's own checks see it: refusing another kind of output, reusing finished work), and published
   only when the stage succeeded: uploaded whole beside it as `<out>.partial`, then copied over `<out>`
   (server-side) with top-level files last (manifests and markers are top-level), then `.partial` is
   deleted. The old output is deleted only once the new one is uploaded whole; if publishing dies while
   copying, `<out>` lacks its manifest (readers refuse it) and `<out>.partial` holds the whole result.
-- A remote `--out` on a multi-node cluster is refused before anything runs: workers on other nodes
-  write parts of an output (Ray Train checkpoints, migrated shards, scored rows) to their own disks.
-  Give it on storage every node sees.
+- On a multi-node cluster, workers on every node write parts of that directory (Ray Train checkpoints,
+  migrated shards, scored rows), so a remote `--out` needs a staging directory every node sees (a shared
+  mount: the cluster files set `PUMA_OUT_STAGING=/mnt/puma/.puma-staging`). Before anything runs, a
+  token file written there is read back by a zero-CPU task on every node; if a node does not see it
+  the stage is refused, naming the nodes and the variable. Nothing is written to `--out` before that.
 
 Credentials come from the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, instance roles), never
 from configs. `file://` URIs are plain local paths and never reach this module (config.local_path).
@@ -26,6 +29,7 @@ from configs. `file://` URIs are plain local paths and never reach this module (
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -35,6 +39,7 @@ import re
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -89,6 +94,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("PUMA_STORAGE_CACHE") or Path(tempfile.gettempdir()) / "puma-ray-storage")
 
 
+def staging_root() -> Path:
+    """Where remote outputs are built before they are published (on a multi-node cluster: seen by every node)."""
+    return Path(os.environ.get("PUMA_OUT_STAGING") or cache_root() / "outputs")
+
+
 def _digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
@@ -117,7 +127,7 @@ def mirror(uri: str, root: str | Path | None = None, key: str = "path") -> str:
     home = Path(root or cache_root()) / "inputs" / _digest(uri) / _digest(files)
     local = home / _name(path)
     if not (home / "complete").is_file():
-        partial = home.with_name(f"{home.name}.{os.getpid()}.partial")
+        partial = home.with_name(f"{home.name}.{uuid.uuid4().hex}.partial")  # unique on a disk nodes share
         shutil.rmtree(partial, ignore_errors=True)
         log.info("copying %s (%d files, %.1f MB) to %s", uri, len(files), sum(f[1] for f in files) / 1e6, local)
         download(fs, path, files, partial / _name(path))
@@ -227,7 +237,7 @@ def stage_out(uri: str) -> tuple[Path, list]:
     """A fresh local directory for a remote --out, holding a copy of what --out already holds; and its listing."""
     fs, path = filesystem(uri, "--out")
     files = listing(fs, path)
-    work = cache_root() / "outputs" / _digest(uri, os.getpid(), time.time_ns()) / _name(path)
+    work = staging_root() / _digest(uri, os.getpid(), time.time_ns()) / _name(path)
     shutil.rmtree(work.parent, ignore_errors=True)
     work.parent.mkdir(parents=True)
     if files:
@@ -260,10 +270,46 @@ def check_remote(cfg: Any, remote: dict[str, Any]) -> list[str]:
                 filesystem(v, _flag(key))
     nodes = ray_nodes()
     if "out" in remote and len(nodes) > 1:
-        raise PumaError(f"--out {cfg.out}: a remote --out needs a one-node Ray cluster (this one has {len(nodes)} "
-                        "nodes, whose workers write parts of the output on their own disks); give --out on "
-                        "storage every node sees. Remote inputs are fine: every node gets its copy")
+        blind = nodes_not_seeing(staging_root(), nodes)
+        if blind:
+            raise PumaError(
+                f"--out {cfg.out}: a remote --out is built in {staging_root()} (PUMA_OUT_STAGING) and workers on every "
+                f"node write parts of it, but {len(blind)} of this cluster's {len(nodes)} nodes do not see that "
+                f"directory ({', '.join(n[:12] for n in blind)}): set PUMA_OUT_STAGING, in the job's environment, to a "
+                "directory on storage every node mounts (the cluster files' /mnt/puma/.puma-staging), or give --out "
+                "on such storage. Nothing was written")
     return nodes
+
+
+def sees_token(path: str, token: str) -> bool:
+    """Whether the file `path` exists here and holds `token`."""
+    try:
+        return Path(path).read_text() == token
+    except OSError:
+        return False
+
+
+def nodes_not_seeing(root: Path, nodes: list[str]) -> list[str]:
+    """The nodes on which a token file written under `root` here is not found (one zero-CPU task per node)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    token = uuid.uuid4().hex
+    probe = root / "probes" / token
+    try:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_text(token)
+    except OSError as exc:
+        raise PumaError(f"staging directory {root} (PUMA_OUT_STAGING): cannot write there: {exc}") from None
+    try:
+        task = ray.remote(sees_token)
+        seen = ray.get([task.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                        .remote(str(probe), token) for node in nodes])
+    finally:
+        probe.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # left while another stage probes
+            probe.parent.rmdir()
+    return [node for node, ok in zip(nodes, seen) if not ok]
 
 
 def mirror_inputs(remote: dict[str, Any], nodes: list[str]) -> dict[str, Any]:
