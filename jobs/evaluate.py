@@ -3,7 +3,8 @@
 
 Paths are read on the cluster: on a multi-node cluster give --out (and --input/--data)
 on storage every node sees, not paths inside the uploaded working directory; inputs may also be
-s3:// or gs:// URIs (copied onto every node), and --out too on a one-node cluster (README).
+s3:// or gs:// URIs (copied onto every node), and --out too (built in $PUMA_OUT_STAGING, which
+on a multi-node cluster must be on storage every node sees: README).
 """
 
 import sys
