@@ -1,4 +1,4 @@
-# .venv/bin/python benchmarks/evaluate_scale.py --users 1000000 --work /tmp/puma-bench-eval [--workers 2]
+# .venv/bin/python benchmarks/evaluate_scale.py --users 1000000 --work /tmp/puma-bench-eval [--workers 2] [--split test]
 """`puma-ray evaluate` of a large prompt store over every interaction (a benchmark, not a test).
 
 Builds (or reuses, same --users) synthetic data at --users users (`puma-ray data --source
@@ -82,6 +82,9 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/puma-bench-eval")
     ap.add_argument("--workers", type=int, default=2, help="scoring actors")
     ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--split", nargs="+", default=["train", "valid", "test"], choices=["train", "valid", "test"],
+                    help="splits scored (all three: every interaction; test alone: the per-user part of the memory "
+                         "at a fraction of the rows)")
     args = ap.parse_args()
     work = Path(args.work)
     data, model = synthetic_workspace(work, args.users)
@@ -90,14 +93,15 @@ def main() -> None:
     shutil.rmtree(work / "eval", ignore_errors=True)
     summary, wall, mem = run_cli_measured(
         "evaluate", "--data", str(data), "--model", model, "--prompts", str(work / f"store-{args.users}"),
-        "--split", "train", "valid", "test", "--out", str(work / "eval"), f"workers={args.workers}",
+        "--split", *args.split, "--out", str(work / "eval"), f"workers={args.workers}",
         f"batch_size={args.batch_size}", pss=True, interval=1.0)
     rows = sum(s["n"] for s in summary["splits"].values())
-    print(json.dumps({"users": users, "rows": rows, "workers": args.workers, "wall_s": round(wall, 1),
+    print(json.dumps({"users": users, "splits": args.split, "rows": rows, "workers": args.workers,
+                      "wall_s": round(wall, 1),
                       "rows_per_s": round(rows / wall), "peak_rss_tree_gb": round(mem.peak_bytes / 2**30, 2),
                       "peak_pss_tree_gb": round(mem.peak_pss_bytes / 2**30, 2),
                       "peak_pss_gb_by_process": by_kind(mem.peak_process_pss),
-                      "test_rmse": summary["splits"]["test"]["rmse"]}), flush=True)
+                      "rmse": {k: v["rmse"] for k, v in summary["splits"].items()}}), flush=True)
 
 
 def by_kind(peaks: dict[str, int]) -> dict[str, float]:

@@ -436,6 +436,26 @@ def test_a_long_epoch_logs_its_progress_on_rank_0(monkeypatch, capfd):
     assert "epoch 2" not in capfd.readouterr().err
 
 
+def test_a_broadcast_store_finds_each_users_row_and_is_shared_read_only_through_ray(ray_local):
+    import ray
+
+    from puma_ray.core.scoring import BroadcastStore
+
+    a = pa.FixedSizeListArray.from_arrays(pa.array(np.arange(8, dtype=np.float32)), 2)
+    table = pa.table({"user_id": ["u3", "u10", "ü1", "u2"], "prompt": a})
+    b = BroadcastStore.from_table(table, 2)
+    # users absent, ids longer than any stored one (never truncated into a stored id), prefixes, non-ASCII
+    query = ["u2", "u10", "u100", "u", "ü1", "x", "u3", "u3"]
+    np.testing.assert_array_equal(b.positions(query), [3, 1, -1, -1, 2, -1, 0, 0])
+    np.testing.assert_array_equal(b.matrix[b.positions(["u10"])], [[2, 3]])
+    assert b.positions([]).shape == (0,)
+    empty = BroadcastStore.from_table(table.slice(0, 0), 2)
+    np.testing.assert_array_equal(empty.positions(["u2"]), [-1])
+    shared = ray.get(ray.put(b))  # how the scorers receive it: mapped from the object store, not copied
+    assert not shared.matrix.flags.writeable and not shared.sorted_ids.flags.writeable
+    np.testing.assert_array_equal(shared.positions(query), b.positions(query))
+
+
 def test_prompt_matrix_reads_sliced_chunks_and_nulls_into_one_writable_matrix():
     from puma_ray.core.scoring import prompt_matrix
 

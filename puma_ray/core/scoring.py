@@ -9,6 +9,8 @@ Batches arrive as pyarrow Tables; prompts are `fixed_size_list<float32>[l*d]`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import torch
@@ -39,6 +41,31 @@ def prompt_matrix(column: pa.ChunkedArray | pa.Array, width: int) -> np.ndarray:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class BroadcastStore:
+    """A whole prompt store as numpy arrays, for a broadcast join. Put in Ray's object store once, it is mapped
+    (read-only, not copied) by every scorer of a node: the store's memory is counted once per node, not once
+    per scorer (a million users x 64 dims: 256 MB, plus their ids)."""
+
+    sorted_ids: np.ndarray  # user ids (str), ascending
+    rows: np.ndarray  # int64: the row of sorted_ids[i] in matrix
+    matrix: np.ndarray  # [users, prompt_len * dim] float32; NaN rows where a prompt is null
+
+    @classmethod
+    def from_table(cls, table: pa.Table, width: int) -> "BroadcastStore":
+        ids = np.asarray(table.column("user_id").to_pylist(), dtype=str)
+        order = np.argsort(ids, kind="stable")
+        return cls(ids[order], order.astype(np.int64), prompt_matrix(table.column("prompt"), width))
+
+    def positions(self, user_ids: list[str]) -> np.ndarray:
+        """The matrix row of each user; -1 for a user not in the store."""
+        query = np.asarray(user_ids, dtype=str)
+        if not len(self.sorted_ids) or not len(query):
+            return np.full(len(query), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.sorted_ids, query), len(self.sorted_ids) - 1)
+        return np.where(self.sorted_ids[at] == query, self.rows[at], -1)
+
+
 def _device(use_gpu: bool) -> torch.device:
     return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
 
@@ -48,17 +75,11 @@ class PromptScorer:
 
     def __init__(self, model: str, template_text: str, task: str, head_path: str, lam: float, yes_minus_no: bool,
                  prompt_len: int, dim: int, prefix_cache: bool = True, use_gpu: bool = False,
-                 store_table=None, dtype: str = "auto") -> None:
-        """store_table: a zero-argument callable giving the whole store's (user_id, prompt) table (broadcast
-        join: rows arrive without their prompt and find it here; the stage passes one that fetches a Ray
-        object); None when rows come joined."""
-        self.lookup = None
-        if store_table is not None:
-            import pandas as pd
-
-            table = store_table()
-            self.lookup = (pd.Index(table.column("user_id").to_pylist()),
-                           prompt_matrix(table.column("prompt"), prompt_len * dim))
+                 broadcast=None, dtype: str = "auto") -> None:
+        """broadcast: a zero-argument callable giving the whole store as a BroadcastStore (broadcast join: rows
+        arrive without their prompt and find it here; the stage passes one that fetches a Ray object); None
+        when rows come joined."""
+        self.lookup: BroadcastStore | None = broadcast() if broadcast is not None else None
         self.device = _device(use_gpu)
         self.task = TASKS[task]
         self.lm = FrozenLM(load_causal_lm(model, dtype=resolve_dtype(dtype, self.device)).to(self.device), load_tokenizer(model), template_text,
@@ -71,10 +92,9 @@ class PromptScorer:
     @torch.no_grad()
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.lookup is not None:  # inner join against the broadcast store: rows of users without a prompt go
-            index, matrix = self.lookup
-            pos = index.get_indexer(batch.column("user_id").to_pylist())
+            pos = self.lookup.positions(batch.column("user_id").to_pylist())
             batch = batch.filter(pa.array(pos >= 0))
-            prompts = matrix[pos[pos >= 0]]
+            prompts = self.lookup.matrix[pos[pos >= 0]]  # a copy: the shared matrix is read-only
         else:
             prompts = prompt_matrix(batch.column("prompt"), self.l * self.d)
         finite = np.isfinite(prompts).all(axis=1)

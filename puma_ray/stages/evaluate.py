@@ -2,8 +2,8 @@
 
 config -> checks (store complete and verified, model fingerprint, task, head) ->
 Ray Data: interactions of the split(s) joined to the store's prompts on user_id (a
-broadcast join when the store is at most --broadcast-mb: every scorer holds the whole
-store; a hash-shuffle join otherwise) -> map_batches(PromptScorer), whose actors write the
+broadcast join when the store is at most --broadcast-mb: the whole store put once in Ray's
+object store, which every scorer of a node maps read-only; a hash-shuffle join otherwise) -> map_batches(PromptScorer), whose actors write the
 scored rows (rows.parquet, a directory) -> per-user metrics by user hash buckets (Ray tasks:
 each rows file split into buckets, each bucket folded per (split, user); memory one bucket of
 ~250k rows per task; Ray Data's groupby held memory in the driver that grew with the rows)
@@ -38,7 +38,7 @@ from puma_ray.config import EvaluateConfig
 from puma_ray.core.hf import describe_model, dtype_name, model_ref
 from puma_ray.core import per_user
 from puma_ray.core.metrics import SortedAUC, UserTotals
-from puma_ray.core.scoring import PromptScorer
+from puma_ray.core.scoring import BroadcastStore, PromptScorer
 from puma_ray.core.tasks import TASKS
 from puma_ray.core.templates import load_template_text
 from puma_ray.data.schema import read_manifest as read_data_manifest
@@ -270,7 +270,7 @@ def score_in_pipeline(cfg: EvaluateConfig, task: str, store: dict, scorer_args: 
                       where: dict[str, Path], meter) -> tuple[dict[str, UserTotals], dict[str, float]]:
     """Ray Data: rows (broadcast or hash-joined to their prompts) -> PromptScorer actors -> rows.parquet
     -> per-user groups -> per_user.parquet of each split; returns (totals, AUCs)."""
-    if "store_table" in scorer_args:
+    if "broadcast" in scorer_args:
         rows = split_rows(cfg.data, cfg.split)
     else:
         rows = joined_rows(cfg.data, cfg.split, cfg.prompts, store)
@@ -333,10 +333,12 @@ def score_and_report(cfg: EvaluateConfig, task, store: dict, model: dict, head_p
     with CostMeter(out, "evaluate", cfg, workers=cfg.workers) as meter:
         meter.startup_s = init_ray(dashboard=False)
         if store_bytes(store) <= cfg.broadcast_mb * 2**20:  # small store: sent whole to each scorer, no shuffle
-            scorer_args["store_table"] = functools.partial(ray.get, ray.put(store_table(cfg.prompts, store)))
+            shared = BroadcastStore.from_table(store_table(cfg.prompts, store), store["prompt_len"] * store["dim"])
+            scorer_args["broadcast"] = functools.partial(ray.get, ray.put(shared))
+            del shared  # the object store holds it now
         total = split_row_count(cfg.data, cfg.split)
-        one_task = "store_table" in scorer_args and cfg.workers == 1 and total <= cfg.one_task_rows
-        meter.extra = {"join": "broadcast" if "store_table" in scorer_args else "shuffle",
+        one_task = "broadcast" in scorer_args and cfg.workers == 1 and total <= cfg.one_task_rows
+        meter.extra = {"join": "broadcast" if "broadcast" in scorer_args else "shuffle",
                        "path": "one task" if one_task else "pipeline"}
         if one_task:
             task_cpus = {"num_cpus": cfg.cpus_per_worker, "num_gpus": cfg.gpus_per_worker if cfg.use_gpu else 0}
