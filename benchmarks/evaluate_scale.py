@@ -95,13 +95,14 @@ def main() -> None:
         "evaluate", "--data", str(data), "--model", model, "--prompts", str(work / f"store-{args.users}"),
         "--split", *args.split, "--out", str(work / "eval"), f"workers={args.workers}",
         f"batch_size={args.batch_size}", pss=True, interval=1.0)
-    rows = sum(s["n"] for s in summary["splits"].values())
+    splits = summary.get("splits") or {args.split[0]: summary}  # one split: its report is the summary
+    rows = sum(s["n"] for s in splits.values())
     print(json.dumps({"users": users, "splits": args.split, "rows": rows, "workers": args.workers,
                       "wall_s": round(wall, 1),
                       "rows_per_s": round(rows / wall), "peak_rss_tree_gb": round(mem.peak_bytes / 2**30, 2),
                       "peak_pss_tree_gb": round(mem.peak_pss_bytes / 2**30, 2),
                       "peak_pss_gb_by_process": by_kind(mem.peak_process_pss),
-                      "rmse": {k: v["rmse"] for k, v in summary["splits"].items()}}), flush=True)
+                      "rmse": {k: v["rmse"] for k, v in splits.items()}}), flush=True)
 
 
 def by_kind(peaks: dict[str, int]) -> dict[str, float]:
