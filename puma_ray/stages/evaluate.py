@@ -3,10 +3,11 @@
 config -> checks (store complete and verified, model fingerprint, task, head) ->
 Ray Data: interactions of the split(s) joined to the store's prompts on user_id (a
 broadcast join when the store is at most --broadcast-mb: the whole store put once in Ray's
-object store, which every scorer of a node maps read-only; a hash-shuffle join otherwise) -> map_batches(PromptScorer), whose actors write the
-scored rows (rows.parquet, a directory) -> per-user metrics by user hash buckets (Ray tasks:
-each rows file split into buckets, each bucket folded per (split, user); memory one bucket of
-~250k rows per task; Ray Data's groupby held memory in the driver that grew with the rows)
+object store, which every scorer of a node maps read-only; a hash-shuffle join otherwise) ->
+map_batches(PromptScorer), whose actors write the scored rows (rows.parquet, a directory) ->
+per-user metrics by user hash buckets (Ray tasks: each rows file split into buckets, each
+bucket folded per (split, user); memory one bucket of ~250k rows per task; Ray Data's groupby
+held memory in the driver that grew with the rows)
 -> one streamed pass over those per-user rows: per_user.parquet, each split's exact metrics
 from the per-user sums, the five highest-loss users (click: AUC from per-score counts sorted
 by score in Ray Data) -> report. The driver holds one batch at a time, never the scored rows.
@@ -332,7 +333,7 @@ def score_and_report(cfg: EvaluateConfig, task, store: dict, model: dict, head_p
         path.mkdir(parents=True, exist_ok=True)
     with CostMeter(out, "evaluate", cfg, workers=cfg.workers) as meter:
         meter.startup_s = init_ray(dashboard=False)
-        if store_bytes(store) <= cfg.broadcast_mb * 2**20:  # small store: sent whole to each scorer, no shuffle
+        if store_bytes(store) <= cfg.broadcast_mb * 2**20:  # small store: shared whole with the scorers, no shuffle
             shared = BroadcastStore.from_table(store_table(cfg.prompts, store), store["prompt_len"] * store["dim"])
             scorer_args["broadcast"] = functools.partial(ray.get, ray.put(shared))
             del shared  # the object store holds it now
