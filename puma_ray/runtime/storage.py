@@ -211,16 +211,21 @@ def ray_nodes() -> list[str]:
     return [n["NodeID"] for n in ray.nodes() if n["Alive"]]
 
 
+def on_each_node(fn: Callable, nodes: list[str], *args: Any) -> list:
+    """fn(*args) run once on each node (a zero-CPU Ray task pinned there); the results in node order."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(fn)
+    return ray.get([task.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                    .remote(*args) for node in nodes])
+
+
 def mirror_on_nodes(uri: str, nodes: list[str], key: str) -> str:
     """mirror() on this node and, on a multi-node cluster, on every node (same path everywhere)."""
     local = mirror(uri, cache_root(), _flag(key))
     if len(nodes) > 1:
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        task = ray.remote(mirror)
-        paths = ray.get([task.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-                         .remote(uri, str(cache_root()), _flag(key)) for node in nodes])
+        paths = on_each_node(mirror, nodes, uri, str(cache_root()), _flag(key))
         if set(paths) != {local}:
             raise PumaError(f"{_flag(key)} {uri}: the nodes' copies landed in different places: {sorted(set(paths))}")
     return local
@@ -234,7 +239,8 @@ def _tree(path: Path) -> list[tuple[str, int, int]]:
 
 
 def stage_out(uri: str) -> tuple[Path, list]:
-    """A fresh local directory for a remote --out, holding a copy of what --out already holds; and its listing."""
+    """A fresh directory under the staging root for a remote --out, holding a copy of what --out already holds;
+    and its listing."""
     fs, path = filesystem(uri, "--out")
     files = listing(fs, path)
     work = staging_root() / _digest(uri, os.getpid(), time.time_ns()) / _name(path)
@@ -291,9 +297,6 @@ def sees_token(path: str, token: str) -> bool:
 
 def nodes_not_seeing(root: Path, nodes: list[str]) -> list[str]:
     """The nodes on which a token file written under `root` here is not found (one zero-CPU task per node)."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     token = uuid.uuid4().hex
     probe = root / "probes" / token
     try:
@@ -302,9 +305,7 @@ def nodes_not_seeing(root: Path, nodes: list[str]) -> list[str]:
     except OSError as exc:
         raise PumaError(f"staging directory {root} (PUMA_OUT_STAGING): cannot write there: {exc}") from None
     try:
-        task = ray.remote(sees_token)
-        seen = ray.get([task.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-                        .remote(str(probe), token) for node in nodes])
+        seen = on_each_node(sees_token, nodes, str(probe), token)
     finally:
         probe.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # left while another stage probes
