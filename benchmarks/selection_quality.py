@@ -1,12 +1,15 @@
 # .venv/bin/python benchmarks/selection_quality.py --out /tmp/puma-selection [--users 10000] \
 #     [--budgets 0.01 0.02 0.05] [--strategies all] [--seeds 0 1 2 3 4]
-"""The paper's Table 4 on calibrated users: which selection strategy trains the best adapter at a budget
-(a measurement, not a test; issue 12).
+# .venv/bin/python benchmarks/selection_quality.py --out /tmp/puma-selection-ml100k --population real \
+#     --budgets 0.05 0.1 [--source amazon --real ../shared/data/amazon-2018-all-beauty-5core]
+"""The paper's Table 4 on calibrated users, or on a real sample's own users: which selection strategy trains the
+best adapter at a budget (a measurement, not a test; issue 12).
 
 Workspace (reused when complete, under --out):
-  data/real        `puma-ray data --source movielens` (configs/data-movielens.yaml's preprocessing)
+  data/real        `puma-ray data --source SOURCE` of --real (configs/data-SOURCE.yaml's preprocessing); with
+                   --population real, the population itself
   data/calibrated  `puma-ray data --source synthetic --calibrate-from data/real --users N`
-                   (configs/data-calibrated-movielens.yaml's preprocessing): the population
+                   (configs/data-calibrated-SOURCE.yaml's preprocessing): the population (--population calibrated)
   llama, qwen2     tiny models of the two families on its catalogue (`puma-ray models`)
   source           source prompts on llama (seed 0; every trial migrates them)
   ref/seed<s>      floor (`prompts --freeze-prompts`) and full retraining on qwen2, per --reference-seeds
@@ -14,7 +17,9 @@ Trials (tune/trial.py, reused when finished): for every budget B (a fraction of 
 strategy: select -> adapter -> migrate -> evaluate of every user; plus random at 3B. One seed gives every
 strategy the same adapter initialisation and data order (paired).
 
-Every figure is on `test`, which chooses nothing (prompts and adapters choose their best epoch on `valid`).
+Every figure is on `test`, which chooses nothing (prompts and adapters choose their best epoch on `valid`); the
+metric is the task's (RMSE for ratings, AUC for clicks). Taste groups for the diagnostics: the generator's for a
+calibrated population, the calibration's clustering of train labels for a real rating sample, none for clicks.
 Outputs: runs.csv (a row per trial), groups.csv (test RMSE per taste group per trial), report.md (the
 table, paired differences vs random with 95% t-intervals, per-group diagnostics), budget_curve.png,
 group_error.png, selected_variance.png; the last line printed is one JSON object.
@@ -33,6 +38,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from puma_ray.config import BenchConfig, DataConfig, ModelsConfig, load_config  # noqa: E402
+from puma_ray.core.tasks import TASKS  # noqa: E402
 from puma_ray.runtime.ray_utils import init_ray  # noqa: E402
 from puma_ray.runtime.runs import log, setup_logging  # noqa: E402
 from puma_ray.stages.data import run_data  # noqa: E402
@@ -41,25 +47,34 @@ from puma_ray.select.strategies import STRATEGIES  # noqa: E402
 from puma_ray.tune.bench import trained  # noqa: E402
 from puma_ray.tune.selection import (RANDOM, RANDOM_3X, Trial, group_errors, paired_vs_random, plan,  # noqa: E402
                                      population_facts, selection_profile, summary, verdict)
-from puma_ray.tune.trial import RESULT, TrialSetup, run_trial  # noqa: E402
+from puma_ray.tune.trial import HIGHER_IS_BETTER, RESULT, TrialSetup, run_trial  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ("llama", "qwen2")
 
 
-def population(out: Path, real_input: str, users: int, seed: int) -> str:
-    """OUT/data/real (MovieLens, the shipped preprocessing) and OUT/data/calibrated (N users calibrated on it),
-    each reused when complete; returns the calibrated dataset's absolute path."""
-    real, calibrated = out / "data" / "real", out / "data" / "calibrated"
+def population(out: Path, real_input: str, users: int, seed: int, source: str = "movielens",
+               calibrated: bool = True) -> str:
+    """OUT/data/real (`source`'s shipped preprocessing, configs/data-SOURCE.yaml, of real_input) and, when
+    `calibrated`, OUT/data/calibrated (N users calibrated on it, configs/data-calibrated-SOURCE.yaml), each reused
+    when complete; returns the population's absolute path (the real dataset itself when not calibrated)."""
+    real, calibrated_dir = out / "data" / "real", out / "data" / "calibrated"
     if not (real / "manifest.json").is_file():
-        run_data(load_config(DataConfig, str(ROOT / "configs" / "data-movielens.yaml"),
+        run_data(load_config(DataConfig, str(ROOT / "configs" / f"data-{source}.yaml"),
                              {"input": real_input, "out": str(real)}))
-    if not (calibrated / "manifest.json").is_file():
-        run_data(load_config(DataConfig, str(ROOT / "configs" / "data-calibrated-movielens.yaml"),
-                             {"calibrate_from": str(real), "out": str(calibrated), "users": users, "seed": seed}))
-    elif json.loads((calibrated / "manifest.json").read_text())["users"] != users:
+    elif json.loads((real / "manifest.json").read_text())["source"] != source:
+        raise SystemExit(f"--out {out}: its real dataset is of another --source; choose a new --out")
+    if not calibrated:
+        return str(real.resolve())
+    config = ROOT / "configs" / f"data-calibrated-{source}.yaml"
+    if not config.is_file():
+        raise SystemExit(f"--source {source}: no shipped calibration config ({config.name}); use --population real")
+    if not (calibrated_dir / "manifest.json").is_file():
+        run_data(load_config(DataConfig, str(config), {"calibrate_from": str(real), "out": str(calibrated_dir),
+                                                        "users": users, "seed": seed}))
+    elif json.loads((calibrated_dir / "manifest.json").read_text())["users"] != users:
         raise SystemExit(f"--out {out}: its calibrated population has another --users; choose a new --out")
-    return str(calibrated.resolve())
+    return str(calibrated_dir.resolve())
 
 
 def references(cfg: BenchConfig, data: str, out: Path, seeds: list[int]) -> tuple[dict, list[dict]]:
@@ -73,20 +88,28 @@ def references(cfg: BenchConfig, data: str, out: Path, seeds: list[int]) -> tupl
     return source, refs
 
 
-def trial_record(trial: Trial, row: dict, trial_dir: Path, groups: pd.DataFrame, label_var: pd.Series
-                 ) -> tuple[dict, pd.DataFrame]:
-    """One runs.csv row (the trial's record and its selection profile) and its groups.csv rows."""
+def diagnosable(groups: pd.DataFrame | None, metric: str) -> bool:
+    """Per-group errors are exact RMSE over a group's rows: they need groups and a rating task."""
+    return groups is not None and metric == "rmse"
+
+
+def trial_record(trial: Trial, row: dict, trial_dir: Path, groups: pd.DataFrame | None, label_var: pd.Series,
+                 metric: str) -> tuple[dict, pd.DataFrame]:
+    """One runs.csv row (the trial's record and its selection profile) and its groups.csv rows (none without
+    groups or for a click task)."""
     selected = pd.read_parquet(trial_dir / "select" / "selected.parquet", columns=["user_id"])["user_id"].tolist()
     record = {"budget": trial.budget, "method": trial.method, "seed": trial.seed, "strategy": trial.strategy,
-              "users_trained": row["users_trained"], "test_rmse": row["test_rmse"], "valid_rmse": row["valid_rmse"],
-              "test_closure": row.get("test_closure"), "cost_device_s": row["cost_device_s"],
-              **selection_profile(selected, groups, label_var)}
+              "users_trained": row["users_trained"], f"test_{metric}": row[f"test_{metric}"],
+              f"valid_{metric}": row[f"valid_{metric}"], "test_closure": row.get("test_closure"),
+              "cost_device_s": row["cost_device_s"], **selection_profile(selected, groups, label_var)}
+    if not diagnosable(groups, metric):
+        return record, pd.DataFrame()
     per_group = group_errors(pd.read_parquet(trial_dir / "eval" / "test" / "per_user.parquet"), groups)
     return record, per_group.assign(budget=trial.budget, method=trial.method, seed=trial.seed)
 
 
-def run_all(trials: list[Trial], setup: TrialSetup, out: Path, groups: pd.DataFrame, label_var: pd.Series,
-            run_missing: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run_all(trials: list[Trial], setup: TrialSetup, out: Path, groups: pd.DataFrame | None,
+            label_var: pd.Series, run_missing: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every trial (finished ones read back; with run_missing false, unfinished ones left out), with progress;
     runs.csv and groups.csv rewritten after each."""
     records, per_group = [], []
@@ -96,12 +119,12 @@ def run_all(trials: list[Trial], setup: TrialSetup, out: Path, groups: pd.DataFr
             continue
         log.info("selection quality: trial %d/%d: budget %g, %s, seed %d", i, len(trials), t.budget, t.method, t.seed)
         row = run_trial(setup, {"strategy": t.strategy, "budget": t.fraction, "seed": t.seed}, d)
-        rec, grp = trial_record(t, row, d, groups, label_var)
+        rec, grp = trial_record(t, row, d, groups, label_var, setup.task_metric)
         records.append(rec)
         per_group.append(grp)
         pd.DataFrame(records).to_csv(out / "runs.csv", index=False)
         pd.concat(per_group).to_csv(out / "groups.csv", index=False)
-    return pd.DataFrame(records), pd.concat(per_group, ignore_index=True)
+    return pd.DataFrame(records), pd.concat(per_group, ignore_index=True) if per_group else pd.DataFrame()
 
 
 def reference_groups(refs: list[dict], groups: pd.DataFrame) -> pd.DataFrame:
@@ -114,8 +137,8 @@ def reference_groups(refs: list[dict], groups: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(rows).groupby(["method", "group"], as_index=False)["rmse"].mean()
 
 
-def plot_budget_curve(table: pd.DataFrame, ref: dict, path: Path) -> None:
-    """Test RMSE (mean ± std over seeds) vs users trained on, one line per strategy; floor and retraining."""
+def plot_budget_curve(table: pd.DataFrame, ref: dict, metric: str, population: str, path: Path) -> None:
+    """Test metric (mean ± std over seeds) vs users trained on, one line per strategy; floor and retraining."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7.5, 4.8))
@@ -123,15 +146,15 @@ def plot_budget_curve(table: pd.DataFrame, ref: dict, path: Path) -> None:
     for method, g in table.groupby("method", sort=False):
         g = g.sort_values("users")
         style = dict(ls="--") if method == RANDOM_3X else {}
-        ax.errorbar(g["users"], g["rmse_mean"], yerr=g["rmse_std"], marker="o", capsize=3, label=method, **style)
+        ax.errorbar(g["users"], g[f"{metric}_mean"], yerr=g[f"{metric}_std"], marker="o", capsize=3, label=method, **style)
     for name, color in (("floor", "0.4"), ("retrained", "0.1")):
         ax.axhline(ref[name], color=color, ls=":", lw=1, label=f"{name} {ref[name]:.4f}")
     ax.set_xscale("log")
     ax.set_xticks(sorted(table["users"].unique()), [str(u) for u in sorted(table["users"].unique())])
     ax.minorticks_off()
     ax.set_xlabel("users the adapter is trained on (log)")
-    ax.set_ylabel("test RMSE of every migrated user")
-    ax.set_title("Selection strategies vs budget (calibrated users; mean ± std over seeds)")
+    ax.set_ylabel(f"test {metric.upper()} of every migrated user")
+    ax.set_title(f"Selection strategies vs budget ({population}; mean ± std over seeds)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -192,32 +215,47 @@ def fmt(x: float, digits: int = 4) -> str:
 
 
 def report(out: Path, args: argparse.Namespace, facts: dict, table: pd.DataFrame, paired: pd.DataFrame,
-           per_group: pd.DataFrame, ref_groups: pd.DataFrame, shares: pd.Series) -> list[str]:
-    """report.md: the population, the table per budget, paired differences, the verdicts, per-group errors."""
+           per_group: pd.DataFrame, ref_groups: pd.DataFrame | None, shares: pd.Series | None) -> list[str]:
+    """report.md: the population, the table per budget, paired differences, the verdicts, per-group errors
+    (when the population has taste groups and a rating task)."""
     cmd = "python benchmarks/selection_quality.py " + " ".join(sys.argv[1:])
-    lines = ["# Selection quality on calibrated users (Table 4)", "", f"`{cmd}`", "",
-             f"- Population: {facts['users']:,} synthetic users calibrated on {facts['real']} "
-             f"({facts['rows']:,} rows, {facts['groups']} taste groups, largest {100 * shares.max():.1f}% / "
-             f"smallest {100 * shares.min():.1f}% of users); models tiny llama (source) -> tiny qwen2 (target).",
-             f"- Source prompts: test RMSE {fmt(facts['source'])}. Floor {fmt(facts['floor'])}, full retraining "
+    m, name = facts["metric"], facts["metric"].upper()
+    better = "higher" if m in HIGHER_IS_BETTER else "lower"
+    who = (f"{facts['users']:,} synthetic users calibrated on {facts['real']}" if args.population == "calibrated"
+           else f"the {facts['users']:,} users of {facts['real']} itself ({args.source}'s shipped preprocessing)")
+    groups = (f", {facts['groups']} taste groups ({facts['groups_from']}), largest {100 * shares.max():.1f}% / "
+              f"smallest {100 * shares.min():.1f}% of users" if shares is not None else ", no taste groups")
+    lines = [f"# Selection quality on {args.population} users (Table 4)", "", f"`{cmd}`", "",
+             f"- Population: {who} ({facts['rows']:,} rows{groups}); models tiny llama (source) -> tiny qwen2 "
+             "(target).",
+             f"- Source prompts: test {name} {fmt(facts['source'])}. Floor {fmt(facts['floor'])}, full retraining "
              f"{fmt(facts['retrained'])} (reference seeds {args.reference_seeds}); closure = (floor - migrated) / "
              "(floor - retrained).",
              f"- Seeds {args.seeds}: a seed gives every strategy the same adapter initialisation and data order; "
-             "differences are paired by seed, 95% t-intervals (negative = lower RMSE than random).", "",
-             "| budget | method | users | test RMSE (mean ± std) | seeds | closure | groups covered | "
+             f"differences are paired by seed, 95% t-intervals (the method minus random; {better} {name} is better).",
+             "", f"| budget | method | users | test {name} (mean ± std) | seeds | closure | groups covered | "
              "vs random at B | vs random at 3B |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in table.itertuples():
-        vs = {p.vs: p.text for p in paired[(paired["budget"] == r.budget) & (paired["method"] == r.method)]
+    for r in table.to_dict("records"):
+        vs = {p.vs: p.text for p in paired[(paired["budget"] == r["budget"]) & (paired["method"] == r["method"])]
               .itertuples()} if len(paired) else {}
-        lines.append(f"| {100 * r.budget:g}% | {r.method} | {r.users} | {fmt(r.rmse_mean)} ± {fmt(r.rmse_std)} | "
-                     f"{r.seeds} | {fmt(r.closure_mean, 2)} ± {fmt(r.closure_std, 2)} | {r.groups_covered:.1f} | "
-                     f"{vs.get(RANDOM, '')} | {vs.get(RANDOM_3X, '')} |")
+        lines.append(f"| {100 * r['budget']:g}% | {r['method']} | {r['users']} | {fmt(r[f'{m}_mean'])} ± "
+                     f"{fmt(r[f'{m}_std'])} | {r['seeds']} | {fmt(r['closure_mean'], 2)} ± {fmt(r['closure_std'], 2)}"
+                     f" | {fmt(r['groups_covered'], 1)} | {vs.get(RANDOM, '')} | {vs.get(RANDOM_3X, '')} |")
     lines += ["", "## The claims, in words", ""]
-    for method in [m for m in dict.fromkeys(table["method"]) if m not in (RANDOM, RANDOM_3X)]:
-        lines += [f"- {v}" for v in verdict(paired, method, "rmse")] if len(paired) else []
-    lines += ["", "## Test RMSE per taste group (mean over seeds)", "",
-              "| budget | group | share | " + " | ".join(dict.fromkeys(per_group["method"])) + " | floor | retrained |",
-              "|---|---:|---:|" + "---:|" * (per_group["method"].nunique() + 2)]
+    for method in [x for x in dict.fromkeys(table["method"]) if x not in (RANDOM, RANDOM_3X)]:
+        lines += [f"- {v}" for v in verdict(paired, method, m)] if len(paired) else []
+    lines += ["", "![budget curve](budget_curve.png)", "", "![selected users' label variance](selected_variance.png)"]
+    if not per_group.empty:
+        lines += group_lines(per_group, ref_groups, shares) + ["", "![per-group error](group_error.png)"]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def group_lines(per_group: pd.DataFrame, ref_groups: pd.DataFrame, shares: pd.Series) -> list[str]:
+    """The per-group table of report.md: test RMSE per taste group and method (mean over seeds), floor, retrained."""
+    lines = ["", "## Test RMSE per taste group (mean over seeds)", "",
+             "| budget | group | share | " + " | ".join(dict.fromkeys(per_group["method"])) + " | floor | retrained |",
+             "|---|---:|---:|" + "---:|" * (per_group["method"].nunique() + 2)]
     for budget, g in per_group.groupby("budget", sort=False):
         m = g.groupby(["group", "method"])["rmse"].mean().unstack()
         rg = ref_groups.pivot(index="group", columns="method", values="rmse")
@@ -226,18 +264,19 @@ def report(out: Path, args: argparse.Namespace, facts: dict, table: pd.DataFrame
                                for k in dict.fromkeys(per_group["method"]))
             lines.append(f"| {100 * budget:g}% | {grp} | {100 * shares[grp]:.1f}% | {cells} | "
                          f"{fmt(rg.loc[grp, 'floor'])} | {fmt(rg.loc[grp, 'retrained'])} |")
-    lines += ["", "![budget curve](budget_curve.png)", "", "![per-group error](group_error.png)", "",
-              "![selected users' label variance](selected_variance.png)"]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
     return lines
 
 
 def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="/tmp/puma-selection")
+    ap.add_argument("--population", choices=["calibrated", "real"], default="calibrated",
+                    help="calibrated: --users synthetic users calibrated on --real; real: --real's own users")
+    ap.add_argument("--source", default="movielens",
+                    help="--real's format: configs/data-SOURCE.yaml preprocesses it (movielens, amazon, yelp, mind)")
     ap.add_argument("--real", default=str(ROOT.parent / "shared" / "data" / "ml-100k"),
-                    help="MovieLens 100k directory the population is calibrated on")
-    ap.add_argument("--users", type=int, default=10000)
+                    help="the real dataset's input (default: MovieLens 100k)")
+    ap.add_argument("--users", type=int, default=10000, help="calibrated users (--population calibrated)")
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.01, 0.02, 0.05])
     ap.add_argument("--strategies", nargs="+", default=["all"], help="registry names, or all")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -257,15 +296,17 @@ def main() -> None:
     out = Path(args.out).resolve()
     setup_logging()
     init_ray()
-    data = population(out, args.real, args.users, 0)
+    data = population(out, args.real, args.users, 0, args.source, args.population == "calibrated")
+    manifest = json.loads((Path(data) / "manifest.json").read_text())
+    metric = TASKS[manifest["task"]].metric
     for fam in FAMILIES:
         if not (out / fam / "config.json").is_file():
             run_models(ModelsConfig(family=fam, data=data, out=str(out / fam)))
     cfg = BenchConfig(data=data, source_model=str(out / FAMILIES[0]), target_model=str(out / FAMILIES[1]),
                       out=str(out), workers=args.workers, prompt_epochs=args.prompt_epochs, prompt_lr=args.prompt_lr)
     source, refs = references(cfg, data, out, args.reference_seeds)
-    log.info("source test rmse %.4f; references %s", source["metrics"]["rmse"],
-             [(r["floor"]["metrics"]["rmse"], r["retrained"]["metrics"]["rmse"]) for r in refs])
+    log.info("source test %s %.4f; references %s", metric, source["metrics"][metric],
+             [(r["floor"]["metrics"][metric], r["retrained"]["metrics"][metric]) for r in refs])
     if args.only_references:
         return
     strategies = list(STRATEGIES) if args.strategies == ["all"] else args.strategies
@@ -273,8 +314,8 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--strategies: unknown {unknown}; known: {', '.join(STRATEGIES)}")
     trials = plan(args.budgets, strategies, args.seeds)
-    ref = {k: float(np.mean([r[k]["metrics"]["rmse"] for r in refs])) for k in ("floor", "retrained")}
-    setup = TrialSetup(data=data, sources=[source["store"]], target_model=cfg.target_model, task_metric="rmse",
+    ref = {k: float(np.mean([r[k]["metrics"][metric] for r in refs])) for k in ("floor", "retrained")}
+    setup = TrialSetup(data=data, sources=[source["store"]], target_model=cfg.target_model, task_metric=metric,
                        workers=args.workers,
                        reference={"floor": {"value": ref["floor"]}, "retrained": {"value": ref["retrained"]}},
                        defaults={"epochs": args.adapter_epochs})
@@ -282,19 +323,22 @@ def main() -> None:
     runs, per_group = run_all(trials, setup, out, groups, label_var, run_missing=not args.report_only)
     if runs.empty:
         raise SystemExit(f"--out {out}: no finished trial to report (run without --report-only)")
-    table, paired = summary(runs, "rmse"), paired_vs_random(runs, "rmse")
-    shares = groups["group"].value_counts(normalize=True)
-    ref_groups = reference_groups(refs, groups)
-    manifest = json.loads((Path(data) / "manifest.json").read_text())
-    facts = {"users": args.users, "real": args.real, "rows": manifest["rows"], "groups": len(shares),
-             "source": source["metrics"]["rmse"], **ref}
-    plot_budget_curve(table, ref, out / "budget_curve.png")
-    plot_group_errors(per_group, ref_groups, shares, out / "group_error.png")
+    table, paired = summary(runs, metric), paired_vs_random(runs, metric)
+    shares = groups["group"].value_counts(normalize=True) if groups is not None else None
+    facts = {"users": manifest["users"], "real": args.real, "rows": manifest["rows"], "metric": metric,
+             "groups": len(shares) if shares is not None else 0,
+             "groups_from": "the generator's" if args.population == "calibrated" else "clustered on train labels",
+             "source": source["metrics"][metric], **ref}
+    plot_budget_curve(table, ref, metric, f"{args.population} users", out / "budget_curve.png")
+    ref_groups = reference_groups(refs, groups) if diagnosable(groups, metric) else None
+    if not per_group.empty:
+        plot_group_errors(per_group, ref_groups, shares, out / "group_error.png")
     plot_selected_variance(out, runs, label_var, sorted(args.budgets)[len(args.budgets) // 2],
                            out / "selected_variance.png")
     for line in report(out, args, facts, table, paired, per_group, ref_groups, shares):
         print(line)
-    print(json.dumps({"users": args.users, "seeds": args.seeds, "floor": ref["floor"], "retrained": ref["retrained"],
+    print(json.dumps({"population": args.population, "source": args.source, "users": manifest["users"],
+                      "metric": metric, "seeds": args.seeds, "floor": ref["floor"], "retrained": ref["retrained"],
                       "paired": [{k: r[k] for k in ("budget", "method", "vs", "mean", "low", "high", "seeds")}
                                  for r in paired.to_dict("records")]}))
 

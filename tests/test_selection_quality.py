@@ -112,3 +112,28 @@ def test_every_strategy_selects_on_a_calibrated_population(ray_local, synthetic_
         assert len(chosen) == len(set(chosen)) == 20 and set(chosen) <= set(groups["user_id"]), strategy
         profile = selection_profile(chosen, groups, var)
         assert 1 <= profile["groups_covered"] <= profile["groups"] == groups["group"].nunique(), strategy
+
+
+@pytest.mark.ray
+def test_a_real_rating_sample_is_diagnosed_by_clustered_groups_and_a_click_sample_by_none(
+        ray_local, synthetic_dataset, tmp_path):
+    """Without the generator's groups (latents/), a rating dataset's users get the calibration's clustering of
+    their train labels, one group each; a click dataset gets no groups, and a selection's profile is then its
+    label variance alone."""
+    import shutil
+
+    from puma_ray.config import DataConfig
+    from puma_ray.stages.data import run_data
+
+    real = tmp_path / "real"
+    shutil.copytree(synthetic_dataset, real, ignore=shutil.ignore_patterns("latents"))
+    groups, var = population_facts(str(real))
+    assert groups is not None and groups["user_id"].is_unique and set(groups["user_id"]) == set(var.index)
+    assert 2 <= groups["group"].nunique() <= 12
+    clicks = tmp_path / "clicks"
+    run_data(DataConfig(source="synthetic", task="click", out=str(clicks), users=40, items=30, seed=1))
+    shutil.rmtree(clicks / "latents", ignore_errors=True)
+    none, click_var = population_facts(str(clicks))
+    assert none is None and len(click_var) == 40
+    chosen = list(click_var.index[:5])
+    assert selection_profile(chosen, None, click_var) == {"selected_label_var": float(click_var[chosen].mean())}

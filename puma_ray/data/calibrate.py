@@ -166,12 +166,27 @@ def centred_labels(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarr
 def fit_groups(rows: pd.DataFrame, seed: int) -> tuple[list[float], float, dict]:
     """(group shares largest first, (quality share, taste share), {components, silhouette per K}) from
     K-means on users' label vectors."""
+    centred, u_codes, i_codes = centred_labels(rows)
+    labels, fit = cluster_users(centred, u_codes, i_codes, seed)
+    shares = np.bincount(labels, minlength=labels.max() + 1) / len(labels)
+    return sorted(shares.tolist(), reverse=True), variance_shares(centred, labels[u_codes], i_codes), fit
+
+
+def user_groups(rows: pd.DataFrame, seed: int) -> pd.Series:
+    """Each user's taste group (index: user_id, sorted) as the calibration finds it in (user_id, item_id, label)
+    rows: what a real dataset, which has no generator's groups, is diagnosed by."""
+    labels, _ = cluster_users(*centred_labels(rows), seed)
+    return pd.Series(labels, index=pd.Index(np.sort(rows["user_id"].unique()), name="user_id"), name="group")
+
+
+def cluster_users(centred: np.ndarray, u_codes: np.ndarray, i_codes: np.ndarray, seed: int) -> tuple[np.ndarray, dict]:
+    """(taste group of every user code, {components, silhouette per K}): K-means on the users' centred label
+    vectors (item means out), reduced to the SVD components above chance, K by the best silhouette."""
     from scipy.sparse import csr_matrix
     from sklearn.cluster import KMeans
     from sklearn.decomposition import TruncatedSVD
     from sklearn.metrics import silhouette_score
 
-    centred, u_codes, i_codes = centred_labels(rows)
     # groups differ in taste, not in what every user agrees on: the items' mean (quality) is taken out first
     item_mean = pd.Series(centred).groupby(i_codes).transform("mean").to_numpy()
     m = csr_matrix((centred - item_mean, (u_codes, i_codes)), shape=(u_codes.max() + 1, i_codes.max() + 1))
@@ -192,9 +207,7 @@ def fit_groups(rows: pd.DataFrame, seed: int) -> tuple[list[float], float, dict]
         raise PumaError(f"--calibrate-from: {m.shape[0]} users and {m.shape[1]} items are too few to find taste groups "
                         "(>= 3 of each); nothing was changed")
     best = max(scores, key=scores.get)
-    shares = np.bincount(labels[best], minlength=best) / len(z)
-    return (sorted(shares.tolist(), reverse=True), variance_shares(centred, labels[best][u_codes], i_codes),
-            {"components": k, "silhouette_by_groups": scores})
+    return labels[best], {"components": k, "silhouette_by_groups": scores}
 
 
 def pair_sums(centred: np.ndarray, cell: np.ndarray) -> tuple[float, float]:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from puma_ray.data.calibrate import user_groups
+from puma_ray.data.schema import read_manifest, shard_paths
 from puma_ray.select.inputs import label_variance
 from puma_ray.tune.stats import mean_std, paired_interval
 
@@ -52,14 +54,29 @@ def plan(budgets: list[float], strategies: list[str], seeds: list[int]) -> list[
     return [Trial(b, m, s) for s in seeds for b in budgets for m in methods]
 
 
-def population_facts(data: str) -> tuple[pd.DataFrame, pd.Series]:
-    """The population's taste groups (user_id, group: the generator's, from latents/) and each user's label
-    variance over their train rows (the select stage's own, which PUMA's strata are cut on)."""
+def population_facts(data: str, seed: int = 0) -> tuple[pd.DataFrame | None, pd.Series]:
+    """The population's taste groups (user_id, group) and each user's label variance over their train rows (the
+    select stage's own, which PUMA's strata are cut on). Groups: the generator's (latents/) for a synthetic
+    population; for a real rating dataset, the calibration's clustering of its users' train labels; None for a
+    dataset of another task (clicks), whose users the clustering of rating vectors does not describe."""
     files = sorted((Path(data) / "latents").glob("users-*.parquet"))
-    if not files:
-        raise ValueError(f"{data} has no taste groups (latents/users-*.parquet): a synthetic dataset is needed")
-    groups = pd.concat([pd.read_parquet(f, columns=["user_id", "group"]) for f in files], ignore_index=True)
+    if files:
+        groups = pd.concat([pd.read_parquet(f, columns=["user_id", "group"]) for f in files], ignore_index=True)
+    elif read_manifest(data)["task"] == "rating":
+        groups = user_groups(train_rows(data), seed).reset_index()
+    else:
+        groups = None
     return groups, label_variance(data)
+
+
+def train_rows(data: str) -> pd.DataFrame:
+    """(user_id, item_id, label) of a canonical dataset's train split."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    table = ds.dataset([str(p) for p in shard_paths(data)], format="parquet").to_table(
+        columns=["user_id", "item_id", "label"], filter=pc.field("split") == "train")
+    return table.to_pandas()
 
 
 def group_errors(per_user: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
@@ -71,15 +88,18 @@ def group_errors(per_user: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
     return g.assign(rmse=np.sqrt(g["sq"] / g["rows"])).drop(columns=["sq"])
 
 
-def selection_profile(selected: list[str], groups: pd.DataFrame, label_var: pd.Series) -> dict:
+def selection_profile(selected: list[str], groups: pd.DataFrame | None, label_var: pd.Series) -> dict:
     """What a selection holds: how many taste groups it reaches (of how many), the smallest group's share of it,
-    and the mean label variance of its users (label_var: per user_id)."""
+    and the mean label variance of its users (label_var: per user_id); only the last without groups."""
+    variance = {"selected_label_var": float(label_var.reindex(selected).mean())}
+    if groups is None:
+        return variance
     g = groups.set_index("user_id")["group"]
     picked = g.reindex(selected).dropna()
     counts = picked.value_counts()
     return {"groups_covered": int(len(counts)), "groups": int(g.nunique()),
             "min_group_share": float(counts.reindex(g.unique(), fill_value=0).min() / max(1, len(picked))),
-            "selected_label_var": float(label_var.reindex(selected).mean())}
+            **variance}
 
 
 def summary(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
