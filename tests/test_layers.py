@@ -29,7 +29,7 @@ RANKS = {
 # inside a folder, modules may use each other, except where an order is given: then only lower ones
 WITHIN = {
     "stages": {"select": 1, "chain": 2},  # select runs evaluate for the loss strategies; chain runs them all
-    "tune": {"trial": 1, "selection": 1, "sweep": 2, "bench": 2, "demo": 3},
+    "tune": {"trial": 1, "selection": 1, "claims": 2, "sweep": 2, "bench": 2, "demo": 3},
 }
 NO_RAY = ("errors", "config", "core", "store")
 
