@@ -9,7 +9,7 @@ every function is tested on fixed tables.
 from __future__ import annotations
 
 import pandas as pd
-from puma_ray.tune.stats import PairedDiff, mean_std, paired_interval
+from puma_ray.tune.stats import mean_std, paired_interval
 from puma_ray.tune.trial import HIGHER_IS_BETTER
 
 
@@ -39,16 +39,14 @@ def paired_routes(runs: pd.DataFrame, pairs: list[tuple[str, str]], column: str)
     return pd.DataFrame(out)
 
 
-def compared(d: PairedDiff | pd.Series, higher_is_better: bool) -> str:
-    """'better than' / 'worse than' when the interval excludes zero, else 'not distinguishable from';
-    'one paired seed: no verdict' with fewer than two seeds."""
-    n = d.n if isinstance(d, PairedDiff) else d["seeds"]
-    if n < 2:
+def compared(d: dict, higher_is_better: bool) -> str:
+    """For a paired_routes record: 'better than' / 'worse than' when its interval excludes zero, else 'not
+    distinguishable from'; 'one paired seed: no verdict on' with fewer than two seeds."""
+    if d["seeds"] < 2:
         return "one paired seed: no verdict on"
-    low, high = (d.low, d.high) if isinstance(d, PairedDiff) else (d["low"], d["high"])
-    if low <= 0 <= high:
+    if d["low"] <= 0 <= d["high"]:
         return "not distinguishable from"
-    return "better than" if (low > 0) == higher_is_better else "worse than"
+    return "better than" if (d["low"] > 0) == higher_is_better else "worse than"
 
 
 def claim_lines(paired: pd.DataFrame, metric: str) -> list[str]:
