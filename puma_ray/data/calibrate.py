@@ -231,13 +231,16 @@ def variance_shares(centred: np.ndarray, group: np.ndarray, item: np.ndarray) ->
     return quality, float(np.clip(in_sum / in_n / total - quality, 0.0, 0.95 - quality))
 
 
-def read_rows(data_dir: Path, need_manifest: bool = True) -> pd.DataFrame:
-    """(user_id, item_id, label) of every split of a canonical dataset (need_manifest=False: one being built)."""
+def read_rows(data_dir: Path, need_manifest: bool = True, split: str | None = None) -> pd.DataFrame:
+    """(user_id, item_id, label) of every split of a canonical dataset, or of one `split` (need_manifest=False:
+    one being built)."""
     files = sorted((data_dir / "interactions").glob("part-*.parquet"))
     if not files or (need_manifest and not (data_dir / "manifest.json").is_file()):
         raise PumaError(f"--calibrate-from {data_dir}: not a dataset written by `puma-ray data` (manifest.json and "
                         "interactions/part-*.parquet); nothing was changed")
-    return pd.concat(pq.read_table(f, columns=["user_id", "item_id", "label"]).to_pandas() for f in files)
+    only = None if split is None else [("split", "==", split)]
+    return pd.concat(pq.read_table(f, columns=["user_id", "item_id", "label"], filters=only).to_pandas()
+                     for f in files)
 
 
 def population_from_rows(rows: pd.DataFrame, cap: int, seed: int, fitted_from: dict) -> Population:

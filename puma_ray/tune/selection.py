@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from puma_ray.data.calibrate import user_groups
-from puma_ray.data.schema import read_manifest, shard_paths
+from puma_ray.data.calibrate import read_rows, user_groups
+from puma_ray.data.schema import read_manifest
 from puma_ray.select.inputs import label_variance
 from puma_ray.tune.stats import mean_std, paired_interval
 
@@ -63,20 +63,10 @@ def population_facts(data: str, seed: int = 0) -> tuple[pd.DataFrame | None, pd.
     if files:
         groups = pd.concat([pd.read_parquet(f, columns=["user_id", "group"]) for f in files], ignore_index=True)
     elif read_manifest(data)["task"] == "rating":
-        groups = user_groups(train_rows(data), seed).reset_index()
+        groups = user_groups(read_rows(Path(data), split="train"), seed).reset_index()
     else:
         groups = None
     return groups, label_variance(data)
-
-
-def train_rows(data: str) -> pd.DataFrame:
-    """(user_id, item_id, label) of a canonical dataset's train split."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
-
-    table = ds.dataset([str(p) for p in shard_paths(data)], format="parquet").to_table(
-        columns=["user_id", "item_id", "label"], filter=pc.field("split") == "train")
-    return table.to_pandas()
 
 
 def group_errors(per_user: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
