@@ -2,12 +2,15 @@
 #     [--budgets 0.01 0.02 0.05] [--strategies all] [--seeds 0 1 2 3 4]
 # .venv/bin/python benchmarks/selection_quality.py --out /tmp/puma-selection-ml100k --population real \
 #     --budgets 0.05 0.1 [--source amazon --real ../shared/data/amazon-2018-all-beauty-5core]
+#     [--source mind --real ../shared/data/mind-small-sample --users 1500]
 """The paper's Table 4 on calibrated users, or on a real sample's own users: which selection strategy trains the
 best adapter at a budget (a measurement, not a test; issue 12).
 
 Workspace (reused when complete, under --out):
   data/real        `puma-ray data --source SOURCE` of --real (configs/data-SOURCE.yaml's preprocessing); with
-                   --population real, the population itself
+                   --population real (and no --users), the population itself
+  data/subset      --population real --users N: a seeded sample of N of its users, every row of each kept with its
+                   split (data/subset.py, as `bench` takes its sizes): the population
   data/calibrated  `puma-ray data --source synthetic --calibrate-from data/real --users N`
                    (configs/data-calibrated-SOURCE.yaml's preprocessing): the population (--population calibrated)
   llama, qwen2     tiny models of the two families on its catalogue (`puma-ray models`)
@@ -41,6 +44,8 @@ from puma_ray.config import BenchConfig, DataConfig, ModelsConfig, load_config  
 from puma_ray.core.tasks import TASKS  # noqa: E402
 from puma_ray.runtime.ray_utils import init_ray  # noqa: E402
 from puma_ray.runtime.runs import log, setup_logging  # noqa: E402
+from puma_ray.data.subset import subset_dataset  # noqa: E402
+from puma_ray.errors import PumaError  # noqa: E402
 from puma_ray.stages.data import run_data  # noqa: E402
 from puma_ray.stages.models import run_models  # noqa: E402
 from puma_ray.select.strategies import STRATEGIES  # noqa: E402
@@ -51,13 +56,19 @@ from puma_ray.tune.trial import HIGHER_IS_BETTER, RESULT, TrialSetup, run_trial 
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ("llama", "qwen2")
+CALIBRATED_USERS = 10000
+"""--population calibrated's default --users."""
+ALSO = {"auc": "uauc"}
+"""A second metric reported beside the task's (clicks: uAUC, the mean AUC of the users whose test rows hold both
+classes), with its own table and paired differences; choices and closure stay on the task's metric."""
 
 
-def population(out: Path, real_input: str, users: int, seed: int, source: str = "movielens",
+def population(out: Path, real_input: str, users: int | None, seed: int, source: str = "movielens",
                calibrated: bool = True) -> str:
     """OUT/data/real (`source`'s shipped preprocessing, configs/data-SOURCE.yaml, of real_input) and, when
-    `calibrated`, OUT/data/calibrated (N users calibrated on it, configs/data-calibrated-SOURCE.yaml), each reused
-    when complete; returns the population's absolute path (the real dataset itself when not calibrated)."""
+    `calibrated`, OUT/data/calibrated (N users calibrated on it, configs/data-calibrated-SOURCE.yaml), or else, when
+    `users` is given, OUT/data/subset (a seeded sample of N of the real users, every row of each kept with its
+    split); each reused when complete. Returns the population's absolute path."""
     real, calibrated_dir = out / "data" / "real", out / "data" / "calibrated"
     if not (real / "manifest.json").is_file():
         run_data(load_config(DataConfig, str(ROOT / "configs" / f"data-{source}.yaml"),
@@ -65,16 +76,30 @@ def population(out: Path, real_input: str, users: int, seed: int, source: str = 
     elif json.loads((real / "manifest.json").read_text())["source"] != source:
         raise SystemExit(f"--out {out}: its real dataset is of another --source; choose a new --out")
     if not calibrated:
-        return str(real.resolve())
+        return str(real_subset(out, real, users, seed).resolve()) if users else str(real.resolve())
     config = ROOT / "configs" / f"data-calibrated-{source}.yaml"
     if not config.is_file():
         raise SystemExit(f"--source {source}: no shipped calibration config ({config.name}); use --population real")
+    users = users or CALIBRATED_USERS
     if not (calibrated_dir / "manifest.json").is_file():
         run_data(load_config(DataConfig, str(config), {"calibrate_from": str(real), "out": str(calibrated_dir),
                                                         "users": users, "seed": seed}))
     elif json.loads((calibrated_dir / "manifest.json").read_text())["users"] != users:
         raise SystemExit(f"--out {out}: its calibrated population has another --users; choose a new --out")
     return str(calibrated_dir.resolve())
+
+
+def real_subset(out: Path, real: Path, users: int, seed: int) -> Path:
+    """OUT/data/subset: `users` of the real dataset's users (data/subset.py, seeded), refused when --users asks for
+    more users than it has or --out holds another subset."""
+    have = json.loads((real / "manifest.json").read_text())["users"]
+    if users > have:
+        raise SystemExit(f"--users {users}: {real} has {have} users (leave --users out to use them all)")
+    try:
+        subset_dataset(real, users, seed, out / "data" / "subset")
+    except PumaError as exc:
+        raise SystemExit(f"--out {out}: {exc} (its subset has another --users)") from None
+    return out / "data" / "subset"
 
 
 def references(cfg: BenchConfig, data: str, out: Path, seeds: list[int]) -> tuple[dict, list[dict]]:
@@ -102,6 +127,8 @@ def trial_record(trial: Trial, row: dict, trial_dir: Path, groups: pd.DataFrame 
               "users_trained": row["users_trained"], f"test_{metric}": row[f"test_{metric}"],
               f"valid_{metric}": row[f"valid_{metric}"], "test_closure": row.get("test_closure"),
               "cost_device_s": row["cost_device_s"], **selection_profile(selected, groups, label_var)}
+    if metric in ALSO:  # a click task: the mean per-user AUC too, from the trial's test evaluation
+        record[f"test_{ALSO[metric]}"] = json.loads((trial_dir / "eval" / "test" / "metrics.json").read_text())[ALSO[metric]]
     if not diagnosable(groups, metric):
         return record, pd.DataFrame()
     per_group = group_errors(pd.read_parquet(trial_dir / "eval" / "test" / "per_user.parquet"), groups)
@@ -214,15 +241,40 @@ def fmt(x: float, digits: int = 4) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 
 
-def report(out: Path, args: argparse.Namespace, facts: dict, table: pd.DataFrame, paired: pd.DataFrame,
-           per_group: pd.DataFrame, ref_groups: pd.DataFrame | None, shares: pd.Series | None) -> list[str]:
-    """report.md: the population, the table per budget, paired differences, the verdicts, per-group errors
-    (when the population has taste groups and a rating task)."""
+def vs_random(paired: pd.DataFrame, budget: float, method: str) -> dict[str, str]:
+    """A method's paired differences at a budget as text, keyed by what it was compared with."""
+    if not len(paired):
+        return {}
+    return {p.vs: p.text for p in paired[(paired["budget"] == budget) & (paired["method"] == method)].itertuples()}
+
+
+def also_lines(runs: pd.DataFrame, also: str, ref: dict) -> list[str]:
+    """report.md's table of the second metric (ALSO): mean ± std per budget and method, paired vs random."""
+    table, paired = summary(runs, also), paired_vs_random(runs, also)
+    lines = ["", f"## Test {also}: the mean AUC of the users whose test rows hold both classes", "",
+             f"Source prompts {fmt(ref['source'])}; floor {fmt(ref['floor'])}, full retraining {fmt(ref['retrained'])}.",
+             "", f"| budget | method | test {also} (mean ± std) | seeds | vs random at B | vs random at 3B |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in table.to_dict("records"):
+        vs = vs_random(paired, r["budget"], r["method"])
+        lines.append(f"| {100 * r['budget']:g}% | {r['method']} | {fmt(r[f'{also}_mean'])} ± {fmt(r[f'{also}_std'])} | "
+                     f"{r['seeds']} | {vs.get(RANDOM, '')} | {vs.get(RANDOM_3X, '')} |")
+    return lines
+
+
+def report(out: Path, args: argparse.Namespace, facts: dict, runs: pd.DataFrame, table: pd.DataFrame,
+           paired: pd.DataFrame, per_group: pd.DataFrame, ref_groups: pd.DataFrame | None,
+           shares: pd.Series | None) -> list[str]:
+    """report.md: the population, the table per budget, paired differences, the verdicts, the second metric's
+    table (clicks: uAUC), per-group errors (when the population has taste groups and a rating task)."""
     cmd = "python benchmarks/selection_quality.py " + " ".join(sys.argv[1:])
     m, name = facts["metric"], facts["metric"].upper()
     better = "higher" if m in HIGHER_IS_BETTER else "lower"
     who = (f"{facts['users']:,} synthetic users calibrated on {facts['real']}" if args.population == "calibrated"
-           else f"the {facts['users']:,} users of {facts['real']} itself ({args.source}'s shipped preprocessing)")
+           else f"the {facts['users']:,} users of {facts['real']} itself ({args.source}'s shipped preprocessing)"
+           if not facts.get("subset_of") else
+           f"a seeded sample of {facts['users']:,} of the {facts['subset_of']:,} users of {facts['real']} "
+           f"({args.source}'s shipped preprocessing; every row of a sampled user, with its split)")
     groups = (f", {facts['groups']} taste groups ({facts['groups_from']}), largest {100 * shares.max():.1f}% / "
               f"smallest {100 * shares.min():.1f}% of users" if shares is not None else ", no taste groups")
     lines = [f"# Selection quality on {args.population} users (Table 4)", "", f"`{cmd}`", "",
@@ -236,11 +288,12 @@ def report(out: Path, args: argparse.Namespace, facts: dict, table: pd.DataFrame
              "", f"| budget | method | users | test {name} (mean ± std) | seeds | closure | groups covered | "
              "vs random at B | vs random at 3B |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in table.to_dict("records"):
-        vs = {p.vs: p.text for p in paired[(paired["budget"] == r["budget"]) & (paired["method"] == r["method"])]
-              .itertuples()} if len(paired) else {}
+        vs = vs_random(paired, r["budget"], r["method"])
         lines.append(f"| {100 * r['budget']:g}% | {r['method']} | {r['users']} | {fmt(r[f'{m}_mean'])} ± "
                      f"{fmt(r[f'{m}_std'])} | {r['seeds']} | {fmt(r['closure_mean'], 2)} ± {fmt(r['closure_std'], 2)}"
                      f" | {fmt(r['groups_covered'], 1)} | {vs.get(RANDOM, '')} | {vs.get(RANDOM_3X, '')} |")
+    if (also := ALSO.get(m)) and f"test_{also}" in runs:
+        lines += also_lines(runs, also, facts[also])
     lines += ["", "## The claims, in words", ""]
     for method in [x for x in dict.fromkeys(table["method"]) if x not in (RANDOM, RANDOM_3X)]:
         lines += [f"- {v}" for v in verdict(paired, method, m)] if len(paired) else []
@@ -276,7 +329,9 @@ def parse() -> argparse.Namespace:
                     help="--real's format: configs/data-SOURCE.yaml preprocesses it (movielens, amazon, yelp, mind)")
     ap.add_argument("--real", default=str(ROOT.parent / "shared" / "data" / "ml-100k"),
                     help="the real dataset's input (default: MovieLens 100k)")
-    ap.add_argument("--users", type=int, default=10000, help="calibrated users (--population calibrated)")
+    ap.add_argument("--users", type=int, default=None,
+                    help=f"calibrated: how many users to generate (default {CALIBRATED_USERS:,}); real: a seeded "
+                         "sample of that many of its users (default: all)")
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.01, 0.02, 0.05])
     ap.add_argument("--strategies", nargs="+", default=["all"], help="registry names, or all")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -326,16 +381,21 @@ def main() -> None:
     table, paired = summary(runs, metric), paired_vs_random(runs, metric)
     shares = groups["group"].value_counts(normalize=True) if groups is not None else None
     facts = {"users": manifest["users"], "real": args.real, "rows": manifest["rows"], "metric": metric,
+             "subset_of": manifest.get("subset_of") and json.loads((out / "data" / "real" / "manifest.json")
+                                                                     .read_text())["users"],
              "groups": len(shares) if shares is not None else 0,
              "groups_from": "the generator's" if args.population == "calibrated" else "clustered on train labels",
              "source": source["metrics"][metric], **ref}
+    if also := ALSO.get(metric):  # the second metric's references, from the same evaluations
+        facts[also] = {"source": source["metrics"][also],
+                       **{k: float(np.mean([r[k]["metrics"][also] for r in refs])) for k in ("floor", "retrained")}}
     plot_budget_curve(table, ref, metric, f"{args.population} users", out / "budget_curve.png")
     ref_groups = reference_groups(refs, groups) if diagnosable(groups, metric) else None
     if not per_group.empty:
         plot_group_errors(per_group, ref_groups, shares, out / "group_error.png")
     plot_selected_variance(out, runs, label_var, sorted(args.budgets)[len(args.budgets) // 2],
                            out / "selected_variance.png")
-    for line in report(out, args, facts, table, paired, per_group, ref_groups, shares):
+    for line in report(out, args, facts, runs, table, paired, per_group, ref_groups, shares):
         print(line)
     print(json.dumps({"population": args.population, "source": args.source, "users": manifest["users"],
                       "metric": metric, "seeds": args.seeds, "floor": ref["floor"], "retrained": ref["retrained"],

@@ -3,7 +3,9 @@ strategy of the registry on a calibrated population (issue 12)."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -137,3 +139,31 @@ def test_a_real_rating_sample_is_diagnosed_by_clustered_groups_and_a_click_sampl
     assert none is None and len(click_var) == 40
     chosen = list(click_var.index[:5])
     assert selection_profile(chosen, None, click_var) == {"selected_label_var": float(click_var[chosen].mean())}
+
+
+@pytest.mark.ray
+def test_a_real_population_can_be_a_seeded_sample_of_its_users(ray_local, tmp_path):
+    """benchmarks/selection_quality.py --population real --users N: N of the real users with every row of each
+    (their splits unchanged), the same N again reused, and --users beyond the dataset's users refused by name."""
+    import importlib.util
+
+    from conftest import REPO, shared
+
+    spec = importlib.util.spec_from_file_location("selection_quality", REPO / "benchmarks" / "selection_quality.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    real = shared("ml-100k")
+    data = Path(bench.population(tmp_path, str(real), 100, 0, "movielens", calibrated=False))
+    full = pd.read_parquet(tmp_path / "data" / "real" / "interactions", columns=["user_id", "item_id", "split"])
+    part = pd.read_parquet(data / "interactions", columns=["user_id", "item_id", "split"])
+    assert data == tmp_path / "data" / "subset" and part["user_id"].nunique() == 100
+    kept = full[full["user_id"].isin(set(part["user_id"]))]
+    assert len(kept) == len(part) and kept.merge(part).shape[0] == len(part)  # every row, its split unchanged
+    assert bench.population(tmp_path, str(real), 100, 0, "movielens", calibrated=False) == str(data)
+    have = json.loads((tmp_path / "data" / "real" / "manifest.json").read_text())["users"]
+    with pytest.raises(SystemExit, match=f"--users 5000: .* has {have} users"):
+        bench.population(tmp_path, str(real), 5000, 0, "movielens", calibrated=False)
+    with pytest.raises(SystemExit, match="its subset has another --users"):
+        bench.population(tmp_path, str(real), 200, 0, "movielens", calibrated=False)
+    assert bench.population(tmp_path, str(real), None, 0, "movielens", calibrated=False) == str(
+        (tmp_path / "data" / "real").resolve())
