@@ -127,8 +127,8 @@ def trial_record(trial: Trial, row: dict, trial_dir: Path, groups: pd.DataFrame 
               "users_trained": row["users_trained"], f"test_{metric}": row[f"test_{metric}"],
               f"valid_{metric}": row[f"valid_{metric}"], "test_closure": row.get("test_closure"),
               "cost_device_s": row["cost_device_s"], **selection_profile(selected, groups, label_var)}
-    if metric in ALSO:  # a click task: the mean per-user AUC too, from the trial's test evaluation
-        record[f"test_{ALSO[metric]}"] = json.loads((trial_dir / "eval" / "test" / "metrics.json").read_text())[ALSO[metric]]
+    if also := ALSO.get(metric):  # a click task: the mean per-user AUC too, from the trial's test evaluation
+        record[f"test_{also}"] = json.loads((trial_dir / "eval" / "test" / "metrics.json").read_text())[also]
     if not diagnosable(groups, metric):
         return record, pd.DataFrame()
     per_group = group_errors(pd.read_parquet(trial_dir / "eval" / "test" / "per_user.parquet"), groups)
@@ -252,14 +252,25 @@ def also_lines(runs: pd.DataFrame, also: str, ref: dict) -> list[str]:
     """report.md's table of the second metric (ALSO): mean ± std per budget and method, paired vs random."""
     table, paired = summary(runs, also), paired_vs_random(runs, also)
     lines = ["", f"## Test {also}: the mean AUC of the users whose test rows hold both classes", "",
-             f"Source prompts {fmt(ref['source'])}; floor {fmt(ref['floor'])}, full retraining {fmt(ref['retrained'])}.",
-             "", f"| budget | method | test {also} (mean ± std) | seeds | vs random at B | vs random at 3B |",
+             f"Source prompts {fmt(ref['source'])}; floor {fmt(ref['floor'])}, full retraining "
+             f"{fmt(ref['retrained'])}.", "",
+             f"| budget | method | test {also} (mean ± std) | seeds | vs random at B | vs random at 3B |",
              "|---|---|---:|---:|---:|---:|"]
     for r in table.to_dict("records"):
         vs = vs_random(paired, r["budget"], r["method"])
-        lines.append(f"| {100 * r['budget']:g}% | {r['method']} | {fmt(r[f'{also}_mean'])} ± {fmt(r[f'{also}_std'])} | "
-                     f"{r['seeds']} | {vs.get(RANDOM, '')} | {vs.get(RANDOM_3X, '')} |")
+        lines.append(f"| {100 * r['budget']:g}% | {r['method']} | {fmt(r[f'{also}_mean'])} ± "
+                     f"{fmt(r[f'{also}_std'])} | {r['seeds']} | {vs.get(RANDOM, '')} | {vs.get(RANDOM_3X, '')} |")
     return lines
+
+
+def population_words(args: argparse.Namespace, facts: dict) -> str:
+    """Who the population is, for report.md."""
+    if args.population == "calibrated":
+        return f"{facts['users']:,} synthetic users calibrated on {facts['real']}"
+    if facts.get("subset_of"):
+        return (f"a seeded sample of {facts['users']:,} of the {facts['subset_of']:,} users of {facts['real']} "
+                f"({args.source}'s shipped preprocessing; every row of a sampled user, with its split)")
+    return f"the {facts['users']:,} users of {facts['real']} itself ({args.source}'s shipped preprocessing)"
 
 
 def report(out: Path, args: argparse.Namespace, facts: dict, runs: pd.DataFrame, table: pd.DataFrame,
@@ -270,11 +281,7 @@ def report(out: Path, args: argparse.Namespace, facts: dict, runs: pd.DataFrame,
     cmd = "python benchmarks/selection_quality.py " + " ".join(sys.argv[1:])
     m, name = facts["metric"], facts["metric"].upper()
     better = "higher" if m in HIGHER_IS_BETTER else "lower"
-    who = (f"{facts['users']:,} synthetic users calibrated on {facts['real']}" if args.population == "calibrated"
-           else f"the {facts['users']:,} users of {facts['real']} itself ({args.source}'s shipped preprocessing)"
-           if not facts.get("subset_of") else
-           f"a seeded sample of {facts['users']:,} of the {facts['subset_of']:,} users of {facts['real']} "
-           f"({args.source}'s shipped preprocessing; every row of a sampled user, with its split)")
+    who = population_words(args, facts)
     groups = (f", {facts['groups']} taste groups ({facts['groups_from']}), largest {100 * shares.max():.1f}% / "
               f"smallest {100 * shares.min():.1f}% of users" if shares is not None else ", no taste groups")
     lines = [f"# Selection quality on {args.population} users (Table 4)", "", f"`{cmd}`", "",
