@@ -278,7 +278,8 @@ def report(out: Path, args: argparse.Namespace, facts: dict, runs: pd.DataFrame,
            shares: pd.Series | None) -> list[str]:
     """report.md: the population, the table per budget, paired differences, the verdicts, the second metric's
     table (clicks: uAUC), per-group errors (when the population has taste groups and a rating task)."""
-    cmd = "python benchmarks/selection_quality.py " + " ".join(sys.argv[1:])
+    # the command that ran the trials (a --report-only rerun reports them, it does not make them)
+    cmd = "python benchmarks/selection_quality.py " + " ".join(a for a in sys.argv[1:] if a != "--report-only")
     m, name = facts["metric"], facts["metric"].upper()
     better = "higher" if m in HIGHER_IS_BETTER else "lower"
     who = population_words(args, facts)
