@@ -51,7 +51,7 @@ from puma_ray.stages.models import run_models  # noqa: E402
 from puma_ray.select.strategies import STRATEGIES  # noqa: E402
 from puma_ray.tune.bench import trained  # noqa: E402
 from puma_ray.tune.selection import (RANDOM, RANDOM_3X, Trial, group_errors, paired_vs_random, plan,  # noqa: E402
-                                     population_facts, selection_profile, summary, verdict)
+                                     population_facts, selection_profile, summary, trained_and_rest, verdict)
 from puma_ray.tune.trial import HIGHER_IS_BETTER, RESULT, TrialSetup, run_trial  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,10 +118,31 @@ def diagnosable(groups: pd.DataFrame | None, metric: str) -> bool:
     return groups is not None and metric == "rmse"
 
 
+def reference_users(refs: list[dict], metric: str) -> dict[str, list[pd.DataFrame]]:
+    """Floor's and full retraining's per-user test tables, one per reference seed (rating tasks: the trained-on
+    users vs the rest diagnostic compares them on the same users; none for clicks)."""
+    if metric != "rmse":
+        return {}
+    return {name: [pd.read_parquet(Path(ref[name]["store"]).parent / "eval-test" / "per_user.parquet") for ref in refs]
+            for name in ("floor", "retrained")}
+
+
+def trained_vs_rest(per_user: pd.DataFrame, selected: list[str], ref_users: dict[str, list[pd.DataFrame]]) -> dict:
+    """The trial's test RMSE on the users it trained on and on the rest, and the references' on the same users
+    (mean over the reference seeds); {} for a click task."""
+    if not ref_users:
+        return {}
+    found = trained_and_rest(per_user, selected)
+    for name, tables in ref_users.items():
+        each = pd.DataFrame([trained_and_rest(t, selected, f"{name}_") for t in tables])
+        found.update(each.mean().to_dict())
+    return found
+
+
 def trial_record(trial: Trial, row: dict, trial_dir: Path, groups: pd.DataFrame | None, label_var: pd.Series,
-                 metric: str) -> tuple[dict, pd.DataFrame]:
-    """One runs.csv row (the trial's record and its selection profile) and its groups.csv rows (none without
-    groups or for a click task)."""
+                 metric: str, ref_users: dict[str, list[pd.DataFrame]]) -> tuple[dict, pd.DataFrame]:
+    """One runs.csv row (the trial's record, its selection profile and, for ratings, its trained-on users vs the
+    rest) and its groups.csv rows (none without groups or for a click task)."""
     selected = pd.read_parquet(trial_dir / "select" / "selected.parquet", columns=["user_id"])["user_id"].tolist()
     record = {"budget": trial.budget, "method": trial.method, "seed": trial.seed, "strategy": trial.strategy,
               "users_trained": row["users_trained"], f"test_{metric}": row[f"test_{metric}"],
@@ -129,14 +150,17 @@ def trial_record(trial: Trial, row: dict, trial_dir: Path, groups: pd.DataFrame 
               "cost_device_s": row["cost_device_s"], **selection_profile(selected, groups, label_var)}
     if also := ALSO.get(metric):  # a click task: the mean per-user AUC too, from the trial's test evaluation
         record[f"test_{also}"] = json.loads((trial_dir / "eval" / "test" / "metrics.json").read_text())[also]
+    per_user = pd.read_parquet(trial_dir / "eval" / "test" / "per_user.parquet")
+    record.update(trained_vs_rest(per_user, selected, ref_users))
     if not diagnosable(groups, metric):
         return record, pd.DataFrame()
-    per_group = group_errors(pd.read_parquet(trial_dir / "eval" / "test" / "per_user.parquet"), groups)
+    per_group = group_errors(per_user, groups)
     return record, per_group.assign(budget=trial.budget, method=trial.method, seed=trial.seed)
 
 
 def run_all(trials: list[Trial], setup: TrialSetup, out: Path, groups: pd.DataFrame | None,
-            label_var: pd.Series, run_missing: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+            label_var: pd.Series, ref_users: dict[str, list[pd.DataFrame]],
+            run_missing: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every trial (finished ones read back; with run_missing false, unfinished ones left out), with progress;
     runs.csv and groups.csv rewritten after each."""
     records, per_group = [], []
@@ -146,7 +170,7 @@ def run_all(trials: list[Trial], setup: TrialSetup, out: Path, groups: pd.DataFr
             continue
         log.info("selection quality: trial %d/%d: budget %g, %s, seed %d", i, len(trials), t.budget, t.method, t.seed)
         row = run_trial(setup, {"strategy": t.strategy, "budget": t.fraction, "seed": t.seed}, d)
-        rec, grp = trial_record(t, row, d, groups, label_var, setup.task_metric)
+        rec, grp = trial_record(t, row, d, groups, label_var, setup.task_metric, ref_users)
         records.append(rec)
         per_group.append(grp)
         pd.DataFrame(records).to_csv(out / "runs.csv", index=False)
@@ -273,6 +297,20 @@ def population_words(args: argparse.Namespace, facts: dict) -> str:
     return f"the {facts['users']:,} users of {facts['real']} itself ({args.source}'s shipped preprocessing)"
 
 
+def trained_lines(runs: pd.DataFrame) -> list[str]:
+    """report.md's table of the users each adapter was trained on vs the rest, beside the references on the same
+    users (test RMSE, mean over seeds): does the adapter carry over to users it never saw?"""
+    cols = ["trained_rmse", "floor_trained_rmse", "retrained_trained_rmse", "rest_rmse", "floor_rest_rmse",
+            "retrained_rest_rmse"]
+    lines = ["", "## The users the adapter was trained on, and the rest (test RMSE, mean over seeds)", "",
+             "| budget | method | trained-on users | their floor | their retraining | the rest | their floor | "
+             "their retraining |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    means = runs.groupby(["budget", "method"], sort=False)[cols].mean()
+    for (budget, method), r in means.iterrows():
+        lines.append(f"| {100 * budget:g}% | {method} | " + " | ".join(fmt(r[c]) for c in cols) + " |")
+    return lines
+
+
 def report(out: Path, args: argparse.Namespace, facts: dict, runs: pd.DataFrame, table: pd.DataFrame,
            paired: pd.DataFrame, per_group: pd.DataFrame, ref_groups: pd.DataFrame | None,
            shares: pd.Series | None) -> list[str]:
@@ -302,6 +340,8 @@ def report(out: Path, args: argparse.Namespace, facts: dict, runs: pd.DataFrame,
                      f" | {fmt(r['groups_covered'], 1)} | {vs.get(RANDOM, '')} | {vs.get(RANDOM_3X, '')} |")
     if (also := ALSO.get(m)) and f"test_{also}" in runs:
         lines += also_lines(runs, also, facts[also])
+    if "trained_rmse" in runs:
+        lines += trained_lines(runs)
     lines += ["", "## The claims, in words", ""]
     for method in [x for x in dict.fromkeys(table["method"]) if x not in (RANDOM, RANDOM_3X)]:
         lines += [f"- {v}" for v in verdict(paired, method, m)] if len(paired) else []
@@ -383,7 +423,8 @@ def main() -> None:
                        reference={"floor": {"value": ref["floor"]}, "retrained": {"value": ref["retrained"]}},
                        defaults={"epochs": args.adapter_epochs})
     groups, label_var = population_facts(data)
-    runs, per_group = run_all(trials, setup, out, groups, label_var, run_missing=not args.report_only)
+    runs, per_group = run_all(trials, setup, out, groups, label_var, reference_users(refs, metric),
+                              run_missing=not args.report_only)
     if runs.empty:
         raise SystemExit(f"--out {out}: no finished trial to report (run without --report-only)")
     table, paired = summary(runs, metric), paired_vs_random(runs, metric)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from puma_ray.tune.selection import (RANDOM, RANDOM_3X, Trial, group_errors, paired_vs_random, plan,
-                                     population_facts, selection_profile, summary, verdict)
+                                     population_facts, selection_profile, summary, trained_and_rest, verdict)
 
 # test RMSE of 5 seeds: puma better than random at B by ~0.02 on every seed, tied with random at 3B
 FIXED = {"puma": [1.20, 1.21, 1.19, 1.22, 1.20], RANDOM: [1.22, 1.23, 1.21, 1.245, 1.215],
@@ -63,6 +63,14 @@ def test_group_errors_are_exact_rmse_over_each_groups_rows():
     g = group_errors(per_user, groups).set_index("group")
     assert g.loc[0, "rmse"] == pytest.approx(math.sqrt((1 * 1.0 + 3 * 4.0) / 4)) and g.loc[0, "rows"] == 4
     assert g.loc[1, "rmse"] == pytest.approx(0.5) and g.loc[1, "users"] == 1  # d has no rows in the split
+
+
+def test_trained_on_users_and_the_rest_are_exact_rmse_over_their_rows():
+    per_user = pd.DataFrame({"user_id": ["a", "b", "c", "d"], "n": [1, 3, 2, 0], "rmse": [1.0, 2.0, 0.5, 9.0]})
+    got = trained_and_rest(per_user, ["b", "d", "zz"])  # d has no rows; zz is not in the table
+    assert got == {"trained_rmse": pytest.approx(2.0), "rest_rmse": pytest.approx(math.sqrt((1.0 + 2 * 0.25) / 3))}
+    assert trained_and_rest(per_user, ["a"], "floor_")["floor_trained_rmse"] == pytest.approx(1.0)
+    assert math.isnan(trained_and_rest(per_user, ["a", "b", "c", "d"])["rest_rmse"])  # nobody left
 
 
 def test_selection_profile_counts_groups_reached_and_the_smallest_share():

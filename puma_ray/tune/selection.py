@@ -78,6 +78,16 @@ def group_errors(per_user: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
     return g.assign(rmse=np.sqrt(g["sq"] / g["rows"])).drop(columns=["sq"])
 
 
+def trained_and_rest(per_user: pd.DataFrame, selected: list[str], prefix: str = "") -> dict[str, float]:
+    """Exact RMSE of the users the adapter was trained on and of all the others, from an evaluation's per-user
+    table: does the adapter carry over to users it never saw? Keys {prefix}trained_rmse, {prefix}rest_rmse."""
+    picked = set(selected)
+    sides = pd.DataFrame({"user_id": per_user["user_id"],
+                          "group": ["trained" if u in picked else "rest" for u in per_user["user_id"]]})
+    g = group_errors(per_user, sides).set_index("group")["rmse"]
+    return {f"{prefix}{side}_rmse": float(g.get(side, np.nan)) for side in ("trained", "rest")}
+
+
 def selection_profile(selected: list[str], groups: pd.DataFrame | None, label_var: pd.Series) -> dict:
     """What a selection holds: how many taste groups it reaches (of how many), the smallest group's share of it,
     and the mean label variance of its users (label_var: per user_id); only the last without groups."""
