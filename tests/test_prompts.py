@@ -147,6 +147,18 @@ def test_freeze_prompts_is_the_floor(setup, zero2):
     assert res["curve"][-1]["train_loss"] < res["curve"][0]["train_loss"]
 
 
+def test_freeze_prompts_on_clicks_trains_nothing_and_scores_the_random_prompts(setup, tmp_path):
+    """The click floor: frozen prompts under the click head (no weights) leave nothing to train; every epoch
+    scores the same random prompts (the same valid AUC), and the store holds them (it used to fail on backward)."""
+    root, _ = setup
+    run_data(DataConfig(source="synthetic", task="click", out=str(tmp_path / "clicks"), users=40, items=30, seed=2))
+    res = run_prompts(PromptsConfig(data=str(tmp_path / "clicks"), model=str(root / "llama"), out=str(tmp_path / "floor"),
+                                    workers=2, epochs=2, freeze_prompts=True))
+    assert [c["epoch"] for c in res["curve"]] == [0, 1] and res["users"] == 40
+    assert res["curve"][0]["valid_auc"] == res["curve"][1]["valid_auc"] == res["valid_auc"]
+    assert np.abs(np.concatenate([p for _, p in ps.iter_prompts(tmp_path / "floor")])).max() <= 0.1
+
+
 def test_a_warm_start_begins_from_the_given_stores_prompts_and_head_and_keeps_them_when_tuning_only_hurts(setup, zero2):
     """--init-from: every worker starts from the store's prompts and its head (the start, scored first as a
     candidate like any epoch, has the store's own quality); a step that wrecks them (lr 5.0) is not kept: the

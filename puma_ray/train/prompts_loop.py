@@ -124,7 +124,8 @@ def train_epoch(lm, engine, soft_fn, shard, index, config: dict, epoch: int, dev
 
     soft_fn: [B] int64 rows -> [B, l, d] soft prompts (table lookup, or adapter(source prompts)).
     A padding step of a rank without rows joins the collectives with a zero loss.
-    cache: frozen prompts only (FrozenLogits): epochs after the first train the head on kept logits.
+    cache: frozen prompts only (FrozenLogits): epochs after the first train the head on kept logits. Frozen
+    prompts under a head without weights (clicks) train nothing: the epoch measures its loss (the click floor).
     Rank 0 logs its progress through a long epoch every `PROGRESS_S` seconds.
     """
     engine.train()
@@ -138,7 +139,8 @@ def train_epoch(lm, engine, soft_fn, shard, index, config: dict, epoch: int, dev
             labels = torch.zeros(0)
         else:
             loss, _ = engine.module.loss(logits.to(device, dtype), labels.to(device, dtype))
-        engine.backward(loss)
+        if loss.requires_grad:  # frozen prompts under a head without weights (clicks): nothing to train
+            engine.backward(loss)
         engine.step()
         if after_step is not None:
             after_step()
