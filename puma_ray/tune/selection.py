@@ -81,9 +81,8 @@ def group_errors(per_user: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
 def trained_and_rest(per_user: pd.DataFrame, selected: list[str], prefix: str = "") -> dict[str, float]:
     """Exact RMSE of the users the adapter was trained on and of all the others, from an evaluation's per-user
     table: does the adapter carry over to users it never saw? Keys {prefix}trained_rmse, {prefix}rest_rmse."""
-    picked = set(selected)
     sides = pd.DataFrame({"user_id": per_user["user_id"],
-                          "group": ["trained" if u in picked else "rest" for u in per_user["user_id"]]})
+                          "group": np.where(per_user["user_id"].isin(selected), "trained", "rest")})
     g = group_errors(per_user, sides).set_index("group")["rmse"]
     return {f"{prefix}{side}_rmse": float(g.get(side, np.nan)) for side in ("trained", "rest")}
 
