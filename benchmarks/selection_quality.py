@@ -178,13 +178,10 @@ def run_all(trials: list[Trial], setup: TrialSetup, out: Path, groups: pd.DataFr
     return pd.DataFrame(records), pd.concat(per_group, ignore_index=True) if per_group else pd.DataFrame()
 
 
-def reference_groups(refs: list[dict], groups: pd.DataFrame) -> pd.DataFrame:
+def reference_groups(ref_users: dict[str, list[pd.DataFrame]], groups: pd.DataFrame) -> pd.DataFrame:
     """Floor and full retraining's test RMSE per taste group (mean over the reference seeds)."""
-    rows = []
-    for ref in refs:
-        for name in ("floor", "retrained"):
-            ev = Path(ref[name]["store"]).parent / "eval-test" / "per_user.parquet"
-            rows.append(group_errors(pd.read_parquet(ev), groups).assign(method=name, seed=ref["seed"]))
+    rows = [group_errors(table, groups).assign(method=name, seed=i)
+            for name, tables in ref_users.items() for i, table in enumerate(tables)]
     return pd.concat(rows).groupby(["method", "group"], as_index=False)["rmse"].mean()
 
 
@@ -423,8 +420,8 @@ def main() -> None:
                        reference={"floor": {"value": ref["floor"]}, "retrained": {"value": ref["retrained"]}},
                        defaults={"epochs": args.adapter_epochs})
     groups, label_var = population_facts(data)
-    runs, per_group = run_all(trials, setup, out, groups, label_var, reference_users(refs, metric),
-                              run_missing=not args.report_only)
+    ref_users = reference_users(refs, metric)
+    runs, per_group = run_all(trials, setup, out, groups, label_var, ref_users, run_missing=not args.report_only)
     if runs.empty:
         raise SystemExit(f"--out {out}: no finished trial to report (run without --report-only)")
     table, paired = summary(runs, metric), paired_vs_random(runs, metric)
@@ -439,7 +436,7 @@ def main() -> None:
         facts[also] = {"source": source["metrics"][also],
                        **{k: float(np.mean([r[k]["metrics"][also] for r in refs])) for k in ("floor", "retrained")}}
     plot_budget_curve(table, ref, metric, f"{args.population} users", out / "budget_curve.png")
-    ref_groups = reference_groups(refs, groups) if diagnosable(groups, metric) else None
+    ref_groups = reference_groups(ref_users, groups) if diagnosable(groups, metric) else None
     if not per_group.empty:
         plot_group_errors(per_group, ref_groups, shares, out / "group_error.png")
     plot_selected_variance(out, runs, label_var, sorted(args.budgets)[len(args.budgets) // 2],
