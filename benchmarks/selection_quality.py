@@ -266,7 +266,8 @@ def vs_random(paired: pd.DataFrame, budget: float, method: str) -> dict[str, str
     """A method's paired differences at a budget as text, keyed by what it was compared with."""
     if not len(paired):
         return {}
-    return {p.vs: p.text for p in paired[(paired["budget"] == budget) & (paired["method"] == method)].itertuples()}
+    rows = paired[(paired["budget"] == budget) & (paired["method"] == method)].itertuples()
+    return {p.vs: f"{p.text}, {p.better_seeds}/{p.seeds} better" for p in rows}
 
 
 def also_lines(runs: pd.DataFrame, also: str, ref: dict) -> list[str]:
@@ -327,7 +328,8 @@ def report(out: Path, args: argparse.Namespace, facts: dict, runs: pd.DataFrame,
              f"{fmt(facts['retrained'])} (reference seeds {args.reference_seeds}); closure = (floor - migrated) / "
              "(floor - retrained).",
              f"- Seeds {args.seeds}: a seed gives every strategy the same adapter initialisation and data order; "
-             f"differences are paired by seed, 95% t-intervals (the method minus random; {better} {name} is better).",
+             f"differences are paired by seed, 95% t-intervals (the method minus random; {better} {name} is better); "
+             "k/n better: the paired seeds where the method's test metric was strictly better.",
              "", f"| budget | method | users | test {name} (mean ± std) | seeds | closure | groups covered | "
              "vs random at B | vs random at 3B |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in table.to_dict("records"):

@@ -33,6 +33,10 @@ def test_paired_differences_vs_random_on_a_fixed_table():
     assert row["mean"] == pytest.approx(d.mean()) and row["low"] == pytest.approx(d.mean() - half)
     assert row["high"] == pytest.approx(d.mean() + half) and row["seeds"] == 5 and row["excludes_zero"]
     assert not p.loc[("puma", RANDOM_3X)]["excludes_zero"]
+    assert row["better_seeds"] == 5  # puma below random in every seed (lower RMSE is better)
+    assert p.loc[("puma", RANDOM_3X)]["better_seeds"] == 3  # -0.005, +0.01, -0.005, a tie, -0.005
+    auc = paired_vs_random(fixed_runs().rename(columns={"test_rmse": "test_auc"}), "auc").set_index(["method", "vs"])
+    assert auc.loc[("puma", RANDOM)]["better_seeds"] == 0  # the same numbers as AUC: higher is better
     assert ("random", RANDOM_3X) in p.index and (RANDOM, RANDOM) not in p.index
     lines = verdict(paired_vs_random(fixed_runs(), "rmse"), "puma", "rmse")
     assert lines == [lines[0]] and "puma beats random at B" in lines[0] and "within noise of random at 3B" in lines[0]
@@ -44,6 +48,7 @@ def test_pairs_use_only_seeds_both_methods_ran_and_a_loss_reads_as_one():
     runs = runs[~((runs["method"] == RANDOM) & (runs["seed"] == 4))]  # a seed random did not finish
     p = paired_vs_random(runs, "rmse").set_index(["method", "vs"])
     assert p.loc[("puma", RANDOM)]["seeds"] == 4 and p.loc[("puma", RANDOM_3X)]["seeds"] == 5
+    assert p.loc[("puma", RANDOM)]["better_seeds"] == 0
     assert "puma loses to random at B" in verdict(paired_vs_random(runs, "rmse"), "puma", "rmse")[0]
     one = paired_vs_random(fixed_runs()[lambda r: r["seed"] == 0], "rmse")
     assert verdict(one, "puma", "rmse") == ["budget 0.02: puma vs random: one paired seed, no interval and no verdict"]

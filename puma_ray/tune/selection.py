@@ -113,10 +113,17 @@ def summary(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of `metric` is better (error metrics: rmse, mae)."""
+    return metric in ("rmse", "mae")
+
+
 def paired_vs_random(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Per budget, every method minus random at B and minus random at 3B, paired by seed (only seeds both ran),
-    with the 95% t-interval; for RMSE a negative difference means the method is better."""
+    with the 95% t-interval and the number of those seeds where the method was strictly better; for RMSE a
+    negative difference means the method is better."""
     col, out = f"test_{metric}", []
+    sign = -1.0 if lower_is_better(metric) else 1.0
     for budget, g in runs.groupby("budget", sort=False):
         by = g.pivot_table(index="seed", columns="method", values=col)
         for method in [m for m in by.columns if m not in (RANDOM, RANDOM_3X)] + [RANDOM]:
@@ -125,15 +132,17 @@ def paired_vs_random(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
                     continue
                 both = by[[method, other]].dropna()
                 d = paired_interval(both[method].to_list(), both[other].to_list())
+                better = int((sign * (both[method] - both[other]) > 0).sum())
                 out.append({"budget": budget, "method": method, "vs": other, "mean": d.mean, "low": d.low,
-                            "high": d.high, "seeds": d.n, "excludes_zero": d.excludes_zero, "text": d.text()})
+                            "high": d.high, "seeds": d.n, "better_seeds": better, "excludes_zero": d.excludes_zero,
+                            "text": d.text()})
     return pd.DataFrame(out)
 
 
 def verdict(paired: pd.DataFrame, method: str, metric: str) -> list[str]:
     """The issue's two claims for `method`, budget by budget, in words: beats random at B (interval excludes
     zero on the better side) and within noise of random at 3B (interval includes zero)."""
-    better = (lambda d: d.high < 0) if metric == "rmse" else (lambda d: d.low > 0)
+    better = (lambda d: d.high < 0) if lower_is_better(metric) else (lambda d: d.low > 0)
     lines = []
     for budget, g in paired[paired["method"] == method].groupby("budget", sort=False):
         at = {r.vs: r for r in g.itertuples()}
@@ -145,6 +154,6 @@ def verdict(paired: pd.DataFrame, method: str, metric: str) -> list[str]:
             continue
         wins = ("beats" if better(b) else "loses to") if b.excludes_zero else "is not distinguishable from"
         ties = ("better than" if better(b3) else "worse than") if b3.excludes_zero else "within noise of"
-        lines.append(f"budget {budget:g}: {method} {wins} random at B ({b.text}, {b.seeds} seeds) and is {ties} "
-                     f"random at 3B ({b3.text})")
+        lines.append(f"budget {budget:g}: {method} {wins} random at B ({b.text}, {b.seeds} seeds, better in "
+                     f"{b.better_seeds}) and is {ties} random at 3B ({b3.text}, better in {b3.better_seeds})")
     return lines
