@@ -52,7 +52,8 @@ from puma_ray.select.strategies import STRATEGIES  # noqa: E402
 from puma_ray.tune.bench import trained  # noqa: E402
 from puma_ray.tune.selection import (RANDOM, RANDOM_3X, Trial, group_errors, paired_vs_random, plan,  # noqa: E402
                                      population_facts, selection_profile, summary, trained_and_rest, verdict)
-from puma_ray.tune.trial import HIGHER_IS_BETTER, RESULT, TrialSetup, run_trial  # noqa: E402
+from puma_ray.tune.stats import HIGHER_IS_BETTER  # noqa: E402
+from puma_ray.tune.trial import RESULT, TrialSetup, run_trial  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ("llama", "qwen2")

@@ -15,7 +15,7 @@ import pandas as pd
 from puma_ray.data.calibrate import read_rows, user_groups
 from puma_ray.data.schema import read_manifest
 from puma_ray.select.inputs import label_variance
-from puma_ray.tune.stats import mean_std, paired_interval
+from puma_ray.tune.stats import HIGHER_IS_BETTER, mean_std, paired_interval
 
 RANDOM, RANDOM_3X = "random", "random (3B)"
 
@@ -113,17 +113,12 @@ def summary(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def lower_is_better(metric: str) -> bool:
-    """Whether a smaller value of `metric` is better (error metrics: rmse, mae)."""
-    return metric in ("rmse", "mae")
-
-
 def paired_vs_random(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Per budget, every method minus random at B and minus random at 3B, paired by seed (only seeds both ran),
     with the 95% t-interval and the number of those seeds where the method was strictly better; for RMSE a
     negative difference means the method is better."""
     col, out = f"test_{metric}", []
-    sign = -1.0 if lower_is_better(metric) else 1.0
+    sign = 1.0 if metric in HIGHER_IS_BETTER else -1.0
     for budget, g in runs.groupby("budget", sort=False):
         by = g.pivot_table(index="seed", columns="method", values=col)
         for method in [m for m in by.columns if m not in (RANDOM, RANDOM_3X)] + [RANDOM]:
@@ -142,7 +137,7 @@ def paired_vs_random(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
 def verdict(paired: pd.DataFrame, method: str, metric: str) -> list[str]:
     """The issue's two claims for `method`, budget by budget, in words: beats random at B (interval excludes
     zero on the better side) and within noise of random at 3B (interval includes zero)."""
-    better = (lambda d: d.high < 0) if lower_is_better(metric) else (lambda d: d.low > 0)
+    better = (lambda d: d.low > 0) if metric in HIGHER_IS_BETTER else (lambda d: d.high < 0)
     lines = []
     for budget, g in paired[paired["method"] == method].groupby("budget", sort=False):
         at = {r.vs: r for r in g.itertuples()}

@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+HIGHER_IS_BETTER = ("auc", "uauc", "accuracy")  # the metrics where a larger value is better (error metrics: lower)
+
 
 def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
     """Mean, sample standard deviation (ddof 1; 0 for one value) and count of the finite values."""

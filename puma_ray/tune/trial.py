@@ -28,6 +28,7 @@ from puma_ray.runtime.runs import log, read_costs
 from puma_ray.store.prompt_store import MANIFEST
 from puma_ray.store.prompt_store import read_manifest as read_store_manifest
 from puma_ray.tune.space import ADAPTER_KEYS, SELECT_KEYS
+from puma_ray.tune.stats import HIGHER_IS_BETTER
 
 RESULT = "result.json"
 IDENTITY = "trial.json"
@@ -61,9 +62,6 @@ class TrialSetup:
 def resolve_budget(budget: float, users: int) -> int:
     """A count (>= 1) as is; a fraction (0, 1) of `users`, rounded, at least 1."""
     return int(budget) if budget >= 1 else max(1, round(budget * users))
-
-
-HIGHER_IS_BETTER = ("auc", "uauc", "accuracy")
 
 
 def closure(floor: float, retrained: float, migrated: float, metric: str = "rmse") -> float:
