@@ -53,7 +53,7 @@ from puma_ray.tune.bench import trained  # noqa: E402
 from puma_ray.tune.selection import (RANDOM, RANDOM_3X, Trial, group_errors, paired_vs_random, plan,  # noqa: E402
                                      population_facts, selection_profile, summary, trained_and_rest, verdict)
 from puma_ray.tune.stats import HIGHER_IS_BETTER  # noqa: E402
-from puma_ray.tune.trial import RESULT, TrialSetup, run_trial  # noqa: E402
+from puma_ray.tune.trial import RESULT, TrialSetup, run_trial, shared_losses  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ("llama", "qwen2")
@@ -422,6 +422,8 @@ def main() -> None:
                        workers=args.workers,
                        reference={"floor": {"value": ref["floor"]}, "retrained": {"value": ref["retrained"]}},
                        defaults={"epochs": args.adapter_epochs})
+    if not args.report_only:
+        setup = shared_losses(setup, out / "source" / "train_loss", [t.strategy for t in trials])
     groups, label_var = population_facts(data)
     ref_users = reference_users(refs, metric)
     runs, per_group = run_all(trials, setup, out, groups, label_var, ref_users, run_missing=not args.report_only)

@@ -107,6 +107,30 @@ def test_select_writes_exactly_b_users_for_every_strategy(setup, tmp_path, strat
         assert sorted(again["user_id"]) == sorted(sel["user_id"])
 
 
+def test_trials_share_one_source_loss_pass_and_select_as_if_each_scored_its_own(setup, tmp_path):
+    """shared_losses scores the source store once for the loss strategies (a second call reuses it; no pass
+    when no strategy reads losses); a select given it picks the users it picks scoring the store itself, and
+    a trial's select cost still carries that pass."""
+    from puma_ray.tune.trial import TrialSetup, shared_losses, with_shared_cost
+
+    root, _ = setup
+    base = TrialSetup(data=str(root / "data"), sources=[str(root / "src")], target_model="unused", task_metric="rmse")
+    assert shared_losses(base, tmp_path / "none", ["puma", "random"]) is base and not (tmp_path / "none").exists()
+    shared = shared_losses(base, tmp_path / "loss", ["random", "kmeans-loss"])
+    stamp = (tmp_path / "loss" / "per_user.parquet").stat().st_mtime_ns
+    assert shared_losses(base, tmp_path / "loss", ["loss"]).losses == shared.losses == str(tmp_path / "loss")
+    assert (tmp_path / "loss" / "per_user.parquet").stat().st_mtime_ns == stamp  # reused, not scored again
+    picked = {}
+    for name, losses in (("own", None), ("given", shared.losses)):
+        run_select(scfg(root, tmp_path / name, strategy="kmeans-loss", seed=3, losses=losses))
+        picked[name] = sorted(pd.read_parquet(tmp_path / name / "selected.parquet")["user_id"])
+    assert picked["own"] == picked["given"] and len(picked["own"]) == 30
+    assert (tmp_path / "own" / "source_loss").is_dir() and not (tmp_path / "given" / "source_loss").exists()
+    cost = with_shared_cost({"run": ".", "device_seconds": 2.0, "wall_s": 1.0, "startup_s": 0.5, "workers": 2},
+                            {"device_seconds": 3.0, "wall_s": 3.0, "startup_s": 1.0})
+    assert (cost["device_seconds"], cost["wall_s"], cost["startup_s"], cost["workers"]) == (5.0, 4.0, 1.5, 2)
+
+
 def test_a_rerun_of_select_killed_mid_run_leaves_the_old_selection_whole(setup, tmp_path):
     """SIGKILL of `select` while it re-selects into an existing selection: the old one is byte-identical (the
     new one is built beside it), and the next run swaps in a complete new selection."""

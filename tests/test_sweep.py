@@ -120,3 +120,12 @@ def test_a_corrupt_trial_marker_is_one_line_and_nothing_is_reused(tmp_path):
     with pytest.raises(PumaError, match="corrupt"):
         claim(tmp_path, {"params": {"budget": 3}}, "trial")
     assert (tmp_path / IDENTITY).read_text() == '{"params": {"budget": 3'
+
+
+def test_the_loss_pass_is_shared_only_when_a_spaces_trials_can_draw_a_loss_strategy():
+    from puma_ray.tune.space import load_space, parse_space
+    from puma_ray.tune.sweep import space_strategies
+
+    assert space_strategies(load_space(Path(__file__).parent.parent / "tune_spaces" / "ci.yaml")) == ["puma", "random"]
+    assert space_strategies(parse_space({"params": {"budget": 20}})) == ["puma"]  # the select stage's default
+    assert space_strategies(parse_space({"params": {"strategy": {"choice": ["loss", "kmeans"]}}})) == ["loss", "kmeans"]

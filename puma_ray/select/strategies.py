@@ -121,6 +121,11 @@ STRATEGIES: dict[str, Callable] = {
 }
 
 
+def uses_losses(strategy: str, ffn_strata: str = "variance") -> bool:
+    """Whether `strategy` reads the source model's per-user training loss (one pass of the source model)."""
+    return strategy in ("loss", "kmeans-loss") or (strategy == "ffn" and ffn_strata == "loss")
+
+
 def select_users(inputs, cfg) -> Selection:
     """Run cfg.strategy for exactly cfg.budget distinct users (a PumaError when too few are eligible)."""
     check_budget(cfg.budget, inputs.n)

@@ -34,19 +34,24 @@ from puma_ray.runtime.runs import CostMeter, build_beside, check_out, log, write
 from puma_ray.runtime.storage import remote_paths
 from puma_ray.select.inputs import PLOT_SAMPLE, SelectionInputs, VectorFiles
 from puma_ray.select.strata import stratum_weights
-from puma_ray.select.strategies import select_users
+from puma_ray.select.strategies import select_users, uses_losses
 from puma_ray.store.prompt_store import store_user_ids, verify
+
+
+def score_source_losses(data: str, prompts: str, model: str, out: str, workers: int, batch_size: int) -> None:
+    """`evaluate --split train` of the store `prompts` on its own `model` into `out`: what --losses reads."""
+    from puma_ray.stages.evaluate import run_evaluate
+
+    run_evaluate(EvaluateConfig(data=data, model=model, prompts=prompts, split="train", out=out, workers=workers,
+                                batch_size=batch_size))
 
 
 def source_losses(cfg: SelectConfig, store: dict, out: Path) -> pd.Series:
     """Mean source-model training loss per user: from --losses, or by running `evaluate --split train`."""
-    from puma_ray.stages.evaluate import run_evaluate
-
     where = cfg.losses
     if where is None:
         where = str(out / "source_loss")
-        run_evaluate(EvaluateConfig(data=cfg.data, model=store["model"]["name"], prompts=cfg.prompts, split="train",
-                                    out=where, workers=cfg.workers, batch_size=cfg.batch_size))
+        score_source_losses(cfg.data, cfg.prompts, store["model"]["name"], where, cfg.workers, cfg.batch_size)
     path = Path(where) / "per_user.parquet"
     if not path.is_file():
         raise PumaError(f"--losses {where}: no per_user.parquet there (give a `puma-ray evaluate` output)")
@@ -146,8 +151,7 @@ def selection_report(cfg: SelectConfig, sel, n: int, timings: dict) -> dict:
         report["stratum_selected"] = np.bincount(strata[strata >= 0], minlength=cfg.bins).tolist()
         w = stratum_weights(cfg.bins, "normal" if cfg.strategy == "puma" else cfg.weights)
         report["stratum_target_share"] = (w / w.sum()).round(4).tolist()
-        by_loss = cfg.strategy in ("loss", "kmeans-loss") or (cfg.strategy == "ffn" and cfg.ffn_strata == "loss")
-        report["stratified_by"] = "loss" if by_loss else "variance"
+        report["stratified_by"] = "loss" if uses_losses(cfg.strategy, cfg.ffn_strata) else "variance"
     return report
 
 

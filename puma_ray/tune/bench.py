@@ -45,7 +45,7 @@ from puma_ray.store.prompt_store import MANIFEST, store_user_ids, without_users
 from puma_ray.train.common import epochs_for, steps_for
 from puma_ray.tune.stats import (AdapterCost, LinearCost, fit_adapter_cost, fit_linear_cost, mean_std,
                                  paired_interval, per_unit_rate)
-from puma_ray.tune.trial import TrialSetup, claim, closure, run_trial, stage_cost
+from puma_ray.tune.trial import TrialSetup, claim, closure, run_trial, shared_losses, stage_cost
 
 FLOOR, RETRAINED, SOURCE = "random init (floor)", "full retraining", "source model"
 RECYCLED = "prompt recycling (no users)"
@@ -158,6 +158,7 @@ def size_runs(cfg: BenchConfig, data: str, users: int, root: Path, metric: str) 
                            gpus_per_worker=cfg.gpus_per_worker,
                            dtype=cfg.dtype, report_split=split, reference=ref, defaults=adapter_defaults(cfg),
                            recycled=rec_store)
+        setup = shared_losses(setup, root / "source" / "train_loss", [p["strategy"] for _, p in methods_of(cfg)])
         for name, params in methods_of(cfg):
             log.info("bench: %d users, seed %d: %s", users, seed, name)
             trial_path = root / f"seed{seed}" / name.replace(" ", "").replace("(", "-").replace(")", "").replace(",", "-")

@@ -41,7 +41,7 @@ from puma_ray.runtime.storage import remote_paths
 from puma_ray.store.prompt_store import read_manifest as read_store_manifest
 from puma_ray.tune.space import TRIAL_KEYS, SearchSpace, load_space
 from puma_ray.tune.stats import pareto_front
-from puma_ray.tune.trial import TrialSetup, closure, run_trial
+from puma_ray.tune.trial import TrialSetup, closure, run_trial, select_default, shared_losses
 
 TRIAL_RESOURCES = {"CPU": 0, "memory": 64 * 1024**2}  # the trial driver; its stages reserve their own
 
@@ -244,6 +244,12 @@ def write_report(out: Path, cfg: SweepConfig, df: pd.DataFrame, metric: str, cho
     return write_markdown(out / "report.md", lines)
 
 
+def space_strategies(space: SearchSpace) -> list[str]:
+    """The selection strategies the space's trials can draw (the select stage's default when it sets none)."""
+    d = space.params.get("strategy")
+    return [select_default("strategy")] if d is None else [str(v) for v in d.args]
+
+
 @remote_paths
 def run_sweep(cfg: SweepConfig) -> dict:
     """Run (or resume) the sweep; returns the JSON summary."""
@@ -265,6 +271,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
                        gpus_per_worker=cfg.gpus_per_worker, dtype=cfg.dtype,
                        report_split=cfg.split,
                        reference=ref)
+    setup = shared_losses(setup, out / "train_loss", space_strategies(space))
     log.info("sweep: %s, up to %d trial(s) (%s), %d at a time -> %s", cfg.space, space.grid_size(),
              cfg.scheduler or space.scheduler, cfg.max_concurrent, out)
     with CostMeter(out, "sweep", cfg, workers=cfg.workers) as meter:

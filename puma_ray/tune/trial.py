@@ -17,7 +17,7 @@ included); evaluation is reported apart, since retraining's cost does not includ
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,6 +25,7 @@ from puma_ray.config import AdapterStageConfig, EvaluateConfig, MigrateConfig, S
 from puma_ray.data.schema import read_required_json, write_json_atomic
 from puma_ray.errors import PumaError
 from puma_ray.runtime.runs import log, read_costs
+from puma_ray.select.strategies import uses_losses
 from puma_ray.store.prompt_store import MANIFEST
 from puma_ray.store.prompt_store import read_manifest as read_store_manifest
 from puma_ray.tune.space import ADAPTER_KEYS, SELECT_KEYS
@@ -57,6 +58,9 @@ class TrialSetup:
     """Trial parameters used when a trial does not set them (e.g. the adapter's epochs)."""
     recycled: Optional[str] = None
     """Recycled store of sources[0] on the target: what a trial with init 'recycled' starts its adapter from."""
+    losses: Optional[str] = None
+    """sources[0] scored on its own model over the train rows (shared_losses): what loss strategies read instead of
+    scoring it again in every trial. Not part of a trial's identity: data and sources[0] determine it."""
 
 
 def resolve_budget(budget: float, users: int) -> int:
@@ -99,7 +103,7 @@ def run_steps(setup: TrialSetup, params: dict, d: Path, callbacks: tuple = ()) -
     p = {**setup.defaults, **params}
     if not _complete(steps["select"] / "selected.parquet"):
         run_select(SelectConfig(data=setup.data, prompts=setup.sources[0], out=str(steps["select"]),
-                                seed=p.get("seed", 0), **{k: p[k] for k in SELECT_KEYS if k in p}))
+                                seed=p.get("seed", 0), losses=setup.losses, **{k: p[k] for k in SELECT_KEYS if k in p}))
     if not _complete(steps["adapter"] / "adapter.json"):
         run_adapter(AdapterStageConfig(data=setup.data, source=list(setup.sources), target_model=setup.target_model,
                                        users=str(steps["select"]), out=str(steps["adapter"]), workers=setup.workers,
@@ -139,6 +143,9 @@ def trial_row(setup: TrialSetup, params: dict, steps: dict[str, Path]) -> dict[s
     total_dev = total_wall = total_start = 0.0
     for stage, run_dir in cost_dirs.items():
         c = stage_cost(run_dir)
+        strategy = {**setup.defaults, **params}.get("strategy", select_default("strategy"))
+        if stage == "select" and setup.losses and uses_losses(strategy):
+            c = with_shared_cost(c, stage_cost(Path(setup.losses)))  # what its own scoring pass would have cost
         row[f"{stage}_device_s"], row[f"{stage}_wall_s"] = c["device_seconds"], c["wall_s"]
         row[f"{stage}_startup_device_s"] = c["startup_device_s"]
         total_dev += c["device_seconds"]
@@ -152,6 +159,33 @@ def trial_row(setup: TrialSetup, params: dict, steps: dict[str, Path]) -> dict[s
     if ref and ref["retrained"].get("device_s"):
         row["cost_vs_retraining"] = round(total_dev / ref["retrained"]["device_s"], 4)
     return row
+
+
+def select_default(name: str) -> Any:
+    """The select stage's default for one of its fields."""
+    return next(f.default for f in fields(SelectConfig) if f.name == name)
+
+
+def with_shared_cost(own: dict, shared: dict) -> dict:
+    """A stage's cost record with a shared run's device-seconds, wall and start-up added (a select whose loss
+    pass was run once for every trial still costs what running that pass itself would)."""
+    keys = ("device_seconds", "wall_s", "startup_s", "startup_device_s")
+    return {**own, **{k: round((own.get(k) or 0.0) + (shared.get(k) or 0.0), 3) for k in keys}}
+
+
+def shared_losses(setup: TrialSetup, d: Path, strategies) -> TrialSetup:
+    """`setup` with `losses`: sources[0] scored on its own model over the train rows, once, into `d` (reused when
+    complete), when any of `strategies` reads it; `setup` unchanged otherwise. The same evaluation a trial's select
+    would run (the select stage's defaults), so a trial selects the same users either way."""
+    from puma_ray.stages.select import score_source_losses
+
+    if not any(uses_losses(s) for s in strategies):
+        return setup
+    if not ((d / "metrics.json").is_file() and (d / "per_user.parquet").is_file()):
+        log.info("trials: scoring %s on its own model once for the loss strategies -> %s", setup.sources[0], d)
+        score_source_losses(setup.data, setup.sources[0], read_store_manifest(setup.sources[0])["model"]["name"],
+                            str(d), select_default("workers"), select_default("batch_size"))
+    return replace(setup, losses=str(d))
 
 
 def claim(d: Path, identity: dict, what: str) -> None:
