@@ -141,9 +141,9 @@ def trial_row(setup: TrialSetup, params: dict, steps: dict[str, Path]) -> dict[s
         row[f"{setup.report_split}_closure"] = closure(ref["floor"]["value"], ref["retrained"]["value"], reported[m], m)
     cost_dirs = {"select": steps["select"], "adapter": steps["adapter"], "migrate": steps["store"]}
     total_dev = total_wall = total_start = 0.0
+    strategy = {**setup.defaults, **params}.get("strategy", select_default("strategy"))
     for stage, run_dir in cost_dirs.items():
         c = stage_cost(run_dir)
-        strategy = {**setup.defaults, **params}.get("strategy", select_default("strategy"))
         if stage == "select" and setup.losses and uses_losses(strategy):
             c = with_shared_cost(c, stage_cost(Path(setup.losses)))  # what its own scoring pass would have cost
         row[f"{stage}_device_s"], row[f"{stage}_wall_s"] = c["device_seconds"], c["wall_s"]
