@@ -54,6 +54,28 @@ def test_pairs_use_only_seeds_both_methods_ran_and_a_loss_reads_as_one():
     assert verdict(one, "puma", "rmse") == ["budget 0.02: puma vs random: one paired seed, no interval and no verdict"]
 
 
+def test_several_strategies_against_one_random_are_also_judged_with_a_bonferroni_interval():
+    runs = fixed_runs()
+    # a second strategy, "loss", better than random by a small margin on every seed: its 95% interval excludes
+    # zero, the interval at 1 - 0.05/2 (two strategies compared against the same random runs) does not
+    loss = [v - w for v, w in zip(FIXED[RANDOM], [0.004, 0.0005, 0.0075, 0.002, 0.006])]
+    runs = pd.concat([runs, pd.DataFrame([{**runs.iloc[0].to_dict(), "method": "loss", "seed": s, "test_rmse": v}
+                                          for s, v in enumerate(loss)])], ignore_index=True)
+    p = paired_vs_random(runs, "rmse").set_index(["method", "vs"])
+    d = np.array(loss) - np.array(FIXED[RANDOM])  # -0.004, -0.0005, -0.0075, -0.002, -0.006
+    half = 3.4954059 * d.std(ddof=1) / math.sqrt(5)  # t(1 - 0.025/2, 4) = t(0.9875, 4)
+    row = p.loc[("loss", RANDOM)]
+    assert row["compared"] == 2 and row["excludes_zero"] and not row["adj_excludes_zero"]
+    assert row["adj_text"] == f"{d.mean():+.4f} [{d.mean() - half:+.4f}, {d.mean() + half:+.4f}]"
+    assert p.loc[("puma", RANDOM)]["adj_excludes_zero"]  # 0.02 better on every seed survives the correction
+    assert p.loc[("loss", RANDOM_3X)]["compared"] == 1 and p.loc[(RANDOM, RANDOM_3X)]["compared"] == 1
+    line = verdict(paired_vs_random(runs, "rmse"), "loss", "rmse")[0]
+    assert "loss beats random at B" in line and "with 2 strategies compared" in line and "interval" in line
+    assert line.endswith("includes zero")
+    single = verdict(paired_vs_random(fixed_runs(), "rmse"), "puma", "rmse")[0]
+    assert "Bonferroni" not in single  # one strategy against random: one comparison, nothing to correct
+
+
 def test_summary_is_mean_and_sample_std_per_budget_and_method():
     t = summary(pd.concat([fixed_runs(0.01), fixed_runs(0.02)]), "rmse").set_index(["budget", "method"])
     assert len(t) == 6

@@ -116,21 +116,28 @@ def summary(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
 def paired_vs_random(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Per budget, every method minus random at B and minus random at 3B, paired by seed (only seeds both ran),
     with the 95% t-interval and the number of those seeds where the method was strictly better; for RMSE a
-    negative difference means the method is better."""
+    negative difference means the method is better. When k > 1 strategies are compared with the same random
+    runs at a budget, each row vs random at B also carries the Bonferroni interval (level 1 - 0.05/k):
+    `compared` = k, `adj_text`, `adj_excludes_zero` (rows with k = 1 repeat the 95% interval there)."""
     col, out = f"test_{metric}", []
     sign = 1.0 if metric in HIGHER_IS_BETTER else -1.0
     for budget, g in runs.groupby("budget", sort=False):
         by = g.pivot_table(index="seed", columns="method", values=col)
-        for method in [m for m in by.columns if m not in (RANDOM, RANDOM_3X)] + [RANDOM]:
+        strategies = [m for m in by.columns if m not in (RANDOM, RANDOM_3X)]
+        for method in strategies + [RANDOM]:
             for other in (RANDOM, RANDOM_3X):
                 if method == other or other not in by:
                     continue
                 both = by[[method, other]].dropna()
-                d = paired_interval(both[method].to_list(), both[other].to_list())
+                a, b = both[method].to_list(), both[other].to_list()
+                d = paired_interval(a, b)
+                k = len(strategies) if other == RANDOM else 1
+                adj = paired_interval(a, b, level=1 - 0.05 / k) if k > 1 else d
                 better = int((sign * (both[method] - both[other]) > 0).sum())
                 out.append({"budget": budget, "method": method, "vs": other, "mean": d.mean, "low": d.low,
                             "high": d.high, "seeds": d.n, "better_seeds": better, "excludes_zero": d.excludes_zero,
-                            "text": d.text()})
+                            "text": d.text(), "compared": k, "adj_text": adj.text(),
+                            "adj_excludes_zero": adj.excludes_zero})
     return pd.DataFrame(out)
 
 
@@ -149,6 +156,11 @@ def verdict(paired: pd.DataFrame, method: str, metric: str) -> list[str]:
             continue
         wins = ("beats" if better(b) else "loses to") if b.excludes_zero else "is not distinguishable from"
         ties = ("better than" if better(b3) else "worse than") if b3.excludes_zero else "within noise of"
-        lines.append(f"budget {budget:g}: {method} {wins} random at B ({b.text}, {b.seeds} seeds, better in "
-                     f"{b.better_seeds}) and is {ties} random at 3B ({b3.text}, better in {b3.better_seeds})")
+        line = (f"budget {budget:g}: {method} {wins} random at B ({b.text}, {b.seeds} seeds, better in "
+                f"{b.better_seeds}) and is {ties} random at 3B ({b3.text}, better in {b3.better_seeds})")
+        if b.compared > 1:
+            kept = "still excludes" if b.adj_excludes_zero else "includes"
+            line += (f"; with {b.compared} strategies compared against the same random runs, the Bonferroni "
+                     f"interval ({b.adj_text}) {kept} zero")
+        lines.append(line)
     return lines
