@@ -408,8 +408,8 @@ def test_bfloat16_migration_matches_float32_within_tolerance(setup, tmp_path):
     (relative L2) of the float32 ones for 95% of users (median under 1%) and within 20% for every user, the
     store stays float32, the lineage says which dtype ran, and a partial migration is never resumed in another
     dtype. Not every user within 2%: a trained adapter can map a user to a nearly constant vector just before a
-    LayerNorm, which then scales bf16's rounding up (seen in a full test run: one user of 120 at 8.5%, its vector's spread
-    15x below the median there, every other user under 0.5%)."""
+    LayerNorm, which then scales bf16's rounding up (seen in a full test run: one user of 120 at 8.5%, its
+    vector's spread 15x below the median there, every other user under 0.5%)."""
     root, _ = setup
     runs = {d: run_migrate(MigrateConfig(adapter=str(root / "adapter"), source=[str(root / "src")],
                                          out=str(tmp_path / d), dtype=d)) for d in ("float32", "bfloat16")}
