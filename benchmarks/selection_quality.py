@@ -187,15 +187,20 @@ def reference_groups(ref_users: dict[str, list[pd.DataFrame]], groups: pd.DataFr
 
 
 def plot_budget_curve(table: pd.DataFrame, ref: dict, metric: str, population: str, path: Path) -> None:
-    """Test metric (mean ± std over seeds) vs users trained on, one line per strategy; floor and retraining."""
+    """Test metric (mean ± std over seeds) vs users trained on, one line per strategy; floor and retraining.
+    Strategies trained on the same number of users are drawn side by side (a small shift along the log axis;
+    the ticks mark the true counts), so their error bars do not hide each other."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7.5, 4.8))
     ax = fig.subplots()
-    for method, g in table.groupby("method", sort=False):
+    methods = list(dict.fromkeys(table["method"]))
+    for i, (method, g) in enumerate(table.groupby("method", sort=False)):
         g = g.sort_values("users")
         style = dict(ls="--") if method == RANDOM_3X else {}
-        ax.errorbar(g["users"], g[f"{metric}_mean"], yerr=g[f"{metric}_std"], marker="o", capsize=3, label=method, **style)
+        shift = 10 ** (0.01 * (i - (len(methods) - 1) / 2))
+        ax.errorbar(g["users"] * shift, g[f"{metric}_mean"], yerr=g[f"{metric}_std"], marker="o", capsize=3,
+                    label=method, **style)
     for name, color in (("floor", "0.4"), ("retrained", "0.1")):
         ax.axhline(ref[name], color=color, ls=":", lw=1, label=f"{name} {ref[name]:.4f}")
     ax.set_xscale("log")
