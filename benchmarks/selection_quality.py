@@ -194,11 +194,11 @@ def plot_budget_curve(table: pd.DataFrame, ref: dict, metric: str, population: s
 
     fig = Figure(figsize=(7.5, 4.8))
     ax = fig.subplots()
-    methods = list(dict.fromkeys(table["method"]))
+    n = table["method"].nunique()
     for i, (method, g) in enumerate(table.groupby("method", sort=False)):
         g = g.sort_values("users")
         style = dict(ls="--") if method == RANDOM_3X else {}
-        shift = 10 ** (0.01 * (i - (len(methods) - 1) / 2))
+        shift = 10 ** (0.01 * (i - (n - 1) / 2))
         ax.errorbar(g["users"] * shift, g[f"{metric}_mean"], yerr=g[f"{metric}_std"], marker="o", capsize=3,
                     label=method, **style)
     for name, color in (("floor", "0.4"), ("retrained", "0.1")):
