@@ -65,12 +65,15 @@ def test_two_workers_learn_and_write_a_complete_store(setup, zero2):
 
 def test_ray_train_on_the_local_runtime_starts_no_preemption_watcher(setup, zero2):
     """The session's Ray is a local runtime init_ray started: no node of it is ever drained, so its Ray Train runs
-    start no preemption watcher actor (LOCAL_TRAIN_ENV; a cluster keeps it: test_jobs)."""
+    start no preemption watcher actor (LOCAL_TRAIN_ENV; a cluster keeps it: test_jobs). The state API is asked at
+    this session's own address: with no address it refuses to guess when another Ray runs on the machine."""
+    import ray
     from ray.util.state import list_actors
 
     if os.environ.get("RAY_ADDRESS") and os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER") != "0":
         pytest.skip("the session joined a cluster (RAY_ADDRESS): Ray Train keeps its preemption watcher there")
-    classes = {a.class_name for a in list_actors(limit=10000, detail=False)}
+    address = ray.get_runtime_context().gcs_address
+    classes = {a.class_name for a in list_actors(address=address, limit=10000, detail=False)}
     assert "RayTrainWorker" in classes and "PreemptionWatcher" not in classes, classes
 
 
