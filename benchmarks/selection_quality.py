@@ -335,9 +335,9 @@ def report(out: Path, args: argparse.Namespace, facts: dict, runs: pd.DataFrame,
              "(floor - retrained).",
              f"- Seeds {args.seeds}: a seed gives every strategy the same adapter initialisation and data order; "
              f"differences are paired by seed, 95% t-intervals (the method minus random; {better} {name} is better); "
-             "k/n better: the paired seeds where the method's test metric was strictly better. Where k > 1 "
+             "k/n better: the paired seeds where the method's test metric was strictly better. Where m > 1 "
              "strategies are compared with the same random runs, the claims also give the Bonferroni interval "
-             "(level 1 - 0.05/k).",
+             "(level 1 - 0.05/m).",
              "", f"| budget | method | users | test {name} (mean ± std) | seeds | closure | groups covered | "
              "vs random at B | vs random at 3B |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in table.to_dict("records"):
