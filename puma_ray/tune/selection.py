@@ -15,7 +15,7 @@ import pandas as pd
 from puma_ray.data.calibrate import read_rows, user_groups
 from puma_ray.data.schema import read_manifest
 from puma_ray.select.inputs import label_variance
-from puma_ray.tune.stats import HIGHER_IS_BETTER, mean_std, paired_interval
+from puma_ray.tune.stats import HIGHER_IS_BETTER, LEVEL, mean_std, paired_interval
 
 RANDOM, RANDOM_3X = "random", "random (3B)"
 
@@ -117,7 +117,7 @@ def paired_vs_random(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Per budget, every method minus random at B and minus random at 3B, paired by seed (only seeds both ran),
     with the 95% t-interval and the number of those seeds where the method was strictly better; for RMSE a
     negative difference means the method is better. When k > 1 strategies are compared with the same random
-    runs at a budget, each row vs random at B also carries the Bonferroni interval (level 1 - 0.05/k):
+    runs at a budget, each row vs random at B also carries the Bonferroni interval (level 1 - (1 - LEVEL)/k, LEVEL = 0.95):
     `compared` = k, `adj_text`, `adj_excludes_zero` (rows with k = 1 repeat the 95% interval there)."""
     col, out = f"test_{metric}", []
     sign = 1.0 if metric in HIGHER_IS_BETTER else -1.0
@@ -132,7 +132,7 @@ def paired_vs_random(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
                 a, b = both[method].to_list(), both[other].to_list()
                 d = paired_interval(a, b)
                 k = len(strategies) if other == RANDOM else 1
-                adj = paired_interval(a, b, level=1 - 0.05 / k) if k > 1 else d
+                adj = paired_interval(a, b, level=1 - (1 - LEVEL) / k) if k > 1 else d
                 better = int((sign * (both[method] - both[other]) > 0).sum())
                 out.append({"budget": budget, "method": method, "vs": other, "mean": d.mean, "low": d.low,
                             "high": d.high, "seeds": d.n, "better_seeds": better, "excludes_zero": d.excludes_zero,

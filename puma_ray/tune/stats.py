@@ -22,6 +22,10 @@ def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
     return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0, len(x)
 
 
+LEVEL = 0.95
+"""The confidence level of every interval we report unless a caller asks for another."""
+
+
 @dataclass(frozen=True)
 class PairedDiff:
     """Mean of the per-seed differences a - b with its two-sided Student-t confidence interval."""
@@ -30,7 +34,7 @@ class PairedDiff:
     low: float
     high: float
     n: int
-    level: float = 0.95
+    level: float = LEVEL
 
     @property
     def excludes_zero(self) -> bool:
@@ -42,7 +46,7 @@ class PairedDiff:
         return f"{self.mean:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
 
 
-def paired_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> PairedDiff:
+def paired_interval(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> PairedDiff:
     """Paired difference a_i - b_i (same seed i) with a t-interval over the n seeds.
 
     Pairs with a non-finite member are dropped. With n < 2 the interval is the point itself.
