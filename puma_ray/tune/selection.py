@@ -117,8 +117,8 @@ def paired_vs_random(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Per budget, every method minus random at B and minus random at 3B, paired by seed (only seeds both ran),
     with the 95% t-interval and the number of those seeds where the method was strictly better; for RMSE a
     negative difference means the method is better. When k > 1 strategies are compared with the same random
-    runs at a budget, each row vs random at B also carries the Bonferroni interval (level 1 - (1 - LEVEL)/k, LEVEL = 0.95):
-    `compared` = k, `adj_text`, `adj_excludes_zero` (rows with k = 1 repeat the 95% interval there)."""
+    runs at a budget, each row vs random at B also carries the Bonferroni interval (level 1 - (1 - LEVEL)/k,
+    LEVEL = 0.95): `compared` = k, `adj_text`, `adj_excludes_zero` (rows with k = 1 repeat the 95% interval)."""
     col, out = f"test_{metric}", []
     sign = 1.0 if metric in HIGHER_IS_BETTER else -1.0
     for budget, g in runs.groupby("budget", sort=False):
