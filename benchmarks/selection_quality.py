@@ -52,7 +52,7 @@ from puma_ray.select.strategies import STRATEGIES  # noqa: E402
 from puma_ray.tune.bench import trained  # noqa: E402
 from puma_ray.tune.selection import (RANDOM, RANDOM_3X, Trial, group_errors, paired_vs_random, plan,  # noqa: E402
                                      population_facts, selection_profile, summary, trained_and_rest, verdict)
-from puma_ray.tune.stats import HIGHER_IS_BETTER  # noqa: E402
+from puma_ray.tune.stats import HIGHER_IS_BETTER, LEVEL  # noqa: E402
 from puma_ray.tune.trial import RESULT, TrialSetup, run_trial, shared_losses  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -334,10 +334,11 @@ def report(out: Path, args: argparse.Namespace, facts: dict, runs: pd.DataFrame,
              f"{fmt(facts['retrained'])} (reference seeds {args.reference_seeds}); closure = (floor - migrated) / "
              "(floor - retrained).",
              f"- Seeds {args.seeds}: a seed gives every strategy the same adapter initialisation and data order; "
-             f"differences are paired by seed, 95% t-intervals (the method minus random; {better} {name} is better); "
+             f"differences are paired by seed, {LEVEL:.0%} t-intervals (the method minus random; {better} {name} is "
+             "better); "
              "k/n better: the paired seeds where the method's test metric was strictly better. Where m > 1 "
              "strategies are compared with the same random runs, the claims also give the Bonferroni interval "
-             "(level 1 - 0.05/m).",
+             f"(level 1 - {1 - LEVEL:.2g}/m).",
              "", f"| budget | method | users | test {name} (mean ± std) | seeds | closure | groups covered | "
              "vs random at B | vs random at 3B |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in table.to_dict("records"):
