@@ -234,7 +234,11 @@ class ModelsConfig(StageConfig):
     pretrain_batch: int = 32
     """Sentences per pretraining step."""
     pretrain_lr: float = 1e-3
-    """AdamW learning rate of the pretraining."""
+    """Peak AdamW learning rate of the pretraining (one-cycle schedule)."""
+    pretrain_user_lr: float = 1e-2
+    """SparseAdam learning rate of the per-user slot vectors learned during pretraining (then discarded)."""
+    pretrain_slot_dropout: float = 0.2
+    """Share of pretraining rows whose user vector is replaced by random-prompt noise (teaches the average user)."""
     template: Optional[str] = None
     """Template of the pretraining sentences; null = rating_amazon or click_mind by the dataset's task."""
     seed: int = 0
@@ -274,6 +278,8 @@ class ModelsConfig(StageConfig):
               "pretraining reads the training split of --data DIR; give --data or pretrain_steps=0")
         check(self.pretrain_batch >= 1, "pretrain_batch", "must be >= 1")
         check(self.pretrain_lr > 0, "pretrain_lr", "must be > 0")
+        check(self.pretrain_user_lr > 0, "pretrain_user_lr", "must be > 0")
+        check(0 <= self.pretrain_slot_dropout <= 1, "pretrain_slot_dropout", "must be between 0 and 1")
 
     @property
     def resolved_pretrain_steps(self) -> int:
@@ -301,6 +307,12 @@ class DataConfig(StageConfig):
     """Synthetic: number of users."""
     calibrate_from: Optional[str] = None
     """Synthetic: a rating dataset written by `puma-ray data` whose statistics the users get (activity, labels, item popularity, taste groups; fitted into calibration.json)."""
+    planted_group_shares: Optional[list[float]] = None
+    """Calibrated: taste group sizes as shares of users (largest first, summing to 1) instead of the fitted ones."""
+    planted_taste_share: Optional[float] = None
+    """Calibrated: share of each user's label variance from their taste group, instead of the fitted share."""
+    planted_quality_share: Optional[float] = None
+    """Calibrated: share of label variance from item quality, instead of the fitted share (the rest is noise)."""
     items: int = 400
     """Synthetic: number of items in the catalogue (with calibrate_from: the calibrated dataset's)."""
     genres: int = 8
@@ -342,6 +354,16 @@ class DataConfig(StageConfig):
               "calibration fits rating data: leave task unset or rating")
         check(self.calibrate_from is None or Path(self.calibrate_from).resolve() != Path(self.out).resolve(),
               "calibrate_from", "is --out: the dataset it is calibrated on would be replaced")
+        planted = (self.planted_group_shares, self.planted_taste_share, self.planted_quality_share)
+        check(all(p is None for p in planted) or self.calibrate_from is not None, "planted_taste_share",
+              "planted_* settings override a calibrated population's fit: give --calibrate-from DIR")
+        shares = self.planted_group_shares
+        check(shares is None or (len(shares) >= 1 and min(shares) > 0 and abs(sum(shares) - 1) < 1e-6),
+              "planted_group_shares", "must be positive shares summing to 1")
+        for key in ("planted_taste_share", "planted_quality_share"):
+            check(getattr(self, key) is None or 0 <= getattr(self, key) <= 1, key, "must be between 0 and 1")
+        check((self.planted_taste_share or 0) + (self.planted_quality_share or 0) <= 1, "planted_taste_share",
+              "planted_taste_share + planted_quality_share must be <= 1 (the rest is label noise)")
         check(self.users >= 1, "users", "must be >= 1")
         check(self.items >= 2, "items", "must be >= 2")
         check(1 <= self.genres <= self.items, "genres", "must be between 1 and items")
@@ -618,6 +640,8 @@ class EvaluateConfig(StageConfig):
     """Stores up to this many MB of prompts are sent whole to each scorer (no shuffle); larger ones are hash-joined."""
     one_task_rows: int = 200_000
     """With one worker, at most this many rows are scored in one Ray task, without a Ray Data pipeline (0: never)."""
+    baselines: bool = True
+    """Fit the trivial baselines on train and score them on the same rows (the driver reads 4 columns of the dataset)."""
 
     def validate(self) -> None:
         _required(self.data, "data", "--data DIR")

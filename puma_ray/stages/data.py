@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -187,6 +187,19 @@ def build(cfg: DataConfig, prep: Preprocessing, task: str, out: Path, pop: Popul
             "wall_s": meter.record.wall_s}
 
 
+def planted(pop: Population, cfg: DataConfig) -> Population:
+    """The fitted population with the config's planted_* structure put in its place (a positive control: taste
+    groups of chosen sizes, a chosen share of label variance from taste and quality); the rest stays fitted."""
+    given = {"group_shares": cfg.planted_group_shares, "taste_share": cfg.planted_taste_share,
+             "quality_share": cfg.planted_quality_share}
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given:
+        return pop
+    changed = replace(pop, **given)
+    changed.fitted_from = {**pop.fitted_from, "planted": given}
+    return changed
+
+
 @remote_paths
 def run_data(cfg: DataConfig) -> dict:
     """Build the dataset directory `cfg.out`; returns the JSON summary.
@@ -198,6 +211,7 @@ def run_data(cfg: DataConfig) -> dict:
     task = (cfg.task or "rating") if cfg.source == "synthetic" else make_source(cfg).task
     prep = resolve_preprocessing(cfg, task)
     pop = fit_population(cfg.calibrate_from, cfg.seed) if cfg.calibrate_from else None  # before --out is touched
+    pop = planted(pop, cfg) if pop else None
     if pop:
         log.info("data: calibrated on %s: %d taste group(s), activity Lomax(%.2f, %.1f) above %d, popularity "
                  "exponent %.2f, taste share %.2f", cfg.calibrate_from, len(pop.group_shares), pop.activity_shape,

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 import ray
 
 from puma_ray.config import EvaluateConfig
+from puma_ray.core import baselines as trivial
 from puma_ray.core.hf import describe_model, dtype_name, model_ref
 from puma_ray.core import per_user
 from puma_ray.core.metrics import SortedAUC, UserTotals
@@ -83,9 +84,9 @@ def store_bytes(manifest: dict) -> int:
     return manifest["num_users"] * manifest["prompt_len"] * manifest["dim"] * 4
 
 
-def store_table(store: str | Path, manifest: dict) -> pa.Table:
-    """Every (user_id, prompt) of a store, for a broadcast join."""
-    return pa.concat_tables([pq.read_table(Path(store) / s["name"], columns=["user_id", "prompt"])
+def store_table(store: str | Path, manifest: dict, columns: tuple[str, ...] = ("user_id", "prompt")) -> pa.Table:
+    """Every (user_id, prompt) of a store, for a broadcast join (or only the `columns` asked for)."""
+    return pa.concat_tables([pq.read_table(Path(store) / s["name"], columns=list(columns))
                              for s in manifest["shards"]])
 
 
@@ -198,9 +199,23 @@ def missing_users(data_dir: str, split: str, scored: int, quarantined: set[str])
     return len(have) - scored - held
 
 
-def write_report(out: Path, cfg: EvaluateConfig, split: str, metrics: dict, worst: pd.DataFrame) -> None:
-    lines = [f"# Evaluation of {cfg.prompts}", "", f"model `{cfg.model}`, split `{split}`, data `{cfg.data}`", "",
-             "| metric | value |", "|---|---:|"]
+def baseline_lines(task: str, metrics: dict) -> list[str]:
+    """The report's table of the trivial baselines above this store's row, on the same rows."""
+    found = metrics.get("baselines")
+    if not found:
+        return []
+    names = ("rmse", "mae") if task == "rating" else ("auc", "uauc")
+    lines = ["Trivial baselines, fitted on train and scored on the same rows as the store "
+             f"({found['rows']} rows, {found['users']} users):", "",
+             "| predictor | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines += ["| " + " | ".join(row) + " |" for row in trivial.baseline_rows(found, names)]
+    lines += ["| this store | " + " | ".join(f"{metrics.get(m, float('nan')):.4f}" for m in names) + " |", ""]
+    return lines
+
+
+def write_report(out: Path, cfg: EvaluateConfig, split: str, metrics: dict, worst: pd.DataFrame, task: str) -> None:
+    lines = [f"# Evaluation of {cfg.prompts}", "", f"model `{cfg.model}`, split `{split}`, data `{cfg.data}`", ""]
+    lines += baseline_lines(task, metrics) + ["| metric | value |", "|---|---:|"]
     lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
               for k, v in metrics.items() if not isinstance(v, (list, dict))]
     lines += ["", "Highest per-user loss (all users are in per_user.parquet):", "",
@@ -210,20 +225,28 @@ def write_report(out: Path, cfg: EvaluateConfig, split: str, metrics: dict, wors
     write_markdown(out / "report.md", lines)
 
 
+def scored_baselines(cfg: EvaluateConfig, task: str, split: str, scored_users: set[str]) -> dict:
+    """The trivial baselines (core/baselines.py) on the split's rows of the users this evaluation scored."""
+    log.info("evaluate: %s: fitting the trivial baselines on train", split)
+    return trivial.dataset_baselines(shard_paths(cfg.data), task, split, users=scored_users)
+
+
 def report_split(cfg: EvaluateConfig, task: str, split: str, totals: UserTotals, split_auc: float | None,
-                 quarantined: set[str], out: Path, extra: dict) -> dict:
+                 quarantined: set[str], out: Path, extra: dict, store_users: set[str] | None = None) -> dict:
     """metrics.json and report.md of one split (per_user.parquet is already there)."""
     metrics = ({"auc": split_auc} if split_auc is not None else {}) | totals.metrics()
     quarantined = quarantined | totals.bad
     metrics.update({"quarantined_users": len(quarantined),
                     "missing_users": missing_users(cfg.data, split, metrics["users"], quarantined), "split": split,
                     **extra})
+    if store_users is not None:
+        metrics["baselines"] = scored_baselines(cfg, task, split, store_users - quarantined)
     if quarantined:
         log.warning("evaluate: %s: %d user(s) have non-finite prompts and were not scored (e.g. %s)", split,
                     len(quarantined), sorted(quarantined)[:3])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     worst = pd.DataFrame(totals.worst if totals.worst is not None else {c: [] for c in PER_USER[task]})
-    write_report(out, cfg, split, metrics, worst[PER_USER[task]])
+    write_report(out, cfg, split, metrics, worst[PER_USER[task]], task)
     log.info("evaluate: %s: %s", split, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     return metrics
 
@@ -352,7 +375,8 @@ def score_and_report(cfg: EvaluateConfig, task, store: dict, model: dict, head_p
     quarantined = set(read_quarantine(cfg.prompts))
     extra = {"model": model["name"], "prompts": str(Path(cfg.prompts).resolve()), "wall_s": meter.record.wall_s,
              "lm_dtype": dtype_name(cfg.dtype, cfg.use_gpu)}
-    results = {s: report_split(cfg, task.name, s, totals[s], aucs.get(s), quarantined, where[s], extra)
+    users = set(store_table(cfg.prompts, store, ("user_id",)).column(0).to_pylist()) if cfg.baselines else None
+    results = {s: report_split(cfg, task.name, s, totals[s], aucs.get(s), quarantined, where[s], extra, users)
                for s in cfg.split}
     if len(cfg.split) == 1:
         return {"out": str(out), **results[cfg.split[0]]}

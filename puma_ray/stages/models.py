@@ -31,6 +31,7 @@ from puma_ray.core.templates import encode_template, load_template_text
 from puma_ray.core.tiny_models import FAMILIES, build_config, build_model
 from puma_ray.core.tokenizer import check_answers_single_token, train_tokenizer
 from puma_ray.data.schema import file_sha256, iter_item_texts, read_required_json
+from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.errors import PumaError
 from puma_ray.runtime.runs import CostMeter, build_beside, log, open_run, swap_in
 from puma_ray.runtime.storage import remote_paths
@@ -53,7 +54,9 @@ def content_key(cfg: ModelsConfig) -> str:
     """Digest of everything the built model depends on (inputs, sizes, seed, package version)."""
     h = hashlib.sha256()
     sizes = {k: v for k, v in cfg.to_dict().items() if k not in ("out", "data", "text", "overwrite")}
-    h.update(json.dumps({"sizes": sizes, "version": __version__}, sort_keys=True).encode())
+    # pretraining reads the dataset's train labels, not only its item texts
+    data = read_data_manifest(cfg.data)["fingerprint"] if cfg.data is not None else None
+    h.update(json.dumps({"sizes": sizes, "version": __version__, "data": data}, sort_keys=True).encode())
     for text in _texts(cfg):
         h.update(text.encode("utf-8", errors="replace") + b"\0")
     return h.hexdigest()
@@ -116,7 +119,7 @@ def build_tiny_model(cfg: ModelsConfig, key: str, out: Path, final: Path) -> dic
             log.info("models: pretraining %d steps on catalogue sentences from %s", steps, cfg.data)
             torch.manual_seed(cfg.seed)
             pretrained = pretrain(model, reloaded, cfg.data, steps, cfg.pretrain_batch, cfg.pretrain_lr, cfg.seed,
-                                  cfg.template)
+                                  cfg.template, user_lr=cfg.pretrain_user_lr, slot_dropout=cfg.pretrain_slot_dropout)
             log.info("models: pretraining loss %.3f -> %.3f", pretrained["loss_first"], pretrained["loss_last"])
             meter.samples, meter.tokens = steps * cfg.pretrain_batch, pretrained["tokens"]
             meter.flops = 6.0 * n_params * pretrained["tokens"]

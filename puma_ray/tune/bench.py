@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from puma_ray.config import (AdapterStageConfig, BenchConfig, ColdstartConfig, EvaluateConfig, PromptsConfig,
                              RecycleConfig)
+from puma_ray.core import baselines as trivial
 from puma_ray.core.hf import describe_model
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import write_json_atomic
@@ -132,6 +133,7 @@ def size_runs(cfg: BenchConfig, data: str, users: int, root: Path, metric: str) 
     for seed in cfg.seeds:
         floor = trained(cfg, data, cfg.target_model, root / f"seed{seed}" / "floor", seed, split, freeze=True)
         full = trained(cfg, data, cfg.target_model, root / f"seed{seed}" / "retrained", seed, split)
+        full_metrics = full["metrics"] if seed == cfg.seeds[0] else full_metrics  # its baselines: same rows, any seed
         ref = {"split": split, "metric": m, "floor": {"value": floor["metrics"][m], "device_s": floor["device_s"]},
                "retrained": {"value": full["metrics"][m], "device_s": full["device_s"]}}
         ref_rows.append(ref)
@@ -174,7 +176,7 @@ def size_runs(cfg: BenchConfig, data: str, users: int, root: Path, metric: str) 
                     rows.append(warm_row(cfg, data, first_row, root / f"seed{seed}", ref, seed, users))
                 if cfg.coldstart_fraction:
                     rows.append(coldstart_row(cfg, data, first_row, root / f"seed{seed}", ref, seed, users))
-    write_reference(root, ref_rows, data, m)
+    write_reference(root, ref_rows, data, m, full_metrics.get("baselines"))
     return rows
 
 
@@ -278,8 +280,9 @@ def adapter_defaults(cfg: BenchConfig) -> dict:
     return {k: v for k, v in knobs.items() if v is not None}
 
 
-def write_reference(root: Path, refs: list[dict], data: str, metric: str) -> None:
-    """reference.json (seed means) that `puma-ray sweep --reference` reads for gap closure on this data."""
+def write_reference(root: Path, refs: list[dict], data: str, metric: str, found: dict | None) -> None:
+    """reference.json (seed means, and the trivial baselines on the same rows) that `puma-ray sweep --reference`
+    reads for gap closure on this data."""
     def avg(key: str, field: str) -> float:
         return float(np.mean([r[key][field] for r in refs]))
 
@@ -287,7 +290,8 @@ def write_reference(root: Path, refs: list[dict], data: str, metric: str) -> Non
         "split": refs[0]["split"], "metric": metric, "seeds": len(refs), "data": data,
         "dataset_fingerprint": read_data_manifest(data)["fingerprint"],
         "floor": {"value": avg("floor", "value"), "device_s": avg("floor", "device_s")},
-        "retrained": {"value": avg("retrained", "value"), "device_s": avg("retrained", "device_s")}})
+        "retrained": {"value": avg("retrained", "value"), "device_s": avg("retrained", "device_s")},
+        **({"baselines": found} if found else {})})
 
 
 def summary_table(runs: pd.DataFrame, metric: str, split: str) -> pd.DataFrame:
@@ -536,10 +540,14 @@ def _closure(r: pd.Series) -> str:
 
 
 def write_report(out: Path, cfg: BenchConfig, table: pd.DataFrame, paired: list[dict], fits: dict,
-                 projected: list[dict], metric: str, data_note: str, notes: list[str], cold_png: bool = False) -> Path:
+                 projected: list[dict], metric: str, data_note: str, notes: list[str], cold_png: bool = False,
+                 baselines: dict | None = None) -> Path:
+    baselines = baselines or {}
     lines = [f"# Bench: {cfg.source_model} -> {cfg.target_model}", "", data_note, "",
              f"Seeds {', '.join(map(str, cfg.seeds))}; every figure is test-split {metric} (best epochs chosen on "
-             "valid). Cost = measured device-seconds (select + adapter + migrate for a migration; the whole "
+             "valid). A *baseline* row is a table of means fitted on the train split and scored on the same rows "
+             "(no model, no cost): a method that does not beat the per-user and item means learned no "
+             "personalization. Cost = measured device-seconds (select + adapter + migrate for a migration; the whole "
              "`prompts` run for floor and retraining; the `recycle` stage for recycling, which takes the floor's head); "
              "the source prompts are already paid."
              + (" A *recycled init* row is the same trial with its adapter first fitted to the recycled prompts "
@@ -554,6 +562,8 @@ def write_report(out: Path, cfg: BenchConfig, table: pd.DataFrame, paired: list[
              "|---:|---|---:|---:|---:|---:|---:|"]
     for size, t in table.groupby("size", sort=False):
         full = t.loc[t["method"] == RETRAINED, "device_s_mean"].iloc[0]
+        for row in trivial.baseline_rows(baselines.get(size, {}), (metric,)):
+            lines.append(f"| {size} | {row[0]} | 0 | {row[1]} | - | - | - |")
         for _, r in t.iterrows():
             ratio = "- (already paid)" if r["paid"] else f"{r['device_s_mean'] / full:.2f}x"
             lines.append(f"| {size} | {r['method']} | {r['users_trained']} | "
@@ -590,6 +600,27 @@ def write_report(out: Path, cfg: BenchConfig, table: pd.DataFrame, paired: list[
               "![metrics](metrics.png)", "", "![cost](cost.png)"] + (["", "![cold-start users](coldstart.png)"]
                                                                     if cold_png else [])
     return write_markdown(out / "report.md", lines)
+
+
+def size_baselines(out: Path, cfg: BenchConfig, sizes: list[int]) -> dict[int, dict]:
+    """Each size's trivial baselines (the first seed's full-retraining evaluation fitted them on its rows),
+    read back from the size's reference.json."""
+    found = {}
+    for n in sizes:
+        ref = json.loads(((out / f"n{n}" if cfg.sizes else out) / "reference.json").read_text())
+        if ref.get("baselines"):
+            found[n] = ref["baselines"]
+    return found
+
+
+def personalization(table: pd.DataFrame, found: dict[int, dict], task: str, metric: str) -> dict[int, str | None]:
+    """Per size: None when full retraining (seed mean) beats the per-user and item baselines, else the verdict."""
+    out = {}
+    for size, b in found.items():
+        full = table[(table["size"] == size) & (table["method"] == RETRAINED)][f"{metric}_mean"]
+        if len(full):
+            out[size] = trivial.personalization_verdict(task, float(full.iloc[0]), b)
+    return out
 
 
 @remote_paths
@@ -635,9 +666,13 @@ def run_bench(cfg: BenchConfig) -> dict:
     cold_png = plot_cold(runs, cfg, metric, out / "coldstart.png")
     note = f"Data `{cfg.data}` ({data['source']}, {data['users']} users), sizes {', '.join(map(str, sizes))}."
     notes = gap_notes(runs, metric, cfg.split)
-    report = write_report(out, cfg, table, paired, fits, projected, metric, note, notes, cold_png)
+    found = size_baselines(out, cfg, sizes)
+    verdicts = personalization(table, found, task.name, metric)
+    notes += [f"{size} users: {v}" for size, v in verdicts.items() if v]
+    report = write_report(out, cfg, table, paired, fits, projected, metric, note, notes, cold_png, found)
     summary = {"out": str(out), "report": str(report), "sizes": sizes, "seeds": cfg.seeds, "metric": metric,
-               "notes": notes, "paired": paired, "projected": projected,
+               "baselines": found.get(sizes[-1], {}), "baselines_by_size": {str(k): v for k, v in found.items()},
+               "personalization": {str(k): v or "learned" for k, v in verdicts.items()}, "notes": notes, "paired": paired, "projected": projected,
                "fits": {k: dataclasses.asdict(f) for k, f in fits.items()}, "adapter_work": dataclasses.asdict(work),
                "table": table.to_dict(orient="records"), "wall_s": meter.record.wall_s}
     write_json_atomic(out / "bench.json", summary)

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 
 from puma_ray.config import BenchConfig, DataConfig, DemoConfig, ModelsConfig
+from puma_ray.core import baselines as trivial
 from puma_ray.core.gguf_models import check_installed
 from puma_ray.errors import PumaError
 from puma_ray.runtime.ray_utils import init_ray
@@ -183,7 +184,8 @@ def write_report(out: Path, cfg: DemoConfig, size: Size, data: dict[str, dict], 
                  costs: list[dict]) -> Path:
     lines = ["# puma-ray demo", "",
              f"Size `{cfg.size}`, seed {cfg.seed}: {models_sentence(cfg, size, results)}. Every metric is the "
-             "test-split RMSE of every user (best epochs chosen on valid; the source row is on the source model). "
+             "test-split RMSE of every user (best epochs chosen on valid; the source row is on the source model; "
+             "baseline rows are tables of means fitted on train and scored on the same rows). "
              "One seed: no spread here; `puma-ray bench --seeds 0 1 2` gives it.", ""]
     for name, res in results.items():
         t = pd.DataFrame(res["table"])
@@ -192,12 +194,18 @@ def write_report(out: Path, cfg: DemoConfig, size: Size, data: dict[str, dict], 
         lines += [f"## {name}: {res['users']} users, budget {res['budget']}", "",
                   "| method | users trained on | test RMSE | gap closure | device-s | measured cost vs full retraining |",
                   "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {row[0]} | 0 | {row[1]} | - | - | - |"
+                  for row in trivial.baseline_rows(res.get("baselines", {}), ("rmse",))]
         for _, r in t.iterrows():
             ratio = "- (already paid)" if r["paid"] else cost_vs(r["device_s_mean"] / full)
             close = f"{r['closure_mean']:.2f}" if math.isfinite(r["closure_mean"]) else "-"
             lines.append(f"| {r['method']} | {r['users_trained']} | {r['rmse_mean']:.4f} | {close} | "
                          f"{r['device_s_mean']:.1f} | {ratio} |")
-        lines += [""] + [f"Note: {n}" for n in res["notes"]]
+        verdict = res.get("personalization", {}).get(str(res["sizes"][-1]))
+        if verdict:
+            lines += ["", "Full retraining beats the per-user and item means: the models learned personalization."
+                      if verdict == "learned" else f"**{verdict}**"]
+        lines += [""] + [f"Note: {n}" for n in res["notes"] if "no personalization learned" not in n]
         first = t[~t["paid"] & ~t["method"].isin([RETRAINED, "random init (floor)"])].iloc[0]
         lines += ["", f"**Cost of {first['method']} vs full retraining: measured here {first['device_s_mean'] / full:.3f} "
                       f"({res['users']} users, budget {res['budget']}); projected at {proj['users']:,} users with a "
@@ -256,5 +264,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             "methods": {name: {r["method"]: {"rmse": r["rmse_mean"], "closure": r["closure_mean"],
                                              "device_s": r["device_s_mean"]} for r in res["table"]}
                         for name, res in results.items()},
+            "baselines": {name: {k: v for k, v in res["baselines"].items() if isinstance(v, dict)}
+                          for name, res in results.items()},
+            "personalization": {name: res["personalization"] for name, res in results.items()},
             "projected_ratio_1m": {name: res["projected"][-1]["ratio"] for name, res in results.items()},
             "wall_s": meter.record.wall_s}

@@ -31,9 +31,11 @@ import pandas as pd
 import yaml
 
 from puma_ray.config import AdapterStageConfig, SweepConfig
+from puma_ray.core import baselines as trivial
 from puma_ray.core.hf import describe_model
 from puma_ray.core.tasks import TASKS
 from puma_ray.data.schema import read_manifest as read_data_manifest
+from puma_ray.data.schema import shard_paths
 from puma_ray.errors import ConfigError, PumaError
 from puma_ray.runtime.ray_utils import init_ray, quiet_ray_data_console
 from puma_ray.runtime.runs import CostMeter, log, open_run, write_markdown
@@ -224,13 +226,22 @@ def write_best(cfg: SweepConfig, best: pd.Series, out: Path) -> Path:
     return path
 
 
-def write_report(out: Path, cfg: SweepConfig, df: pd.DataFrame, metric: str, choose: str, best, ref) -> Path:
+def write_report(out: Path, cfg: SweepConfig, df: pd.DataFrame, metric: str, choose: str, best, ref,
+                 found: dict) -> Path:
     shown = [c for c in ("strategy", "budget", "users_trained", "clusters", "bins", "width", "rank", "lora_rank", "lr",
                          "epochs", "seed", choose, metric, f"{cfg.split}_closure", "cost_device_s", "cost_vs_retraining",
                          "status") if c in df]
     lines = [f"# Sweep `{cfg.name}`", "", f"Space `{cfg.space}`, {len(df)} trial(s). Configs are compared on "
-             f"`{choose}` (every user's migrated prompt); `{metric}` is reported and never used to choose.", "",
-             "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+             f"`{choose}` (every user's migrated prompt); `{metric}` is reported and never used to choose.", ""]
+    name = metric.split("_", 1)[1]
+    lines += [f"Reference rows on the same {found['rows']} `{cfg.split}` rows: trivial baselines fitted on train"
+              + (", the floor and full retraining (bench's reference.json)" if ref else "") + ":", "",
+              f"| reference | {metric} |", "|---|---:|"]
+    lines += [f"| {row[0]} | {row[1]} |" for row in trivial.baseline_rows(found, (name,))]
+    if ref:
+        lines += [f"| random-init floor | {ref['floor']['value']:.4f} |",
+                  f"| full retraining | {ref['retrained']['value']:.4f} |"]
+    lines += ["", "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for _, r in df.sort_values("cost_device_s").iterrows():
         lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in shown) + " |")
     if best is not None:
@@ -291,10 +302,11 @@ def run_sweep(cfg: SweepConfig) -> dict:
     plot_budget_curve(done, metric, ref, out / "budget_curve.png")
     best = done.loc[done[choose].idxmin() if task.mode == "min" else done[choose].idxmax()]
     write_best(cfg, best, out)
-    report = write_report(out, cfg, df, metric, choose, best, ref)
+    found = trivial.dataset_baselines(shard_paths(cfg.data), task.name, cfg.split)
+    report = write_report(out, cfg, df, metric, choose, best, ref, found)
     log.info("sweep: %d trial(s), %d finished; best on %s: %s -> %s", len(df), len(done), choose, best["trial_dir"],
              report)
     return {"out": str(out), "trials": len(df), "finished": len(done), "pareto": int(done_front.sum()),
             "best": {"trial": best["trial_dir"], choose: float(best[choose]), metric: float(best[metric]),
                      "cost_device_s": float(best["cost_device_s"])},
-            "results": str(out / "results.csv"), "wall_s": meter.record.wall_s}
+            "baselines": found, "results": str(out / "results.csv"), "wall_s": meter.record.wall_s}

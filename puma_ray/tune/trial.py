@@ -121,7 +121,7 @@ def run_steps(setup: TrialSetup, params: dict, d: Path, callbacks: tuple = ()) -
         run_evaluate(EvaluateConfig(data=setup.data, model=setup.target_model, prompts=str(steps["store"]),
                                     split=splits, out=str(steps["eval"]), use_gpu=setup.use_gpu,
                                     gpus_per_worker=setup.gpus_per_worker,
-                                    dtype=setup.dtype))
+                                    dtype=setup.dtype, baselines=False))  # the reference rows carry them
     return steps
 
 
