@@ -41,6 +41,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from puma_ray.config import BenchConfig, DataConfig, ModelsConfig, load_config  # noqa: E402
+from puma_ray.core import baselines as trivial  # noqa: E402
 from puma_ray.core.tasks import TASKS  # noqa: E402
 from puma_ray.runtime.ray_utils import init_ray  # noqa: E402
 from puma_ray.runtime.runs import log, setup_logging  # noqa: E402
@@ -57,6 +58,11 @@ from puma_ray.tune.trial import RESULT, TrialSetup, run_trial, shared_losses  # 
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ("llama", "qwen2")
+SIZES = {"llama": {}, "qwen2": {"hidden": 128}}
+"""Model sizes per family beyond the family's defaults (the target is the stronger model)."""
+PLANTED = {"planted_group_shares": [0.45, 0.25, 0.15, 0.10, 0.05], "planted_taste_share": 0.6,
+           "planted_quality_share": 0.25}
+"""--planted: the positive control's structure (DataConfig planted_* keys)."""
 CALIBRATED_USERS = 10000
 """--population calibrated's default --users."""
 ALSO = {"auc": "uauc"}
@@ -65,7 +71,7 @@ classes), with its own table and paired differences; choices and closure stay on
 
 
 def population(out: Path, real_input: str, users: int | None, seed: int, source: str = "movielens",
-               calibrated: bool = True) -> str:
+               calibrated: bool = True, planted: dict | None = None) -> str:
     """OUT/data/real (`source`'s shipped preprocessing, configs/data-SOURCE.yaml, of real_input) and, when
     `calibrated`, OUT/data/calibrated (N users calibrated on it, configs/data-calibrated-SOURCE.yaml), or else, when
     `users` is given, OUT/data/subset (a seeded sample of N of the real users, every row of each kept with its
@@ -84,7 +90,7 @@ def population(out: Path, real_input: str, users: int | None, seed: int, source:
     users = users or CALIBRATED_USERS
     if not (calibrated_dir / "manifest.json").is_file():
         run_data(load_config(DataConfig, str(config), {"calibrate_from": str(real), "out": str(calibrated_dir),
-                                                        "users": users, "seed": seed}))
+                                                        "users": users, "seed": seed, **(planted or {})}))
     elif json.loads((calibrated_dir / "manifest.json").read_text())["users"] != users:
         raise SystemExit(f"--out {out}: its calibrated population has another --users; choose a new --out")
     return str(calibrated_dir.resolve())
@@ -103,9 +109,9 @@ def real_subset(out: Path, real: Path, users: int, seed: int) -> Path:
     return out / "data" / "subset"
 
 
-def references(cfg: BenchConfig, data: str, out: Path, seeds: list[int]) -> tuple[dict, list[dict]]:
-    """Source prompts (seed 0) and, per reference seed, floor and full retraining on the target, on test."""
-    source = trained(cfg, data, cfg.source_model, out / "source", 0, "test")
+def references(cfg: BenchConfig, data: str, out: Path, seeds: list[int], build: int = 0) -> tuple[dict, list[dict]]:
+    """Source prompts (seed `build`) and, per reference seed, floor and full retraining on the target, on test."""
+    source = trained(cfg, data, cfg.source_model, out / "source", build, "test")
     refs = []
     for seed in seeds:
         floor = trained(cfg, data, cfg.target_model, out / "ref" / f"seed{seed}" / "floor", seed, "test", freeze=True)
@@ -328,8 +334,8 @@ def report(out: Path, args: argparse.Namespace, facts: dict, runs: pd.DataFrame,
     groups = (f", {facts['groups']} taste groups ({facts['groups_from']}), largest {100 * shares.max():.1f}% / "
               f"smallest {100 * shares.min():.1f}% of users" if shares is not None else ", no taste groups")
     lines = [f"# Selection quality on {args.population} users (Table 4)", "", f"`{cmd}`", "",
-             f"- Population: {who} ({facts['rows']:,} rows{groups}); models tiny llama (source) -> tiny qwen2 "
-             "(target).",
+             f"- Population: {who} ({facts['rows']:,} rows{groups}); models tiny llama (source, hidden 64) -> "
+             "tiny qwen2 (hidden 128, the target: an upgrade).",
              f"- Source prompts: test {name} {fmt(facts['source'])}. Floor {fmt(facts['floor'])}, full retraining "
              f"{fmt(facts['retrained'])} (reference seeds {args.reference_seeds}); closure = (floor - migrated) / "
              "(floor - retrained).",
@@ -339,8 +345,14 @@ def report(out: Path, args: argparse.Namespace, facts: dict, runs: pd.DataFrame,
              "k/n better: the paired seeds where the method's test metric was strictly better. Where m > 1 "
              "strategies are compared with the same random runs, the claims also give the Bonferroni interval "
              f"(level 1 - {1 - LEVEL:.2g}/m).",
+             "- Baselines: tables of means fitted on train, scored on the same test rows (first rows below). "
+             + (f"**{facts['verdict']}**" if facts.get("verdict") else "Full retraining beats the per-user and item "
+                "means: the models learned personalization."),
              "", f"| budget | method | users | test {name} (mean ± std) | seeds | closure | groups covered | "
              "vs random at B | vs random at 3B |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| - | {row[0]} | 0 | {row[1]} | - | - | - | - | - |"
+              for row in trivial.baseline_rows(facts.get("baselines", {}), (m,))]
+    lines += [f"| - | full retraining | {facts['users']} | {fmt(facts['retrained'])} | - | 1.00 | - | - | - |"]
     for r in table.to_dict("records"):
         vs = vs_random(paired, r["budget"], r["method"])
         lines.append(f"| {100 * r['budget']:g}% | {r['method']} | {r['users']} | {fmt(r[f'{m}_mean'])} ± "
@@ -392,6 +404,12 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--strategies", nargs="+", default=["all"], help="registry names, or all")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--reference-seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--build-seed", type=int, default=0,
+                    help="seed of this workspace build: the tiny models' weights and pretraining, and the source "
+                         "prompts (run several --out with other build seeds for build-to-build variance)")
+    ap.add_argument("--planted", action="store_true",
+                    help="calibrated: the positive control, planted taste groups of unequal size (45/25/15/10/5%%), "
+                         "taste 60%% and quality 25%% of the label variance, 15%% noise")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--prompt-epochs", type=int, default=6)
     ap.add_argument("--prompt-lr", type=float, default=5e-3)
@@ -407,15 +425,16 @@ def main() -> None:
     out = Path(args.out).resolve()
     setup_logging()
     init_ray()
-    data = population(out, args.real, args.users, 0, args.source, args.population == "calibrated")
+    data = population(out, args.real, args.users, 0, args.source, args.population == "calibrated",
+                      PLANTED if args.planted else {})
     manifest = json.loads((Path(data) / "manifest.json").read_text())
     metric = TASKS[manifest["task"]].metric
     for fam in FAMILIES:
         if not (out / fam / "config.json").is_file():
-            run_models(ModelsConfig(family=fam, data=data, out=str(out / fam)))
+            run_models(ModelsConfig(family=fam, data=data, out=str(out / fam), seed=args.build_seed, **SIZES[fam]))
     cfg = BenchConfig(data=data, source_model=str(out / FAMILIES[0]), target_model=str(out / FAMILIES[1]),
                       out=str(out), workers=args.workers, prompt_epochs=args.prompt_epochs, prompt_lr=args.prompt_lr)
-    source, refs = references(cfg, data, out, args.reference_seeds)
+    source, refs = references(cfg, data, out, args.reference_seeds, args.build_seed)
     log.info("source test %s %.4f; references %s", metric, source["metrics"][metric],
              [(r["floor"]["metrics"][metric], r["retrained"]["metrics"][metric]) for r in refs])
     if args.only_references:
@@ -444,7 +463,10 @@ def main() -> None:
                                                                      .read_text())["users"],
              "groups": len(shares) if shares is not None else 0,
              "groups_from": "the generator's" if args.population == "calibrated" else "clustered on train labels",
-             "source": source["metrics"][metric], **ref}
+             "source": source["metrics"][metric], **ref,
+             "baselines": refs[0]["retrained"]["metrics"].get("baselines", {})}
+    facts["verdict"] = trivial.personalization_verdict(manifest["task"], ref["retrained"], facts["baselines"]) \
+        if facts["baselines"] else None
     if also := ALSO.get(metric):  # the second metric's references, from the same evaluations
         facts[also] = {"source": source["metrics"][also],
                        **{k: float(np.mean([r[k]["metrics"][also] for r in refs])) for k in ("floor", "retrained")}}
@@ -458,6 +480,7 @@ def main() -> None:
         print(line)
     print(json.dumps({"population": args.population, "source": args.source, "users": manifest["users"],
                       "metric": metric, "seeds": args.seeds, "floor": ref["floor"], "retrained": ref["retrained"],
+                      "baselines": facts["baselines"], "personalization": facts["verdict"] or "learned",
                       "paired": [{k: r[k] for k in ("budget", "method", "vs", "mean", "low", "high", "seeds")}
                                  for r in paired.to_dict("records")]}))
 

@@ -14,6 +14,7 @@ trailing `key=value` overrides.
 from __future__ import annotations
 
 import dataclasses
+import math
 import functools
 import re
 import types
@@ -230,8 +231,10 @@ class ModelsConfig(StageConfig):
     max_positions: int = 512
     """Maximum sequence length the model supports."""
     pretrain_steps: Optional[int] = None
-    """Catalogue pretraining steps (needs --data); null = 800 with --data, 0 without."""
-    pretrain_batch: int = 32
+    """Pretraining steps on the train interactions (needs --data); null = pretrain_epochs passes with --data, 0 without."""
+    pretrain_epochs: float = 3.0
+    """Passes over the dataset's train rows when pretrain_steps is null."""
+    pretrain_batch: int = 64
     """Sentences per pretraining step."""
     pretrain_lr: float = 1e-3
     """Peak AdamW learning rate of the pretraining (one-cycle schedule)."""
@@ -239,6 +242,8 @@ class ModelsConfig(StageConfig):
     """SparseAdam learning rate of the per-user slot vectors learned during pretraining (then discarded)."""
     pretrain_slot_dropout: float = 0.2
     """Share of pretraining rows whose user vector is replaced by random-prompt noise (teaches the average user)."""
+    pretrain_slot_bound: float = 0.2
+    """Largest absolute value of a pretraining user vector's coordinates (the scale trained prompts reach)."""
     template: Optional[str] = None
     """Template of the pretraining sentences; null = rating_amazon or click_mind by the dataset's task."""
     seed: int = 0
@@ -277,16 +282,18 @@ class ModelsConfig(StageConfig):
         check(not self.pretrain_steps or self.data is not None, "pretrain_steps",
               "pretraining reads the training split of --data DIR; give --data or pretrain_steps=0")
         check(self.pretrain_batch >= 1, "pretrain_batch", "must be >= 1")
+        check(self.pretrain_epochs > 0, "pretrain_epochs", "must be > 0")
         check(self.pretrain_lr > 0, "pretrain_lr", "must be > 0")
         check(self.pretrain_user_lr > 0, "pretrain_user_lr", "must be > 0")
         check(0 <= self.pretrain_slot_dropout <= 1, "pretrain_slot_dropout", "must be between 0 and 1")
+        check(self.pretrain_slot_bound > 0, "pretrain_slot_bound", "must be > 0")
 
-    @property
-    def resolved_pretrain_steps(self) -> int:
-        """Pretraining steps after applying the default (800 with a dataset, else 0)."""
+    def resolved_pretrain_steps(self, train_rows: int = 0) -> int:
+        """Pretraining steps after applying the default (pretrain_epochs passes over `train_rows`, the dataset's
+        train split, with a dataset; else 0)."""
         if self.pretrain_steps is not None:
             return self.pretrain_steps
-        return 800 if self.data is not None else 0
+        return math.ceil(self.pretrain_epochs * train_rows / self.pretrain_batch) if self.data is not None else 0
 
 
 @stage_config
@@ -794,10 +801,12 @@ class DemoConfig(StageConfig):
     """Family of the source (old) model."""
     target_family: Literal["llama", "qwen2", "gemma3", "phi3", "stablelm"] = "qwen2"
     """Family of the target (new) model."""
+    target_hidden: Optional[int] = 128
+    """Hidden size of the tiny target model (wider than the source's: an upgrade, as in the paper); null = family default."""
     movielens: Optional[str] = "../shared/data/ml-100k"
     """MovieLens 100k directory, also prepared when it exists; null skips it."""
     pretrain_steps: Optional[int] = None
-    """Catalogue pretraining steps of each tiny model; null = by size (tiny 100, default 400, large 800)."""
+    """Pretraining steps of each tiny model; null = by size (tiny 100; default and large: 3 passes over train rows)."""
     workers: int = 2
     """Ray Train workers of every training stage."""
     use_gpu: bool = False
@@ -818,6 +827,8 @@ class DemoConfig(StageConfig):
         check(self.source_family != self.target_family, "target_family",
               "must differ from source_family (the demo migrates across families)")
         check(self.pretrain_steps is None or self.pretrain_steps >= 0, "pretrain_steps", "must be >= 0 or null")
+        check(self.target_hidden is None or 16 <= self.target_hidden <= 8192, "target_hidden",
+              "must be between 16 and 8192 or null")
         check(self.workers >= 1, "workers", "must be >= 1")
         check(self.prompt_lr > 0, "prompt_lr", "must be > 0")
         check(self.adapter_lr is None or self.adapter_lr > 0, "adapter_lr", "must be > 0 or null")

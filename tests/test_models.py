@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -141,13 +142,26 @@ def test_no_model_name_checks_in_code():
     assert not offenders, offenders
 
 
-def test_pretraining_teaches_catalogue_answers(synthetic_dataset, tmp_path):
-    """Loss falls, and the sentences were built with the tokenizer class that loads the model back."""
+def test_pretraining_learns_from_train_rows_only(synthetic_dataset, tmp_path):
+    """Loss falls; every train row and user is read and no valid or test row; the sentences were built with the
+    tokenizer class that loads the model back."""
     summary = run_models(ModelsConfig(family="qwen2", data=str(synthetic_dataset), out=str(tmp_path / "q"),
                                       pretrain_steps=80))
     assert summary["pretrain_steps"] == 80
-    assert summary["pretrain"]["loss_last"] < 0.6 * summary["pretrain"]["loss_first"]
+    assert summary["pretrain"]["loss_last"] < 0.95 * summary["pretrain"]["loss_first"]
+    splits = json.loads((synthetic_dataset / "manifest.json").read_text())["splits"]
+    assert summary["pretrain"]["rows"] == splits["train"]["rows"] < sum(s["rows"] for s in splits.values())
+    assert summary["pretrain"]["users"] == splits["train"]["users"]
     assert summary["tokenizer_class"] == type(AutoTokenizer.from_pretrained(tmp_path / "q")).__name__
+
+
+def test_pretraining_default_steps_follow_the_train_split(synthetic_dataset, tmp_path):
+    """pretrain_steps null: pretrain_epochs passes over the train rows at pretrain_batch rows a step."""
+    cfg = ModelsConfig(family="llama", data=str(synthetic_dataset), out=str(tmp_path / "x"), pretrain_epochs=2,
+                       pretrain_batch=50)
+    assert cfg.resolved_pretrain_steps(1000) == 40
+    assert ModelsConfig(family="llama", data=str(synthetic_dataset), out=str(tmp_path / "x"),
+                        pretrain_steps=7).resolved_pretrain_steps(1000) == 7
 
 
 def test_pretraining_needs_a_dataset(text_file, tmp_path):
@@ -155,7 +169,7 @@ def test_pretraining_needs_a_dataset(text_file, tmp_path):
 
     with pytest.raises(ConfigError, match="pretrain_steps"):
         ModelsConfig(family="llama", text=str(text_file), out=str(tmp_path / "x"), pretrain_steps=10)
-    assert ModelsConfig(family="llama", text=str(text_file), out=str(tmp_path / "x")).resolved_pretrain_steps == 0
+    assert ModelsConfig(family="llama", text=str(text_file), out=str(tmp_path / "x")).resolved_pretrain_steps(1000) == 0
 
 
 def test_describe_model_reads_only_the_embedding_and_matches_the_loaded_fingerprint(tiny_models, monkeypatch):

@@ -113,13 +113,14 @@ def build_tiny_model(cfg: ModelsConfig, key: str, out: Path, final: Path) -> dic
         space_answers = check_answers_single_token(reloaded)
         model = build_model(model_cfg, cfg.seed)
         n_params = sum(p.numel() for p in model.parameters())
-        steps = cfg.resolved_pretrain_steps
+        steps = cfg.resolved_pretrain_steps(read_data_manifest(cfg.data)["splits"]["train"]["rows"] if cfg.data else 0)
         pretrained = {}
         if steps:
             log.info("models: pretraining %d steps on catalogue sentences from %s", steps, cfg.data)
             torch.manual_seed(cfg.seed)
             pretrained = pretrain(model, reloaded, cfg.data, steps, cfg.pretrain_batch, cfg.pretrain_lr, cfg.seed,
-                                  cfg.template, user_lr=cfg.pretrain_user_lr, slot_dropout=cfg.pretrain_slot_dropout)
+                                  cfg.template, user_lr=cfg.pretrain_user_lr, slot_dropout=cfg.pretrain_slot_dropout,
+                                  slot_bound=cfg.pretrain_slot_bound)
             log.info("models: pretraining loss %.3f -> %.3f", pretrained["loss_first"], pretrained["loss_last"])
             meter.samples, meter.tokens = steps * cfg.pretrain_batch, pretrained["tokens"]
             meter.flops = 6.0 * n_params * pretrained["tokens"]

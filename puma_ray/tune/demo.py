@@ -43,7 +43,8 @@ class Size:
     """Synthetic users."""
     real_users: int
     """Users of the real sample migrated (a seeded subset; 0 = all)."""
-    pretrain_steps: int
+    pretrain_steps: int | None
+    """None: the models stage's default (ModelsConfig.pretrain_epochs passes over the train rows)."""
     prompt_epochs: int
     adapter_epochs: int
     budget: float
@@ -63,8 +64,8 @@ class Size:
         return self.packages is None
 
 
-SIZES = {"tiny": Size(150, 150, 100, 2, 2, 0.2, 4), "default": Size(600, 300, 400, 6, 6, 0.2, 8),
-         "large": Size(5000, 0, 800, 15, 4, 0.05, 10),
+SIZES = {"tiny": Size(150, 150, 100, 2, 2, 0.2, 4), "default": Size(600, 300, None, 6, 6, 0.2, 8),
+         "large": Size(5000, 0, None, 15, 4, 0.05, 10),
          "real": Size(0, 30, 0, 3, 4, 0.2, 6, packages=("smollm2-135m", "gemma3-270m"), auto_dtype="bfloat16",
                       adapter_min_steps=60)}
 
@@ -115,16 +116,16 @@ def cost_vs(ratio: float) -> str:
 
 
 def build_models(cfg: DemoConfig, name: str, data_dir: str, steps: int, out: Path, size: Size) -> dict[str, dict]:
-    """A source and a target model of the configured families, pretrained on this dataset's catalogue;
+    """A source and a (wider) target model of the configured families, pretrained on this dataset's train rows;
     at a size with packages, the two real LLMs imported once under OUT/models/."""
     if size.packages is not None:
         return {role: run_models(ModelsConfig(package=key, out=str(out / "models" / key)))
                 for role, key in zip(("source", "target"), size.packages)}
     built = {}
-    for role, family in (("source", cfg.source_family), ("target", cfg.target_family)):
+    for role, family, hidden in (("source", cfg.source_family, None), ("target", cfg.target_family, cfg.target_hidden)):
         log.info("demo: %s: building the %s model (%s)", name, role, family)
         built[role] = run_models(ModelsConfig(family=family, data=data_dir, seed=cfg.seed, pretrain_steps=steps,
-                                              out=str(out / "models" / name / f"{role}-{family}")))
+                                              hidden=hidden, out=str(out / "models" / name / f"{role}-{family}")))
     return built
 
 
@@ -171,8 +172,10 @@ def plot_methods(results: dict[str, dict], path: Path) -> None:
 def models_sentence(cfg: DemoConfig, size: Size, results: dict[str, dict]) -> str:
     """Which models the prompts migrate between, in words."""
     if size.packages is None:
-        return (f"prompts migrate from a tiny {cfg.source_family} to a tiny {cfg.target_family}, each pretrained on "
-                "the dataset's catalogue")
+        m = next(iter(results.values()))["models"]
+        return (f"prompts migrate from a tiny {cfg.source_family} (hidden {m['source']['hidden_size']}) to a wider "
+                f"tiny {cfg.target_family} (hidden {m['target']['hidden_size']}), each pretrained on the dataset's "
+                "train rows")
     m = next(iter(results.values()))["models"]
     src, tgt = (f"`{Path(m[r]['path']).name}` ({m[r]['family']}, {m[r]['parameters'] / 1e6:.0f}M parameters)"
                 for r in ("source", "target"))
