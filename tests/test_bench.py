@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from puma_ray.core.baselines import dataset_baselines
+from puma_ray.data.schema import shard_paths
 from puma_ray.config import BenchConfig
 from puma_ray.data.schema import read_manifest
 from puma_ray.store.prompt_store import read_manifest as read_store_manifest
@@ -148,6 +150,12 @@ def test_bench_end_to_end_on_a_user_subset(workspace, tmp_path):
     assert table.loc[table["method"] == "random (24)", "users_trained"].item() == 24
     ref = json.loads((tmp_path / "b" / "n60" / "reference.json").read_text())
     assert ref["split"] == "test" and ref["floor"]["value"] > 0 and ref["retrained"]["device_s"] > 0
+    # baselines on the subset's test rows, the rows full retraining was scored on
+    assert summary["baselines"] == ref["baselines"] == dataset_baselines(
+        shard_paths(tmp_path / "b" / "n60" / "data"), "rating", "test")
+    said = summary["personalization"]["60"]
+    assert said == "learned" or said.startswith("no personalization learned")
+    assert "| 60 | baseline: user mean | 0 |" in (tmp_path / "b" / "report.md").read_text()
     assert summary["projected"][-1]["users"] == 1_000_000 and summary["projected"][-1]["ratio"] > 0
     report = (tmp_path / "b" / "report.md").read_text()
     assert "projected" in report and "| component |" in report

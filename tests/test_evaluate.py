@@ -17,6 +17,8 @@ from puma_ray.core.tasks import TASKS
 from puma_ray.stages.data import run_data
 from puma_ray.stages.evaluate import run_evaluate
 from puma_ray.stages.models import run_models
+from puma_ray.core.baselines import dataset_baselines
+from puma_ray.data.schema import shard_paths
 from puma_ray.store.prompt_store import finalize, write_shard
 
 
@@ -70,6 +72,13 @@ def test_click_metrics_from_groups_equal_metrics_over_all_rows(click_store, tmp_
         assert m["quarantined_users"] == 1 and m["missing_users"] == 3  # users[0] is NaN; 3 have no prompt
         assert m["quarantined_rows_skipped"] == (rows[(rows["split"] == split)]["finite"] == 0).sum()
     assert (tmp_path / "ev" / "test" / "report.md").is_file()
+    # the baselines are scored on the scored users' rows (no quarantined user, no user without a prompt)
+    scored = set(users[1:])
+    for split in ("valid", "test"):
+        found = out["splits"][split]["baselines"]
+        assert found == dataset_baselines(shard_paths(root / "data"), "click", split, users=scored)
+        assert found["rows"] == out["splits"][split]["n"] and set(found) >= {"item_popularity", "user_rate"}
+    assert "baseline: item popularity" in (tmp_path / "ev" / "test" / "report.md").read_text()
 
 
 def test_one_task_and_pipeline_give_the_same_rating_metrics_and_per_user_rows(rating_store, tmp_path):
@@ -80,6 +89,9 @@ def test_one_task_and_pipeline_give_the_same_rating_metrics_and_per_user_rows(ra
                                                  split=["test"], out=str(tmp_path / name), one_task_rows=rows))
     for key in ("rmse", "mae", "accuracy", "loss", "n", "users", "quarantined_users", "missing_users"):
         assert runs["one-task"][key] == pytest.approx(runs["pipeline"][key], rel=1e-6), key
+    found = runs["pipeline"]["baselines"]
+    assert list(found)[3:] == ["global_mean", "user_mean", "item_mean", "user_item_bias"]
+    assert found["rows"] == runs["pipeline"]["n"] and found == runs["one-task"]["baselines"]
     a, b = (pq.read_table(tmp_path / n / "per_user.parquet").to_pandas().sort_values("user_id")
             .reset_index(drop=True) for n in ("one-task", "pipeline"))
     assert len(a) == runs["pipeline"]["users"] and list(a["user_id"]) == list(b["user_id"])

@@ -116,7 +116,7 @@ def build_tiny_model(cfg: ModelsConfig, key: str, out: Path, final: Path) -> dic
         steps = cfg.resolved_pretrain_steps(read_data_manifest(cfg.data)["splits"]["train"]["rows"] if cfg.data else 0)
         pretrained = {}
         if steps:
-            log.info("models: pretraining %d steps on catalogue sentences from %s", steps, cfg.data)
+            log.info("models: pretraining %d steps on the train interactions of %s (user slots learned, then dropped)", steps, cfg.data)
             torch.manual_seed(cfg.seed)
             pretrained = pretrain(model, reloaded, cfg.data, steps, cfg.pretrain_batch, cfg.pretrain_lr, cfg.seed,
                                   cfg.template, user_lr=cfg.pretrain_user_lr, slot_dropout=cfg.pretrain_slot_dropout,

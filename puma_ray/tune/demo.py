@@ -1,7 +1,7 @@
 """`puma-ray demo`: the whole migration, end to end, offline, on this machine, in one Ray runtime.
 
 For each dataset (synthetic users, and MovieLens 100k when its directory is there): a tiny
-source and a tiny target model of different families pretrained on that catalogue (size `real`:
+source and a tiny target model of different families pretrained on its train rows (size `real`:
 MovieLens only, between two real pretrained LLMs, SmolLM2-135M -> Gemma 3 270M, imported from
 their PyPI packages by `puma-ray models --package`) -> `bench`
 at one size and seed (source prompts, random-init floor, full retraining, PUMA and random
