@@ -1,5 +1,6 @@
 """The trivial baselines against a hand computation on a tiny table, and the "no personalization" verdict."""
 
+import json
 import math
 
 import numpy as np
@@ -80,3 +81,26 @@ def test_dataset_baselines_score_only_the_given_users(tmp_path):
     some = b.dataset_baselines([path], "rating", "test", users={"u1"})
     assert (every["rows"], every["users"]) == (4, 3) and (some["rows"], some["users"]) == (2, 1)
     assert some["user_mean"]["rmse"] == pytest.approx(math.sqrt(((4 - 2) ** 2 + (4 - 3) ** 2) / 2))
+
+
+def test_a_fresh_rating_head_starts_at_the_train_mean(tmp_path):
+    """prompts and adapter give a fresh rating head the train labels' mean as its output bias (issue 45: a head
+    starting near 0 never reached Amazon's 4.4 mean in few steps, and every store lost to the global mean)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from puma_ray.core.tasks import TASKS
+    from puma_ray.data.schema import split_label_mean
+
+    (tmp_path / "interactions").mkdir()
+    rows = pd.concat([TRAIN.assign(split="train"), TEST.assign(split="test")], ignore_index=True)
+    pq.write_table(pa.Table.from_pandas(rows.astype({"label": "float32"}), preserve_index=False),
+                   tmp_path / "interactions" / "part-00000.parquet")
+    (tmp_path / "manifest.json").write_text(json.dumps({"shards": [{"name": "part-00000.parquet"}]}))
+    assert split_label_mean(tmp_path, "train") == pytest.approx(13 / 4)
+    assert split_label_mean(tmp_path, "valid") is None
+    head = TASKS["rating"].head(0.2, False, 13 / 4)
+    assert head.mlp[-1].bias.item() == pytest.approx(13 / 4)
+    assert TASKS["rating"].head(0.2, False).mlp[-1].bias.abs().item() < 1  # without a mean: torch's default init
+    assert isinstance(TASKS["click"].head(0.2, True, 0.3).predict(torch.zeros(1, 2)), torch.Tensor)

@@ -23,8 +23,9 @@ class Task:
     mode: str
     """'min' or 'max' for that metric."""
 
-    def head(self, lam: float, yes_minus_no: bool) -> torch.nn.Module:
-        return RatingHead(lam) if self.name == "rating" else ClickHead(yes_minus_no)
+    def head(self, lam: float, yes_minus_no: bool, label_mean: float | None = None) -> torch.nn.Module:
+        """A fresh head; a rating head's output starts at `label_mean` (the train labels' mean) when given."""
+        return RatingHead(lam, label_mean) if self.name == "rating" else ClickHead(yes_minus_no)
 
     def sums(self):
         return RatingSums() if self.name == "rating" else ClickScores()

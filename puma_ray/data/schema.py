@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from puma_ray.errors import PumaError
@@ -38,6 +39,17 @@ ITEMS = pa.schema([("item_id", pa.string()), ("item_idx", pa.int64()), ("item_te
 SPLITS = ("train", "valid", "test")
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+
+
+def split_label_mean(data_dir: str | Path, split: str) -> float | None:
+    """Mean label of a split's rows (one column read per shard); None when the split has no row."""
+    total, count = 0.0, 0
+    for shard in read_manifest(data_dir)["shards"]:  # the stage verified the shards already
+        path = Path(data_dir) / "interactions" / shard["name"]
+        labels = pq.read_table(path, columns=["label"], filters=[("split", "==", split)]).column("label")
+        total += float(pc.sum(labels).as_py() or 0.0)
+        count += len(labels)
+    return total / count if count else None
 
 
 def shard_name(index: int) -> str:

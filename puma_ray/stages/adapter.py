@@ -23,7 +23,7 @@ from puma_ray.config import AdapterStageConfig
 from puma_ray.core.hf import describe_model, load_causal_lm, model_ref
 from puma_ray.core.modules import AdapterConfig, MigrationAdapter, adapter_param_count
 from puma_ray.core.recycle import distil
-from puma_ray.data.schema import copy_atomic, file_sha256, shard_paths, write_json_atomic
+from puma_ray.data.schema import copy_atomic, file_sha256, shard_paths, split_label_mean, write_json_atomic
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.errors import PumaError
 from puma_ray.runtime.ray_utils import dataset_parts, init_ray, read_columns
@@ -196,7 +196,7 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
             "adapter": adapter_cfg, "seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size,
             "shuffle_rows": cfg.shuffle_rows, "epochs": epochs, "lam": cfg.lam, "yes_minus_no": cfg.yes_minus_no,
             "prefix_cache": cfg.prefix_cache, "use_gpu": cfg.use_gpu, "dtype": cfg.dtype,
-            "train_steps": train_steps, "valid_steps": valid_steps,
+            "train_steps": train_steps, "valid_steps": valid_steps, "label_mean": split_label_mean(cfg.data, "train"),
             "lora": {"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "target_modules": "all-linear",
                      "lora_dropout": 0.0} if cfg.lora_rank else None,
             "ds_config": deepspeed_config(cfg.batch_size, cfg.zero_stage, cfg.use_gpu, cfg.zero3_persistence_threshold),

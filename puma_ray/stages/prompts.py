@@ -17,7 +17,7 @@ from puma_ray.config import PromptsConfig
 from puma_ray.core.hf import describe_model, model_ref
 from puma_ray.core.templates import load_template_text
 from puma_ray.data.schema import read_manifest as read_data_manifest
-from puma_ray.data.schema import copy_atomic, shard_paths
+from puma_ray.data.schema import copy_atomic, shard_paths, split_label_mean
 from puma_ray.runtime.ray_utils import dataset_parts, init_ray, read_columns
 from puma_ray.runtime.runs import CostMeter, check_out, log, open_run
 from puma_ray.runtime.storage import remote_paths
@@ -110,7 +110,7 @@ def run_prompts(cfg: PromptsConfig) -> dict:
             "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from else None,
             "init_head": str(start_head[0]) if start_head else None,
             "prefix_cache": cfg.prefix_cache, "use_gpu": cfg.use_gpu, "dtype": cfg.dtype, "train_steps": train_steps,
-            "valid_steps": valid_steps,
+            "valid_steps": valid_steps, "label_mean": split_label_mean(cfg.data, "train"),
         }
         log.info("prompts: %d users, %d workers x %d steps/epoch, %d epochs, run %s", len(users), W,
                  train_steps, cfg.epochs, name)

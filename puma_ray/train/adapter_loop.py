@@ -88,7 +88,7 @@ def adapter_worker(config: dict) -> None:
     users = read_users(config["users_file"])  # the stage's order
     index = {u: i for i, u in enumerate(users)}
     source = torch.from_numpy(source_prompts(config["sources"], users)).to(device)  # frozen, [n, l, d_s]
-    head = task.head(config["lam"], config["yes_minus_no"])
+    head = task.head(config["lam"], config["yes_minus_no"], config.get("label_mean"))
     if config.get("head_init"):  # the source's trained head: it already speaks the label scale
         head.load_state_dict(load_file(config["head_init"]))
     module = AdapterWithHead(AdapterConfig(**config["adapter"]), head, lora=model if lora else None)

@@ -223,7 +223,7 @@ def prompts_worker(config: dict) -> None:
     if config["init_from"]:
         table.weight.data.copy_(torch.from_numpy(load_prompts(config["init_from"], users)).reshape(len(users), -1))
     table.weight.requires_grad_(not config["freeze_prompts"])
-    head = task.head(config["lam"], config["yes_minus_no"])
+    head = task.head(config["lam"], config["yes_minus_no"], config.get("label_mean"))
     if config.get("init_head"):  # --init-from: the head those prompts were trained (or migrated) with
         head.load_state_dict(load_file(config["init_head"]))
     head = head.to(device)
