@@ -102,3 +102,29 @@ def test_the_clustering_finds_the_taste_groups_users_were_generated_with():
     assert found.index.is_unique and len(found) == 3000 and found.nunique() == 3
     truth = latents.set_index("user_id")["group"].reindex(found.index)
     assert adjusted_rand_score(truth, found) >= 0.6
+
+
+def test_planted_structure_replaces_the_fitted_shares_and_is_recorded(tmp_path):
+    """The positive control (issue 45): planted_* keys put chosen taste groups and variance shares in place of the
+    fitted ones, the rest of the fit is kept, and the change is recorded; without --calibrate-from they are refused."""
+    from puma_ray.errors import ConfigError
+    from puma_ray.stages.data import planted
+
+    cfg = DataConfig(source="synthetic", calibrate_from=str(tmp_path / "real"), out=str(tmp_path / "c"),
+                     planted_group_shares=[0.6, 0.3, 0.1], planted_taste_share=0.7)
+    pop = planted(KNOWN, cfg)
+    assert pop.group_shares == [0.6, 0.3, 0.1] and pop.taste_share == 0.7
+    assert pop.quality_share == KNOWN.quality_share and pop.activity_shape == KNOWN.activity_shape
+    assert pop.fitted_from["planted"] == {"group_shares": [0.6, 0.3, 0.1], "taste_share": 0.7}
+    assert planted(KNOWN, DataConfig(source="synthetic", calibrate_from="x", out=str(tmp_path / "d"))) is KNOWN
+    cat = make_catalogue(1, KNOWN.items, 8, 8, KNOWN.popularity_exponent)
+    _, latents = calibrated_shard(1, 0, 0, 2000, cat, pop)
+    shares = latents["group"].value_counts(normalize=True).sort_index().to_numpy()
+    assert np.allclose(shares, [0.6, 0.3, 0.1], atol=0.04)
+    with pytest.raises(ConfigError, match="planted_taste_share"):
+        DataConfig(source="synthetic", out=str(tmp_path / "e"), planted_taste_share=0.5)
+    with pytest.raises(ConfigError, match="planted_group_shares"):
+        DataConfig(source="synthetic", calibrate_from="x", out=str(tmp_path / "e"), planted_group_shares=[0.5, 0.4])
+    with pytest.raises(ConfigError, match="planted_taste_share"):
+        DataConfig(source="synthetic", calibrate_from="x", out=str(tmp_path / "e"), planted_taste_share=0.8,
+                   planted_quality_share=0.3)

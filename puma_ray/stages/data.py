@@ -195,9 +195,7 @@ def planted(pop: Population, cfg: DataConfig) -> Population:
     given = {k: v for k, v in given.items() if v is not None}
     if not given:
         return pop
-    changed = replace(pop, **given)
-    changed.fitted_from = {**pop.fitted_from, "planted": given}
-    return changed
+    return replace(pop, **given, fitted_from={**pop.fitted_from, "planted": given})
 
 
 @remote_paths
