@@ -155,7 +155,7 @@ def test_bench_end_to_end_on_a_user_subset(workspace, tmp_path):
         shard_paths(tmp_path / "b" / "n60" / "data"), "rating", "test")
     said = summary["personalization"]["60"]
     assert said == "learned" or said.startswith("no personalization learned")
-    assert "| 60 | baseline: user mean | 0 |" in (tmp_path / "b" / "report.md").read_text()
+    assert "| 60 | baseline: per-user mean | 0 |" in (tmp_path / "b" / "report.md").read_text()
     assert summary["projected"][-1]["users"] == 1_000_000 and summary["projected"][-1]["ratio"] > 0
     report = (tmp_path / "b" / "report.md").read_text()
     assert "projected" in report and "| component |" in report

@@ -144,7 +144,7 @@ def personalization_verdict(task: str, retrained: float, found: dict) -> str | N
     better = (lambda a, b: a > b) if HIGHER_IS_BETTER[metric] else (lambda a, b: a < b)
     if all(better(retrained, v) for v in values.values() if np.isfinite(v)):
         return None
-    said = " and ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in values.items())
+    said = " and ".join(f"{NAMES[k]} {v:.4f}" for k, v in values.items())
     return (f"no personalization learned: full retraining's {metric} {retrained:.4f} does not beat the {said} "
             "(every comparison between model rows is then between models that learned less than a table of means)")
 
@@ -152,5 +152,9 @@ def personalization_verdict(task: str, retrained: float, found: dict) -> str | N
 def baseline_rows(found: dict, metrics: tuple[str, ...]) -> list[list[str]]:
     """Markdown table rows (name, one cell per metric) of the baselines in `found`, in the task's order."""
     names = [k for k in RATING + CLICK if k in found]
-    return [[f"baseline: {k.replace('_', ' ')}"] + [f"{found[k].get(m, float('nan')):.4f}" for m in metrics]
-            for k in names]
+    return [[f"baseline: {NAMES[k]}"] + [f"{found[k].get(m, float('nan')):.4f}" for m in metrics] for k in names]
+
+
+NAMES = {"global_mean": "global mean", "user_mean": "per-user mean", "item_mean": "item mean",
+         "user_item_bias": "user + item bias", "item_popularity": "item popularity", "user_rate": "user click rate"}
+"""How reports name each baseline."""
