@@ -204,7 +204,8 @@ def write_report(out: Path, cfg: DemoConfig, size: Size, data: dict[str, dict], 
             close = f"{r['closure_mean']:.2f}" if math.isfinite(r["closure_mean"]) else "-"
             lines.append(f"| {r['method']} | {r['users_trained']} | {r['rmse_mean']:.4f} | {close} | "
                          f"{r['device_s_mean']:.1f} | {ratio} |")
-        verdict = res.get("personalization", {}).get(str(res["sizes"][-1]))
+        verdicts = list(res.get("personalization", {}).values())  # one size: one verdict
+        verdict = verdicts[-1] if verdicts else None
         if verdict:
             lines += ["", "Full retraining beats the per-user and item means: the models learned personalization."
                       if verdict == "learned" else f"**{verdict}**"]
@@ -267,8 +268,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             "methods": {name: {r["method"]: {"rmse": r["rmse_mean"], "closure": r["closure_mean"],
                                              "device_s": r["device_s_mean"]} for r in res["table"]}
                         for name, res in results.items()},
-            "baselines": {name: {k: v for k, v in res["baselines"].items() if isinstance(v, dict)}
+            "baselines": {name: {k: v for k, v in res.get("baselines", {}).items() if isinstance(v, dict)}
                           for name, res in results.items()},
-            "personalization": {name: res["personalization"] for name, res in results.items()},
+            "personalization": {name: res.get("personalization", {}) for name, res in results.items()},
             "projected_ratio_1m": {name: res["projected"][-1]["ratio"] for name, res in results.items()},
             "wall_s": meter.record.wall_s}
