@@ -102,6 +102,5 @@ def test_a_fresh_rating_head_starts_at_the_train_mean(tmp_path):
     assert split_label_mean(tmp_path, "valid") is None
     head = TASKS["rating"].head(0.2, False, 13 / 4)
     assert head.mlp[-1].bias.item() == pytest.approx(13 / 4)
-    assert head.predict(torch.randn(3, 5)).tolist() == pytest.approx([13 / 4] * 3)  # whatever the logits
     assert TASKS["rating"].head(0.2, False).mlp[-1].bias.abs().item() < 1  # without a mean: torch's default init
     assert isinstance(TASKS["click"].head(0.2, True, 0.3).predict(torch.zeros(1, 2)), torch.Tensor)

@@ -53,9 +53,8 @@ class RatingHead(nn.Module):
         super().__init__()
         self.lam = lam
         self.mlp = nn.Sequential(nn.Linear(5, 32), nn.ReLU(), nn.Linear(32, 12), nn.ReLU(), nn.Linear(12, 1))
-        if label_mean is not None:  # start at exactly the train mean: a fresh head otherwise predicts ~0 on a 1..5
+        if label_mean is not None:  # start about the train mean: a fresh head otherwise predicts ~0 on a 1..5
             with torch.no_grad():  # scale, and in few steps (Amazon 5-core) never climbed to its 4.8 mean
-                self.mlp[-1].weight.zero_()  # the output layer's weights get gradients at once (its inputs are not 0)
                 self.mlp[-1].bias.fill_(label_mean)
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
