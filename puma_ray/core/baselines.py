@@ -116,15 +116,25 @@ def read_rows(shards: list, splits: tuple[str, ...]) -> pd.DataFrame:
     return df
 
 
+def splits_baselines(shards: list, task: str, splits: list[str], users=None) -> dict[str, dict]:
+    """Every baseline of `task` fitted once on the shards' train rows (one read) and scored on each split's rows,
+    only those of `users` when given (the users a model was scored on): {split: {"split", "rows", "users",
+    name: metrics}}."""
+    df = read_rows(shards, ("train", *splits))
+    train = df[df["split"] == "train"]
+    out = {}
+    for split in splits:
+        scored = df[df["split"] == split]
+        if users is not None:
+            scored = scored[scored["user_id"].astype(str).isin(set(users))]
+        out[split] = {"split": split, "rows": int(len(scored)), "users": int(scored["user_id"].nunique()),
+                      **baselines(task, train, scored)}
+    return out
+
+
 def dataset_baselines(shards: list, task: str, split: str, users=None) -> dict:
-    """Every baseline of `task` fitted on the shards' train rows and scored on `split`'s rows, only
-    those of `users` when given (the users a model was scored on): {"split", "rows", "users", name: metrics}."""
-    df = read_rows(shards, ("train", split))
-    train, scored = df[df["split"] == "train"], df[df["split"] == split]
-    if users is not None:
-        scored = scored[scored["user_id"].astype(str).isin(set(users))]
-    return {"split": split, "rows": int(len(scored)), "users": int(scored["user_id"].nunique()),
-            **baselines(task, train, scored)}
+    """splits_baselines of one split."""
+    return splits_baselines(shards, task, [split], users)[split]
 
 
 HIGHER_IS_BETTER = {"rmse": False, "mae": False, "auc": True, "uauc": True}

@@ -225,22 +225,24 @@ def write_report(out: Path, cfg: EvaluateConfig, split: str, metrics: dict, wors
     write_markdown(out / "report.md", lines)
 
 
-def scored_baselines(cfg: EvaluateConfig, task: str, split: str, scored_users: set[str]) -> dict:
-    """The trivial baselines (core/baselines.py) on the split's rows of the users this evaluation scored."""
-    log.info("evaluate: %s: fitting the trivial baselines on train", split)
-    return trivial.dataset_baselines(shard_paths(cfg.data), task, split, users=scored_users)
+def scored_baselines(cfg: EvaluateConfig, task: str, store: dict, quarantined: set[str]) -> dict[str, dict]:
+    """The trivial baselines (core/baselines.py), fitted once, on each split's rows of the users this evaluation
+    scored (the store's, less the quarantined ones): {split: baselines}."""
+    log.info("evaluate: fitting the trivial baselines on train")
+    users = set(store_table(cfg.prompts, store, ("user_id",)).column(0).to_pylist()) - quarantined
+    return trivial.splits_baselines(shard_paths(cfg.data), task, cfg.split, users=users)
 
 
 def report_split(cfg: EvaluateConfig, task: str, split: str, totals: UserTotals, split_auc: float | None,
-                 quarantined: set[str], out: Path, extra: dict, store_users: set[str] | None = None) -> dict:
+                 quarantined: set[str], out: Path, extra: dict, found: dict | None = None) -> dict:
     """metrics.json and report.md of one split (per_user.parquet is already there)."""
     metrics = ({"auc": split_auc} if split_auc is not None else {}) | totals.metrics()
     quarantined = quarantined | totals.bad
     metrics.update({"quarantined_users": len(quarantined),
                     "missing_users": missing_users(cfg.data, split, metrics["users"], quarantined), "split": split,
                     **extra})
-    if store_users is not None:
-        metrics["baselines"] = scored_baselines(cfg, task, split, store_users - quarantined)
+    if found is not None:
+        metrics["baselines"] = found
     if quarantined:
         log.warning("evaluate: %s: %d user(s) have non-finite prompts and were not scored (e.g. %s)", split,
                     len(quarantined), sorted(quarantined)[:3])
@@ -375,8 +377,9 @@ def score_and_report(cfg: EvaluateConfig, task, store: dict, model: dict, head_p
     quarantined = set(read_quarantine(cfg.prompts))
     extra = {"model": model["name"], "prompts": str(Path(cfg.prompts).resolve()), "wall_s": meter.record.wall_s,
              "lm_dtype": dtype_name(cfg.dtype, cfg.use_gpu)}
-    users = set(store_table(cfg.prompts, store, ("user_id",)).column(0).to_pylist()) if cfg.baselines else None
-    results = {s: report_split(cfg, task.name, s, totals[s], aucs.get(s), quarantined, where[s], extra, users)
+    found = scored_baselines(cfg, task.name, store, quarantined | set().union(*(totals[s].bad for s in cfg.split))) \
+        if cfg.baselines else {}
+    results = {s: report_split(cfg, task.name, s, totals[s], aucs.get(s), quarantined, where[s], extra, found.get(s))
                for s in cfg.split}
     if len(cfg.split) == 1:
         return {"out": str(out), **results[cfg.split[0]]}
