@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bash cluster/local-start.sh            (stop with: .venv/bin/ray stop)
 # Starts a single-node Ray head on this machine for `ray job submit`, e.g.
-#   .venv/bin/ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/demo.py --size tiny
+#   .venv/bin/ray job submit --address http://127.0.0.1:8265 --runtime-env cluster/runtime-env.yaml --entrypoint-num-cpus 1 -- python jobs/demo.py --root "$PWD" --size tiny
 # Token auth: `ray start` turns it on once ~/.ray/auth_token exists while CLI clients default to
 # off, so the mode is set explicitly; export the same RAY_AUTH_MODE in the shell that submits.
 set -euo pipefail

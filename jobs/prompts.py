@@ -1,4 +1,4 @@
-# ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/prompts.py --config configs/prompts-synthetic.yaml
+# ray job submit --address http://127.0.0.1:8265 --runtime-env cluster/runtime-env.yaml --entrypoint-num-cpus 1 -- python jobs/prompts.py --root "$PWD" --config configs/prompts-synthetic.yaml
 """Ray job entrypoint of `puma-ray prompts`: the same stage function, flags and JSON summary as the CLI.
 
 Paths are read on the cluster: on a multi-node cluster give --out (and --input/--data)
@@ -16,4 +16,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from puma_ray.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(["prompts", *sys.argv[1:]]))
+    sys.exit(main(["prompts", *sys.argv[1:]], job=True))

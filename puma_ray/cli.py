@@ -24,6 +24,7 @@ from puma_ray.config import (AdapterStageConfig, BenchConfig, ChainConfig, Colds
                              MigrateConfig, ModelsConfig, PromptsConfig, RecycleConfig, SelectConfig, SweepConfig,
                              field_docs, load_config)
 from puma_ray.errors import ConfigError, PumaError, worker_error_line
+from puma_ray.runtime.job_paths import job_paths, split_root
 from puma_ray.runtime.runs import setup_logging
 
 # name -> (config class, "module:function", one-line description)
@@ -127,12 +128,17 @@ def parse_command(argv: Optional[list[str]] = None) -> tuple[str, Callable[[], A
     return name, lambda: load_config(COMMANDS[name][0], config_path, args, tuple(overrides))
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None, job: bool = False) -> int:
+    """Run one subcommand; job=True for jobs/<stage>.py under `ray job submit` (takes --root DIR; relative paths
+    are resolved against it or refused: runtime/job_paths.py)."""
+    root = None
+    if job:
+        root, argv = split_root(list(sys.argv[1:] if argv is None else argv))
     name, config = parse_command(argv)
     prog = f"puma-ray {name}"
     setup_logging()
     try:
-        cfg = config()
+        cfg = job_paths(config(), root) if job else config()
         summary = resolve(name)(cfg)
     except KeyboardInterrupt:
         _fail(prog, "interrupted", 130)

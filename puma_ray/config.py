@@ -774,6 +774,8 @@ class ChainConfig(StageConfig):
     """Split each hop is scored on (valid chooses each adapter's best epoch)."""
     seed: int = 0
     """Seed of selection and adapter training."""
+    overwrite: bool = False
+    """Re-run hops of --out made with other settings or inputs (deleting them); without it such a hop is refused."""
 
     def validate(self) -> None:
         _required(self.data, "data", "--data DIR")

@@ -125,3 +125,64 @@ def test_a_rerun_killed_mid_training_leaves_the_old_adapter_whole(setup, tmp_pat
     assert sorted(p.name for p in out.glob("*.safetensors")) == sorted([new["weights"], new["head"]])
     assert all(t.numel() > 0 for t in load_file(out / new["weights"]).values())  # gathered, not ZeRO-3 placeholders
     load_adapter(out)
+
+
+def test_a_lora_adapter_is_applied_wherever_its_migrated_prompts_are_scored(setup, tmp_path):
+    """An adapter trained with LoRA co-adaptation: migrate carries the LoRA into the store, evaluate merges it into
+    the target (its valid RMSE is the adapter's own), the plain model scores the same prompts otherwise (what
+    evaluate did before the fix), and a stage that would read them on the plain model refuses."""
+    import shutil
+
+    from puma_ray.config import EvaluateConfig, MigrateConfig, PromptsConfig
+    from puma_ray.stages.evaluate import run_evaluate
+    from puma_ray.stages.migrate import run_migrate
+    from puma_ray.stages.prompts import run_prompts
+    from puma_ray.store.prompt_store import read_manifest
+
+    res = run_adapter(acfg(setup, "lora-applied", workers=1, epochs=1, lora_rank=4, lr=1e-2))
+    run_migrate(MigrateConfig(adapter=str(setup / "lora-applied"), source=[str(setup / "src")],
+                              out=str(tmp_path / "store")))
+    manifest = read_manifest(tmp_path / "store")
+    assert manifest["lora"]["r"] == 4 and (tmp_path / "store" / "lora" / "adapter_model.safetensors").is_file()
+    assert manifest["lineage"][-1]["lora"]["r"] == 4  # the lineage says the prompts need the co-adapted model
+
+    def valid_rmse(store, out):
+        return run_evaluate(EvaluateConfig(data=str(setup / "data"), model=str(setup / "qwen2"), prompts=str(store),
+                                           split=["valid"], out=str(tmp_path / out), baselines=False))["rmse"]
+
+    applied = valid_rmse(tmp_path / "store", "ev")
+    assert applied == pytest.approx(res["valid_rmse"], abs=1e-6)  # measured: equal to 2e-9
+    shutil.copytree(tmp_path / "store", tmp_path / "plain")
+    (tmp_path / "plain" / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "lora"}))
+    plain = valid_rmse(tmp_path / "plain", "ev-plain")
+    assert abs(plain - applied) > 1e-4  # measured: 5e-4 (one epoch of LoRA at rank 4)
+    with pytest.raises(PumaError, match="migrated with LoRA co-adaptation"):
+        run_prompts(PromptsConfig(data=str(setup / "data"), model=str(setup / "qwen2"), out=str(tmp_path / "warm"),
+                                  init_from=str(tmp_path / "store"), epochs=1))
+    assert not (tmp_path / "warm").exists()
+
+
+def test_a_killed_re_train_leaves_the_old_adapter_and_its_config_whole(setup, tmp_path):
+    """SIGKILL (from outside) of `adapter` re-training over an existing adapter, mid-training: adapter.json, its
+    weights and config.yaml are byte-identical (before the fix config.yaml was rewritten at the start); the next
+    run replaces them all."""
+    import shutil
+    import subprocess
+
+    from conftest import REPO, cli_in_ray, kill_at_first_checkpoint
+
+    run_adapter(acfg(setup, "retrain-base", workers=1, epochs=1))
+    out = tmp_path / "adapter"
+    shutil.copytree(setup / "retrain-base", out, ignore=shutil.ignore_patterns("_train"))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != "costs.jsonl"}
+    assert {"adapter.json", "config.yaml"} <= set(before)
+    cmd, env = cli_in_ray(["adapter", "--data", str(setup / "data"), "--source", str(setup / "src"),
+                           "--target-model", str(setup / "qwen2"), "--out", str(out), "--workers", "1",
+                           "--epochs", "3", "--min-steps", "0", "--width", "64", "--lr", "0.02"])
+    kill_at_first_checkpoint(cmd, env, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name in before} == before
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    meta = json.loads((out / "adapter.json").read_text())
+    assert "lr: 0.02" in (out / "config.yaml").read_text() and (out / meta["weights"]).is_file()
+    assert not any((out / name).exists() for name in before if name.startswith(("adapter-", "head-")))

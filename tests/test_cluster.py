@@ -15,6 +15,8 @@ import yaml
 from packaging.requirements import Requirement
 
 from puma_ray.cli import COMMANDS, job_file, parse_command
+from puma_ray.errors import ConfigError
+from puma_ray.runtime.job_paths import job_paths, split_root
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER = REPO / "cluster"
@@ -22,16 +24,18 @@ CLUSTER = REPO / "cluster"
 
 def entrypoints(text: str) -> list[str]:
     """Every `python .../jobs/<file>.py ...` command line in a file."""
-    return [m.group(0) for m in re.finditer(r"python3? (?:/app/)?jobs/\w+\.py[^\n`'\"]*", text)]
+    return [m.group(0) for m in re.finditer(r"python3? (?:/app/)?jobs/\w+\.py[^\n`']*", text)]
 
 
 def load_entrypoint(command: str):
-    """The stage config a job entrypoint would run with (cli.parse_command, as cli.main builds it), not run."""
-    words = [w.replace("/app/", f"{REPO}/") for w in shlex.split(command)]
+    """The stage config a job entrypoint would run with, not run: as cli.main(job=True) builds it from the
+    checkout's root ("$PWD" of the submitting shell), relative paths resolved against --root or checked."""
+    words = [w.replace("/app/", f"{REPO}/").replace("$PWD", str(REPO)) for w in shlex.split(command)]
     script = next(i for i, w in enumerate(words) if w.endswith(".py"))
     job = Path(words[script]).relative_to(REPO).as_posix() if words[script].startswith(str(REPO)) else words[script]
     name = next(n for n in COMMANDS if job_file(n) == job)
-    return parse_command([name, *words[script + 1:]])[1]()
+    root, rest = split_root(words[script + 1:])
+    return job_paths(parse_command([name, *rest])[1](), root, cwd=REPO)
 
 
 def test_every_cluster_file_parses_and_pins_the_installed_ray():
@@ -127,3 +131,59 @@ def test_every_entrypoint_names_a_job_whose_flags_and_config_load(where, command
     cfg = load_entrypoint(command)
     if where in GPU_CLUSTERS and "use_gpu" in vars(cfg):
         assert cfg.use_gpu, f"{where}: the cluster requests GPUs but its entrypoint leaves use_gpu off"
+
+
+SUBMITS = sorted({(p.relative_to(REPO).as_posix(), m.group(0))
+                  for p in [*CLUSTER.iterdir(), *(REPO / "configs").glob("*.yaml"), *(REPO / "jobs").glob("*.py"),
+                            *(REPO / "tune_spaces").glob("*.yaml"), REPO / "README.md"]
+                  if p.is_file() for m in re.finditer(r"ray job submit [^\n`]*", p.read_text())})
+
+
+@pytest.mark.parametrize("where,command", SUBMITS)
+def test_every_shipped_job_command_reserves_a_cpu_and_runs_as_written(where, command):
+    """Each `ray job submit` line shipped gives its driver a CPU (it does K-means, pretraining, dequantisation) and
+    names paths a job can use: absolute, URIs, or relative with --root "$PWD" (issue 46: the old headers wrote
+    into the job's temporary copy and read ../shared, which is not there)."""
+    assert "--entrypoint-num-cpus" in command, f"{where}: no --entrypoint-num-cpus"
+    load_entrypoint(command.split(" -- ", 1)[1])  # raises a ConfigError naming the flag otherwise
+
+
+def test_cluster_heads_schedule_nothing_and_gpu_node_types_declare_their_gpus():
+    for name in KUBERAY:
+        assert kuberay_cluster(name)["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", name
+    job = yaml.safe_load((CLUSTER / "kuberay-rayjob.yaml").read_text())["spec"]
+    assert job["entrypointNumCpus"] >= 1
+    for name in LAUNCHERS:
+        cfg = yaml.safe_load((CLUSTER / name).read_text())
+        assert cfg["available_node_types"][cfg["head_node_type"]]["resources"] == {"CPU": 0}, name
+        assert all("--num-cpus=0" in c for c in cfg["head_start_ray_commands"] if "ray start" in c), name
+        if cfg["provider"]["type"] == "gcp":  # GCP, unlike AWS, does not detect accelerators
+            gpu = [t for t in cfg["available_node_types"].values() if t["node_config"].get("guestAccelerators")]
+            assert gpu and all(t["resources"].get("GPU") == t["node_config"]["guestAccelerators"][0]
+                               ["acceleratorCount"] for t in gpu), name
+
+
+def test_relative_paths_of_a_job_resolve_against_its_root_or_are_refused(tmp_path):
+    from puma_ray.config import SweepConfig
+
+    cfg = SweepConfig(data="runs/d", source=["runs/s", "s3://b/s"], target_model="Org/model", space="tune_spaces/ci.yaml",
+                      out="runs/sweep")
+    resolved = job_paths(cfg, str(tmp_path))
+    assert resolved.out == str(tmp_path / "runs" / "sweep") and resolved.data == str(tmp_path / "runs" / "d")
+    assert resolved.source == [str(tmp_path / "runs" / "s"), "s3://b/s"]
+    with pytest.raises(ConfigError, match="^--out runs/sweep: a relative output path"):
+        job_paths(cfg, None, cwd=REPO)
+    with pytest.raises(ConfigError, match="^--data runs/d: a relative path that is not in the job's copy"):
+        job_paths(SweepConfig(**{**cfg.to_dict(), "out": "/abs/sweep"}), None, cwd=REPO)
+    kept = job_paths(SweepConfig(**{**cfg.to_dict(), "out": "/abs/sweep", "data": "/abs/d", "source": ["s3://b/s"]}),
+                     None, cwd=REPO)
+    assert kept.space == "tune_spaces/ci.yaml" and kept.target_model == "Org/model"  # in the checkout; a hub id
+    assert split_root(["--root", "/r", "--out", "x"]) == ("/r", ["--out", "x"])
+    # kept with a root too: a file only the uploaded checkout holds, a hub id, `users: all`; and an optional input
+    rooted = job_paths(SweepConfig(**{**cfg.to_dict(), "data": "d"}), str(tmp_path), cwd=REPO)
+    assert rooted.space == "tune_spaces/ci.yaml" and rooted.target_model == "Org/model"
+    from puma_ray.config import AdapterStageConfig, DemoConfig
+
+    adapter = AdapterStageConfig(data="/abs/d", source=["/abs/s"], target_model="/abs/m", out="/abs/a", users="all")
+    assert job_paths(adapter, None, cwd=REPO).users == "all" and job_paths(adapter, str(tmp_path)).users == "all"
+    assert job_paths(DemoConfig(out="/abs/demo"), None, cwd=tmp_path).movielens == "../shared/data/ml-100k"

@@ -96,7 +96,7 @@ def test_cold_users_get_their_neighbours_weighted_prompt_deterministically(works
 def test_a_store_without_head_or_another_kind_of_out_is_refused_before_out_is_touched(workspace, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    with pytest.raises(PumaError, match="something other than a prompt store"):
+    with pytest.raises(PumaError, match="not a prompt store"):
         run_coldstart(ColdstartConfig(data=str(workspace / "data"), prompts=str(workspace / "src"),
                                       out=str(tmp_path / "out")))
     m = read_manifest(workspace / "src")
@@ -105,5 +105,5 @@ def test_a_store_without_head_or_another_kind_of_out_is_refused_before_out_is_to
              lineage=[], dataset_fingerprint=None, shards=[info], quarantined=[])
     with pytest.raises(PumaError, match="no task head"):
         run_coldstart(ColdstartConfig(data=str(workspace / "data"), prompts=str(tmp_path / "headless"),
-                                      out=str(tmp_path / "out")))
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+                                      out=str(tmp_path / "fresh")))
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"] and not (tmp_path / "fresh").exists()

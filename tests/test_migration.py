@@ -17,11 +17,13 @@ import pyarrow.parquet as pq
 import psutil
 import pytest
 import ray
+import yaml
 from conftest import kill_when
 
 from puma_ray.config import AdapterStageConfig, ChainConfig, EvaluateConfig, MigrateConfig, SelectConfig
 from puma_ray.data.schema import file_sha256, shard_paths, write_parquet_atomic
 from puma_ray.errors import PumaError
+from puma_ray.runtime.runs import write_kind
 from puma_ray.store.prompt_store import (finalize, iter_prompts, prompt_schema, read_head, read_manifest, verify,
                                          write_shard)
 from puma_ray.select.strategies import STRATEGIES
@@ -326,6 +328,22 @@ def test_chain_over_three_families_reports_every_hop(setup, tmp_path):
     assert [s["step"] for s in m["lineage"]] == ["trained", "migrated", "migrated"]
     assert m["lineage"][1]["model"] != m["lineage"][2]["model"]
     assert (tmp_path / "chain.png").is_file() and "gemma3" in (tmp_path / "report.md").read_text()
+    # the same config again: every hop reused, no stage runs again
+    cfg = ChainConfig(**yaml.safe_load((tmp_path / "config.yaml").read_text()))
+    costs = (tmp_path / "hop-1" / "adapter" / "costs.jsonl").read_text()
+    assert run_chain(cfg)["reused_hops"] == [0, 1, 2]
+    assert (tmp_path / "hop-1" / "adapter" / "costs.jsonl").read_text() == costs
+    # another budget: refused before anything changes (before the fix the old hops were reported under it)
+    before = sorted((str(p), p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file())
+    with pytest.raises(PumaError, match="budget 40 -> 30.*nothing was changed"):
+        run_chain(ChainConfig(**{**cfg.to_dict(), "budget": 30}))
+    assert sorted((str(p), p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file()) == before
+    # overwrite=true re-runs the changed hop; the hop past the new chain's end goes
+    redo = run_chain(ChainConfig(**{**cfg.to_dict(), "budget": 30, "models": [str(root / "qwen2")],
+                                    "overwrite": True}))
+    assert redo["reused_hops"] == [0] and len(redo["hops"]) == 2 and not (tmp_path / "hop-2").exists()
+    assert pq.read_table(tmp_path / "hop-1" / "selection" / "selected.parquet").num_rows == 30
+    assert "| 1 | qwen2 |" in (tmp_path / "report.md").read_text()
 
 
 def test_aggregated_migration_concatenates_each_users_prompts(setup, tmp_path):
@@ -395,9 +413,9 @@ def test_adapter_and_migrate_refuse_an_out_of_another_kind(setup, tmp_path):
     (photos / "a.jpg").write_bytes(b"\xff\xd8 not really")
     for out in (dataset, photos):
         before = sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file())
-        with pytest.raises(PumaError, match="already holds something other than a prompt store"):
+        with pytest.raises(PumaError, match="not a prompt store.*nothing was changed"):
             run_migrate(MigrateConfig(adapter=str(root / "adapter"), source=[str(root / "src")], out=str(out)))
-        with pytest.raises(PumaError, match="already holds something other than an adapter"):
+        with pytest.raises(PumaError, match="not an adapter.*nothing was changed"):
             run_adapter(AdapterStageConfig(data=str(root / "data"), source=[str(root / "src")],
                                            target_model=str(root / "qwen2"), out=str(out), epochs=1, min_steps=0))
         assert sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file()) == before
@@ -422,6 +440,7 @@ def test_bfloat16_migration_matches_float32_within_tolerance(setup, tmp_path):
     assert verify(tmp_path / "bfloat16")["lineage"][-1]["dtype"] == "bfloat16"
     assert verify(tmp_path / "float32")["lineage"][-1]["dtype"] == "float32"
     (tmp_path / "partial" / "_progress").mkdir(parents=True)
+    write_kind(tmp_path / "partial", "prompt store")  # what an interrupted migration leaves first
     (tmp_path / "partial" / "_progress" / "identity.json").write_text(json.dumps(
         {"adapter_sha256": json.loads((root / "adapter" / "adapter.json").read_text())["sha256"],
          "sources": [str((root / "src").resolve())], "dtype": "float32"}))

@@ -205,7 +205,7 @@ def test_a_rerun_killed_mid_training_leaves_the_old_store_whole(setup, zero2, tm
     out = tmp_path / "store"
     shutil.copytree(root / "zero2", out, ignore=shutil.ignore_patterns("_train"))  # a store, no run to resume
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.name.startswith(("part-", "quarantine", "head",
-                                                                                    "manifest"))}
+                                                                                    "manifest", "config"))}
     old = ps.verify(out)
     cmd, env = cli_in_ray(["prompts", "--data", str(root / "data"), "--model", str(root / "llama"), "--out", str(out),
                            "--workers", "2", "--epochs", "2", "--lr", "0.02"])
@@ -217,7 +217,8 @@ def test_a_rerun_killed_mid_training_leaves_the_old_store_whole(setup, zero2, tm
     assert not warnings_of_ours(done.stdout + done.stderr)  # no deprecated call of ours, no collective warnings
     new = ps.verify(out)
     assert new["shards"] != old["shards"] and ps.read_head(out)[1]["lam"] == 0.2
-    assert not any((out / name).exists() for name in before if name != "manifest.json")  # old files cleared
+    assert not any((out / name).exists() for name in before if name not in ("manifest.json", "config.yaml"))
+    assert "lr: 0.02" in (out / "config.yaml").read_text()  # the config of the store now there
 
 
 def test_a_bfloat16_frozen_model_trains_and_scores_like_float32(setup, zero2, tmp_path):

@@ -84,6 +84,18 @@ def test_sweep_resumes_after_its_driver_is_killed_and_reports_every_trial(worksp
                for t in df["trial_dir"])
 
 
+def test_an_asha_sweep_runs_its_surviving_trials_to_migrate_and_evaluate(workspace, ray_local, tmp_path):
+    """tune_spaces/ci.yaml under ASHA (one epoch, grace period one: no rung stops either trial): both trials
+    report a test metric and a cost. Before the fix ASHA stopped them at max_t, ending the sweep with
+    "no trial finished"."""
+    summary = run_sweep(SweepConfig(data=str(workspace / "data"), source=[str(workspace / "src")],
+                                    target_model=str(workspace / "qwen2"), space=str(REPO / "tune_spaces" / "ci.yaml"),
+                                    out=str(tmp_path / "asha"), scheduler="asha"))
+    df = pd.read_csv(tmp_path / "asha" / "results.csv")
+    assert summary["trials"] == 2 and (df["status"] == "finished").all()
+    assert df["test_rmse"].notna().all() and (df["cost_device_s"] > 0).all()
+
+
 def test_sweep_refuses_bad_spaces_and_references_before_running(workspace, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("params:\n  strategy: puma\n  colour: red\n")

@@ -65,6 +65,20 @@ def load_causal_lm(name: str, dtype: torch.dtype = torch.float32):
     return model
 
 
+def load_scoring_model(name: str, lora: str | None = None, dtype: torch.dtype = torch.float32):
+    """load_causal_lm, with the LoRA co-adaptation at `lora` (a PEFT directory an adapter trained with the
+    prompts of a store) merged into its weights when given: the model a migrated store's prompts were made for."""
+    model = load_causal_lm(name, dtype=dtype)
+    if lora is None:
+        return model
+    from peft import PeftModel
+
+    merged = PeftModel.from_pretrained(model, lora).merge_and_unload()
+    merged.eval()
+    merged.requires_grad_(False)
+    return merged
+
+
 def _fingerprint(config, tokenizer, embedding: torch.Tensor) -> str:
     cfg = config.to_dict()
     for key in _VOLATILE_CONFIG_KEYS:

@@ -3,6 +3,8 @@
 PromptScorer: interaction rows joined with their user's prompt -> per-row prediction and loss
   (evaluate; the loss-based selection strategies).
 FFNFeatures:  prompt rows -> the source model's FFN outputs of its last layers (the `ffn` strategy).
+FFNShardFeatures: store shards -> one feature file per shard, rows in the shard's order (what K-means reads:
+  the same users in the same order every run, whichever actor finishes first).
 
 Batches arrive as pyarrow Tables; prompts are `fixed_size_list<float32>[l*d]`.
 """
@@ -16,7 +18,7 @@ import pyarrow as pa
 import torch
 from safetensors.torch import load_file
 
-from puma_ray.core.hf import load_causal_lm, load_tokenizer, resolve_dtype
+from puma_ray.core.hf import load_causal_lm, load_scoring_model, load_tokenizer, resolve_dtype
 from puma_ray.core.llm import FrozenLM
 from puma_ray.core.tasks import TASKS
 from puma_ray.errors import PumaError
@@ -75,14 +77,15 @@ class PromptScorer:
 
     def __init__(self, model: str, template_text: str, task: str, head_path: str, lam: float, yes_minus_no: bool,
                  prompt_len: int, dim: int, prefix_cache: bool = True, use_gpu: bool = False,
-                 broadcast=None, dtype: str = "auto") -> None:
+                 broadcast=None, dtype: str = "auto", lora: str | None = None) -> None:
         """broadcast: a zero-argument callable giving the whole store as a BroadcastStore (broadcast join: rows
         arrive without their prompt and find it here; the stage passes one that fetches a Ray object); None
-        when rows come joined."""
+        when rows come joined. lora: the store's LoRA co-adaptation (PEFT directory), merged into the model."""
         self.lookup: BroadcastStore | None = broadcast() if broadcast is not None else None
         self.device = _device(use_gpu)
         self.task = TASKS[task]
-        self.lm = FrozenLM(load_causal_lm(model, dtype=resolve_dtype(dtype, self.device)).to(self.device), load_tokenizer(model), template_text,
+        lm = load_scoring_model(model, lora, dtype=resolve_dtype(dtype, self.device))
+        self.lm = FrozenLM(lm.to(self.device), load_tokenizer(model), template_text,
                            self.task.answers, prompt_len=prompt_len, prefix_cache=prefix_cache)
         self.head = self.task.head(lam, yes_minus_no)
         self.head.load_state_dict(load_file(head_path))
@@ -150,3 +153,31 @@ class FFNFeatures:
         values = pa.array(feats.reshape(-1), type=pa.float32())
         return pa.table({"user_id": batch.column("user_id").cast(pa.string()),
                          "prompt": pa.FixedSizeListArray.from_arrays(values, feats.shape[1])})
+
+
+class FFNShardFeatures:
+    """Rows {index, path} of store shards -> each shard's FFN features written to `out`/part-<index>.parquet
+    (rows in the shard's order, `batch_size` prompts at a time; temp name, then renamed); returns {index, rows}."""
+
+    def __init__(self, out: str, batch_size: int, **features) -> None:
+        self.out, self.batch_size, self.features = out, batch_size, FFNFeatures(**features)
+
+    def __call__(self, batch: dict) -> dict:
+        import os
+
+        import pyarrow.parquet as pq
+
+        rows = []
+        for index, path in zip(batch["index"], batch["path"]):
+            final = os.path.join(self.out, f"part-{int(index):05d}.parquet")
+            writer, n = None, 0
+            for part in pq.ParquetFile(path).iter_batches(batch_size=self.batch_size, columns=["user_id", "prompt"]):
+                table = self.features(pa.Table.from_batches([part]))
+                writer = writer or pq.ParquetWriter(final + ".tmp", table.schema)
+                writer.write_table(table)
+                n += table.num_rows
+            if writer is not None:
+                writer.close()
+                os.replace(final + ".tmp", final)
+            rows.append(n)
+        return {"index": np.asarray(batch["index"]), "rows": np.asarray(rows)}

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import resource
 import sys
 import time
@@ -67,35 +68,92 @@ def config_hash(cfg: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def open_run(out: str | Path, stage: str, cfg: Any, final: str | Path | None = None) -> Path:
-    """Create `out`, write the resolved config next to the outputs, return the path.
+KIND_FILE = "kind.json"
+STAGE_KINDS = {"data": "dataset", "models": "model", "prompts": "prompt store", "recycle": "prompt store",
+               "coldstart": "prompt store", "migrate": "prompt store", "select": "selection", "adapter": "adapter",
+               "evaluate": "evaluation", "sweep": "sweep", "bench": "bench", "chain": "chain", "demo": "demo"}
+"""The kind of output each stage writes; an --out holding another kind is refused (check_out)."""
 
-    final: where the output will live when it is built beside it (`beside`), for the rerun line."""
+
+def write_kind(path: Path, kind: str) -> None:
+    """Record what `path` holds (kind.json), before any other file of the output is written (left as it is when it
+    already says so: a re-run that changes nothing changes no file)."""
+    from puma_ray import __version__
+
+    if (Path(path) / KIND_FILE).is_file() and read_kind(path) == kind:
+        return
+    (path / KIND_FILE).write_text(json.dumps({"kind": kind, "created_by": f"puma-ray {__version__}"}) + "\n")
+
+
+_CONFIG_HEADER = re.compile(r"^# resolved config of `puma-ray (\w+)`")
+
+
+def read_kind(path: str | Path) -> str | None:
+    """The kind recorded in `path`/kind.json; for an output written before kind.json existed, the kind of the
+    stage its config.yaml names on its first line (open_run's header); None when neither says."""
+    path = Path(path)
+    if (path / KIND_FILE).exists():
+        try:
+            kind = json.loads((path / KIND_FILE).read_text()).get("kind")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return kind if isinstance(kind, str) else None
+    try:
+        with (path / CONFIG_FILE).open() as f:
+            found = _CONFIG_HEADER.match(f.readline())
+    except (OSError, UnicodeDecodeError):
+        return None
+    return STAGE_KINDS.get(found.group(1)) if found else None
+
+
+def open_run(out: str | Path, stage: str, cfg: Any, final: str | Path | None = None,
+             config_name: str = CONFIG_FILE) -> Path:
+    """Create `out`, record its kind (kind.json) and write the resolved config next to the outputs; return the path.
+
+    final: where the output will live when it is built beside it (`beside`), for the rerun line.
+    config_name: where the config goes (stages that build in place write it aside and move it in at the end,
+    so that a failed re-run leaves the config of the output that is still there)."""
     path = Path(out)
     path.mkdir(parents=True, exist_ok=True)
+    write_kind(path, STAGE_KINDS[stage])
     data = cfg if isinstance(cfg, dict) else asdict(cfg)
     shown = Path(final) if final is not None else path
     header = f"# resolved config of `puma-ray {stage}`; rerun with: puma-ray {stage} --config {shown / CONFIG_FILE}\n"
-    (path / CONFIG_FILE).write_text(header + yaml.safe_dump(data, sort_keys=False))
+    (path / config_name).write_text(header + yaml.safe_dump(data, sort_keys=False))
     return path
 
 
-RUN_FILES = {CONFIG_FILE, COSTS_FILE}
+PENDING_CONFIG = ".config.yaml.next"
+"""Where a stage that builds in place (prompts, adapter, migrate) writes its config until its output is complete."""
 
 
-def check_out(out: str | Path, kind: str, is_kind, flag: str = "--out") -> Path:
-    """Refuse an --out that would lose something: a file, or a non-empty directory holding another kind of output.
+def commit_config(out: Path) -> None:
+    """The pending config becomes config.yaml, once the output it describes is complete (a failed re-run leaves
+    config.yaml describing the output still there)."""
+    pending = Path(out) / PENDING_CONFIG
+    if pending.is_file():
+        pending.replace(Path(out) / CONFIG_FILE)
 
-    is_kind(path) says whether an existing directory already holds this kind of output (which
-    the stage may then replace or resume). Called before anything is written or deleted."""
+
+def _article(kind: str) -> str:
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+
+
+def check_out(out: str | Path, kind: str, flag: str = "--out") -> Path:
+    """Refuse an --out that would lose something: a file, or a non-empty directory whose kind.json does not name
+    `kind` (another kind of output, or files puma-ray did not write). An output of the same kind, complete or
+    interrupted, may be replaced or resumed by the stage. Called before anything is written or deleted."""
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise PumaError(f"{flag} {path} is a file; give a directory")
-    if path.is_dir() and not is_kind(path) and {p.name for p in path.iterdir()} - RUN_FILES:
-        article = "an" if kind[0] in "aeiou" else "a"
-        raise PumaError(f"{flag} {path} already holds something other than {article} {kind}; nothing was changed "
-                        "(choose a new directory or empty it)")
-    return path
+    if not path.is_dir() or not any(path.iterdir()):
+        return path
+    held = read_kind(path)
+    if held == kind:
+        return path
+    what = (f"holds {_article(held)}, not {_article(kind)}" if held
+            else f"holds files that are not {_article(kind)} (no {KIND_FILE} of puma-ray there)")
+    raise PumaError(f"{flag} {path} {what}; nothing was changed (choose a new directory, or empty it)")
 
 
 def beside(out: str | Path) -> Path:

@@ -27,7 +27,7 @@ from puma_ray.data.schema import copy_atomic, file_sha256, shard_paths, split_la
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.errors import PumaError
 from puma_ray.runtime.ray_utils import dataset_parts, init_ray, read_columns
-from puma_ray.runtime.runs import CostMeter, check_out, log, open_run
+from puma_ray.runtime.runs import PENDING_CONFIG, CostMeter, check_out, commit_config, log, open_run
 from puma_ray.runtime.storage import remote_paths
 from puma_ray.store.prompt_store import check_model, iter_prompts, load_prompts, read_head, verify
 from puma_ray.train.wiring import (best_checkpoint, build_trainer, check_resume, fit_trainer, record_training,
@@ -154,6 +154,7 @@ def _select_rows(batch: pd.DataFrame, users_ref) -> pd.DataFrame:
 @remote_paths
 def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
     """Train the adapter; returns the JSON summary. callbacks: Ray Train callbacks (a sweep reports to Tune)."""
+    check_out(cfg.out, "adapter")  # first: an --out holding another kind of output is refused untouched
     data = read_data_manifest(cfg.data)
     task = TASKS[data["task"]]
     users_path = users_file(cfg.users, cfg.data)
@@ -165,8 +166,8 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
     name = cfg.run_name or run_name("adapter", cfg.out)
     storage = cfg.storage_path or str((Path(cfg.out) / "_train").resolve())
     check_resume(storage, name, cfg.workers)
-    check_out(cfg.out, "adapter", lambda p: (p / "adapter.json").is_file() or (p / "_train").is_dir())
-    out = open_run(cfg.out, "adapter", cfg)  # an adapter already there stays whole until adapter.json is replaced
+    # an adapter already there stays whole (its config.yaml too) until adapter.json is replaced
+    out = open_run(cfg.out, "adapter", cfg, config_name=PENDING_CONFIG)
     W = cfg.workers
     with CostMeter(out, "adapter", cfg, workers=W) as meter:
         meter.startup_s = init_ray()
@@ -226,6 +227,7 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
             "users": len(users), "best_epoch": int(best["epoch"]), metric: best[metric], "init": start,
             "curve": curve, "dataset_fingerprint": data["fingerprint"], "sha256": file_sha256(out / files["weights"])}
     write_json_atomic(out / "adapter.json", meta)  # last: it marks the adapter complete and names its files
+    commit_config(out)
     drop_other_generations(out, files)
     log.info("adapter: best epoch %d, %s %.4f -> %s", best["epoch"], metric, best[metric], out)
     return {"out": str(out), "users": len(users), "best_epoch": int(best["epoch"]), metric: best[metric],

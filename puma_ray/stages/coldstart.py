@@ -26,7 +26,7 @@ from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.errors import PumaError
 from puma_ray.runtime.runs import CostMeter, build_beside, check_out, log
 from puma_ray.runtime.storage import remote_paths
-from puma_ray.store.prompt_store import (finalize, is_prompt_store, iter_prompts, load_prompts, read_head,
+from puma_ray.store.prompt_store import (finalize, iter_prompts, load_prompts, read_head, refuse_lora,
                                          read_quarantine, verify, write_shard)
 
 USERS_FILE = "coldstart_users.parquet"
@@ -80,14 +80,15 @@ def neighbours_of(cfg: ColdstartConfig, cold: list[str], warm: list[str]) -> Nei
 @remote_paths
 def run_coldstart(cfg: ColdstartConfig) -> dict:
     """A store with a prompt for every user of `cfg.data`: `cfg.prompts`' own plus the cold-start users'."""
+    check_out(cfg.out, "prompt store")  # first: an --out holding another kind of output is refused untouched
     data = read_data_manifest(cfg.data)
     store = verify(cfg.prompts)
+    refuse_lora(store, cfg.prompts, "--prompts", "coldstart (its nearest neighbours and mean prompt)")
     if store["task"] != data["task"]:
         raise PumaError(f"--prompts {cfg.prompts} is for task {store['task']!r}, --data {cfg.data} is {data['task']!r}")
     head = read_head(cfg.prompts)
     if head is None:
         raise PumaError(f"--prompts {cfg.prompts}: the store has no task head (stores of `prompts` and `migrate` do)")
-    check_out(cfg.out, "prompt store", is_prompt_store)
     out, manifest = build_beside(cfg.out, "coldstart", cfg, lambda work: coldstart_into(work, cfg, store, head))
     step = manifest["lineage"][-1]
     summary = {"out": str(out), "users": manifest["num_users"], "cold_users": step["cold_users"],

@@ -61,11 +61,6 @@ def check_input(cfg: DataConfig) -> None:
     make_source(cfg).files(input_path)
 
 
-def is_dataset(path: Path) -> bool:
-    """A (complete or interrupted) dataset directory written by this stage."""
-    return (path / MANIFEST).is_file() or (path / "interactions").is_dir()
-
-
 def _real_source(cfg: DataConfig, prep: Preprocessing, out: Path) -> dict:
     source = make_source(cfg)
     input_path = Path(cfg.input).resolve()
@@ -204,8 +199,8 @@ def run_data(cfg: DataConfig) -> dict:
 
     The dataset is built beside --out and swapped in when complete: an existing dataset there
     survives any failure (bad input, an empty result, a killed job) untouched."""
+    check_out(cfg.out, "dataset")  # first: an --out holding another kind of output is refused untouched
     check_input(cfg)
-    check_out(cfg.out, "dataset", is_dataset)
     task = (cfg.task or "rating") if cfg.source == "synthetic" else make_source(cfg).task
     prep = resolve_preprocessing(cfg, task)
     pop = fit_population(cfg.calibrate_from, cfg.seed) if cfg.calibrate_from else None  # before --out is touched

@@ -50,7 +50,7 @@ from puma_ray.runtime.ray_utils import actor_cpus, actor_pool, init_ray, read_co
 from puma_ray.runtime.runs import (CostMeter, Progress, build_beside, check_out, log, setup_logging, swap_in,
                                    write_markdown)
 from puma_ray.runtime.storage import remote_paths
-from puma_ray.store.prompt_store import check_model, read_head, read_quarantine, verify
+from puma_ray.store.prompt_store import check_model, read_head, read_quarantine, store_lora, verify
 
 
 def store_head(store: str | Path) -> tuple[Path, dict]:
@@ -258,6 +258,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     """Score `cfg.prompts` on `cfg.model` over `cfg.split` (one pass for several); returns the JSON summary.
 
     One split: OUT/metrics.json; several: OUT/<split>/metrics.json each (rows.parquet holds all)."""
+    check_out(cfg.out, "evaluation")  # first: an --out holding another kind of output is refused untouched
     data = read_data_manifest(cfg.data)
     task = TASKS[data["task"]]
     store = verify(cfg.prompts)
@@ -266,7 +267,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     model = describe_model(cfg.model)
     check_model(store, model["fingerprint"], cfg.prompts)
     head_path, head = store_head(cfg.prompts)
-    check_out(cfg.out, "evaluation", lambda p: (p / "metrics.json").is_file() or (p / "rows.parquet").exists())
+    store_lora(cfg.prompts, store)  # its LoRA weights checked before anything runs
     # built beside --out and swapped in whole when complete: an old evaluation there survives any failure
     out, summary = build_beside(cfg.out, "evaluate", cfg,
                                 lambda work: score_and_report(cfg, task, store, model, head_path, head, work))
@@ -352,7 +353,8 @@ def score_and_report(cfg: EvaluateConfig, task, store: dict, model: dict, head_p
     scorer_args = dict(model=model_ref(cfg.model), template_text=load_template_text(head["template"]),
                        task=task.name, head_path=str(head_path.resolve()), lam=head["lam"],
                        yes_minus_no=head["yes_minus_no"], prompt_len=store["prompt_len"], dim=store["dim"],
-                       prefix_cache=cfg.prefix_cache, use_gpu=cfg.use_gpu, dtype=cfg.dtype)
+                       prefix_cache=cfg.prefix_cache, use_gpu=cfg.use_gpu, dtype=cfg.dtype,
+                       lora=store_lora(cfg.prompts, store))  # a LoRA-migrated store: the co-adapted model
     where = {s: out if len(cfg.split) == 1 else out / s for s in cfg.split}
     for path in where.values():
         path.mkdir(parents=True, exist_ok=True)

@@ -22,13 +22,14 @@ import ray
 from puma_ray.config import MigrateConfig
 from puma_ray.core.hf import dtype_name
 from puma_ray.core.modules import AdapterConfig, adapter_param_count
-from puma_ray.data.schema import copy_atomic, read_required_json, write_json_atomic
+from puma_ray.data.schema import copy_atomic, file_sha256, read_required_json, write_json_atomic
 from puma_ray.errors import PumaError
 from puma_ray.migrate.migration import PROGRESS_DIR, ShardMigrator, checked_weights, done_shard
 from puma_ray.runtime.ray_utils import actor_cpus, actor_pool, init_ray
-from puma_ray.runtime.runs import CostMeter, Progress, check_out, log, open_run
+from puma_ray.runtime.runs import (PENDING_CONFIG, STAGE_KINDS, CostMeter, Progress, check_out, commit_config, log,
+                                   open_run, write_kind)
 from puma_ray.runtime.storage import remote_paths
-from puma_ray.store.prompt_store import MANIFEST, finalize, read_quarantine, verify
+from puma_ray.store.prompt_store import LORA_DIR, MANIFEST, finalize, read_quarantine, verify
 from puma_ray.store.prompt_store import read_manifest as read_store_manifest
 
 
@@ -56,10 +57,25 @@ def lineage_of(sources: list[str], manifests: list[dict], adapter_dir: str, meta
     step = {"step": "migrated", "from": [{"store": str(Path(s).resolve()), "model": m["model"]["fingerprint"]}
                                          for s, m in zip(sources, manifests)],
             "adapter": str(Path(adapter_dir).resolve()), "adapter_sha256": meta["sha256"],
-            "model": meta["target"]["fingerprint"], "dtype": dtype}
+            "model": meta["target"]["fingerprint"], "dtype": dtype,
+            "lora": {k: v for k, v in meta["lora"].items() if k != "path"} if meta.get("lora") else None}
     if len(sources) > 1:
         step["aggregated_lineages"] = [m["lineage"] for m in manifests[1:]]
     return manifests[0]["lineage"] + [step]
+
+
+def copy_lora(adapter_dir: Path, meta: dict, out: Path) -> dict | None:
+    """The adapter's LoRA co-adaptation copied into the store (out/lora, swapped in whole) and its manifest
+    record; None (and no lora/ left over) when the adapter trained none."""
+    shutil.rmtree(out / LORA_DIR, ignore_errors=True)
+    if not meta.get("lora"):
+        return None
+    work = out / f".{LORA_DIR}.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(adapter_dir / meta["lora"]["path"], work)
+    work.rename(out / LORA_DIR)
+    settings = {k: v for k, v in meta["lora"].items() if k != "path"}
+    return {"path": LORA_DIR, "weights_sha256": file_sha256(out / LORA_DIR / "adapter_model.safetensors"), **settings}
 
 
 def claim_output(out: Path, identity: dict) -> dict | None:
@@ -79,35 +95,27 @@ def claim_output(out: Path, identity: dict) -> dict | None:
     return None
 
 
-def is_store_or_partial(path: Path) -> bool:
-    """A prompt store (its manifest names a prompt length) or a migration interrupted before its manifest."""
-    if (path / PROGRESS_DIR).is_dir():
-        return True
-    try:
-        return "prompt_len" in json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-
-
 @remote_paths
 def run_migrate(cfg: MigrateConfig) -> dict:
     """Migrate every user of cfg.source into the store cfg.out; returns the JSON summary."""
+    out = check_out(cfg.out, "prompt store")  # first: an --out holding another kind of output is refused untouched
     adapter_dir = Path(cfg.adapter)
     meta = read_required_json(adapter_dir / "adapter.json",
                               f"--adapter {cfg.adapter}: no adapter.json there (give a `puma-ray adapter` output)")
     checked_weights(adapter_dir, meta)  # before --out is touched (the actors check again when they load it)
     manifests = check_stores(cfg.source, meta)
     sources = [str(Path(s).resolve()) for s in cfg.source]
-    out = check_out(cfg.out, "prompt store", is_store_or_partial)
     identity = {"adapter_sha256": meta["sha256"], "sources": sources,
                 **({"dtype": cfg.dtype} if cfg.dtype != "auto" else {})}  # a resumed run keeps one dtype
     out.mkdir(parents=True, exist_ok=True)
+    write_kind(out, STAGE_KINDS["migrate"])  # before any other file: an interrupted migration is still known
     finished = claim_output(out, identity)
     if finished:
+        commit_config(out)  # a run killed between its manifest and its config
         log.info("migrate: %s is already complete (%d users)", out, finished["num_users"])
         return {"out": str(out), "users": finished["num_users"], "quarantined": finished["quarantined"],
                 "already_complete": True}
-    open_run(out, "migrate", cfg)
+    open_run(out, "migrate", cfg, config_name=PENDING_CONFIG)  # config.yaml once the store is complete
     shards = manifests[0]["shards"]
     done = {i: done_shard(out, i) for i in range(len(shards))}
     pending = [{"index": i, "path": str(Path(sources[0]) / s["name"]), "sha256": s["sha256"]}
@@ -139,8 +147,9 @@ def run_migrate(cfg: MigrateConfig) -> dict:
         quarantined = sorted({u for r in records for u in r["quarantined"]} |
                              {u for s in cfg.source for u in read_quarantine(s)})
         target = meta["target"]
-        # the head goes in before the manifest, which names it: a complete store always has its head
+        # the head (and LoRA) go in before the manifest, which names them: a complete store always has them
         copy_atomic(adapter_dir / meta.get("head", "head.safetensors"), out / "head.safetensors")
+        lora = copy_lora(adapter_dir, meta, out)
         manifest = finalize(out, task=meta["task"], prompt_len=meta["prompt_len"], dim=target["hidden_size"],
                             model={k: target[k] for k in ("name", "family", "hidden_size", "fingerprint")},
                             lineage=lineage_of(cfg.source, manifests, cfg.adapter, meta,
@@ -149,7 +158,9 @@ def run_migrate(cfg: MigrateConfig) -> dict:
                             shards=[{k: r[k] for k in ("name", "rows", "sha256")} for r in records],
                             quarantined=quarantined,
                             head={"weights": "head.safetensors", "task": meta["task"], "lam": meta["lam"],
-                                  "template": meta["template"], "yes_minus_no": meta["yes_minus_no"]})
+                                  "template": meta["template"], "yes_minus_no": meta["yes_minus_no"]},
+                            lora=lora)
+        commit_config(out)
         shutil.rmtree(out / PROGRESS_DIR, ignore_errors=True)
         params = adapter_param_count(AdapterConfig(**meta["adapter"]))
         meter.samples = total_rows

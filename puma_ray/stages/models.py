@@ -33,7 +33,7 @@ from puma_ray.core.tokenizer import check_answers_single_token, train_tokenizer
 from puma_ray.data.schema import file_sha256, iter_item_texts, read_required_json
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.errors import PumaError
-from puma_ray.runtime.runs import CostMeter, build_beside, log, open_run, swap_in
+from puma_ray.runtime.runs import CostMeter, build_beside, check_out, log, open_run, swap_in
 from puma_ray.runtime.storage import remote_paths
 
 MARKER = "puma_model.json"
@@ -64,7 +64,9 @@ def content_key(cfg: ModelsConfig) -> str:
 
 def reusable(out: Path, key: str, overwrite: bool) -> dict | None:
     """The summary of the model already in `out` when it was made from the same inputs; None when `out`
-    may be (re)written; a PumaError when it holds something else and `overwrite` is not given."""
+    may be (re)written; a PumaError when it holds another model and `overwrite` is not given, or anything
+    that is not a model (overwrite=true replaces only a model)."""
+    check_out(out, "model")
     marker = out / MARKER
     if marker.is_file():
         existing = read_required_json(marker, f"{marker} is missing")
@@ -72,15 +74,15 @@ def reusable(out: Path, key: str, overwrite: bool) -> dict | None:
             log.info("models: %s already holds this model (content key %s); reusing it", out, key[:12])
             return {**existing, "path": str(out), "cached": True}
         if not overwrite:
-            raise PumaError(f"{out} holds a model built from other inputs; pass overwrite=true or another --out")
-    elif out.exists() and any(out.iterdir()) and not overwrite:
-        raise PumaError(f"{out} exists and is not a puma-ray model directory; pass overwrite=true or another --out")
+            raise PumaError(f"--out {out} holds a model built from other inputs; nothing was changed (pass "
+                            "overwrite=true to replace it, or give another --out)")
     return None
 
 
 @remote_paths
 def run_models(cfg: ModelsConfig) -> dict:
     """Build, import (or reuse) the model directory `cfg.out`; returns the JSON summary."""
+    check_out(cfg.out, "model")  # first: an --out holding another kind of output is refused untouched
     if cfg.gguf is not None or cfg.package is not None:
         return import_model(cfg)
     out = Path(cfg.out)

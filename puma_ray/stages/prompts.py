@@ -19,9 +19,9 @@ from puma_ray.core.templates import load_template_text
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import copy_atomic, shard_paths, split_label_mean
 from puma_ray.runtime.ray_utils import dataset_parts, init_ray, read_columns
-from puma_ray.runtime.runs import CostMeter, check_out, log, open_run
+from puma_ray.runtime.runs import PENDING_CONFIG, CostMeter, check_out, commit_config, log, open_run
 from puma_ray.runtime.storage import remote_paths
-from puma_ray.store.prompt_store import check_model, finalize, generation_name, read_head, write_shard
+from puma_ray.store.prompt_store import check_model, finalize, generation_name, read_head, refuse_lora, write_shard
 from puma_ray.store.prompt_store import read_manifest as read_store_manifest
 from puma_ray.train.prompts_loop import prompts_loop
 from puma_ray.train.wiring import (best_checkpoint, build_trainer, check_resume, fit_trainer, record_training,
@@ -78,6 +78,7 @@ def warm_head(store: str, task: str, lam: float, yes_minus_no: bool) -> tuple[Pa
 @remote_paths
 def run_prompts(cfg: PromptsConfig) -> dict:
     """Train prompts for every user of `cfg.data` on `cfg.model`; returns the JSON summary."""
+    check_out(cfg.out, "prompt store")  # first: an --out holding another kind of output is refused untouched
     data = read_data_manifest(cfg.data)
     task = TASKS[data["task"]]
     model = describe_model(cfg.model)  # a model that does not load fails here, before --out is touched
@@ -85,13 +86,14 @@ def run_prompts(cfg: PromptsConfig) -> dict:
     if cfg.init_from:
         source = read_store_manifest(cfg.init_from)
         check_model(source, model["fingerprint"], cfg.init_from)
+        refuse_lora(source, cfg.init_from, "--init-from", "prompt training")
         lineage = source["lineage"] + [{**lineage[0], "init_from": str(Path(cfg.init_from).resolve())}]
     start_head = warm_head(cfg.init_from, task.name, cfg.lam, cfg.yes_minus_no) if cfg.init_from else None
-    check_out(cfg.out, "prompt store", lambda p: (p / "manifest.json").is_file() or (p / "_train").is_dir())
     name = cfg.run_name or run_name("prompts", cfg.out)
     storage = cfg.storage_path or str((Path(cfg.out) / "_train").resolve())
     check_resume(storage, name, cfg.workers)  # before anything in --out changes
-    out = open_run(cfg.out, "prompts", cfg)  # a store already there stays whole until the new one replaces it
+    # a store already there stays whole (its config.yaml too) until the new one replaces it
+    out = open_run(cfg.out, "prompts", cfg, config_name=PENDING_CONFIG)
     W = cfg.workers
     with CostMeter(out, "prompts", cfg, workers=W) as meter:
         meter.startup_s = init_ray()
@@ -126,6 +128,7 @@ def run_prompts(cfg: PromptsConfig) -> dict:
         manifest = write_store(ckpt, out, W, head, {
             "task": task.name, "prompt_len": cfg.prompt_len, "dim": model["hidden_size"], "model": model,
             "lineage": lineage, "dataset_fingerprint": data["fingerprint"]})
+        commit_config(out)
         record_training(meter, history, fit_start, model["parameters"])
         meter.extra = {"best_epoch": int(best["epoch"]), metric: best[metric], "users": len(users),
                        "lm_dtype": history[-1].get("lm_dtype")}

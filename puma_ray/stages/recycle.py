@@ -21,7 +21,7 @@ from puma_ray.data.schema import copy_atomic
 from puma_ray.errors import PumaError
 from puma_ray.runtime.runs import CostMeter, Progress, build_beside, check_out, log
 from puma_ray.runtime.storage import remote_paths
-from puma_ray.store.prompt_store import (check_model, finalize, is_prompt_store, iter_prompts, read_head,
+from puma_ray.store.prompt_store import (check_model, finalize, iter_prompts, read_head, refuse_lora,
                                          read_quarantine, verify, write_shard)
 
 
@@ -59,7 +59,9 @@ def recycle_into(work: Path, cfg: RecycleConfig, store: dict, target: dict, head
 @remote_paths
 def run_recycle(cfg: RecycleConfig) -> dict:
     """Recycle every prompt of `cfg.source` into `cfg.target_model`'s space; returns the JSON summary."""
+    check_out(cfg.out, "prompt store")  # first: an --out holding another kind of output is refused untouched
     store = verify(cfg.source)
+    refuse_lora(store, cfg.source, "--source", "recycling")
     source = describe_model(cfg.source_model)
     check_model(store, source["fingerprint"], cfg.source)
     target = describe_model(cfg.target_model)  # a model that does not load fails here, before --out is touched
@@ -70,7 +72,6 @@ def run_recycle(cfg: RecycleConfig) -> dict:
     if head[1]["task"] != store["task"]:
         raise PumaError(f"--head-from {head_store}: its head is for task {head[1]['task']!r}, the source's prompts "
                         f"for {store['task']!r}")
-    check_out(cfg.out, "prompt store", is_prompt_store)
     out, manifest = build_beside(cfg.out, "recycle", cfg, lambda work: recycle_into(work, cfg, store, target, head))
     step = manifest["lineage"][-1]
     summary = {"out": str(out), "users": manifest["num_users"], "quarantined": manifest.get("quarantined", 0),

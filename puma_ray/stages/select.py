@@ -25,17 +25,17 @@ import pyarrow.parquet as pq
 import ray
 
 from puma_ray.config import EvaluateConfig, SelectConfig
-from puma_ray.core.scoring import FFNFeatures
+from puma_ray.core.scoring import FFNShardFeatures
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import write_parquet_atomic
 from puma_ray.errors import PumaError
 from puma_ray.runtime.ray_utils import actor_cpus, actor_pool, init_ray
-from puma_ray.runtime.runs import CostMeter, build_beside, check_out, log, write_markdown
+from puma_ray.runtime.runs import CostMeter, Progress, build_beside, check_out, log, write_markdown
 from puma_ray.runtime.storage import remote_paths
 from puma_ray.select.inputs import PLOT_SAMPLE, SelectionInputs, VectorFiles
 from puma_ray.select.strata import stratum_weights
 from puma_ray.select.strategies import select_users, uses_losses
-from puma_ray.store.prompt_store import store_user_ids, verify
+from puma_ray.store.prompt_store import refuse_lora, store_user_ids, verify
 
 
 def score_source_losses(data: str, prompts: str, model: str, out: str, workers: int, batch_size: int) -> None:
@@ -72,13 +72,21 @@ def ffn_features(cfg: SelectConfig, store: dict, users: pd.Index, out: Path) -> 
     paths = [str((Path(cfg.prompts) / s["name"]).resolve()) for s in store["shards"]]
     target = out / "_ffn"
     shutil.rmtree(target, ignore_errors=True)
-    ds = ray.data.read_parquet(paths).map_batches(
-        FFNFeatures, fn_constructor_kwargs={"model": store["model"]["name"], "prompt_len": l, "dim": d,
-                                            "layers": n},
-        batch_size=cfg.batch_size, batch_format="pyarrow", compute=actor_pool(cfg.workers),
-        num_cpus=actor_cpus(1.0, cfg.workers))
-    ds.write_parquet(str(target.resolve()))
-    files = sorted(str(p) for p in target.glob("*.parquet"))
+    target.mkdir(parents=True)
+    # one feature file per store shard, rows in the shard's order: K-means reads them in shard order, so the
+    # same seed picks the same users whichever actor finishes first (Ray Data's own write kept no order:
+    # issue 46, 27 of 250 users in common between two runs)
+    ds = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)]).map_batches(
+        FFNShardFeatures, fn_constructor_kwargs={"out": str(target.resolve()), "batch_size": cfg.batch_size,
+                                                 "model": store["model"]["name"], "prompt_len": l, "dim": d,
+                                                 "layers": n},
+        batch_size=1, compute=actor_pool(cfg.workers), num_cpus=actor_cpus(1.0, cfg.workers))
+    progress, written = Progress("select: FFN features of store shards", len(paths)), set()
+    for row in ds.iter_rows():
+        progress.step()
+        if row["rows"]:
+            written.add(int(row["index"]))
+    files = [str(target / f"part-{i:05d}.parquet") for i in sorted(written)]  # an empty shard has no file
     return VectorFiles(files, "prompt", n * d, users, cfg.batch_rows)
 
 
@@ -177,9 +185,11 @@ def write_report_md(path: Path, report: dict) -> None:
 @remote_paths
 def run_select(cfg: SelectConfig) -> dict:
     """Select cfg.budget users of the store with cfg.strategy; returns the JSON summary."""
+    check_out(cfg.out, "selection")  # first: an --out holding another kind of output is refused untouched
     read_data_manifest(cfg.data)
     store = verify(cfg.prompts)  # every shard's checksum: a corrupt store is one line, not a traceback
-    check_out(cfg.out, "selection", lambda p: (p / "selected.parquet").is_file() or (p / "assignments.parquet").is_file())
+    if cfg.strategy == "ffn":
+        refuse_lora(store, cfg.prompts, "--prompts", "ffn selection (the source model's FFN features)")
     # built beside --out and swapped in whole when complete: an old selection there survives any failure
     out, (report, timings) = build_beside(cfg.out, "select", cfg, lambda work: build_selection(cfg, store, work))
     log.info("select: %d users -> %s (%.1f s)", cfg.budget, out, report["wall_s"])

@@ -36,6 +36,8 @@ from puma_ray.data.schema import (copy_atomic, file_sha256, read_required_json, 
 from puma_ray.errors import PumaError
 
 MANIFEST = "manifest.json"
+LORA_DIR = "lora"
+"""A migrated store's LoRA co-adaptation of its model (PEFT directory), when its adapter trained one."""
 QUARANTINE = "quarantine.parquet"
 FORMAT_VERSION = 1
 
@@ -78,11 +80,13 @@ def write_shard(store: str | Path, index: int, user_ids: list[str], prompts: np.
 
 def finalize(store: str | Path, *, task: str, prompt_len: int, dim: int, model: dict, lineage: list[dict],
              dataset_fingerprint: str | None, shards: list[dict], quarantined: list[str], generation: str = "",
-             head: dict | None = None) -> dict:
+             head: dict | None = None, lora: dict | None = None) -> dict:
     """Write the quarantine list and then the manifest (last: it marks the store complete).
 
     generation: the new files' generation (see the module doc); the manifest then names the quarantine file
     and `head` ({"weights": file, **head.json fields}), and files no longer named are deleted after it lands.
+    lora: the store's LoRA co-adaptation ({"path": LORA_DIR, "weights_sha256", PEFT settings}): its prompts
+    are meant for the model with it merged in (evaluate does; stages that would use the plain model refuse).
     """
     store = Path(store)
     shards = sorted(shards, key=lambda s: s["name"])
@@ -96,6 +100,8 @@ def finalize(store: str | Path, *, task: str, prompt_len: int, dim: int, model: 
         manifest["quarantine_file"] = quarantine
     if head is not None:
         manifest["head"] = head
+    if lora is not None:
+        manifest["lora"] = lora
     write_json_atomic(store / MANIFEST, manifest)
     if generation:
         drop_unnamed(store, manifest)
@@ -117,17 +123,30 @@ def drop_unnamed(store: Path, manifest: dict) -> None:
                 path.unlink(missing_ok=True)
 
 
+def store_lora(store: str | Path, manifest: dict) -> str | None:
+    """The absolute path of the store's LoRA directory (its weights checked), or None when it has none."""
+    lora = manifest.get("lora")
+    if not lora:
+        return None
+    path = Path(store).resolve() / lora["path"]
+    weights = path / "adapter_model.safetensors"
+    if not weights.is_file() or file_sha256(weights) != lora["weights_sha256"]:
+        raise PumaError(f"prompt store {store}: its LoRA weights ({weights}) are missing or do not match the "
+                        "checksum in its manifest; re-run the migration")
+    return str(path)
+
+
+def refuse_lora(manifest: dict, store: str | Path, flag: str, why: str) -> None:
+    """A clear error for a stage that would read a LoRA-migrated store's prompts on the plain model."""
+    if manifest.get("lora"):
+        raise PumaError(f"{flag} {store} was migrated with LoRA co-adaptation of its model: its prompts are meant "
+                        f"for the co-adapted model, and {why} uses the plain one (evaluate applies the LoRA; "
+                        "migrate with lora_rank 0 for a store the plain model reads)")
+
+
 def read_manifest(store: str | Path) -> dict:
     return read_required_json(Path(store) / MANIFEST, f"{store} is not a complete prompt store (no {MANIFEST}); "
                               "it was never finished or is not a store")
-
-
-def is_prompt_store(path: Path) -> bool:
-    """A complete prompt store (its manifest names a prompt length): what a stage's --out may replace."""
-    try:
-        return "prompt_len" in read_manifest(path)
-    except (PumaError, OSError, ValueError):
-        return False
 
 
 def verify(store: str | Path) -> dict:

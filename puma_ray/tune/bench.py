@@ -38,7 +38,7 @@ from puma_ray.data.schema import write_json_atomic
 from puma_ray.data.subset import subset_dataset
 from puma_ray.errors import PumaError
 from puma_ray.runtime.ray_utils import init_ray
-from puma_ray.runtime.runs import CostMeter, log, open_run, write_markdown
+from puma_ray.runtime.runs import STAGE_KINDS, CostMeter, check_out, log, open_run, write_kind, write_markdown
 from puma_ray.runtime.storage import remote_paths
 from puma_ray.core.tasks import TASKS
 from puma_ray.select.strategies import STRATEGIES
@@ -628,6 +628,7 @@ def personalization(table: pd.DataFrame, found: dict[int, dict], task: str, metr
 @remote_paths
 def run_bench(cfg: BenchConfig) -> dict:
     """Benchmark every method at every size and seed; returns the JSON summary."""
+    check_out(cfg.out, "bench")  # first: an --out holding another kind of output is refused untouched
     data = read_data_manifest(cfg.data)
     task = TASKS[data["task"]]
     for m in (cfg.source_model, cfg.target_model):
@@ -640,6 +641,7 @@ def run_bench(cfg: BenchConfig) -> dict:
                         f"size has {sizes[0]}; lower --budget or raise --sizes")
     out = Path(cfg.out)  # its config.yaml is written once every run in it is consistent with this config
     out.mkdir(parents=True, exist_ok=True)
+    write_kind(out, STAGE_KINDS["bench"])
     init_ray()
     metric = task.metric
     rows = []

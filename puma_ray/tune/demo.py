@@ -28,7 +28,7 @@ from puma_ray.core import baselines as trivial
 from puma_ray.core.gguf_models import check_installed
 from puma_ray.errors import PumaError
 from puma_ray.runtime.ray_utils import init_ray
-from puma_ray.runtime.runs import CostMeter, log, open_run, read_costs, write_markdown
+from puma_ray.runtime.runs import CostMeter, check_out, log, open_run, read_costs, write_markdown
 from puma_ray.runtime.storage import remote_paths
 from puma_ray.stages.data import run_data
 from puma_ray.stages.models import run_models
@@ -249,6 +249,7 @@ def write_report(out: Path, cfg: DemoConfig, size: Size, data: dict[str, dict], 
 @remote_paths
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the whole chain under `cfg.out`; returns the JSON summary."""
+    check_out(cfg.out, "demo")  # first: an --out holding another kind of output is refused untouched
     size = SIZES[cfg.size]
     check_inputs(cfg, size)
     out = open_run(cfg.out, "demo", cfg)

@@ -38,7 +38,7 @@ from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import shard_paths
 from puma_ray.errors import ConfigError, PumaError
 from puma_ray.runtime.ray_utils import init_ray, quiet_ray_data_console
-from puma_ray.runtime.runs import CostMeter, log, open_run, write_markdown
+from puma_ray.runtime.runs import STAGE_KINDS, CostMeter, check_out, log, open_run, write_kind, write_markdown
 from puma_ray.runtime.storage import remote_paths
 from puma_ray.store.prompt_store import read_manifest as read_store_manifest
 from puma_ray.tune.space import TRIAL_KEYS, SearchSpace, load_space
@@ -123,8 +123,11 @@ def _tuner(cfg: SweepConfig, space: SearchSpace, setup: TrialSetup, out: Path, m
         return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, restart_errored=True)
     scheduler_name = cfg.scheduler or space.scheduler
     epochs = space.max_epochs(AdapterStageConfig.epochs)
+    # stop_last_trials=False: a trial that survives every rung goes on past its last epoch to migrate and
+    # evaluate (with the default, ASHA stops it at max_t, before the report the sweep needs)
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max(epochs, space.grace_period),
-                              grace_period=space.grace_period) if scheduler_name == "asha" else FIFOScheduler()
+                              grace_period=space.grace_period,
+                              stop_last_trials=False) if scheduler_name == "asha" else FIFOScheduler()
     return tune.Tuner(
         trainable, param_space=tune_space(space),
         tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=space.num_samples, scheduler=scheduler,
@@ -220,8 +223,8 @@ def write_best(cfg: SweepConfig, best: pd.Series, out: Path) -> Path:
     AdapterStageConfig(**adapter)  # what `puma-ray adapter --config` will do with it
     path = out / "best.yaml"
     path.write_text(f"# puma-ray adapter --config {path}\n"
-                    f"# ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/adapter.py "
-                    f"--config {path}\n# chosen by sweep {cfg.name!r} on the valid split; its selection is "
+                    f"# ray job submit --address http://127.0.0.1:8265 --runtime-env cluster/runtime-env.yaml "
+                    f"--entrypoint-num-cpus 1 -- python jobs/adapter.py --config {path}\n# chosen by sweep {cfg.name!r} on the valid split; its selection is "
                     f"{adapter['users']}\n" + yaml.safe_dump(adapter, sort_keys=False))
     return path
 
@@ -264,6 +267,7 @@ def space_strategies(space: SearchSpace) -> list[str]:
 @remote_paths
 def run_sweep(cfg: SweepConfig) -> dict:
     """Run (or resume) the sweep; returns the JSON summary."""
+    check_out(cfg.out, "sweep")  # first: an --out holding another kind of output is refused untouched
     data = read_data_manifest(cfg.data)
     task = TASKS[data["task"]]
     space = load_space(cfg.space)
@@ -275,6 +279,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
     target = describe_model(cfg.target_model)
     out = Path(cfg.out)  # config.yaml is written once the trials in it ran with this config
     out.mkdir(parents=True, exist_ok=True)
+    write_kind(out, STAGE_KINDS["sweep"])
     init_ray()
     setup = TrialSetup(data=str(Path(cfg.data).resolve()), sources=[str(Path(s).resolve()) for s in cfg.source],
                        target_model=target["name"], task_metric=task.metric, workers=cfg.workers,
