@@ -236,14 +236,14 @@ class ModelsConfig(StageConfig):
     """Passes over the dataset's train rows when pretrain_steps is null."""
     pretrain_batch: int = 64
     """Sentences per pretraining step."""
-    pretrain_lr: float = 1e-3
+    pretrain_lr: float = 3e-3
     """Peak AdamW learning rate of the pretraining (one-cycle schedule)."""
-    pretrain_user_lr: float = 1e-2
-    """SparseAdam learning rate of the per-user slot vectors learned during pretraining (then discarded)."""
+    pretrain_user_lr: float = 0.1
+    """SparseAdam rate of pretraining's per-user vectors (then dropped); recorded as the model's prompt_lr."""
     pretrain_slot_dropout: float = 0.2
     """Share of pretraining rows whose user vector is replaced by random-prompt noise (teaches the average user)."""
-    pretrain_slot_bound: float = 0.2
-    """Largest absolute value of a pretraining user vector's coordinates (the scale trained prompts reach)."""
+    pretrain_slot_bound: Optional[float] = None
+    """Largest absolute value of a pretraining user vector's coordinates; null = unbounded."""
     template: Optional[str] = None
     """Template of the pretraining sentences; null = rating_amazon or click_mind by the dataset's task."""
     seed: int = 0
@@ -286,7 +286,8 @@ class ModelsConfig(StageConfig):
         check(self.pretrain_lr > 0, "pretrain_lr", "must be > 0")
         check(self.pretrain_user_lr > 0, "pretrain_user_lr", "must be > 0")
         check(0 <= self.pretrain_slot_dropout <= 1, "pretrain_slot_dropout", "must be between 0 and 1")
-        check(self.pretrain_slot_bound > 0, "pretrain_slot_bound", "must be > 0")
+        check(self.pretrain_slot_bound is None or self.pretrain_slot_bound > 0, "pretrain_slot_bound",
+              "must be > 0 or null")
 
     def resolved_pretrain_steps(self, train_rows: int = 0) -> int:
         """Pretraining steps after applying the default (pretrain_epochs passes over `train_rows`, the dataset's
@@ -449,8 +450,8 @@ class PromptsConfig(TrainingConfig):
     """Hugging Face model directory or hub id the prompts are trained for (kept frozen)."""
     epochs: int = 15
     """Passes over the training split (best epoch on valid is kept)."""
-    lr: float = 5e-4
-    """AdamW learning rate for prompts and head."""
+    lr: Optional[float] = None
+    """Rate of prompts and head; null = the model's recorded prompt_lr (prompts) and 5e-4 (head), or 5e-4 for both."""
     prompt_len: int = 1
     """Soft-prompt vectors per user (l)."""
     freeze_prompts: bool = False
@@ -462,7 +463,7 @@ class PromptsConfig(TrainingConfig):
         super().validate()
         _required(self.model, "model", "--model MODEL")
         check(self.epochs >= 1, "epochs", "must be >= 1")
-        check(self.lr > 0, "lr", "must be > 0")
+        check(self.lr is None or self.lr > 0, "lr", "must be > 0 or null")
         check(self.prompt_len >= 1, "prompt_len", "must be >= 1")
 
 
@@ -817,8 +818,8 @@ class DemoConfig(StageConfig):
     """GPUs each training worker and migrate/evaluate actor reserves with --use-gpu (0.5: two share a GPU)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Frozen LLM's dtype: auto = bf16 on GPU, fp32 on CPU, bf16 at size real (AMX CPUs: ~2x on real LLMs)."""
-    prompt_lr: float = 5e-3
-    """Learning rate of prompt training (above the paper's 5e-4: tiny models, few epochs)."""
+    prompt_lr: Optional[float] = None
+    """Learning rate of prompt training; null = by size (tiny models: the rate each model records; real: 5e-3)."""
     adapter_lr: Optional[float] = None
     """Learning rate of adapter training; null = the adapter stage's default."""
     adapter_width: Optional[int] = None
@@ -832,7 +833,7 @@ class DemoConfig(StageConfig):
         check(self.target_hidden is None or 16 <= self.target_hidden <= 8192, "target_hidden",
               "must be between 16 and 8192 or null")
         check(self.workers >= 1, "workers", "must be >= 1")
-        check(self.prompt_lr > 0, "prompt_lr", "must be > 0")
+        check(self.prompt_lr is None or self.prompt_lr > 0, "prompt_lr", "must be > 0 or null")
         check(self.adapter_lr is None or self.adapter_lr > 0, "adapter_lr", "must be > 0 or null")
         check(self.adapter_width is None or self.adapter_width >= 1, "adapter_width", "must be >= 1 or null")
 
@@ -929,8 +930,8 @@ class BenchConfig(StageConfig):
     """Frozen LLM's dtype: auto = bfloat16 on GPU, float32 on CPU (bfloat16 on AMX CPUs: ~2x faster on real LLMs)."""
     prompt_epochs: int = 15
     """Epochs of source prompts, floor and full retraining (paper: 15)."""
-    prompt_lr: float = 5e-4
-    """Learning rate of prompt training (paper: 5e-4)."""
+    prompt_lr: Optional[float] = None
+    """Learning rate of prompts and head; null = the prompts stage's default (the model's recorded rate, or 5e-4)."""
     adapter_epochs: Optional[int] = None
     """Adapter epochs; null = the adapter stage's default."""
     adapter_min_steps: Optional[int] = None
@@ -967,6 +968,7 @@ class BenchConfig(StageConfig):
         check(0 <= self.coldstart_fraction < 1, "coldstart_fraction", "must be in [0, 1) (0 = off)")
         check(self.workers >= 1, "workers", "must be >= 1")
         check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
-        check(self.prompt_epochs >= 1 and self.prompt_lr > 0, "prompt_epochs", "epochs >= 1 and lr > 0")
+        check(self.prompt_epochs >= 1, "prompt_epochs", "must be >= 1")
+        check(self.prompt_lr is None or self.prompt_lr > 0, "prompt_lr", "must be > 0 or null")
         check(self.clusters >= 1 and self.bins >= 1, "clusters", "clusters and bins must be >= 1")
         check(all(u >= 1 for u in self.project_users) and self.project_budget >= 1, "project_users", "must be >= 1")

@@ -24,7 +24,7 @@ import torch
 from puma_ray import __version__
 from puma_ray.config import ModelsConfig
 from puma_ray.core.gguf_models import PACKAGES, load_gguf, package_gguf, smoke_test
-from puma_ray.core.hf import load_causal_lm, load_tokenizer, model_fingerprint
+from puma_ray.core.hf import MODEL_MARKER, load_causal_lm, load_tokenizer, model_fingerprint
 from puma_ray.core.pretrain import pretrain
 from puma_ray.core.tasks import TASKS
 from puma_ray.core.templates import encode_template, load_template_text
@@ -36,7 +36,7 @@ from puma_ray.errors import PumaError
 from puma_ray.runtime.runs import CostMeter, build_beside, check_out, log, open_run, swap_in
 from puma_ray.runtime.storage import remote_paths
 
-MARKER = "puma_model.json"
+MARKER = MODEL_MARKER
 
 
 def _texts(cfg: ModelsConfig) -> Iterator[str]:
@@ -134,7 +134,8 @@ def build_tiny_model(cfg: ModelsConfig, key: str, out: Path, final: Path) -> dic
                "hidden_size": model_cfg.hidden_size, "layers": cfg.layers, "vocab_size": len(tokenizer),
                "parameters": n_params, "tokenizer_class": type(reloaded).__name__,
                "space_answers_single_token": space_answers, "pretrain_steps": steps,
-               "pretrain": pretrained, "fingerprint": fingerprint, "content_key": key, "cached": False}
+               "pretrain": pretrained, "prompt_lr": cfg.pretrain_user_lr if steps else None,
+               "fingerprint": fingerprint, "content_key": key, "cached": False}
     (out / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -195,7 +196,7 @@ def import_model(cfg: ModelsConfig) -> dict:
                    "hidden_size": mcfg.hidden_size, "layers": mcfg.num_hidden_layers,
                    "vocab_size": len(saved_tok), "parameters": sum(p.numel() for p in saved.parameters()),
                    "tokenizer_class": type(saved_tok).__name__, "template_answers": answers, "source": source,
-                   "smoke": smoke, "pretrain_steps": 0, "pretrain": {}, "fingerprint": fingerprint,
+                   "smoke": smoke, "pretrain_steps": 0, "pretrain": {}, "prompt_lr": None, "fingerprint": fingerprint,
                    "content_key": key, "import_wall_s": meter.record.wall_s, "cached": False}
         (staging / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
         swap_in(staging, out)

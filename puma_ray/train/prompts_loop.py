@@ -227,7 +227,7 @@ def prompts_worker(config: dict) -> None:
     if config.get("init_head"):  # --init-from: the head those prompts were trained (or migrated) with
         head.load_state_dict(load_file(config["init_head"]))
     head = head.to(device)
-    engine = ReplicatedHead(head, config["lr"])
+    engine = ReplicatedHead(head, config.get("head_lr", config["lr"]))
     table_opt = sparse_adam(table, config["lr"]) if table.weight.requires_grad else None
 
     start_epoch, history = 0, []
