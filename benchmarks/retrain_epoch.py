@@ -52,7 +52,7 @@ def main() -> None:
     with TreePeakRSS() as mem:
         t0 = time.perf_counter()
         summary = run_prompts(PromptsConfig(data=str(data), model=model, out=str(out), workers=args.workers,
-                                            epochs=1))
+                                            epochs=1, lr=5e-3))
         wall = time.perf_counter() - t0
     cost = read_costs(out)[-1]
     train_s = wall - cost["startup_s"]

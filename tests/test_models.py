@@ -205,3 +205,16 @@ def test_prompt_rates_explicit_recorded_or_the_papers(tmp_path):
     (tmp_path / "m" / "puma_model.json").write_text("{not json")
     with pytest.raises(PumaError, match="puma_model.json"):
         prompt_lrs(None, str(tmp_path / "m"))
+
+
+def test_a_model_built_before_rates_were_recorded_gets_its_rate_when_reused(synthetic_dataset, tmp_path):
+    """A cached model whose puma_model.json predates `prompt_lr` is reused with the rate its config gives."""
+    cfg = ModelsConfig(family="llama", data=str(synthetic_dataset), out=str(tmp_path / "m"), pretrain_steps=3)
+    run_models(cfg)
+    marker = tmp_path / "m" / "puma_model.json"
+    old = json.loads(marker.read_text())
+    del old["prompt_lr"]
+    marker.write_text(json.dumps(old))
+    again = run_models(cfg)
+    assert again["cached"] and again["prompt_lr"] == cfg.pretrain_user_lr
+    assert prompt_lrs(None, str(tmp_path / "m")) == (cfg.pretrain_user_lr, PAPER_PROMPT_LR)

@@ -146,9 +146,9 @@ def recorded_prompt_lr(name: str) -> float | None:
         return None
     try:
         value = json.loads(marker.read_text()).get("prompt_lr")
-    except (OSError, ValueError) as exc:
-        raise PumaError(f"{marker}: not readable JSON ({exc})") from None
-    return float(value) if value is not None else None
+        return float(value) if value is not None else None
+    except (OSError, ValueError, TypeError) as exc:
+        raise PumaError(f"{marker}: no readable prompt_lr ({exc})") from None
 
 
 def prompt_lrs(lr: float | None, model: str) -> tuple[float, float]:

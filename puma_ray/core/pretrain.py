@@ -11,8 +11,8 @@ jointly with the model and thrown away afterwards:
   (so per-user prompts trained later on the frozen model can express a user's bias and taste);
 - the user vectors learn at `user_lr` (0.1 by default), and prompts trained later on the frozen model learn at the
   same rate (the model records it as its `prompt_lr`): the model reads vectors at the scale prompts reach. An
-  optional `slot_bound` clamps each coordinate instead (at 1e-2 with a 0.2 bound, ml-100k's prompts trained at
-  5e-4 learned less than a per-user mean; unbounded at 0.1 with prompts at 0.1 they beat it: docs/benchmarks.md);
+  optional `slot_bound` clamps each coordinate (with vectors at 1e-2 within +-0.2 and prompts at 5e-4, the
+  prompts learned less than a per-user mean on ml-100k and the demo's synthetic users: issue 45);
 - with probability `slot_dropout` a row's user vector is replaced by fresh uniform(-0.1, 0.1)
   noise, the prompts' own initialisation, so a random prompt reads as "an average user": the
   floor (random prompts, trained head) lands near the item mean, as on a real LLM;

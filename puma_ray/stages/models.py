@@ -30,7 +30,7 @@ from puma_ray.core.tasks import TASKS
 from puma_ray.core.templates import encode_template, load_template_text
 from puma_ray.core.tiny_models import FAMILIES, build_config, build_model
 from puma_ray.core.tokenizer import check_answers_single_token, train_tokenizer
-from puma_ray.data.schema import file_sha256, iter_item_texts, read_required_json
+from puma_ray.data.schema import file_sha256, iter_item_texts, read_required_json, write_json_atomic
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.errors import PumaError
 from puma_ray.runtime.runs import CostMeter, build_beside, check_out, log, open_run, swap_in
@@ -62,7 +62,7 @@ def content_key(cfg: ModelsConfig) -> str:
     return h.hexdigest()
 
 
-def reusable(out: Path, key: str, overwrite: bool) -> dict | None:
+def reusable(out: Path, key: str, overwrite: bool, prompt_lr: float | None = None) -> dict | None:
     """The summary of the model already in `out` when it was made from the same inputs; None when `out`
     may be (re)written; a PumaError when it holds another model and `overwrite` is not given, or anything
     that is not a model (overwrite=true replaces only a model)."""
@@ -72,6 +72,9 @@ def reusable(out: Path, key: str, overwrite: bool) -> dict | None:
         existing = read_required_json(marker, f"{marker} is missing")
         if existing.get("content_key") == key:
             log.info("models: %s already holds this model (content key %s); reusing it", out, key[:12])
+            if "prompt_lr" not in existing:  # built before models recorded the rate its prompts train at
+                existing["prompt_lr"] = prompt_lr if existing.get("pretrain_steps") else None
+                write_json_atomic(marker, existing)
             return {**existing, "path": str(out), "cached": True}
         if not overwrite:
             raise PumaError(f"--out {out} holds a model built from other inputs; nothing was changed (pass "
@@ -87,7 +90,7 @@ def run_models(cfg: ModelsConfig) -> dict:
         return import_model(cfg)
     out = Path(cfg.out)
     key = content_key(cfg)
-    cached = reusable(out, key, cfg.overwrite)
+    cached = reusable(out, key, cfg.overwrite, cfg.pretrain_user_lr)
     if cached is not None:
         return cached
     # built beside, swapped in when complete: another model there (overwrite=true) is replaced only then

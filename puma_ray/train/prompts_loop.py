@@ -197,6 +197,12 @@ def quiet_deprecated_collectives() -> Iterator[None]:
         yield
 
 
+def set_lr(optimizer: torch.optim.Optimizer | None, lr: float) -> None:
+    """Every parameter group of `optimizer` (None: nothing to set) at learning rate `lr`."""
+    for group in optimizer.param_groups if optimizer is not None else ():
+        group["lr"] = lr
+
+
 def prompts_loop(config: dict) -> None:
     """train_loop_per_worker of `puma-ray prompts`."""
     with quiet_deprecated_collectives():
@@ -240,6 +246,9 @@ def prompts_worker(config: dict) -> None:
                         torch.load(head_opt, weights_only=True) if head_opt.is_file() else None)
             if table_opt is not None:
                 table_opt.load_state_dict(torch.load(f"{d}/table-opt-r{rank:05d}.pt", weights_only=True))
+            # an optimizer's state carries the rate it ran at: the run goes on at this config's (the one recorded)
+            set_lr(engine.optimizer, config.get("head_lr", config["lr"]))
+            set_lr(table_opt, config["lr"])
             saved = json.loads(Path(f"{d}/state.json").read_text())
             start_epoch, history = saved["epoch"] + 1, saved["history"]
 
