@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from puma_ray.config import DataConfig
-from puma_ray.data.calibrate import Population, population_from_rows
+from puma_ray.data.calibrate import population_from_rows
+from puma_ray.data.population import Population
 from puma_ray.data.synthetic import calibrated_shard, make_catalogue
 from puma_ray.errors import PumaError
 from puma_ray.stages.data import run_data

@@ -115,3 +115,40 @@ def test_the_core_runs_without_ray():
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def import_graph(modules: dict[str, str]) -> dict[str, set[str]]:
+    """module -> the package modules it imports (anywhere in it, function-level imports included)."""
+    return {m: {d for d in imports_of(src) if d in modules and d != m} for m, src in modules.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Import cycles found by a depth-first search (a back edge closes one), each as the modules on it; a graph
+    has a cycle exactly when this finds at least one."""
+    found, done = [], set()
+
+    def visit(node: str, path: list[str]) -> None:
+        for dep in sorted(graph[node]):
+            if dep in path:
+                cycle = path[path.index(dep):] + [dep]
+                if {frozenset(c) for c in found} & {frozenset(cycle)} == set():
+                    found.append(cycle)
+            elif dep not in done:
+                visit(dep, path + [dep])
+        done.add(node)
+
+    for start in sorted(graph):
+        if start not in done:
+            visit(start, [start])
+    return found
+
+
+def test_no_import_cycle():
+    """No module imports (even inside a function) a module that imports it back, directly or not."""
+    modules = {m: p.read_text() for m, p in package_modules().items()}
+    assert cycles(import_graph(modules)) == []
+
+
+def test_the_cycle_check_catches_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []

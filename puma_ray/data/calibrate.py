@@ -29,13 +29,14 @@ Only the dataset's own numbers enter the fit; nothing is tuned toward a downstre
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from puma_ray.data.population import Population
+from puma_ray.data.synthetic import choose_items
 from puma_ray.errors import PumaError
 
 MIN_LABELS = 5
@@ -45,47 +46,6 @@ LOG_BOUNDS = (np.log([0.05, 0.01]), np.log([1000.0, 1e7]))
 sample's fit goes there, with scale / shape its mean count above the floor)."""
 GROUP_RANGE = range(2, 13)
 """Numbers of taste groups tried."""
-
-
-@dataclass(frozen=True)
-class Population:
-    """Parameters of a calibrated synthetic population (see the module docstring)."""
-
-    floor: int
-    """Fewest interactions a user has."""
-    activity_shape: float
-    """Lomax shape of interactions above the floor (smaller: heavier tail)."""
-    activity_scale: float
-    """Lomax scale of interactions above the floor."""
-    popularity_exponent: float
-    """Item weight = (popularity rank + 10)^-exponent."""
-    label_levels: list[float]
-    """Labels a rating can take (snapped to the nearest)."""
-    label_base: float
-    """Mean of users' mean labels."""
-    bias_std: float
-    """Spread of users' mean labels."""
-    spread_log_mean: float
-    """Mean of log(user's label std)."""
-    spread_log_std: float
-    """Std of log(user's label std)."""
-    quality_share: float
-    """Share of a user's label variance that is the items' quality (shared by every user)."""
-    taste_share: float
-    """Share of a user's label variance explained by their taste group's item preferences."""
-    group_shares: list[float]
-    """Taste group sizes as shares of users, largest first."""
-    items: int
-    """Items in the calibrated catalogue (the dataset's)."""
-    fitted_from: dict = field(default_factory=dict)
-    """Where the parameters come from: dataset directory, fingerprint, users, rows, silhouettes."""
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
-
-    @staticmethod
-    def load(path: Path) -> "Population":
-        return Population(**json.loads(Path(path).read_text()))
 
 
 def fit_activity(counts: np.ndarray, cap: int) -> tuple[int, float, float]:
@@ -119,7 +79,6 @@ def popularity_slope(item_counts: np.ndarray) -> float:
 def simulated_slope(exponent: float, user_counts: np.ndarray, items: int, cap: int, seed: int) -> float:
     """popularity_slope of users with these counts drawing distinct items of weight (rank + 10)^-exponent,
     of which a random `cap` are kept (the dataset's most recent; 0 = all)."""
-    from puma_ray.data.synthetic import choose_items  # the generator's own draw (it imports this module)
 
     rng = np.random.default_rng([seed, 7])
     chosen = choose_items(rng, -exponent * np.log(np.arange(items) + 10.0), np.minimum(user_counts, items))

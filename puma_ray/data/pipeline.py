@@ -30,7 +30,7 @@ import ray
 from puma_ray.data.prep import Preprocessing, dedup, finalize_shard
 from puma_ray.data.schema import shard_name, write_parquet_atomic
 from puma_ray.data.sources import LineSource
-from puma_ray.data.calibrate import Population
+from puma_ray.data.population import Population
 from puma_ray.data.synthetic import Catalogue, generate_shard
 
 PARSED = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("label", pa.float32()),

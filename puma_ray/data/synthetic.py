@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from puma_ray.data.calibrate import Population
+from puma_ray.data.population import Population
 
 WORDS = (
     "amber anchor arrow aurora autumn beacon blade blossom breeze bridge canyon castle cedar cipher "

@@ -18,7 +18,8 @@ import ray
 from puma_ray import __version__
 from puma_ray.config import DataConfig
 from puma_ray.data import pipeline as pl
-from puma_ray.data.calibrate import Population, fit_population
+from puma_ray.data.calibrate import fit_population
+from puma_ray.data.population import Population
 from puma_ray.data.calibration_report import write_calibration_report
 from puma_ray.data.index import write_index
 from puma_ray.data.prep import Preprocessing
