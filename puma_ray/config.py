@@ -389,7 +389,19 @@ class DataConfig(StageConfig):
 
 
 @stage_config
-class TrainingConfig(StageConfig):
+class Accelerators(StageConfig):
+    """GPU and dtype settings of every stage that runs a model on Ray workers or actors (declared once here)."""
+
+    use_gpu: bool = False
+    """GPUs (gpus_per_worker each) for every Ray Train worker and Ray Data actor that runs a model."""
+    gpus_per_worker: PositiveFloat = 1.0
+    """GPUs each worker or actor reserves with --use-gpu (0.5: two share a GPU)."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Compute dtype of the frozen LLM and adapter: auto = bfloat16 on GPU, float32 on CPU (stores stay float32)."""
+
+
+@stage_config
+class TrainingConfig(Accelerators):
     """What every Ray Train + DeepSpeed stage (prompts, adapter) shares."""
 
     data: Optional[str] = None
@@ -398,12 +410,6 @@ class TrainingConfig(StageConfig):
     """Output directory (prompt store or adapter), with config, costs and Ray Train checkpoints."""
     workers: int = 1
     """Ray Train workers."""
-    use_gpu: bool = False
-    """GPUs (gpus_per_worker each) for every worker (the frozen LLM in bf16 on GPU unless --dtype says otherwise)."""
-    gpus_per_worker: PositiveFloat = 1.0
-    """GPUs each Ray Train worker reserves with --use-gpu (0.5: two share a GPU)."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Frozen LLM's dtype: auto = bfloat16 on GPU, float32 on CPU (bfloat16 on AMX CPUs: ~2x faster on real LLMs)."""
     cpus_per_worker: float = 0.5
     """CPUs reserved per worker; below 1 leaves room for Ray Data's readers on small machines."""
     batch_size: int = 32
@@ -534,8 +540,9 @@ class AdapterStageConfig(TrainingConfig):
 
 
 @stage_config
-class MigrateConfig(StageConfig):
-    """`puma-ray migrate`: apply a trained adapter to every user of the source store(s)."""
+class MigrateConfig(Accelerators):
+    """`puma-ray migrate`: apply a trained adapter to every user of the source store(s) (dtype: the adapter's
+    arithmetic; bfloat16 on AMX CPUs is ~3x float32)."""
 
     adapter: Optional[str] = None
     """Adapter directory written by `puma-ray adapter` (adapter.safetensors + adapter.json)."""
@@ -547,12 +554,6 @@ class MigrateConfig(StageConfig):
     """Ray Data actors holding the adapter (each migrates one source shard at a time)."""
     cpus_per_worker: float = 1.0
     """CPUs per actor (also its torch threads)."""
-    use_gpu: bool = False
-    """GPUs (gpus_per_worker each) for every actor."""
-    gpus_per_worker: PositiveFloat = 1.0
-    """GPUs each migration actor reserves with --use-gpu (0.5: two share a GPU)."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Adapter arithmetic: auto = bfloat16 on GPU, float32 on CPU (bf16 on AMX CPUs: ~3x; stores stay float32)."""
     batch_size: int = 1024
     """Prompts per adapter forward (bounds memory with the shard's row-group size)."""
 
@@ -617,7 +618,7 @@ class ColdstartConfig(StageConfig):
 
 
 @stage_config
-class EvaluateConfig(StageConfig):
+class EvaluateConfig(Accelerators):
     """`puma-ray evaluate`: score a prompt store with its model over one split of a dataset."""
 
     data: Optional[str] = None
@@ -636,12 +637,6 @@ class EvaluateConfig(StageConfig):
     """CPUs each actor reserves (fewer when that would leave Ray Data no CPU to read with)."""
     batch_size: int = 64
     """Rows per model forward."""
-    use_gpu: bool = False
-    """GPUs (gpus_per_worker each) for every actor (bf16)."""
-    gpus_per_worker: PositiveFloat = 1.0
-    """GPUs each scoring actor reserves with --use-gpu (0.5: two share a GPU)."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Frozen LLM's dtype: auto = bfloat16 on GPU, float32 on CPU (bfloat16 on AMX CPUs: ~2x faster on real LLMs)."""
     prefix_cache: bool = True
     """Reuse the key/values of the template's constant prefix."""
     broadcast_mb: int = 256
@@ -729,7 +724,7 @@ class SelectConfig(StageConfig):
 
 
 @stage_config
-class ChainConfig(StageConfig):
+class ChainConfig(Accelerators):
     """`puma-ray chain`: select -> adapter -> migrate -> evaluate along a list of models (A -> B -> C ...).
 
     Each hop's migrated store is the next hop's source: prompts are never retrained."""
@@ -753,12 +748,6 @@ class ChainConfig(StageConfig):
     """Users every cluster gets first (puma); null = the select stage's default."""
     workers: int = 1
     """Ray Train workers (adapter) and Ray Data actors (migrate, evaluate)."""
-    use_gpu: bool = False
-    """GPUs (gpus_per_worker each) for every adapter worker and migrate/evaluate actor (bf16 on GPU, fp32 on CPU)."""
-    gpus_per_worker: PositiveFloat = 1.0
-    """GPUs each adapter worker and migrate/evaluate actor reserves with --use-gpu (0.5: two share a GPU)."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Frozen LLM's dtype: auto = bfloat16 on GPU, float32 on CPU (bfloat16 on AMX CPUs: ~2x faster on real LLMs)."""
     epochs: int = 4
     """Adapter epochs per hop (raised to reach min_steps)."""
     min_steps: int = 200
@@ -791,8 +780,9 @@ class ChainConfig(StageConfig):
 
 
 @stage_config
-class DemoConfig(StageConfig):
-    """`puma-ray demo`: every stage that exists, end to end, on an offline default."""
+class DemoConfig(Accelerators):
+    """`puma-ray demo`: every stage that exists, end to end, on an offline default (dtype auto: bfloat16 at size
+    real, where the AMX CPUs run real LLMs ~2x faster)."""
 
     out: str = "runs/demo"
     """Directory all demo outputs go under (one sub-directory per stage)."""
@@ -812,12 +802,6 @@ class DemoConfig(StageConfig):
     """Pretraining steps of each tiny model; null = by size (tiny 100; default and large: 3 passes over train rows)."""
     workers: int = 2
     """Ray Train workers of every training stage."""
-    use_gpu: bool = False
-    """GPUs (gpus_per_worker each) for every training worker and scoring actor (bf16 on GPU, fp32 on CPU)."""
-    gpus_per_worker: PositiveFloat = 1.0
-    """GPUs each training worker and migrate/evaluate actor reserves with --use-gpu (0.5: two share a GPU)."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Frozen LLM's dtype: auto = bf16 on GPU, fp32 on CPU, bf16 at size real (AMX CPUs: ~2x on real LLMs)."""
     prompt_lr: Optional[float] = None
     """Learning rate of prompt training; null = by size (tiny models: the rate each model records; real: 5e-3)."""
     adapter_lr: Optional[float] = None
@@ -839,7 +823,7 @@ class DemoConfig(StageConfig):
 
 
 @stage_config
-class SweepConfig(StageConfig):
+class SweepConfig(Accelerators):
     """`puma-ray sweep`: Ray Tune over selection and adapter knobs -> the cost/accuracy curve."""
 
     data: Optional[str] = None
@@ -866,12 +850,6 @@ class SweepConfig(StageConfig):
     """Ray Train workers of each trial's adapter."""
     cpus_per_worker: float = 0.5
     """CPUs each adapter worker reserves."""
-    use_gpu: bool = False
-    """GPUs (gpus_per_worker each) for every adapter worker and migrate/evaluate actor (bf16)."""
-    gpus_per_worker: PositiveFloat = 1.0
-    """GPUs each adapter worker and migrate/evaluate actor reserves with --use-gpu (0.5: two share a GPU)."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Frozen LLM's dtype: auto = bfloat16 on GPU, float32 on CPU (bfloat16 on AMX CPUs: ~2x faster on real LLMs)."""
     seed: int = 0
     """Seed of the random draws of the space (each trial's own seed is the `seed` parameter)."""
 
@@ -889,7 +867,7 @@ class SweepConfig(StageConfig):
 
 
 @stage_config
-class BenchConfig(StageConfig):
+class BenchConfig(Accelerators):
     """`puma-ray bench`: PUMA vs full retraining vs random selection, several seeds and sizes, cost projected."""
 
     data: Optional[str] = None
@@ -922,12 +900,6 @@ class BenchConfig(StageConfig):
     """Ray Train workers of every training run."""
     cpus_per_worker: float = 0.5
     """CPUs each training worker reserves."""
-    use_gpu: bool = False
-    """GPUs (gpus_per_worker each) for every training worker and migrate/evaluate actor (bf16)."""
-    gpus_per_worker: PositiveFloat = 1.0
-    """GPUs each training worker and migrate/evaluate actor reserves with --use-gpu (0.5: two share a GPU)."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Frozen LLM's dtype: auto = bfloat16 on GPU, float32 on CPU (bfloat16 on AMX CPUs: ~2x faster on real LLMs)."""
     prompt_epochs: int = 15
     """Epochs of source prompts, floor and full retraining (paper: 15)."""
     prompt_lr: Optional[float] = None
