@@ -3,26 +3,31 @@ weights, aggregated sources, and clear errors for users missing from a source st
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from puma_ray.config import AdapterStageConfig
+from puma_ray.config import AdapterStageConfig, load_config
 from puma_ray.core.llm import FrozenLM
 from puma_ray.core.modules import AdapterConfig, MigrationAdapter, RatingHead, adapter_param_count
 from puma_ray.core.templates import RATING_ANSWERS, load_template_text
 from puma_ray.errors import PumaError
-from puma_ray.stages.adapter import run_adapter
+from puma_ray.stages.adapter import Steps, adapter_loop_config, run_adapter
 from puma_ray.train.adapter_loop import AdapterWithHead
 from puma_ray.train.engines import make_optimizer
+from puma_ray.train.loop_config import AdapterLoopConfig
 
 pytestmark = pytest.mark.ray
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +191,31 @@ def test_a_killed_re_train_leaves_the_old_adapter_and_its_config_whole(setup, tm
     meta = json.loads((out / "adapter.json").read_text())
     assert "lr: 0.02" in (out / "config.yaml").read_text() and (out / meta["weights"]).is_file()
     assert not any((out / name).exists() for name in before if name.startswith(("adapter-", "head-")))
+
+
+def test_the_loop_config_carries_every_setting_of_a_yaml_file(tmp_path):
+    """A shipped adapter YAML with its settings changed -> AdapterStageConfig -> the typed AdapterLoopConfig the
+    workers read: every setting they use arrives under one name, and the object is frozen."""
+    raw = yaml.safe_load((REPO / "configs" / "adapter-synthetic.yaml").read_text())
+    raw.update(lr=0.0123, batch_size=17, shuffle_rows=99, lam=0.3, yes_minus_no=True, prefix_cache=False, seed=5,
+               dtype="bfloat16", width=40, rank=3, dropout=0.25, lora_rank=4, lora_alpha=8, zero_stage=1,
+               head_init="fresh", init="recycled", recycled=str(tmp_path / "r"))
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_config(AdapterStageConfig, str(tmp_path / "a.yaml"))
+    shape = {"source_dim": 64, "target_dim": 48, "width": cfg.width, "rank": cfg.rank, "dropout": cfg.dropout}
+    loop = adapter_loop_config(cfg, "rating", "TEXT", 2, tmp_path / "users.parquet", shape, Steps(7, 11, 3), 3.5,
+                               tmp_path)
+    assert isinstance(loop, AdapterLoopConfig)
+    shared = ("seed", "lr", "batch_size", "shuffle_rows", "lam", "yes_minus_no", "prefix_cache", "use_gpu", "dtype")
+    assert {k: getattr(loop, k) for k in shared} == {k: raw.get(k, getattr(cfg, k)) for k in shared}
+    assert loop.adapter == AdapterConfig(source_dim=64, target_dim=48, width=40, rank=3, dropout=0.25)
+    assert loop.lora == {"r": 4, "lora_alpha": 8, "target_modules": "all-linear", "lora_dropout": 0.0}
+    assert loop.ds_config["zero_optimization"]["stage"] == 1
+    assert (loop.task, loop.template_text, loop.prompt_len, loop.users_file) == ("rating", "TEXT", 2,
+                                                                                 str(tmp_path / "users.parquet"))
+    assert (loop.epochs, loop.train_steps, loop.valid_steps, loop.label_mean) == (7, 11, 3, 3.5)
+    assert loop.sources == tuple(str(Path(s).resolve()) for s in raw["source"])
+    assert loop.model == str(raw["target_model"])  # not on disk: kept as given (a hub id)
+    assert loop.head_file is None and loop.adapter_init == str((tmp_path / "init.safetensors").resolve())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loop.lr = 1.0  # type: ignore[misc]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -256,7 +257,7 @@ def test_an_epoch_draws_each_batch_from_many_users_and_every_row_once(ray_local)
     config = {"batch_size": 32, "shuffle_rows": 1024, "seed": 7}
 
     def users_per_batch(cfg, epoch):
-        batches = list(epoch_batches(shard, cfg, epoch))
+        batches = list(epoch_batches(shard, SimpleNamespace(**cfg), epoch))  # the loop config's three fields
         assert sorted(np.concatenate([b["n"] for b in batches]).tolist()) == list(range(3000))  # each row once
         return np.mean([len(set(b["user_id"])) for b in batches]), [b["n"].tolist() for b in batches]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from typing import NamedTuple
 from pathlib import Path
 
 import pandas as pd
@@ -37,6 +38,7 @@ from puma_ray.core.templates import load_template_text
 from puma_ray.train.adapter_loop import adapter_loop, source_prompts
 from puma_ray.train.common import epochs_for, read_users, rows_per_rank, steps_for, tag_parts
 from puma_ray.train.engines import deepspeed_config
+from puma_ray.train.loop_config import AdapterLoopConfig
 
 
 def users_file(users_arg: str, data_dir: str) -> Path:
@@ -151,6 +153,31 @@ def _select_rows(batch: pd.DataFrame, users_ref) -> pd.DataFrame:
     return batch[batch["user_id"].isin(keep)]
 
 
+class Steps(NamedTuple):
+    """Epochs and per-epoch step counts of one adapter run."""
+
+    epochs: int
+    train: int
+    valid: int
+
+
+def adapter_loop_config(cfg: AdapterStageConfig, task: str, template_text: str, prompt_len: int, users_path: Path,
+                        adapter_cfg: dict, steps: Steps, label_mean: float | None, out: Path) -> AdapterLoopConfig:
+    """What the workers read: the stage's settings and what the driver resolved, typed."""
+    return AdapterLoopConfig(
+        task=task, model=model_ref(cfg.target_model), template_text=template_text, prompt_len=prompt_len,
+        users_file=str(users_path), sources=tuple(str(Path(s).resolve()) for s in cfg.source),
+        adapter=AdapterConfig(**adapter_cfg), seed=cfg.seed, lr=cfg.lr, batch_size=cfg.batch_size,
+        shuffle_rows=cfg.shuffle_rows, epochs=steps.epochs, lam=cfg.lam, yes_minus_no=cfg.yes_minus_no,
+        prefix_cache=cfg.prefix_cache, use_gpu=cfg.use_gpu, dtype=cfg.dtype,
+        train_steps=steps.train, valid_steps=steps.valid, label_mean=label_mean,
+        lora={"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "target_modules": "all-linear",
+              "lora_dropout": 0.0} if cfg.lora_rank else None,
+        ds_config=deepspeed_config(cfg.batch_size, cfg.zero_stage, cfg.use_gpu, cfg.zero3_persistence_threshold),
+        head_file=source_head(cfg.source[0], task, cfg.lam) if cfg.head_init == "source" else None,
+        adapter_init=str((out / "init.safetensors").resolve()) if cfg.init == "recycled" else None)
+
+
 @remote_paths
 def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
     """Train the adapter; returns the JSON summary. callbacks: Ray Train callbacks (a sweep reports to Tune)."""
@@ -190,20 +217,9 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
         datasets = dataset_parts(tagged, ["train"] + [f"valid_r{r}" for r in range(W)], cfg.cache_data)
         metric = f"valid_{task.metric}"
         start = recycled_start(cfg, users, adapter_cfg, out) if cfg.init == "recycled" else {"kind": "random"}
-        loop_config = {
-            "task": task.name, "target_model": model_ref(cfg.target_model), "template_text": load_template_text(template),
-            "prompt_len": prompt_len, "users_file": str(users_path),
-            "sources": [str(Path(s).resolve()) for s in cfg.source],
-            "adapter": adapter_cfg, "seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size,
-            "shuffle_rows": cfg.shuffle_rows, "epochs": epochs, "lam": cfg.lam, "yes_minus_no": cfg.yes_minus_no,
-            "prefix_cache": cfg.prefix_cache, "use_gpu": cfg.use_gpu, "dtype": cfg.dtype,
-            "train_steps": train_steps, "valid_steps": valid_steps, "label_mean": split_label_mean(cfg.data, "train"),
-            "lora": {"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "target_modules": "all-linear",
-                     "lora_dropout": 0.0} if cfg.lora_rank else None,
-            "ds_config": deepspeed_config(cfg.batch_size, cfg.zero_stage, cfg.use_gpu, cfg.zero3_persistence_threshold),
-            "head_init": source_head(cfg.source[0], task.name, cfg.lam) if cfg.head_init == "source" else None,
-            "adapter_init": str((out / "init.safetensors").resolve()) if cfg.init == "recycled" else None,
-        }
+        loop_config = adapter_loop_config(cfg, task.name, load_template_text(template), prompt_len, users_path,
+                                          adapter_cfg, Steps(epochs, train_steps, valid_steps),
+                                          split_label_mean(cfg.data, "train"), out)
         log.info("adapter: %d users from %d source store(s) -> %s (d %d -> %d, w %d, rank %d), %d workers x %d steps "
                  "x %d epochs", len(users), len(cfg.source), target["family"], adapter_cfg["source_dim"],
                  adapter_cfg["target_dim"], adapter_cfg["width"], cfg.rank, W, train_steps, epochs)
@@ -212,13 +228,13 @@ def run_adapter(cfg: AdapterStageConfig, callbacks: tuple = ()) -> dict:
         fit_start = time.time()
         result = fit_trainer(trainer, "adapter training", f"{storage}/{name}")
         ckpt, best = best_checkpoint(result, metric, task.mode)
-        files = write_adapter_files(ckpt, out, cfg, loop_config["lora"])
+        files = write_adapter_files(ckpt, out, cfg, loop_config.lora)
         history = run_history(result)
         record_training(meter, history, fit_start, target["parameters"])
         meter.extra = {"best_epoch": int(best["epoch"]), metric: best[metric], "users": len(users), "epochs": epochs,
                        "lm_dtype": history[-1].get("lm_dtype"), "init": start["kind"]}
     curve = [{k: row[k] for k in ("epoch", "train_loss", metric)} for row in history]
-    meta = {"adapter": adapter_cfg, "lora": {**loop_config["lora"], "path": files["lora"]} if cfg.lora_rank else None,
+    meta = {"adapter": adapter_cfg, "lora": {**loop_config.lora, "path": files["lora"]} if cfg.lora_rank else None,
             "weights": files["weights"], "head": files["head"],
             "task": task.name, "template": template, "prompt_len": prompt_len,
             "lam": cfg.lam, "yes_minus_no": cfg.yes_minus_no, "target": target,

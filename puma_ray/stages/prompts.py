@@ -23,6 +23,7 @@ from puma_ray.runtime.runs import PENDING_CONFIG, CostMeter, check_out, commit_c
 from puma_ray.runtime.storage import remote_paths
 from puma_ray.store.prompt_store import check_model, finalize, generation_name, read_head, refuse_lora, write_shard
 from puma_ray.store.prompt_store import read_manifest as read_store_manifest
+from puma_ray.train.loop_config import PromptsLoopConfig
 from puma_ray.train.prompts_loop import prompts_loop
 from puma_ray.train.wiring import (best_checkpoint, build_trainer, check_resume, fit_trainer, record_training,
                                    run_history, run_name)
@@ -104,17 +105,15 @@ def run_prompts(cfg: PromptsConfig) -> dict:
         valid_steps = steps_for(valid_rows, cfg.batch_size) if sum(valid_rows) else 0
         template = cfg.template or (start_head[1].get("template") if start_head else None) or task.template
         metric = f"valid_{task.metric}"
-        loop_config = {
-            "task": task.name, "model": model_ref(cfg.model), "template_text": load_template_text(template),
-            "prompt_len": cfg.prompt_len, "users_path": str((Path(cfg.data) / "users.parquet").resolve()),
-            "seed": cfg.seed, "lr": prompt_lr, "head_lr": head_lr, "batch_size": cfg.batch_size, "shuffle_rows": cfg.shuffle_rows,
-            "epochs": cfg.epochs, "lam": cfg.lam,
-            "yes_minus_no": cfg.yes_minus_no, "freeze_prompts": cfg.freeze_prompts,
-            "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from else None,
-            "init_head": str(start_head[0]) if start_head else None,
-            "prefix_cache": cfg.prefix_cache, "use_gpu": cfg.use_gpu, "dtype": cfg.dtype, "train_steps": train_steps,
-            "valid_steps": valid_steps, "label_mean": split_label_mean(cfg.data, "train"),
-        }
+        loop_config = PromptsLoopConfig(
+            task=task.name, model=model_ref(cfg.model), template_text=load_template_text(template),
+            prompt_len=cfg.prompt_len, users_file=str((Path(cfg.data) / "users.parquet").resolve()),
+            seed=cfg.seed, lr=prompt_lr, head_lr=head_lr, batch_size=cfg.batch_size, shuffle_rows=cfg.shuffle_rows,
+            epochs=cfg.epochs, lam=cfg.lam, yes_minus_no=cfg.yes_minus_no, freeze_prompts=cfg.freeze_prompts,
+            init_from=str(Path(cfg.init_from).resolve()) if cfg.init_from else None,
+            head_file=str(start_head[0]) if start_head else None,
+            prefix_cache=cfg.prefix_cache, use_gpu=cfg.use_gpu, dtype=cfg.dtype, train_steps=train_steps,
+            valid_steps=valid_steps, label_mean=split_label_mean(cfg.data, "train"))
         log.info("prompts: %d users, %d workers x %d steps/epoch, %d epochs, lr %g (head %g), run %s", len(users),
                  W, train_steps, cfg.epochs, prompt_lr, head_lr, name)
         trainer = build_trainer(prompts_loop, loop_config, cfg, name, storage, metric, task.mode,

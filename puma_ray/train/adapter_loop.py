@@ -30,6 +30,7 @@ from puma_ray.runtime.ray_utils import quiet_ray_data_console
 from puma_ray.store.prompt_store import load_prompts
 from puma_ray.train.common import read_users
 from puma_ray.train.engines import DeepSpeedEngine
+from puma_ray.train.loop_config import AdapterLoopConfig
 from puma_ray.train.prompts_loop import evaluate, quiet_deprecated_collectives, train_epoch
 
 
@@ -59,42 +60,42 @@ def source_prompts(stores: list[str], users: list[str]) -> np.ndarray:
 
 
 def adapter_loop(config: dict) -> None:
-    """train_loop_per_worker of `puma-ray adapter`."""
+    """train_loop_per_worker of `puma-ray adapter` (Ray's config dict holds the typed one under "loop")."""
     with quiet_deprecated_collectives():
-        adapter_worker(config)
+        adapter_worker(config["loop"])
 
 
-def adapter_worker(config: dict) -> None:
+def adapter_worker(config: AdapterLoopConfig) -> None:
     """Every epoch of one worker's adapter training (adapter_loop)."""
     import ray.train
 
     quiet_ray_data_console()
     rank = ray.train.get_context().get_world_rank()
-    task = TASKS[config["task"]]
-    torch.manual_seed(config["seed"])
-    device = torch.device("cuda" if config["use_gpu"] and torch.cuda.is_available() else "cpu")
-    model = load_causal_lm(config["target_model"], dtype=resolve_dtype(config["dtype"], device))
-    lora = config.get("lora")
+    task = TASKS[config.task]
+    torch.manual_seed(config.seed)
+    device = torch.device("cuda" if config.use_gpu and torch.cuda.is_available() else "cpu")
+    model = load_causal_lm(config.model, dtype=resolve_dtype(config.dtype, device))
+    lora = config.lora
     if lora:
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(**lora))
     # a co-adapted target changes under training: its prefix key/values cannot be cached
-    lm = FrozenLM(model.to(device), load_tokenizer(config["target_model"]), config["template_text"],
-                  task.answers, prompt_len=config["prompt_len"], prefix_cache=config["prefix_cache"] and not lora)
+    lm = FrozenLM(model.to(device), load_tokenizer(config.model), config.template_text,
+                  task.answers, prompt_len=config.prompt_len, prefix_cache=config.prefix_cache and not lora)
     if lora:
         for name, p in model.named_parameters():
             p.requires_grad_("lora_" in name)
-    users = read_users(config["users_file"])  # the stage's order
+    users = read_users(config.users_file)  # the stage's order
     index = {u: i for i, u in enumerate(users)}
-    source = torch.from_numpy(source_prompts(config["sources"], users)).to(device)  # frozen, [n, l, d_s]
-    head = task.head(config["lam"], config["yes_minus_no"], config.get("label_mean"))
-    if config.get("head_init"):  # the source's trained head: it already speaks the label scale
-        head.load_state_dict(load_file(config["head_init"]))
-    module = AdapterWithHead(AdapterConfig(**config["adapter"]), head, lora=model if lora else None)
-    if config.get("adapter_init"):  # --init recycled: the stage fitted the adapter to the recycled prompts
-        module.adapter.load_state_dict(load_file(config["adapter_init"]))
-    engine = DeepSpeedEngine(module.to(device), config["lr"], config["ds_config"])
+    source = torch.from_numpy(source_prompts(config.sources, users)).to(device)  # frozen, [n, l, d_s]
+    head = task.head(config.lam, config.yes_minus_no, config.label_mean)
+    if config.head_file:  # the source's trained head: it already speaks the label scale
+        head.load_state_dict(load_file(config.head_file))
+    module = AdapterWithHead(config.adapter, head, lora=model if lora else None)
+    if config.adapter_init:  # --init recycled: the stage fitted the adapter to the recycled prompts
+        module.adapter.load_state_dict(load_file(config.adapter_init))
+    engine = DeepSpeedEngine(module.to(device), config.lr, config.ds_config)
     dtype = next(engine.module.parameters()).dtype
 
     start_epoch, history = 0, []
@@ -115,12 +116,12 @@ def adapter_worker(config: dict) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard(f"valid_r{rank}")
-    B = config["batch_size"]
+    B = config.batch_size
     ready = time.time()  # model, prompts and engine ready: what came before is start-up
-    for epoch in range(start_epoch, config["epochs"]):
-        torch.manual_seed(int(np.random.SeedSequence([config["seed"], epoch]).generate_state(1)[0]))  # dropout
+    for epoch in range(start_epoch, config.epochs):
+        torch.manual_seed(int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0]))  # dropout
         totals = train_epoch(lm, engine, soft, train_shard, index, config, epoch, device)
-        metrics = evaluate(lm, soft, engine, valid_shard, index, task, config["valid_steps"], B, device)
+        metrics = evaluate(lm, soft, engine, valid_shard, index, task, config.valid_steps, B, device)
         metrics.update(totals, ready_unix=ready, lm_dtype=str(lm.model.dtype).removeprefix("torch."))
         history.append(metrics)
         state, optimizer = engine.state(), engine.optimizer_state()

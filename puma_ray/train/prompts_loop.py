@@ -36,6 +36,7 @@ from puma_ray.runtime.runs import log, setup_logging
 from puma_ray.store.prompt_store import load_prompts
 from puma_ray.train.common import cycled, owner
 from puma_ray.train.engines import ReplicatedHead
+from puma_ray.train.loop_config import LoopConfig, PromptsLoopConfig
 
 
 def train_totals(epoch: int, loss_sum: float, seen: int, tokens: int) -> dict:
@@ -91,22 +92,22 @@ class FrozenLogits:
             yield logits[take], labels[take], 0
 
 
-def epoch_batches(shard, config: dict, epoch: int):
+def epoch_batches(shard, config: LoopConfig, epoch: int):
     """One pass over a worker's rows in numpy batches, drawn from a `shuffle_rows` buffer reshuffled each epoch.
 
     Rows are stored user by user, so a buffer of R rows mixes the batch over about R / (rows per user) users;
     the buffer is bounded, whatever the number of rows a worker owns."""
-    B, rows = config["batch_size"], config["shuffle_rows"]
-    shuffle = {"local_shuffle_buffer_size": max(rows, B), "local_shuffle_seed": config["seed"] + epoch} if rows else {}
+    B, rows = config.batch_size, config.shuffle_rows
+    shuffle = {"local_shuffle_buffer_size": max(rows, B), "local_shuffle_seed": config.seed + epoch} if rows else {}
     return shard.iter_batches(batch_size=B, batch_format="numpy", **shuffle)
 
 
-def step_logits(lm, soft_fn, shard, index, config: dict, epoch: int, device, cache: FrozenLogits | None):
+def step_logits(lm, soft_fn, shard, index, config: LoopConfig, epoch: int, device, cache: FrozenLogits | None):
     """(answer logits [B, A], labels [B] or None on a padding step, LM tokens) for each of the epoch's steps."""
     if cache is not None and cache.filled:
-        yield from cache.batches(config["train_steps"], config["batch_size"], config["seed"] + epoch)
+        yield from cache.batches(config.train_steps, config.batch_size, config.seed + epoch)
         return
-    for batch, first_pass in cycled(lambda: epoch_batches(shard, config, epoch), config["train_steps"]):
+    for batch, first_pass in cycled(lambda: epoch_batches(shard, config, epoch), config.train_steps):
         rows, titles, hist, labels = _to_tensors(batch, index)
         enc = lm.encode(titles, hist)
         logits = lm.answer_logits(soft_fn(rows.to(device)), enc)
@@ -118,9 +119,9 @@ def step_logits(lm, soft_fn, shard, index, config: dict, epoch: int, device, cac
         cache.seal()
 
 
-def train_epoch(lm, engine, soft_fn, shard, index, config: dict, epoch: int, device, after_step=None,
+def train_epoch(lm, engine, soft_fn, shard, index, config: LoopConfig, epoch: int, device, after_step=None,
                 cache: FrozenLogits | None = None) -> dict:
-    """One epoch of exactly config["train_steps"] steps (equal on every rank); returns train_totals.
+    """One epoch of exactly config.train_steps steps (equal on every rank); returns train_totals.
 
     soft_fn: [B] int64 rows -> [B, l, d] soft prompts (table lookup, or adapter(source prompts)).
     A padding step of a rank without rows joins the collectives with a zero loss.
@@ -131,7 +132,7 @@ def train_epoch(lm, engine, soft_fn, shard, index, config: dict, epoch: int, dev
     engine.train()
     dtype = next(engine.module.parameters(), torch.zeros(())).dtype
     loss_sum, seen, tokens = 0.0, 0, 0
-    progress = EpochProgress(epoch, config["train_steps"])
+    progress = EpochProgress(epoch, config.train_steps)
     for logits, labels, n_tokens in step_logits(lm, soft_fn, shard, index, config, epoch, device, cache):
         if labels is None:
             logits = logits if logits is not None else torch.zeros(1, len(lm.template.answer_ids))
@@ -204,37 +205,37 @@ def set_lr(optimizer: torch.optim.Optimizer | None, lr: float) -> None:
 
 
 def prompts_loop(config: dict) -> None:
-    """train_loop_per_worker of `puma-ray prompts`."""
+    """train_loop_per_worker of `puma-ray prompts` (Ray's config dict holds the typed one under "loop")."""
     with quiet_deprecated_collectives():
-        prompts_worker(config)
+        prompts_worker(config["loop"])
 
 
-def prompts_worker(config: dict) -> None:
+def prompts_worker(config: PromptsLoopConfig) -> None:
     """Every epoch of one worker's prompt training (prompts_loop)."""
     import ray.train
 
     quiet_ray_data_console()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    task = TASKS[config["task"]]
-    torch.manual_seed(config["seed"])
-    device = torch.device("cuda" if config["use_gpu"] and torch.cuda.is_available() else "cpu")
-    model = load_causal_lm(config["model"], dtype=resolve_dtype(config["dtype"], device))
-    lm = FrozenLM(model.to(device), load_tokenizer(config["model"]), config["template_text"],
-                  task.answers, prompt_len=config["prompt_len"], prefix_cache=config["prefix_cache"])
-    users = owned_users(config["users_path"], rank, world)
+    task = TASKS[config.task]
+    torch.manual_seed(config.seed)
+    device = torch.device("cuda" if config.use_gpu and torch.cuda.is_available() else "cpu")
+    model = load_causal_lm(config.model, dtype=resolve_dtype(config.dtype, device))
+    lm = FrozenLM(model.to(device), load_tokenizer(config.model), config.template_text,
+                  task.answers, prompt_len=config.prompt_len, prefix_cache=config.prefix_cache)
+    users = owned_users(config.users_file, rank, world)
     index = {u: i for i, u in enumerate(users)}
-    table = SoftPromptTable(len(users), config["prompt_len"], lm.hidden,
-                            generator=torch.Generator().manual_seed(config["seed"] * 1000 + rank)).to(device)
-    if config["init_from"]:
-        table.weight.data.copy_(torch.from_numpy(load_prompts(config["init_from"], users)).reshape(len(users), -1))
-    table.weight.requires_grad_(not config["freeze_prompts"])
-    head = task.head(config["lam"], config["yes_minus_no"], config.get("label_mean"))
-    if config.get("init_head"):  # --init-from: the head those prompts were trained (or migrated) with
-        head.load_state_dict(load_file(config["init_head"]))
+    table = SoftPromptTable(len(users), config.prompt_len, lm.hidden,
+                            generator=torch.Generator().manual_seed(config.seed * 1000 + rank)).to(device)
+    if config.init_from:
+        table.weight.data.copy_(torch.from_numpy(load_prompts(config.init_from, users)).reshape(len(users), -1))
+    table.weight.requires_grad_(not config.freeze_prompts)
+    head = task.head(config.lam, config.yes_minus_no, config.label_mean)
+    if config.head_file:  # --init-from: the head those prompts were trained (or migrated) with
+        head.load_state_dict(load_file(config.head_file))
     head = head.to(device)
-    engine = ReplicatedHead(head, config.get("head_lr", config["lr"]))
-    table_opt = sparse_adam(table, config["lr"]) if table.weight.requires_grad else None
+    engine = ReplicatedHead(head, config.head_lr)
+    table_opt = sparse_adam(table, config.lr) if table.weight.requires_grad else None
 
     start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
@@ -247,14 +248,14 @@ def prompts_worker(config: dict) -> None:
             if table_opt is not None:
                 table_opt.load_state_dict(torch.load(f"{d}/table-opt-r{rank:05d}.pt", weights_only=True))
             # an optimizer's state carries the rate it ran at: the run goes on at this config's (the one recorded)
-            set_lr(engine.optimizer, config.get("head_lr", config["lr"]))
-            set_lr(table_opt, config["lr"])
+            set_lr(engine.optimizer, config.head_lr)
+            set_lr(table_opt, config.lr)
             saved = json.loads(Path(f"{d}/state.json").read_text())
             start_epoch, history = saved["epoch"] + 1, saved["history"]
 
     train_shard = ray.train.get_dataset_shard(f"train_r{rank}")
     valid_shard = ray.train.get_dataset_shard(f"valid_r{rank}")
-    B = config["batch_size"]
+    B = config.batch_size
 
     def table_step() -> None:
         if table_opt is not None:
@@ -277,18 +278,18 @@ def prompts_worker(config: dict) -> None:
                                                                **metrics}))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
-    cache = FrozenLogits() if config["freeze_prompts"] else None
+    cache = FrozenLogits() if config.freeze_prompts else None
     ready = time.time()  # model loaded, engine built: what came before is start-up
-    empty = torch.zeros(1, config["prompt_len"], lm.hidden, device=device)
+    empty = torch.zeros(1, config.prompt_len, lm.hidden, device=device)
     soft = table if len(users) else (lambda rows: empty)  # a rank without users still joins collectives
-    if config["init_from"] and not history:  # the start is a candidate (epoch -1): tuning that only hurts is not kept
-        metrics = evaluate(lm, soft, engine, valid_shard, index, task, config["valid_steps"], B, device)
+    if config.init_from and not history:  # the start is a candidate (epoch -1): tuning that only hurts is not kept
+        metrics = evaluate(lm, soft, engine, valid_shard, index, task, config.valid_steps, B, device)
         report(-1, {**metrics, "epoch": -1, "train_loss": None, "train_samples": 0, "train_tokens": 0,
                     "ready_unix": ready, "lm_dtype": str(lm.model.dtype).removeprefix("torch.")})
-    for epoch in range(start_epoch, config["epochs"]):
+    for epoch in range(start_epoch, config.epochs):
         totals = train_epoch(lm, engine, soft, train_shard, index, config, epoch, device, after_step=table_step,
                              cache=cache)
-        metrics = evaluate(lm, soft, engine, valid_shard, index, task, config["valid_steps"], B, device)
+        metrics = evaluate(lm, soft, engine, valid_shard, index, task, config.valid_steps, B, device)
         metrics.update(totals, ready_unix=ready, lm_dtype=str(lm.model.dtype).removeprefix("torch."))
         report(epoch, metrics)
 

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from puma_ray.errors import PumaError
+from puma_ray.train.loop_config import LoopConfig
 
 
 HEALTH_CHECK_ENV, HEALTH_CHECK_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
@@ -35,7 +36,7 @@ def check_resume(storage: str, name: str, workers: int) -> None:
                             f"--workers {world}, or give a new --out to start over with {workers}")
 
 
-def build_trainer(loop, loop_config: dict, cfg, name: str, storage: str, metric: str, mode: str, datasets: dict,
+def build_trainer(loop, loop_config: LoopConfig, cfg, name: str, storage: str, metric: str, mode: str, datasets: dict,
                   split: list[str], callbacks: tuple = ()):
     """TorchTrainer with the shared scaling, failure and best-checkpoint settings of a training stage.
 
@@ -49,7 +50,7 @@ def build_trainer(loop, loop_config: dict, cfg, name: str, storage: str, metric:
     os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_S)
     resources = {"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {"CPU": cfg.cpus_per_worker}
     return TorchTrainer(
-        loop, train_loop_config=loop_config,
+        loop, train_loop_config={"loop": loop_config},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=name, storage_path=storage, failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
