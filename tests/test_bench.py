@@ -17,8 +17,10 @@ from puma_ray.data.schema import read_manifest
 from puma_ray.store.prompt_store import read_manifest as read_store_manifest
 from puma_ray.data.subset import subset_dataset
 from puma_ray.errors import ConfigError, PumaError
-from puma_ray.tune.bench import (FLOOR, RECYCLED, RETRAINED, SOURCE, AdapterWork, fit_components, methods_of, paired_rows, projection,
-                                 run_bench, summary_table)
+from puma_ray.tune.bench import run_bench
+from puma_ray.tune.bench_cost import AdapterWork, fit_components, projection
+from puma_ray.tune.bench_methods import FLOOR, RECYCLED, RETRAINED, SOURCE, methods_of
+from puma_ray.tune.bench_report import paired_rows, summary_table
 
 
 def fixed_runs() -> pd.DataFrame:
@@ -172,7 +174,7 @@ def test_bench_end_to_end_on_a_user_subset(workspace, tmp_path):
 
 
 def test_closure_says_over_how_many_seeds_it_is_defined():
-    from puma_ray.tune.bench import _closure
+    from puma_ray.tune.bench_report import _closure
 
     runs = fixed_runs()
     runs.loc[(runs["seed"] == 1) & (runs["size"] == 100), "test_closure"] = float("nan")  # retraining lost there
