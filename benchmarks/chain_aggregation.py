@@ -14,7 +14,7 @@ Workspace (reused when complete, under --out):
   floor/<family>              B's and C's floors (`prompts --freeze-prompts`)
 Per seed s (every route's selection and adapter take seed s: paired):
   chain     `puma-ray chain` A -> B -> C: puma selection at every hop, each hop's migrated store the next's source
-  A-C       one hop A -> C (select -> adapter -> migrate -> evaluate, tune/trial.py)
+  A-C       one hop A -> C (select -> adapter -> migrate -> evaluate, experiments/trial.py)
   B-C       one hop B -> C (B's prompts)
   AB-C      aggregated: A's and B's prompts of each user concatenated -> C (selection on A's, as A -> C's)
 Every figure is on `test`, which chooses nothing; closure = (floor - migrated) / (floor - retrained) on the route's
@@ -39,9 +39,9 @@ from puma_ray.runtime.ray_utils import init_ray  # noqa: E402
 from puma_ray.runtime.runs import log, setup_logging  # noqa: E402
 from puma_ray.stages.chain import run_chain  # noqa: E402
 from puma_ray.stages.models import run_models  # noqa: E402
-from puma_ray.tune.bench import trained  # noqa: E402
-from puma_ray.tune.claims import claim_lines, paired_routes, route_summary  # noqa: E402
-from puma_ray.tune.trial import TrialSetup, closure, resolve_budget, run_trial  # noqa: E402
+from puma_ray.experiments.bench import trained  # noqa: E402
+from puma_ray.experiments.claims import claim_lines, paired_routes, route_summary  # noqa: E402
+from puma_ray.experiments.trial import TrialSetup, closure, resolve_budget, run_trial  # noqa: E402
 from selection_quality import population  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,9 +24,9 @@ from puma_ray.runtime.ray_utils import init_ray  # noqa: E402
 from puma_ray.runtime.runs import setup_logging  # noqa: E402
 from puma_ray.stages.data import run_data  # noqa: E402
 from puma_ray.stages.models import run_models  # noqa: E402
-from puma_ray.tune.bench import trained  # noqa: E402
-from puma_ray.tune.stats import mean_std  # noqa: E402
-from puma_ray.tune.trial import TrialSetup, closure, run_trial  # noqa: E402
+from puma_ray.experiments.bench import trained  # noqa: E402
+from puma_ray.experiments.stats import mean_std  # noqa: E402
+from puma_ray.experiments.trial import TrialSetup, closure, run_trial  # noqa: E402
 
 
 def movielens_workspace(out: Path, movielens: str, families: tuple[str, ...]) -> str:

@@ -34,8 +34,8 @@ from puma_ray.data.schema import copy_atomic  # noqa: E402
 from puma_ray.stages.coldstart import run_coldstart  # noqa: E402
 from puma_ray.stages.evaluate import run_evaluate  # noqa: E402
 from puma_ray.store.prompt_store import finalize, iter_prompts, read_head, read_manifest, write_shard  # noqa: E402
-from puma_ray.tune.bench import trained, users_metric  # noqa: E402
-from puma_ray.tune.stats import mean_std, paired_interval  # noqa: E402
+from puma_ray.experiments.bench import trained, users_metric  # noqa: E402
+from puma_ray.experiments.stats import mean_std, paired_interval  # noqa: E402
 
 METHODS = ("coldstart", "mean", "random", "own")
 TUNED = ("coldstart", "random")

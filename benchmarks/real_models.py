@@ -29,7 +29,7 @@ from puma_ray.runtime.ray_utils import init_ray  # noqa: E402
 from puma_ray.runtime.runs import setup_logging  # noqa: E402
 from puma_ray.stages.data import run_data  # noqa: E402
 from puma_ray.stages.models import run_models  # noqa: E402
-from puma_ray.tune.bench import run_bench  # noqa: E402
+from puma_ray.experiments.bench import run_bench  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

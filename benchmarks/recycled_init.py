@@ -23,7 +23,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from puma_ray.tune.stats import mean_std, paired_interval  # noqa: E402
+from puma_ray.experiments.stats import mean_std, paired_interval  # noqa: E402
 
 
 def curve(run_dir: Path, metric: str) -> list[float]:

@@ -16,7 +16,7 @@ Workspace (reused when complete, under --out):
   llama, qwen2     tiny models of the two families on its catalogue (`puma-ray models`)
   source           source prompts on llama (seed 0; every trial migrates them)
   ref/seed<s>      floor (`prompts --freeze-prompts`) and full retraining on qwen2, per --reference-seeds
-Trials (tune/trial.py, reused when finished): for every budget B (a fraction of the users), seed and
+Trials (experiments/trial.py, reused when finished): for every budget B (a fraction of the users), seed and
 strategy: select -> adapter -> migrate -> evaluate of every user; plus random at 3B. One seed gives every
 strategy the same adapter initialisation and data order (paired).
 
@@ -50,11 +50,11 @@ from puma_ray.errors import PumaError  # noqa: E402
 from puma_ray.stages.data import run_data  # noqa: E402
 from puma_ray.stages.models import run_models  # noqa: E402
 from puma_ray.select.strategies import STRATEGIES  # noqa: E402
-from puma_ray.tune.bench import trained  # noqa: E402
-from puma_ray.tune.selection import (RANDOM, RANDOM_3X, Trial, group_errors, paired_vs_random, plan,  # noqa: E402
+from puma_ray.experiments.bench import trained  # noqa: E402
+from puma_ray.experiments.selection import (RANDOM, RANDOM_3X, Trial, group_errors, paired_vs_random, plan,  # noqa: E402
                                      population_facts, selection_profile, summary, trained_and_rest, verdict)
-from puma_ray.tune.stats import HIGHER_IS_BETTER, LEVEL  # noqa: E402
-from puma_ray.tune.trial import RESULT, TrialSetup, run_trial, shared_losses  # noqa: E402
+from puma_ray.experiments.stats import HIGHER_IS_BETTER, LEVEL  # noqa: E402
+from puma_ray.experiments.trial import RESULT, TrialSetup, run_trial, shared_losses  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ("llama", "qwen2")

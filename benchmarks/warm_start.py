@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from recycled_init import bench_reading, curve  # noqa: E402
-from puma_ray.tune.stats import mean_std, paired_interval  # noqa: E402
+from puma_ray.experiments.stats import mean_std, paired_interval  # noqa: E402
 
 RETRAINED = "full retraining"
 

@@ -49,11 +49,11 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
                  "score a prompt store with its model over a split: metrics, per-user metrics, report"),
     "chain": (ChainConfig, "puma_ray.stages.chain:run_chain",
               "chained migration A -> B -> C: select, adapter, migrate and evaluate at every hop"),
-    "sweep": (SweepConfig, "puma_ray.tune.sweep:run_sweep",
+    "sweep": (SweepConfig, "puma_ray.experiments.sweep:run_sweep",
               "Ray Tune over budgets, group counts and adapter widths/ranks: the cost/accuracy curve and best.yaml"),
-    "bench": (BenchConfig, "puma_ray.tune.bench:run_bench",
+    "bench": (BenchConfig, "puma_ray.experiments.bench:run_bench",
               "PUMA vs full retraining vs random selection over seeds and sizes; cost projected to 1M users"),
-    "demo": (DemoConfig, "puma_ray.tune.demo:run_demo",
+    "demo": (DemoConfig, "puma_ray.experiments.demo:run_demo",
              "run every available stage end to end on the offline default"),
 }
 

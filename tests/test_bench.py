@@ -17,10 +17,10 @@ from puma_ray.data.schema import read_manifest
 from puma_ray.store.prompt_store import read_manifest as read_store_manifest
 from puma_ray.data.subset import subset_dataset
 from puma_ray.errors import ConfigError, PumaError
-from puma_ray.tune.bench import run_bench
-from puma_ray.tune.bench_cost import AdapterWork, fit_components, projection
-from puma_ray.tune.bench_methods import FLOOR, RECYCLED, RETRAINED, SOURCE, methods_of
-from puma_ray.tune.bench_report import paired_rows, summary_table
+from puma_ray.experiments.bench import run_bench
+from puma_ray.experiments.bench_cost import AdapterWork, fit_components, projection
+from puma_ray.experiments.bench_methods import FLOOR, RECYCLED, RETRAINED, SOURCE, methods_of
+from puma_ray.experiments.bench_report import paired_rows, summary_table
 
 
 def fixed_runs() -> pd.DataFrame:
@@ -174,7 +174,7 @@ def test_bench_end_to_end_on_a_user_subset(workspace, tmp_path):
 
 
 def test_closure_says_over_how_many_seeds_it_is_defined():
-    from puma_ray.tune.bench_report import _closure
+    from puma_ray.experiments.bench_report import _closure
 
     runs = fixed_runs()
     runs.loc[(runs["seed"] == 1) & (runs["size"] == 100), "test_closure"] = float("nan")  # retraining lost there
@@ -196,7 +196,7 @@ def test_a_recycled_start_is_paired_with_the_same_strategy_started_at_random():
 
 def test_cold_start_users_are_drawn_from_the_unselected_ones_and_scored_alone(tmp_path):
     from puma_ray.store.prompt_store import finalize, iter_prompts, write_shard, without_users
-    from puma_ray.tune.bench import cold_users_of, users_metric
+    from puma_ray.experiments.bench import cold_users_of, users_metric
 
     users = [f"u{i:02d}" for i in range(20)]
     info, _ = write_shard(tmp_path / "s", 0, users, np.arange(20 * 6, dtype=np.float32).reshape(20, 2, 3))

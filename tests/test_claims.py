@@ -1,4 +1,4 @@
-"""The chain and aggregation benchmark's statistics on fixed tables (tune/claims.py; issue 12)."""
+"""The chain and aggregation benchmark's statistics on fixed tables (experiments/claims.py; issue 12)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from puma_ray.tune.claims import claim_lines, paired_routes, route_summary
+from puma_ray.experiments.claims import claim_lines, paired_routes, route_summary
 
 # test RMSE of 5 seeds on target C: aggregation better than A -> C on every seed, the chain tied with A -> C
 FIXED = {"A->C": [1.10, 1.12, 1.11, 1.13, 1.10], "A->B->C": [1.11, 1.11, 1.12, 1.12, 1.11],

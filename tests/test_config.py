@@ -130,7 +130,7 @@ def test_cluster_definitions_parse(path):
 
 @pytest.mark.parametrize("path", sorted((REPO / "tune_spaces").glob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
 def test_every_tune_space_loads_and_starts_with_its_command(path):
-    from puma_ray.tune.space import load_space
+    from puma_ray.experiments.space import load_space
 
     lines = path.read_text().splitlines()
     assert lines[0].startswith("# puma-ray sweep ") and f"--space tune_spaces/{path.name}" in lines[0]
@@ -168,7 +168,7 @@ def test_gpus_per_worker_reaches_ray_train_and_every_stage_a_chain_or_trial_runs
     from puma_ray.stages import adapter, evaluate, migrate, select
     from puma_ray.stages.chain import run_hop
     from puma_ray.train.wiring import build_trainer
-    from puma_ray.tune.trial import TrialSetup, run_steps
+    from puma_ray.experiments.trial import TrialSetup, run_steps
 
     cfg = PromptsConfig(data="d", model="m", out="o", workers=2, use_gpu=True, gpus_per_worker=0.5)
     trainer = build_trainer(lambda c: None, {}, cfg, "n", str(tmp_path), "valid_rmse", "min", {}, [])

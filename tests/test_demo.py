@@ -14,7 +14,7 @@ import pytest
 from puma_ray.config import DemoConfig
 from puma_ray.core.gguf_models import PACKAGES
 from puma_ray.errors import PumaError
-from puma_ray.tune.demo import run_demo
+from puma_ray.experiments.demo import run_demo
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -80,7 +80,7 @@ def test_real_size_names_the_missing_package_before_writing(tmp_path, monkeypatc
 
 
 def test_real_size_report_names_the_imported_models(tmp_path):
-    from puma_ray.tune.demo import SIZES, write_report
+    from puma_ray.experiments.demo import SIZES, write_report
 
     table = [{"method": m, "users_trained": 30, "rmse_mean": r, "closure_mean": c, "device_s_mean": d, "paid": p}
              for m, r, c, d, p in [("source model", 1.02, float("nan"), 10.0, True),

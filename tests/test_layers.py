@@ -23,13 +23,13 @@ RANKS = {
     "select": 6,  # selection math, inputs and strategies
     "migrate": 7,  # bulk migration actors
     "stages": 8,  # one function per stage: config -> build -> run -> report
-    "tune": 9,  # trials, sweep, bench, demo: many stage runs
+    "experiments": 9,  # trials, sweep, bench, demo, claims, statistics: many stage runs
     "cli": 10,  # the face: nothing imports it
 }
 # inside a folder, modules may use each other, except where an order is given: then only lower ones
 WITHIN = {
     "stages": {"select": 1, "chain": 2},  # select runs evaluate for the loss strategies; chain runs them all
-    "tune": {"trial": 1, "selection": 1, "bench_methods": 1, "claims": 2, "sweep": 2, "bench_cost": 2,
+    "experiments": {"trial": 1, "selection": 1, "bench_methods": 1, "claims": 2, "sweep": 2, "bench_cost": 2,
              "bench_report": 3, "bench": 4, "demo": 5},
 }
 NO_RAY = ("errors", "config", "core", "store")
@@ -96,8 +96,8 @@ def test_module_imports_only_downward(module):
 def test_the_check_catches_an_upward_import():
     # the core reaching up into a stage, training wiring taken from a stage, a stage importing its sibling,
     # the data contract importing the model core, and Ray in the core
-    assert violations("core.metrics", "from puma_ray.tune.bench import run_bench\n") == \
-        ["core.metrics (core, rank 3) imports tune.bench (tune, rank 9)"]
+    assert violations("core.metrics", "from puma_ray.experiments.bench import run_bench\n") == \
+        ["core.metrics (core, rank 3) imports experiments.bench (experiments, rank 9)"]
     assert violations("stages.adapter", "from puma_ray.stages.prompts import run_name\n") == \
         ["stages.adapter imports stages.prompts: inside stages/ only modules of a lower order (0 >= 0)"]
     assert violations("data.schema", "from puma_ray.core.llm import FrozenLM\n") == \
@@ -105,7 +105,7 @@ def test_the_check_catches_an_upward_import():
     assert violations("config", "from puma_ray.runtime.runs import log\n") == \
         ["config (config, rank 1) imports runtime.runs (runtime, rank 1)"]
     assert violations("core.modules", "import ray\n") == ["core.modules (core) imports ray"]
-    assert violations("tune.trial", "from puma_ray.stages import adapter\n") == []  # downward: fine
+    assert violations("experiments.trial", "from puma_ray.stages import adapter\n") == []  # downward: fine
     assert violations("stages.chain", "from puma_ray.stages.select import run_select\n") == []
 
 

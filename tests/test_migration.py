@@ -113,7 +113,7 @@ def test_trials_share_one_source_loss_pass_and_select_as_if_each_scored_its_own(
     """shared_losses scores the source store once for the loss strategies (a second call reuses it; no pass
     when no strategy reads losses); a select given it picks the users it picks scoring the store itself, and
     a trial's select cost still carries that pass."""
-    from puma_ray.tune.trial import TrialSetup, shared_losses, with_shared_cost
+    from puma_ray.experiments.trial import TrialSetup, shared_losses, with_shared_cost
 
     root, _ = setup
     base = TrialSetup(data=str(root / "data"), sources=[str(root / "src")], target_model="unused", task_metric="rmse")

@@ -30,9 +30,9 @@ def _stages():
     from puma_ray.stages.prompts import run_prompts
     from puma_ray.stages.recycle import run_recycle
     from puma_ray.stages.select import run_select
-    from puma_ray.tune.bench import run_bench
-    from puma_ray.tune.demo import run_demo
-    from puma_ray.tune.sweep import run_sweep
+    from puma_ray.experiments.bench import run_bench
+    from puma_ray.experiments.demo import run_demo
+    from puma_ray.experiments.sweep import run_sweep
 
     return {
         "data": (run_data, lambda out: DataConfig(source="synthetic", users=20, out=out)),

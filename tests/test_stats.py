@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from puma_ray.errors import ConfigError
-from puma_ray.tune.space import parse_space
-from puma_ray.tune.stats import fit_linear_cost, mean_std, paired_interval, pareto_front
+from puma_ray.experiments.space import parse_space
+from puma_ray.experiments.stats import fit_linear_cost, mean_std, paired_interval, pareto_front
 
 
 def test_paired_interval_matches_a_hand_computed_t_interval():

@@ -18,7 +18,7 @@ import yaml
 
 from puma_ray.config import AdapterStageConfig, SweepConfig, load_config
 from puma_ray.errors import ConfigError, PumaError
-from puma_ray.tune.sweep import run_sweep, with_reference
+from puma_ray.experiments.sweep import run_sweep, with_reference
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parent.parent
@@ -126,7 +126,7 @@ def test_closure_and_cost_ratio_follow_the_reference_given_now():
 
 
 def test_a_corrupt_trial_marker_is_one_line_and_nothing_is_reused(tmp_path):
-    from puma_ray.tune.trial import IDENTITY, claim
+    from puma_ray.experiments.trial import IDENTITY, claim
 
     (tmp_path / IDENTITY).write_text('{"params": {"budget": 3')  # cut short by a crash
     with pytest.raises(PumaError, match="corrupt"):
@@ -135,8 +135,8 @@ def test_a_corrupt_trial_marker_is_one_line_and_nothing_is_reused(tmp_path):
 
 
 def test_the_loss_pass_is_shared_only_when_a_spaces_trials_can_draw_a_loss_strategy():
-    from puma_ray.tune.space import load_space, parse_space
-    from puma_ray.tune.sweep import space_strategies
+    from puma_ray.experiments.space import load_space, parse_space
+    from puma_ray.experiments.sweep import space_strategies
 
     assert space_strategies(load_space(Path(__file__).parent.parent / "tune_spaces" / "ci.yaml")) == ["puma", "random"]
     assert space_strategies(parse_space({"params": {"budget": 20}})) == ["puma"]  # the select stage's default

@@ -5,7 +5,7 @@ write `config.yaml` (the fully resolved config), then wraps its work in
 `CostMeter` from its first read of data to its last write, which appends one JSON
 line to `<out>/costs.jsonl` (docs/design.md "Cost record"); `startup_s` says which part
 of the wall time was start-up. `bench` and `sweep` read these records (through
-tune/trial.py); nothing estimates cost from guesses.
+experiments/trial.py); nothing estimates cost from guesses.
 
 device_seconds = wall_s x workers x devices-per-worker: the time the stage held
 its devices (GPUs, or CPU worker slots on a CPU run), which is what a cluster bill

@@ -1,7 +1,7 @@
 """`puma-ray sweep`: Ray Tune over selection and adapter knobs -> the cost/accuracy curve.
 
 config -> checks (dataset, source stores, target model, search space, reference) -> Tuner
-(a trial = select -> adapter -> migrate -> evaluate, tune/trial.py; the adapter's
+(a trial = select -> adapter -> migrate -> evaluate, experiments/trial.py; the adapter's
 TorchTrainer runs inside the trial and reports every epoch to Tune through
 TuneReportCallback, which ASHA can act on) -> results table, Pareto front, plots, best.yaml.
 
@@ -41,9 +41,9 @@ from puma_ray.runtime.ray_utils import init_ray, quiet_ray_data_console
 from puma_ray.runtime.runs import STAGE_KINDS, CostMeter, check_out, log, open_run, write_kind, write_markdown
 from puma_ray.runtime.storage import remote_paths
 from puma_ray.store.prompt_store import read_manifest as read_store_manifest
-from puma_ray.tune.space import TRIAL_KEYS, SearchSpace, load_space
-from puma_ray.tune.stats import pareto_front
-from puma_ray.tune.trial import TrialSetup, closure, run_trial, select_default, shared_losses
+from puma_ray.experiments.space import TRIAL_KEYS, SearchSpace, load_space
+from puma_ray.experiments.stats import pareto_front
+from puma_ray.experiments.trial import TrialSetup, closure, run_trial, select_default, shared_losses
 
 TRIAL_RESOURCES = {"CPU": 0, "memory": 64 * 1024**2}  # the trial driver; its stages reserve their own
 

@@ -11,11 +11,11 @@ import pandas as pd
 from puma_ray.config import BenchConfig
 from puma_ray.core import baselines as trivial
 from puma_ray.runtime.runs import write_markdown
-from puma_ray.tune.bench_cost import AdapterWork, projection
-from puma_ray.tune.bench_methods import (FLOOR, RECYCLED, RETRAINED, SOURCE, cold_metric, coldstart_name, methods_of,
+from puma_ray.experiments.bench_cost import AdapterWork, projection
+from puma_ray.experiments.bench_methods import (FLOOR, RECYCLED, RETRAINED, SOURCE, cold_metric, coldstart_name, methods_of,
                                          recycled_init_name, warm_name)
-from puma_ray.tune.stats import (AdapterCost, mean_std, paired_interval)
-from puma_ray.tune.trial import closure
+from puma_ray.experiments.stats import (AdapterCost, mean_std, paired_interval)
+from puma_ray.experiments.trial import closure
 
 def summary_table(runs: pd.DataFrame, metric: str, split: str) -> pd.DataFrame:
     """Per size and method: mean ± std (over seeds) of the metric, closure and cost."""

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 
 from puma_ray.config import (AdapterStageConfig, BenchConfig)
 from puma_ray.train.common import epochs_for, steps_for
-from puma_ray.tune.bench_methods import FLOOR, RECYCLED, RETRAINED, SOURCE, adapter_defaults
-from puma_ray.tune.stats import (AdapterCost, LinearCost, fit_adapter_cost, fit_linear_cost, per_unit_rate)
-from puma_ray.tune.trial import stage_cost
+from puma_ray.experiments.bench_methods import FLOOR, RECYCLED, RETRAINED, SOURCE, adapter_defaults
+from puma_ray.experiments.stats import (AdapterCost, LinearCost, fit_adapter_cost, fit_linear_cost, per_unit_rate)
+from puma_ray.experiments.trial import stage_cost
 
 
 def stage_points(runs: pd.DataFrame) -> dict[str, tuple[list[float], list[float], list[float]]]:

@@ -28,8 +28,8 @@ from puma_ray.runtime.runs import log, read_costs
 from puma_ray.select.strategies import uses_losses
 from puma_ray.store.prompt_store import MANIFEST
 from puma_ray.store.prompt_store import read_manifest as read_store_manifest
-from puma_ray.tune.space import ADAPTER_KEYS, SELECT_KEYS
-from puma_ray.tune.stats import HIGHER_IS_BETTER
+from puma_ray.experiments.space import ADAPTER_KEYS, SELECT_KEYS
+from puma_ray.experiments.stats import HIGHER_IS_BETTER
 
 RESULT = "result.json"
 IDENTITY = "trial.json"

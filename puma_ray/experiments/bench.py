@@ -3,7 +3,7 @@
 config -> checks -> for each size N (a seeded N-user subset of --data, or all of it):
 source prompts on the source model (already paid: reported, never counted) -> for each seed:
 random-init floor and full retraining on the target, then every method as a migration trial
-(tune/trial.py: select -> adapter -> migrate -> evaluate): each strategy at budget B, and
+(experiments/trial.py: select -> adapter -> migrate -> evaluate): each strategy at budget B, and
 random at 3B (optional rows: prompt recycling, the first strategy with a recycled start, its
 migration tuned --warm-epochs, and its migration with --coldstart-fraction of the unselected
 users held out and given `coldstart` prompts) -> per method mean ± std over seeds of the test
@@ -39,12 +39,12 @@ from puma_ray.runtime.runs import STAGE_KINDS, CostMeter, check_out, log, open_r
 from puma_ray.runtime.storage import remote_paths
 from puma_ray.core.tasks import TASKS
 from puma_ray.store.prompt_store import MANIFEST, store_user_ids, without_users
-from puma_ray.tune.bench_cost import adapter_work, fit_components, projection, with_adapter_work
-from puma_ray.tune.bench_methods import (FLOOR, RECYCLED, RETRAINED, SOURCE, adapter_defaults, cold_metric,
+from puma_ray.experiments.bench_cost import adapter_work, fit_components, projection, with_adapter_work
+from puma_ray.experiments.bench_methods import (FLOOR, RECYCLED, RETRAINED, SOURCE, adapter_defaults, cold_metric,
                                          coldstart_name, methods_of, warm_name)
-from puma_ray.tune.bench_report import (gap_notes, paired_rows, plot_cold, plot_cost, plot_metrics, summary_table,
+from puma_ray.experiments.bench_report import (gap_notes, paired_rows, plot_cold, plot_cost, plot_metrics, summary_table,
                                         write_report)
-from puma_ray.tune.trial import TrialSetup, claim, closure, run_trial, shared_losses, stage_cost
+from puma_ray.experiments.trial import TrialSetup, claim, closure, run_trial, shared_losses, stage_cost
 
 def trained(cfg: BenchConfig, data: str, model: str, out: Path, seed: int, split: str, freeze: bool = False,
             init_from: str | None = None, epochs: int | None = None) -> dict:

@@ -32,9 +32,9 @@ from puma_ray.runtime.runs import CostMeter, check_out, log, open_run, read_cost
 from puma_ray.runtime.storage import remote_paths
 from puma_ray.stages.data import run_data
 from puma_ray.stages.models import run_models
-from puma_ray.tune.bench import run_bench
-from puma_ray.tune.bench_methods import RETRAINED
-from puma_ray.tune.bench_report import method_color
+from puma_ray.experiments.bench import run_bench
+from puma_ray.experiments.bench_methods import RETRAINED
+from puma_ray.experiments.bench_report import method_color
 
 
 @dataclass(frozen=True)

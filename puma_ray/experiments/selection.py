@@ -15,7 +15,7 @@ import pandas as pd
 from puma_ray.data.calibrate import read_rows, user_groups
 from puma_ray.data.schema import read_manifest
 from puma_ray.select.inputs import label_variance
-from puma_ray.tune.stats import HIGHER_IS_BETTER, LEVEL, mean_std, paired_interval
+from puma_ray.experiments.stats import HIGHER_IS_BETTER, LEVEL, mean_std, paired_interval
 
 RANDOM, RANDOM_3X = "random", "random (3B)"
 

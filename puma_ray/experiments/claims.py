@@ -9,7 +9,7 @@ every function is tested on fixed tables.
 from __future__ import annotations
 
 import pandas as pd
-from puma_ray.tune.stats import HIGHER_IS_BETTER, mean_std, paired_interval
+from puma_ray.experiments.stats import HIGHER_IS_BETTER, mean_std, paired_interval
 
 
 def route_summary(runs: pd.DataFrame, metric: str) -> pd.DataFrame:

@@ -1,0 +1,1 @@
+"""Runs made of many stages: migration trials, sweeps, bench, the demo, claims and their statistics."""
