@@ -51,7 +51,7 @@ from puma_ray.stages.data import run_data  # noqa: E402
 from puma_ray.stages.models import run_models  # noqa: E402
 from puma_ray.select.strategies import STRATEGIES  # noqa: E402
 from puma_ray.experiments.bench import trained  # noqa: E402
-from puma_ray.experiments.selection import (RANDOM, RANDOM_3X, Trial, group_errors, paired_vs_random, plan,  # noqa: E402
+from puma_ray.experiments.selection_stats import (RANDOM, RANDOM_3X, Trial, group_errors, paired_vs_random, plan,  # noqa: E402
                                      population_facts, selection_profile, summary, trained_and_rest, verdict)
 from puma_ray.experiments.stats import HIGHER_IS_BETTER, LEVEL  # noqa: E402
 from puma_ray.experiments.trial import RESULT, TrialSetup, run_trial, shared_losses  # noqa: E402

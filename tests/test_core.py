@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -382,13 +384,13 @@ class _Shard:
 
 @pytest.mark.parametrize("rows", [7, 0])
 def test_frozen_prompts_run_the_lm_once_and_later_epochs_reuse_every_row(rows):
-    from puma_ray.train.prompts_loop import FrozenLogits, step_logits
+    from puma_ray.train.epoch import FrozenLogits, step_logits
 
     users = [f"u{k}" for k in range(rows)]
     index = {u: k for k, u in enumerate(users)}
     lm, cache = _CountingLM(), FrozenLogits()
     soft = lambda r: r.float()[:, None, None].expand(-1, 1, 2)  # noqa: E731 - logits carry the row index
-    config = {"batch_size": 3, "shuffle_rows": 12, "train_steps": 4, "seed": 1}  # 4 x 3 > 7 rows: some repeat
+    config = SimpleNamespace(batch_size=3, shuffle_rows=12, train_steps=4, seed=1)  # 4 x 3 > 7 rows: some repeat
     first = list(step_logits(lm, soft, _Shard(users), index, config, 0, "cpu", cache))
     assert len(first) == 4 and lm.calls == 4 and cache.filled
     later = [list(step_logits(lm, soft, _Shard(users), index, config, e, "cpu", cache)) for e in (1, 2)]
@@ -422,16 +424,16 @@ def test_rows_are_tagged_with_the_part_their_rank_reads():
 
 
 def test_a_long_epoch_logs_its_progress_on_rank_0(monkeypatch, capfd):
-    from puma_ray.train import prompts_loop
+    from puma_ray.train import epoch
 
-    monkeypatch.setattr(prompts_loop, "PROGRESS_S", 0.0)  # every step is "long enough"
+    monkeypatch.setattr(epoch, "PROGRESS_S", 0.0)  # every step is "long enough"
     # as in a fresh worker process: no handler yet (an earlier test's handler holds a stderr capture now closed)
-    monkeypatch.setattr(prompts_loop.log, "handlers", [])
-    progress = prompts_loop.EpochProgress(epoch=2, steps=5)
+    monkeypatch.setattr(epoch.log, "handlers", [])
+    progress = epoch.EpochProgress(epoch=2, steps=5)
     progress.step(seen=32, loss_sum=64.0)
     err = capfd.readouterr().err
     assert "epoch 2: step 1/5" in err and "loss 2.0000" in err
-    monkeypatch.setattr(prompts_loop, "PROGRESS_S", 3600.0)  # a short epoch says nothing until its report
+    monkeypatch.setattr(epoch, "PROGRESS_S", 3600.0)  # a short epoch says nothing until its report
     progress.step(seen=64, loss_sum=64.0)
     assert "epoch 2" not in capfd.readouterr().err
 

@@ -29,7 +29,7 @@ RANKS = {
 # inside a folder, modules may use each other, except where an order is given: then only lower ones
 WITHIN = {
     "stages": {"select": 1, "chain": 2},  # select runs evaluate for the loss strategies; chain runs them all
-    "experiments": {"trial": 1, "selection": 1, "bench_methods": 1, "claims": 2, "sweep": 2, "bench_cost": 2,
+    "experiments": {"trial": 1, "selection_stats": 1, "bench_methods": 1, "claims": 2, "sweep": 2, "bench_cost": 2,
              "bench_report": 3, "bench": 4, "demo": 5},
 }
 NO_RAY = ("errors", "config", "core", "store")

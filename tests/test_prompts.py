@@ -248,7 +248,7 @@ def test_a_bfloat16_frozen_model_trains_and_scores_like_float32(setup, zero2, tm
 def test_an_epoch_draws_each_batch_from_many_users_and_every_row_once(ray_local):
     import ray
 
-    from puma_ray.train.prompts_loop import epoch_batches
+    from puma_ray.train.epoch import epoch_batches
 
     rows = pd.DataFrame({"user_id": np.repeat([f"u{k:03d}" for k in range(100)], 30), "n": np.arange(3000)})
     # stored user by user, as the data stage writes them, in one-user blocks: Ray Data's shuffle buffer takes

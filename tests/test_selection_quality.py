@@ -1,4 +1,4 @@
-"""The selection-quality benchmark's statistics on fixed tables (experiments/selection.py), and every selection
+"""The selection-quality benchmark's statistics on fixed tables (experiments/selection_stats.py), and every selection
 strategy of the registry on a calibrated population (issue 12)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from puma_ray.experiments.selection import (RANDOM, RANDOM_3X, Trial, group_errors, paired_vs_random, plan,
+from puma_ray.experiments.selection_stats import (RANDOM, RANDOM_3X, Trial, group_errors, paired_vs_random, plan,
                                      population_facts, selection_profile, summary, trained_and_rest, verdict)
 
 # test RMSE of 5 seeds: puma better than random at B by ~0.02 on every seed, tied with random at 3B

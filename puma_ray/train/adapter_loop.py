@@ -31,7 +31,7 @@ from puma_ray.store.prompt_store import load_prompts
 from puma_ray.train.common import read_users
 from puma_ray.train.engines import DeepSpeedEngine
 from puma_ray.train.loop_config import AdapterLoopConfig
-from puma_ray.train.prompts_loop import evaluate, quiet_deprecated_collectives, train_epoch
+from puma_ray.train.epoch import evaluate, quiet_deprecated_collectives, train_epoch
 
 
 class AdapterWithHead(nn.Module):
