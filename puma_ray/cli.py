@@ -40,7 +40,8 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
     "adapter": (AdapterStageConfig, "puma_ray.stages.adapter:run_adapter",
                 "train the migration adapter through the frozen target model on selected users"),
     "migrate": (MigrateConfig, "puma_ray.stages.migrate:run_migrate",
-                "apply a trained adapter to every user of the source store(s) -> target prompt store (resumable)"),
+                "apply a trained adapter to every user of the source store(s) -> target prompt store (resumable; "
+                "--dtype is the adapter's arithmetic: bfloat16 on AMX CPUs ~3x float32, stores stay float32)"),
     "recycle": (RecycleConfig, "puma_ray.stages.recycle:run_recycle",
                 "zero-user migration: map every source prompt through the two models' shared-token embeddings"),
     "coldstart": (ColdstartConfig, "puma_ray.stages.coldstart:run_coldstart",
@@ -54,7 +55,7 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
     "bench": (BenchConfig, "puma_ray.experiments.bench:run_bench",
               "PUMA vs full retraining vs random selection over seeds and sizes; cost projected to 1M users"),
     "demo": (DemoConfig, "puma_ray.experiments.demo:run_demo",
-             "run every available stage end to end on the offline default"),
+             "run every available stage end to end on the offline default (dtype auto: bfloat16 at size real)"),
 }
 
 # `python jobs/select.py` would put jobs/ first on sys.path and shadow the standard library's `select`.

@@ -28,3 +28,19 @@ def test_the_readme_is_a_guide_without_run_history():
     assert len(text.splitlines()) <= 200
     assert not re.search(r"\b20\d\d-\d\d-\d\d\b", text), "a dated run in README.md"
     assert not re.search(r"\b(commit|at) [0-9a-f]{7,40}\b", text), "a commit hash in README.md"
+
+
+FOLDERS = "config|runtime|data|core|store|train|select|migrate|stages|experiments"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_every_cited_module_and_name_exists(doc):
+    """`folder/module` and `folder/module.name` in a doc name a module of puma_ray/ (and a name defined in it)."""
+    missing = []
+    for folder, module, name in re.findall(rf"`(?:puma_ray/)?({FOLDERS})/(\w+)(?:\.py)?(?:\.(\w+))?", doc.read_text()):
+        path = REPO / "puma_ray" / folder / f"{module}.py"
+        if not path.is_file() and not (REPO / "puma_ray" / folder / module).is_dir():
+            missing.append(f"{folder}/{module}")
+        elif name and path.is_file() and not re.search(rf"^\s*(def|class) {name}\b|^{name}\b", path.read_text(), re.M):
+            missing.append(f"{folder}/{module}.{name}")
+    assert not missing, f"{doc.name} cites what puma_ray/ does not have: {sorted(set(missing))}"

@@ -115,7 +115,7 @@ def run_steps(setup: TrialSetup, params: dict, d: Path, callbacks: tuple = ()) -
                     callbacks=callbacks)
     if not _complete(steps["store"] / MANIFEST):
         run_migrate(MigrateConfig(adapter=str(steps["adapter"]), source=list(setup.sources), out=str(steps["store"]),
-                                  use_gpu=setup.use_gpu, gpus_per_worker=setup.gpus_per_worker))
+                                  use_gpu=setup.use_gpu, gpus_per_worker=setup.gpus_per_worker, dtype=setup.dtype))
     splits = [setup.choose_split, setup.report_split]
     if not all(_complete(steps["eval"] / s / "metrics.json") for s in splits):
         run_evaluate(EvaluateConfig(data=setup.data, model=setup.target_model, prompts=str(steps["store"]),
