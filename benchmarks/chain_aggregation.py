@@ -161,8 +161,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--prompt-epochs", type=int, default=6)
-    ap.add_argument("--prompt-lr", type=float, default=None,
-                    help="prompt training rate (default: the rate each model records, else 5e-4)")
+    ap.add_argument("--prompt-lr", type=float, default=5e-3)
     ap.add_argument("--adapter-epochs", type=int, default=4, help="the adapter stage's default (the paper's)")
     args = ap.parse_args()
     if args.budget <= 0 or args.users < 2:

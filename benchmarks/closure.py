@@ -49,8 +49,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--prompt-epochs", type=int, default=10)
-    ap.add_argument("--prompt-lr", type=float, default=None,
-                    help="prompt training rate (default: the rate each model records, else 5e-4)")
+    ap.add_argument("--prompt-lr", type=float, default=5e-3)
     ap.add_argument("--adapter-epochs", type=int, default=4)
     ap.add_argument("--adapter-lr", type=float, default=1e-3)
     ap.add_argument("--width", type=int, default=256)

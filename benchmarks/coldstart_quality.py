@@ -99,8 +99,7 @@ def main() -> None:
     ap.add_argument("--tune-epochs", type=int, default=1, help="epochs of per-user fine-tune after the start; 0 = none")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--prompt-epochs", type=int, default=10)
-    ap.add_argument("--prompt-lr", type=float, default=None,
-                    help="prompt training rate (default: the rate each model records, else 5e-4)")
+    ap.add_argument("--prompt-lr", type=float, default=5e-3)
     args = ap.parse_args()
     out = Path(args.out)
     data = movielens_workspace(out, args.movielens, ("llama",))

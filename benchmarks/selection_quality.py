@@ -412,8 +412,7 @@ def parse() -> argparse.Namespace:
                          "taste 60%% and quality 25%% of the label variance, 15%% noise")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--prompt-epochs", type=int, default=6)
-    ap.add_argument("--prompt-lr", type=float, default=None,
-                    help="prompt training rate (default: the rate each model records, else 5e-4)")
+    ap.add_argument("--prompt-lr", type=float, default=5e-3)
     ap.add_argument("--adapter-epochs", type=int, default=4, help="the adapter stage's default (the paper's)")
     ap.add_argument("--only-references", action="store_true", help="build the workspace and references, then stop")
     ap.add_argument("--report-only", action="store_true",

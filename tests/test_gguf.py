@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from puma_ray.config import ConfigError, ModelsConfig
 from puma_ray.core.gguf_models import PACKAGES, GGUFPackage
-from puma_ray.core.hf import load_causal_lm, load_tokenizer, model_fingerprint, prompt_lrs
+from puma_ray.core.hf import load_causal_lm, load_tokenizer, model_fingerprint
 from puma_ray.core.llm import FrozenLM
 from puma_ray.core.templates import CLICK_ANSWERS, RATING_ANSWERS, load_template_text
 from puma_ray.data.schema import file_sha256
@@ -115,7 +115,6 @@ def test_the_imported_directory_computes_what_the_original_model_computes(tiny_g
     assert set(summary["template_answers"]) == {"rating_amazon", "rating_yelp", "click_mind"}
     assert all(isinstance(v, list) for v in summary["template_answers"].values())
     assert json.loads((out / "puma_model.json").read_text())["fingerprint"] == summary["fingerprint"]
-    assert summary["prompt_lr"] is None and prompt_lrs(None, str(out)) == (5e-4, 5e-4)  # records no rate
     assert (out / "config.yaml").read_text().startswith("# resolved config of `puma-ray models`")
 
 

@@ -12,7 +12,6 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from puma_ray.config import ModelsConfig
-from puma_ray.core.hf import PAPER_PROMPT_LR, prompt_lrs
 from puma_ray.core.tiny_models import FAMILIES
 from puma_ray.core.tokenizer import ANSWERS
 from puma_ray.errors import PumaError
@@ -149,8 +148,6 @@ def test_pretraining_learns_from_train_rows_only(synthetic_dataset, tmp_path):
     summary = run_models(ModelsConfig(family="qwen2", data=str(synthetic_dataset), out=str(tmp_path / "q"),
                                       pretrain_steps=80))
     assert summary["pretrain_steps"] == 80
-    assert summary["prompt_lr"] == ModelsConfig.pretrain_user_lr  # the rate its user vectors learned at
-    assert prompt_lrs(None, str(tmp_path / "q")) == (ModelsConfig.pretrain_user_lr, PAPER_PROMPT_LR)
     assert summary["pretrain"]["loss_last"] < summary["pretrain"]["loss_first"]
     splits = json.loads((synthetic_dataset / "manifest.json").read_text())["splits"]
     assert summary["pretrain"]["rows"] == splits["train"]["rows"] < sum(s["rows"] for s in splits.values())
@@ -189,32 +186,3 @@ def test_describe_model_reads_only_the_embedding_and_matches_the_loaded_fingerpr
         d = hf.describe_model(str(path))
         assert (d["fingerprint"], d["parameters"]) == loaded[family] and d["fingerprint"] == summary["fingerprint"]
         assert d["family"] == summary["model_type"] and d["hidden_size"] == summary["hidden_size"]
-
-
-def test_prompt_rates_explicit_recorded_or_the_papers(tmp_path):
-    """An explicit lr trains prompts and head; else a model's recorded rate trains its prompts (head at 5e-4);
-    a directory recording none (imported, not pretrained, not ours) gets 5e-4 for both."""
-    (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "puma_model.json").write_text(json.dumps({"prompt_lr": 0.1}))
-    (tmp_path / "n").mkdir()
-    (tmp_path / "n" / "puma_model.json").write_text(json.dumps({"prompt_lr": None}))
-    assert prompt_lrs(0.02, str(tmp_path / "m")) == (0.02, 0.02)
-    assert prompt_lrs(None, str(tmp_path / "m")) == (0.1, 5e-4)
-    assert prompt_lrs(None, str(tmp_path / "n")) == (5e-4, 5e-4)
-    assert prompt_lrs(None, str(tmp_path)) == prompt_lrs(None, "some-org/hub-model") == (5e-4, 5e-4)
-    (tmp_path / "m" / "puma_model.json").write_text("{not json")
-    with pytest.raises(PumaError, match="puma_model.json"):
-        prompt_lrs(None, str(tmp_path / "m"))
-
-
-def test_a_model_built_before_rates_were_recorded_gets_its_rate_when_reused(synthetic_dataset, tmp_path):
-    """A cached model whose puma_model.json predates `prompt_lr` is reused with the rate its config gives."""
-    cfg = ModelsConfig(family="llama", data=str(synthetic_dataset), out=str(tmp_path / "m"), pretrain_steps=3)
-    run_models(cfg)
-    marker = tmp_path / "m" / "puma_model.json"
-    old = json.loads(marker.read_text())
-    del old["prompt_lr"]
-    marker.write_text(json.dumps(old))
-    again = run_models(cfg)
-    assert again["cached"] and again["prompt_lr"] == cfg.pretrain_user_lr
-    assert prompt_lrs(None, str(tmp_path / "m")) == (cfg.pretrain_user_lr, PAPER_PROMPT_LR)

@@ -32,7 +32,7 @@ def setup(ray_local, tmp_path_factory):
 
 def cfg(root, out, **kw):
     base = dict(data=str(root / "data"), model=str(root / "llama"), out=str(root / out), workers=2, epochs=2,
-                lr=None, batch_size=32)
+                lr=0.01, batch_size=32)
     return PromptsConfig(**{**base, **kw})
 
 
@@ -59,7 +59,7 @@ def test_two_workers_learn_and_write_a_complete_store(setup, zero2):
     assert manifest["num_users"] == 120 and manifest["quarantined"] == 0
     assert manifest["model"]["fingerprint"] == model["fingerprint"] and manifest["dim"] == 64
     assert manifest["lineage"][0]["step"] == "trained" and manifest["lineage"][0]["best_epoch"] == zero2["best_epoch"]
-    assert (manifest["lineage"][0]["lr"], manifest["lineage"][0]["head_lr"]) == (0.1, 5e-4)  # the model's rate; head 5e-4
+    assert manifest["lineage"][0]["lr"] == zero2["lr"] == 0.01  # the rate it trained at is recorded
     assert len(manifest["shards"]) == 2  # one per worker: each owns its users' rows
     assert ps.read_head(root / "zero2")[0].is_file() and ps.read_head(root / "zero2")[1]["task"] == "rating"
     cost = json.loads((root / "zero2" / "costs.jsonl").read_text().splitlines()[-1])

@@ -42,14 +42,14 @@ class ModelsConfig(StageConfig):
     """Passes over the dataset's train rows when pretrain_steps is null."""
     pretrain_batch: int = 64
     """Sentences per pretraining step."""
-    pretrain_lr: float = 3e-3
+    pretrain_lr: float = 1e-3
     """Peak AdamW learning rate of the pretraining (one-cycle schedule)."""
-    pretrain_user_lr: float = 0.1
-    """SparseAdam rate of pretraining's per-user vectors (then dropped); recorded as the model's prompt_lr."""
+    pretrain_user_lr: float = 1e-2
+    """SparseAdam learning rate of the per-user slot vectors learned during pretraining (then discarded)."""
     pretrain_slot_dropout: float = 0.2
     """Share of pretraining rows whose user vector is replaced by random-prompt noise (teaches the average user)."""
-    pretrain_slot_bound: Optional[float] = None
-    """Largest absolute value of a pretraining user vector's coordinates; null = unbounded."""
+    pretrain_slot_bound: float = 0.2
+    """Largest absolute value of a pretraining user vector's coordinates (the scale trained prompts reach)."""
     template: Optional[str] = None
     """Template of the pretraining sentences; null = rating_amazon or click_mind by the dataset's task."""
     seed: int = 0
@@ -92,8 +92,7 @@ class ModelsConfig(StageConfig):
         check(self.pretrain_lr > 0, "pretrain_lr", "must be > 0")
         check(self.pretrain_user_lr > 0, "pretrain_user_lr", "must be > 0")
         check(0 <= self.pretrain_slot_dropout <= 1, "pretrain_slot_dropout", "must be between 0 and 1")
-        check(self.pretrain_slot_bound is None or self.pretrain_slot_bound > 0, "pretrain_slot_bound",
-              "must be > 0 or null")
+        check(self.pretrain_slot_bound > 0, "pretrain_slot_bound", "must be > 0")
 
     def resolved_pretrain_steps(self, train_rows: int = 0) -> int:
         """Pretraining steps after applying the default (pretrain_epochs passes over `train_rows`, the dataset's

@@ -90,8 +90,8 @@ class DemoConfig(Accelerators):
     """Pretraining steps of each tiny model; null = by size (tiny 100; default and large: 3 passes over train rows)."""
     workers: int = 2
     """Ray Train workers of every training stage."""
-    prompt_lr: Optional[float] = None
-    """Learning rate of prompt training; null = by size (tiny models: the rate each model records; real: 5e-3)."""
+    prompt_lr: float = 5e-3
+    """Learning rate of prompt training (above the paper's 5e-4: tiny models, few epochs)."""
     adapter_lr: Optional[float] = None
     """Learning rate of adapter training; null = the adapter stage's default."""
     adapter_width: Optional[int] = None
@@ -105,7 +105,7 @@ class DemoConfig(Accelerators):
         check(self.target_hidden is None or 16 <= self.target_hidden <= 8192, "target_hidden",
               "must be between 16 and 8192 or null")
         check(self.workers >= 1, "workers", "must be >= 1")
-        check(self.prompt_lr is None or self.prompt_lr > 0, "prompt_lr", "must be > 0 or null")
+        check(self.prompt_lr > 0, "prompt_lr", "must be > 0")
         check(self.adapter_lr is None or self.adapter_lr > 0, "adapter_lr", "must be > 0 or null")
         check(self.adapter_width is None or self.adapter_width >= 1, "adapter_width", "must be >= 1 or null")
 
@@ -190,8 +190,8 @@ class BenchConfig(Accelerators):
     """CPUs each training worker reserves."""
     prompt_epochs: int = 15
     """Epochs of source prompts, floor and full retraining (paper: 15)."""
-    prompt_lr: Optional[float] = None
-    """Learning rate of prompts and head; null = the prompts stage's default (the model's recorded rate, or 5e-4)."""
+    prompt_lr: float = 5e-4
+    """Learning rate of prompt training (paper: 5e-4)."""
     adapter_epochs: Optional[int] = None
     """Adapter epochs; null = the adapter stage's default."""
     adapter_min_steps: Optional[int] = None
@@ -228,7 +228,6 @@ class BenchConfig(Accelerators):
         check(0 <= self.coldstart_fraction < 1, "coldstart_fraction", "must be in [0, 1) (0 = off)")
         check(self.workers >= 1, "workers", "must be >= 1")
         check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
-        check(self.prompt_epochs >= 1, "prompt_epochs", "must be >= 1")
-        check(self.prompt_lr is None or self.prompt_lr > 0, "prompt_lr", "must be > 0 or null")
+        check(self.prompt_epochs >= 1 and self.prompt_lr > 0, "prompt_epochs", "epochs >= 1 and lr > 0")
         check(self.clusters >= 1 and self.bins >= 1, "clusters", "clusters and bins must be >= 1")
         check(all(u >= 1 for u in self.project_users) and self.project_budget >= 1, "project_users", "must be >= 1")

@@ -64,8 +64,8 @@ class PromptsConfig(TrainingConfig):
     """Hugging Face model directory or hub id the prompts are trained for (kept frozen)."""
     epochs: int = 15
     """Passes over the training split (best epoch on valid is kept)."""
-    lr: Optional[float] = None
-    """Rate of prompts and head; null = the model's recorded prompt_lr (prompts) and 5e-4 (head), or 5e-4 for both."""
+    lr: float = 5e-4
+    """AdamW learning rate for prompts and head."""
     prompt_len: int = 1
     """Soft-prompt vectors per user (l)."""
     freeze_prompts: bool = False
@@ -77,7 +77,7 @@ class PromptsConfig(TrainingConfig):
         super().validate()
         _required(self.model, "model", "--model MODEL")
         check(self.epochs >= 1, "epochs", "must be >= 1")
-        check(self.lr is None or self.lr > 0, "lr", "must be > 0 or null")
+        check(self.lr > 0, "lr", "must be > 0")
         check(self.prompt_len >= 1, "prompt_len", "must be >= 1")
 
 

@@ -13,11 +13,6 @@ import torch
 
 from puma_ray.errors import PumaError
 
-MODEL_MARKER = "puma_model.json"
-"""What `puma-ray models` writes into every model directory it builds or imports."""
-PAPER_PROMPT_LR = 5e-4
-"""The paper's learning rate of prompts and head: the default where a model records no rate of its own."""
-
 # Config keys that change with the library version or the save location, not the model.
 _VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures")
 
@@ -136,24 +131,3 @@ def describe_model(name: str) -> dict:
             "family": config.model_type, "hidden_size": config.hidden_size,
             "parameters": sum(p.numel() for p in skeleton.parameters()),
             "fingerprint": _fingerprint(config, tokenizer, embedding)}
-
-
-def recorded_prompt_lr(name: str) -> float | None:
-    """The prompt learning rate a model directory made by `puma-ray models` records (its pretraining's user-vector
-    rate), or None: an imported model, another directory or a hub id records none."""
-    marker = Path(name) / MODEL_MARKER
-    if not marker.is_file():
-        return None
-    try:
-        value = json.loads(marker.read_text()).get("prompt_lr")
-        return float(value) if value is not None else None
-    except (OSError, ValueError, TypeError) as exc:
-        raise PumaError(f"{marker}: no readable prompt_lr ({exc})") from None
-
-
-def prompt_lrs(lr: float | None, model: str) -> tuple[float, float]:
-    """(prompt rate, head rate) of prompt training: an explicit `lr` for both; else the model's recorded rate for the
-    prompts and the paper's 5e-4 for the head; else 5e-4 for both."""
-    if lr is not None:
-        return lr, lr
-    return recorded_prompt_lr(model) or PAPER_PROMPT_LR, PAPER_PROMPT_LR

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from puma_ray.config import BenchConfig, ColdstartConfig, EvaluateConfig, PromptsConfig, RecycleConfig
 from puma_ray.core import baselines as trivial
-from puma_ray.core.hf import describe_model, prompt_lrs
+from puma_ray.core.hf import describe_model
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import write_json_atomic
 from puma_ray.data.subset import subset_dataset
@@ -55,9 +55,8 @@ def trained(cfg: BenchConfig, data: str, model: str, out: Path, seed: int, split
 
     store, ev = out / "store", out / f"eval-{split}"
     epochs = epochs or cfg.prompt_epochs
-    prompt_lr, head_lr = prompt_lrs(cfg.prompt_lr, model)  # resolved: a model recording another rate is new work
     claim(out, {"data": data, "model": model, "seed": seed, "freeze_prompts": freeze, "epochs": epochs,
-                "lr": prompt_lr, "head_lr": head_lr, "workers": cfg.workers, "split": split,
+                "lr": cfg.prompt_lr, "workers": cfg.workers, "split": split,
                 **({"init_from": init_from} if init_from else {}),
                 **({"dtype": cfg.dtype} if cfg.dtype != "auto" else {})}, "prompt training")
     if not (store / MANIFEST).is_file():

@@ -59,9 +59,6 @@ class Size:
     """What `dtype: auto` means at this size (real LLMs: bfloat16, ~2x float32 on AMX CPUs and GPUs)."""
     adapter_min_steps: int | None = None
     """Optimizer steps every adapter takes at least; None = the adapter stage's default."""
-    prompt_lr: float | None = None
-    """Prompt training's rate when the config gives none; None = the prompts stage's default (the rate a tiny model
-    records; real LLMs record none, and 5e-3 trains their prompts in a few epochs where 5e-4 does not)."""
 
     @property
     def synthetic(self) -> bool:
@@ -72,7 +69,7 @@ class Size:
 SIZES = {"tiny": Size(150, 150, 100, 2, 2, 0.2, 4), "default": Size(600, 300, None, 6, 6, 0.2, 8),
          "large": Size(5000, 0, None, 15, 4, 0.05, 10),
          "real": Size(0, 30, 0, 3, 4, 0.2, 6, packages=("smollm2-135m", "gemma3-270m"), auto_dtype="bfloat16",
-                      adapter_min_steps=60, prompt_lr=5e-3)}
+                      adapter_min_steps=60)}
 
 
 def check_inputs(cfg: DemoConfig, size: Size) -> None:
@@ -146,8 +143,7 @@ def bench_dataset(cfg: DemoConfig, name: str, data: dict, size: Size, out: Path)
         sizes=[] if users == data["users"] else [users], workers=cfg.workers, use_gpu=cfg.use_gpu,
         gpus_per_worker=cfg.gpus_per_worker,
         dtype=size.auto_dtype if cfg.dtype == "auto" else cfg.dtype, prompt_epochs=size.prompt_epochs,
-        prompt_lr=cfg.prompt_lr if cfg.prompt_lr is not None else size.prompt_lr,
-        adapter_epochs=size.adapter_epochs, adapter_lr=cfg.adapter_lr,
+        prompt_lr=cfg.prompt_lr, adapter_epochs=size.adapter_epochs, adapter_lr=cfg.adapter_lr,
         adapter_width=cfg.adapter_width, clusters=size.clusters,
         **({"adapter_min_steps": size.adapter_min_steps} if size.adapter_min_steps is not None else {})))
     return {**summary, "models": models, "users": users, "budget": budget}

@@ -24,19 +24,19 @@ import torch
 from puma_ray import __version__
 from puma_ray.config import ModelsConfig
 from puma_ray.core.gguf_models import PACKAGES, load_gguf, package_gguf, smoke_test
-from puma_ray.core.hf import MODEL_MARKER, load_causal_lm, load_tokenizer, model_fingerprint
+from puma_ray.core.hf import load_causal_lm, load_tokenizer, model_fingerprint
 from puma_ray.core.pretrain import pretrain
 from puma_ray.core.tasks import TASKS
 from puma_ray.core.templates import encode_template, load_template_text
 from puma_ray.core.tiny_models import FAMILIES, build_config, build_model
 from puma_ray.core.tokenizer import check_answers_single_token, train_tokenizer
-from puma_ray.data.schema import file_sha256, iter_item_texts, read_required_json, write_json_atomic
+from puma_ray.data.schema import file_sha256, iter_item_texts, read_required_json
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.errors import PumaError
 from puma_ray.runtime.runs import CostMeter, build_beside, check_out, log, open_run, swap_in
 from puma_ray.runtime.storage import remote_paths
 
-MARKER = MODEL_MARKER
+MARKER = "puma_model.json"
 
 
 def _texts(cfg: ModelsConfig) -> Iterator[str]:
@@ -62,7 +62,7 @@ def content_key(cfg: ModelsConfig) -> str:
     return h.hexdigest()
 
 
-def reusable(out: Path, key: str, overwrite: bool, prompt_lr: float | None = None) -> dict | None:
+def reusable(out: Path, key: str, overwrite: bool) -> dict | None:
     """The summary of the model already in `out` when it was made from the same inputs; None when `out`
     may be (re)written; a PumaError when it holds another model and `overwrite` is not given, or anything
     that is not a model (overwrite=true replaces only a model)."""
@@ -72,9 +72,6 @@ def reusable(out: Path, key: str, overwrite: bool, prompt_lr: float | None = Non
         existing = read_required_json(marker, f"{marker} is missing")
         if existing.get("content_key") == key:
             log.info("models: %s already holds this model (content key %s); reusing it", out, key[:12])
-            if "prompt_lr" not in existing:  # built before models recorded the rate its prompts train at
-                existing["prompt_lr"] = prompt_lr if existing.get("pretrain_steps") else None
-                write_json_atomic(marker, existing)
             return {**existing, "path": str(out), "cached": True}
         if not overwrite:
             raise PumaError(f"--out {out} holds a model built from other inputs; nothing was changed (pass "
@@ -90,7 +87,7 @@ def run_models(cfg: ModelsConfig) -> dict:
         return import_model(cfg)
     out = Path(cfg.out)
     key = content_key(cfg)
-    cached = reusable(out, key, cfg.overwrite, cfg.pretrain_user_lr)
+    cached = reusable(out, key, cfg.overwrite)
     if cached is not None:
         return cached
     # built beside, swapped in when complete: another model there (overwrite=true) is replaced only then
@@ -137,8 +134,7 @@ def build_tiny_model(cfg: ModelsConfig, key: str, out: Path, final: Path) -> dic
                "hidden_size": model_cfg.hidden_size, "layers": cfg.layers, "vocab_size": len(tokenizer),
                "parameters": n_params, "tokenizer_class": type(reloaded).__name__,
                "space_answers_single_token": space_answers, "pretrain_steps": steps,
-               "pretrain": pretrained, "prompt_lr": cfg.pretrain_user_lr if steps else None,
-               "fingerprint": fingerprint, "content_key": key, "cached": False}
+               "pretrain": pretrained, "fingerprint": fingerprint, "content_key": key, "cached": False}
     (out / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -199,7 +195,7 @@ def import_model(cfg: ModelsConfig) -> dict:
                    "hidden_size": mcfg.hidden_size, "layers": mcfg.num_hidden_layers,
                    "vocab_size": len(saved_tok), "parameters": sum(p.numel() for p in saved.parameters()),
                    "tokenizer_class": type(saved_tok).__name__, "template_answers": answers, "source": source,
-                   "smoke": smoke, "pretrain_steps": 0, "pretrain": {}, "prompt_lr": None, "fingerprint": fingerprint,
+                   "smoke": smoke, "pretrain_steps": 0, "pretrain": {}, "fingerprint": fingerprint,
                    "content_key": key, "import_wall_s": meter.record.wall_s, "cached": False}
         (staging / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
         swap_in(staging, out)

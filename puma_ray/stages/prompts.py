@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from safetensors.torch import load_file
 
 from puma_ray.config import PromptsConfig
-from puma_ray.core.hf import describe_model, model_ref, prompt_lrs
+from puma_ray.core.hf import describe_model, model_ref
 from puma_ray.core.templates import load_template_text
 from puma_ray.data.schema import read_manifest as read_data_manifest
 from puma_ray.data.schema import copy_atomic, shard_paths, split_label_mean
@@ -83,7 +83,6 @@ def run_prompts(cfg: PromptsConfig) -> dict:
     data = read_data_manifest(cfg.data)
     task = TASKS[data["task"]]
     model = describe_model(cfg.model)  # a model that does not load fails here, before --out is touched
-    prompt_lr, head_lr = prompt_lrs(cfg.lr, cfg.model)
     lineage = [{"step": "trained", "model": model["fingerprint"], "freeze_prompts": cfg.freeze_prompts}]
     if cfg.init_from:
         source = read_store_manifest(cfg.init_from)
@@ -108,21 +107,21 @@ def run_prompts(cfg: PromptsConfig) -> dict:
         loop_config = PromptsLoopConfig(
             task=task.name, model=model_ref(cfg.model), template_text=load_template_text(template),
             prompt_len=cfg.prompt_len, users_file=str((Path(cfg.data) / "users.parquet").resolve()),
-            seed=cfg.seed, lr=prompt_lr, head_lr=head_lr, batch_size=cfg.batch_size, shuffle_rows=cfg.shuffle_rows,
+            seed=cfg.seed, lr=cfg.lr, batch_size=cfg.batch_size, shuffle_rows=cfg.shuffle_rows,
             epochs=cfg.epochs, lam=cfg.lam, yes_minus_no=cfg.yes_minus_no, freeze_prompts=cfg.freeze_prompts,
             init_from=str(Path(cfg.init_from).resolve()) if cfg.init_from else None,
             head_file=str(start_head[0]) if start_head else None,
             prefix_cache=cfg.prefix_cache, use_gpu=cfg.use_gpu, dtype=cfg.dtype, train_steps=train_steps,
             valid_steps=valid_steps, label_mean=split_label_mean(cfg.data, "train"))
-        log.info("prompts: %d users, %d workers x %d steps/epoch, %d epochs, lr %g (head %g), run %s", len(users),
-                 W, train_steps, cfg.epochs, prompt_lr, head_lr, name)
+        log.info("prompts: %d users, %d workers x %d steps/epoch, %d epochs, lr %g, run %s", len(users), W,
+                 train_steps, cfg.epochs, cfg.lr, name)
         trainer = build_trainer(prompts_loop, loop_config, cfg, name, storage, metric, task.mode,
                                 rank_datasets(cfg.data, W, cfg.cache_data), split=[])
         fit_start = time.time()
         result = fit_trainer(trainer, "prompt training", f"{storage}/{name}")
         ckpt, best = best_checkpoint(result, metric, task.mode)
         history = run_history(result)
-        lineage[-1].update(best_epoch=int(best["epoch"]), lr=prompt_lr, head_lr=head_lr)
+        lineage[-1].update(best_epoch=int(best["epoch"]), lr=cfg.lr)
         lineage[-1]["curve"] = [{"epoch": int(row["epoch"]), metric: row[metric]} for row in history]
         head = {"task": task.name, "lam": cfg.lam, "template": template, "yes_minus_no": cfg.yes_minus_no}
         manifest = write_store(ckpt, out, W, head, {
@@ -136,6 +135,6 @@ def run_prompts(cfg: PromptsConfig) -> dict:
     curve = [{k: row[k] for k in ("epoch", "train_loss", metric)} for row in history]
     return {"out": str(out), "users": manifest["num_users"], "quarantined": manifest["quarantined"],
             "best_epoch": int(best["epoch"]), metric: best[metric], "curve": curve, "run_name": name,
-            "lr": prompt_lr, "head_lr": head_lr,
+            "lr": cfg.lr,
             "lm_dtype": history[-1].get("lm_dtype"),
             "wall_s": meter.record.wall_s, "startup_s": meter.record.startup_s}

@@ -61,8 +61,6 @@ class LoopConfig:
 class PromptsLoopConfig(LoopConfig):
     """`prompts`: per-user prompt rows owned by rank (crc32(user) % world) plus a replicated head."""
 
-    head_lr: float
-    """Learning rate of the head (lr trains the prompts)."""
     freeze_prompts: bool = False
     """Keep the random prompts fixed and train only the head (the floor)."""
     init_from: Optional[str] = None

@@ -76,7 +76,7 @@ def prompts_worker(config: PromptsLoopConfig) -> None:
     if config.head_file:  # --init-from: the head those prompts were trained (or migrated) with
         head.load_state_dict(load_file(config.head_file))
     head = head.to(device)
-    engine = ReplicatedHead(head, config.head_lr)
+    engine = ReplicatedHead(head, config.lr)
     table_opt = sparse_adam(table, config.lr) if table.weight.requires_grad else None
 
     start_epoch, history = 0, []
@@ -90,7 +90,7 @@ def prompts_worker(config: PromptsLoopConfig) -> None:
             if table_opt is not None:
                 table_opt.load_state_dict(torch.load(f"{d}/table-opt-r{rank:05d}.pt", weights_only=True))
             # an optimizer's state carries the rate it ran at: the run goes on at this config's (the one recorded)
-            set_lr(engine.optimizer, config.head_lr)
+            set_lr(engine.optimizer, config.lr)
             set_lr(table_opt, config.lr)
             saved = json.loads(Path(f"{d}/state.json").read_text())
             start_epoch, history = saved["epoch"] + 1, saved["history"]
